@@ -1,0 +1,37 @@
+"""Shared fixtures: paths to test data and synthetic models built once per cache.
+
+Synthetic models are written by ``scripts/make_model.py`` and, for quantised
+variants, quantised by llama.cpp itself; they are cached in ``tests/.cache``
+(or ``$LLAMANP_TEST_CACHE``) keyed by their spec, so a session builds each once.
+"""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+CACHE = Path(os.environ.get("LLAMANP_TEST_CACHE", ROOT / "tests" / ".cache"))
+sys.path.insert(0, str(ROOT))
+
+from scripts.make_model import ModelSpec, cached_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def vocab_path() -> Path:
+    """The llama2 vocabulary as a vocab-only GGUF (llama.cpp's models/ggml-vocab-llama-spm.gguf)."""
+    return DATA / "ggml-vocab-llama-spm.gguf"
+
+
+@pytest.fixture(scope="session")
+def make_model():
+    """``make_model(quant=None, **spec)`` -> path of a cached synthetic model (see ModelSpec)."""
+    def make(quant: str | None = None, **spec) -> Path:
+        return cached_model(CACHE, ModelSpec(**spec), quant)
+    return make
