@@ -19,3 +19,7 @@ class ContextOverflowError(LlamaError, ValueError):
 
 class GrammarError(LlamaError, ValueError):
     """A grammar or JSON schema cannot be parsed or is not supported."""
+
+
+class TokenizerError(LlamaError, ValueError):
+    """Text or token ids that the tokenizer cannot handle: lone surrogates, ids outside the vocabulary."""
