@@ -1,0 +1,4 @@
+"""``python -m engine``: the llamanp command line."""
+from .cli import main
+
+main()
