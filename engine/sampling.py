@@ -1,0 +1,586 @@
+"""Turning next-token logits into a token id, with the exact arithmetic and random draws of llama.cpp.
+
+A sampler is any callable ``sampler(logits) -> token_id`` taking the model's
+(n_vocab,) logits for the next position.  ``greedy`` is the simplest one.  A
+stateful sampler may also define
+
+* ``accept(token_id)``: told of each token that was actually appended to the
+  sequence (the caller does this after every pick, because a custom sampler may
+  override what an inner sampler chose); the repetition penalties read it;
+* ``reset(seed=None)``: forget accepted tokens and adaptive state and restart the
+  random stream (from ``seed``, or the constructor's seed when omitted).
+
+Samplers never accept their own picks.  Whoever runs generation calls
+``check_token(token_id, n_vocab)`` on every pick, so a custom sampler returning
+an id outside the vocabulary fails with a ValueError that names it.
+
+``MirostatV2`` (the default), ``MirostatV1`` and ``Chain`` (llama.cpp's common
+sampler: logit bias, penalties, top-k, typical-p, top-p, min-p, temperature,
+then a seeded draw) reproduce llama.cpp's choice token for token for the same
+seed.  Each chain stage is a function or small class over ``Candidates``, the
+counterpart of ``llama_token_data_array``: a list of (id, logit, p) in some
+order plus a flag saying whether it is sorted by descending logit.  The order
+matters, because the draws walk the cumulative probabilities in list order.
+
+Where llama.cpp computes in float (f32) we do too, and where it uses double we
+use float64: probabilities accumulate in the same order, and ``expf``/``logf``/
+``log2f``/``powf`` are the float64 function rounded to f32 (equal to glibc's
+results except, in principle, when a value lies within about 1e-16 of a rounding
+boundary).  One difference remains: candidates with exactly equal logits are
+kept in their previous order when sorted (a stable sort), while libstdc++'s
+std::sort/std::partial_sort may swap them; with real logits this only matters
+for exact ties.
+"""
+import inspect
+import math
+import secrets
+from collections import Counter, deque
+
+import numpy as np
+
+DEFAULT_SEED = 0xFFFFFFFF
+"""llama.cpp's LLAMA_DEFAULT_SEED: like ``seed=None``, it asks for a random seed."""
+
+_TWO_32 = 4294967296.0
+
+
+# ---------------------------------------------------------------------------
+# Whole-vocabulary helpers
+
+
+def _as_logits(logits) -> np.ndarray:
+    """The logits as a non-empty 1-D array, or ValueError."""
+    logits = np.asarray(logits)
+    if logits.ndim != 1 or logits.size == 0 or not np.issubdtype(logits.dtype, np.number):
+        raise ValueError(f"logits must be a non-empty 1-D numeric array, got shape {logits.shape} "
+                         f"and dtype {logits.dtype}")
+    return logits
+
+
+def softmax(logits) -> np.ndarray:
+    """Probabilities exp(x_i) / sum_j exp(x_j) along the last axis, in float64.
+
+    The maximum is subtracted first, so large logits cannot overflow.
+    """
+    x = np.asarray(logits, dtype=np.float64)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def log_softmax(logits) -> np.ndarray:
+    """Log-probabilities x_i - log(sum_j exp(x_j)) along the last axis, in float64 (stable)."""
+    x = np.asarray(logits, dtype=np.float64)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def greedy(logits) -> int:
+    """The id of the largest logit; ties go to the lowest id (as llama.cpp's greedy sampler)."""
+    return int(np.argmax(_as_logits(logits)))
+
+
+def check_token(token_id, n_vocab: int) -> int:
+    """``token_id`` as an int if it is a token of an ``n_vocab``-token vocabulary, else ValueError naming it."""
+    if isinstance(token_id, (bool, np.bool_)) or not isinstance(token_id, (int, np.integer)):
+        raise ValueError(f"sampler returned {token_id!r}, which is not a token id (an int)")
+    if not 0 <= token_id < n_vocab:
+        raise ValueError(f"sampler returned token id {int(token_id)}, outside the vocabulary [0, {n_vocab})")
+    return int(token_id)
+
+
+# ---------------------------------------------------------------------------
+# f32 maths as the C library computes it
+
+
+def _f32(x) -> np.float32:
+    return np.float32(x)
+
+
+def _expf(x: np.ndarray) -> np.ndarray:
+    return np.exp(x.astype(np.float64)).astype(np.float32)
+
+
+def _logf(x):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(np.asarray(x, dtype=np.float64)).astype(np.float32)
+
+
+def _log2f(x):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log2(np.asarray(x, dtype=np.float64)).astype(np.float32)
+
+
+def _powf(base, exponent) -> np.float32:
+    with np.errstate(all="ignore"):
+        return np.float32(np.power(np.float64(np.float32(base)), np.float64(np.float32(exponent))))
+
+
+def _truncate_to_int(x: np.float32) -> int:
+    """C++ ``int(x)`` on x86-64: toward zero, and INT_MIN when x is NaN or out of range."""
+    if not math.isfinite(x) or not -2147483648.0 <= math.trunc(x) <= 2147483647.0:
+        return -2147483648
+    return math.trunc(x)
+
+
+# ---------------------------------------------------------------------------
+# std::mt19937 and libstdc++'s uniform doubles
+
+
+def _init_genrand(seed: int) -> np.ndarray:
+    """The 624-word state std::mt19937(seed) starts from (Matsumoto-Nishimura init_genrand)."""
+    key = [seed & 0xFFFFFFFF]
+    for i in range(1, 624):
+        prev = key[-1]
+        key.append((1812433253 * (prev ^ (prev >> 30)) + i) & 0xFFFFFFFF)
+    return np.array(key, dtype=np.uint32)
+
+
+def resolve_seed(seed) -> int:
+    """The 32-bit seed to use: ``seed`` itself, or a fresh random one for None / DEFAULT_SEED."""
+    if seed is None or seed == DEFAULT_SEED:
+        return secrets.randbits(32)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= DEFAULT_SEED:
+        raise ValueError(f"seed must be None or an int in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
+class StdMT19937:
+    """std::mt19937 with the uniform doubles libstdc++ (GCC 12) derives from it.
+
+    ``uniform()`` is ``std::uniform_real_distribution<double>(0, 1)``, i.e.
+    ``std::generate_canonical<double, 53>``: two 32-bit outputs a, b combined as
+    (a + b * 2**32) / 2**64 in double arithmetic, clamped below 1.
+    """
+
+    def __init__(self, seed: int):
+        self._bits = np.random.MT19937()
+        self._bits.state = {"bit_generator": "MT19937", "state": {"key": _init_genrand(seed), "pos": 624}}
+
+    def next_u32(self) -> int:
+        return int(self._bits.random_raw())
+
+    def uniform(self) -> float:
+        low = float(self.next_u32())
+        high = float(self.next_u32())
+        u = (low + high * _TWO_32) / (_TWO_32 * _TWO_32)
+        return u if u < 1.0 else math.nextafter(1.0, 0.0)
+
+
+# ---------------------------------------------------------------------------
+# Candidates: llama_token_data_array
+
+
+class Candidates:
+    """The tokens still in the running for one pick: ``ids`` (int32), ``logits`` and ``p`` (f32).
+
+    ``sorted`` tells whether the list is in descending-logit order (stages that
+    know it can skip sorting); ``selected`` is the index (into this list, not a
+    token id) a final stage picked, or -1.
+    """
+
+    def __init__(self, ids, logits, p=None, sorted=False):
+        self.ids = np.asarray(ids, dtype=np.int32)
+        self.logits = np.array(logits, dtype=np.float32)
+        self.p = np.zeros_like(self.logits) if p is None else np.array(p, dtype=np.float32)
+        self.sorted = sorted
+        self.selected = -1
+
+    @classmethod
+    def from_logits(cls, logits) -> "Candidates":
+        """Every token of the vocabulary, in id order, unsorted."""
+        logits = _as_logits(logits)
+        return cls(np.arange(logits.size, dtype=np.int32), logits)
+
+    @property
+    def size(self) -> int:
+        return self.ids.size
+
+    @property
+    def token(self) -> int:
+        """The token id at ``selected``."""
+        return int(self.ids[self.selected])
+
+    def take(self, index) -> None:
+        """Keep only the entries at ``index`` (a slice or positions), in that order."""
+        self.ids, self.logits, self.p = self.ids[index], self.logits[index], self.p[index]
+
+    def sort_descending(self, n: int) -> None:
+        """Keep the ``n`` largest logits, largest first (llama.cpp's partial sort in place)."""
+        self.take(np.argsort(-self.logits, kind="stable")[:n])
+        self.sorted = True
+
+
+def softmax_candidates(cand: Candidates, sort: bool) -> None:
+    """Set ``p`` to the f32 softmax of the logits, first sorting them when ``sort`` (llama_sampler_softmax_impl)."""
+    if sort and not cand.sorted:
+        cand.sort_descending(cand.size)
+    max_logit = cand.logits[0] if cand.sorted else cand.logits.max()
+    e = _expf(cand.logits - max_logit)
+    cand.p = e / np.cumsum(e)[-1]
+
+
+# ---------------------------------------------------------------------------
+# Chain stages
+
+
+def apply_logit_bias(cand: Candidates, bias: dict) -> None:
+    """Add ``bias[token]`` to each listed token's logit."""
+    for token, b in bias.items():
+        cand.logits[cand.ids == token] += _f32(b)
+
+
+class Penalties:
+    """Repetition, frequency and presence penalties over the last ``last_n`` accepted tokens.
+
+    A token seen c > 0 times in the window has its logit divided by ``repeat``
+    (multiplied, when the logit is <= 0, so it still drops), then lowered by
+    c * frequency + presence.
+    """
+
+    def __init__(self, last_n: int = 64, repeat: float = 1.0, frequency: float = 0.0, presence: float = 0.0):
+        if last_n < 0:
+            raise ValueError(f"penalty_last_n must be >= 0, got {last_n}")
+        if not repeat > 0:
+            raise ValueError(f"repeat_penalty must be > 0, got {repeat}")
+        self.last_n = last_n
+        self.repeat, self.frequency, self.presence = _f32(repeat), _f32(frequency), _f32(presence)
+        self.reset()
+
+    @property
+    def disabled(self) -> bool:
+        return self.last_n == 0 or (self.repeat == 1 and self.frequency == 0 and self.presence == 0)
+
+    def reset(self) -> None:
+        self.window = deque(maxlen=self.last_n)
+        self.counts = Counter()
+
+    def accept(self, token_id: int) -> None:
+        if self.last_n == 0:
+            return
+        if len(self.window) == self.last_n:
+            oldest = self.window[0]
+            self.counts[oldest] -= 1
+            if self.counts[oldest] == 0:
+                del self.counts[oldest]
+        self.window.append(token_id)
+        self.counts[token_id] += 1
+
+    def __call__(self, cand: Candidates) -> None:
+        if self.disabled:
+            return
+        seen = np.flatnonzero(np.isin(cand.ids, list(self.counts)))
+        for i in seen:
+            count = _f32(self.counts[int(cand.ids[i])])
+            logit = cand.logits[i]
+            logit = logit * self.repeat if logit <= 0 else logit / self.repeat
+            cand.logits[i] = logit - (count * self.frequency + _f32(1) * self.presence)
+        cand.sorted = False
+
+
+def top_k(cand: Candidates, k: int) -> None:
+    """Keep the ``k`` most likely tokens (k <= 0 keeps all)."""
+    if k <= 0:
+        return
+    k = min(k, cand.size)
+    if not cand.sorted:
+        cand.sort_descending(k)
+    cand.take(slice(0, k))
+
+
+def typical_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
+    """Locally typical sampling: keep the tokens whose surprise is closest to the entropy, up to mass ``p``."""
+    if p >= 1:
+        return
+    softmax_candidates(cand, sort=True)
+    with np.errstate(invalid="ignore"):
+        entropy = np.cumsum(-cand.p * _logf(cand.p))[-1]
+        shifted = np.abs(-_logf(cand.p) - entropy)
+    order = np.argsort(shifted, kind="stable")
+    mass = np.cumsum(cand.p[order])
+    enough = (mass > _f32(p)) & (np.arange(cand.size) >= min_keep - 1)
+    last = int(np.argmax(enough)) + 1 if enough.any() else cand.size
+    cand.take(order[:last])
+    cand.sorted = False
+
+
+def top_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
+    """Nucleus sampling: keep the most likely tokens until their probability mass reaches ``p``."""
+    if p >= 1:
+        return
+    softmax_candidates(cand, sort=False)
+    if not cand.sorted:
+        cand.sort_descending(cand.size)
+    mass = np.cumsum(cand.p)
+    enough = (mass >= _f32(p)) & (np.arange(1, cand.size + 1) >= min_keep)
+    last = int(np.argmax(enough)) + 1 if enough.any() else cand.size
+    cand.take(slice(0, last))
+
+
+def min_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
+    """Keep the tokens at least ``p`` times as likely as the most likely one."""
+    if p <= 0 or cand.size == 0:
+        return
+    if not cand.sorted:
+        keep = cand.logits >= cand.logits.max() + _logf(p)
+        n_keep = int(keep.sum())
+        if n_keep > 0 and n_keep >= min_keep:
+            cand.take(keep)
+            return
+        cand.sort_descending(cand.size)
+    below = (cand.logits < cand.logits[0] + _logf(p)) & (np.arange(cand.size) >= min_keep)
+    below[0] = False
+    cand.take(slice(0, int(np.argmax(below)) if below.any() else cand.size))
+
+
+def temperature(cand: Candidates, t: float) -> None:
+    """Divide the logits by ``t``; t <= 0 keeps only the first largest logit (all others -inf)."""
+    if cand.size == 0 or t == 1:
+        return
+    if t <= 0:
+        best = int(np.argmax(cand.logits))
+        kept = cand.logits[best]
+        cand.logits[:] = -np.inf
+        cand.logits[best] = kept
+        return
+    cand.logits = cand.logits / _f32(t)
+
+
+# ---------------------------------------------------------------------------
+# Final stages: seeded draws
+
+
+class _Seeded:
+    """A random stream that restarts from the constructor's seed (or a given one) on ``reset``.
+
+    ``seed`` is the seed in use: with a seed of None each restart draws a new
+    random one, as llama.cpp does for LLAMA_DEFAULT_SEED.
+    """
+
+    def _restart_rng(self, seed) -> None:
+        if seed is not None:
+            self.seed_arg = seed
+        self.seed = resolve_seed(self.seed_arg)
+        self.rng = StdMT19937(self.seed)
+
+
+class Dist(_Seeded):
+    """llama.cpp's dist sampler: softmax the candidates and draw one with a seeded std::mt19937.
+
+    The draw walks the cumulative (double) sum of the unnormalised f32 weights
+    in list order and stops at the first that reaches u * total, u uniform in
+    [0, 1).  One u is drawn even when a single candidate is left.
+    """
+
+    def __init__(self, seed=None):
+        self.seed_arg = seed
+        self.reset()
+
+    def reset(self, seed=None) -> None:
+        self._restart_rng(seed)
+
+    def __call__(self, cand: Candidates) -> None:
+        if cand.size == 0:
+            cand.selected = -1
+            return
+        cand.selected = 0
+        u = self.rng.uniform()
+        if cand.size == 1:
+            cand.p[0] = 1
+            return
+        max_logit = cand.logits[0] if cand.sorted else cand.logits.max()
+        weights = _expf(cand.logits - max_logit)
+        running = np.cumsum(weights, dtype=np.float64)
+        total = running[-1]
+        cand.selected = min(int(np.searchsorted(running, total * u, side="left")), cand.size - 1)
+        cand.p = (weights / total).astype(np.float32)
+
+
+def _discrete_draw(p: np.ndarray, rng: StdMT19937) -> int:
+    """std::discrete_distribution<int>(p)(rng) as libstdc++ computes it.
+
+    Fewer than two weights: index 0 without touching the generator.  Otherwise
+    the weights are normalised in double, accumulated, the last sum forced to 1,
+    and the first index whose cumulative sum is >= u is returned.
+    """
+    if p.size < 2:
+        return 0
+    weights = p.astype(np.float64)
+    cumulative = np.cumsum(weights / np.cumsum(weights)[-1])
+    cumulative[-1] = 1.0
+    return int(np.searchsorted(cumulative, rng.uniform(), side="left"))
+
+
+def _check_mirostat(tau: float, eta: float) -> None:
+    if not tau > 0 or not math.isfinite(tau):
+        raise ValueError(f"mirostat tau (target surprise) must be a finite number > 0, got {tau}")
+    if not eta >= 0 or not math.isfinite(eta):
+        raise ValueError(f"mirostat eta (learning rate) must be a finite number >= 0, got {eta}")
+
+
+class _Mirostat(_Seeded):
+    """Shared state of both Mirostat versions: target surprise tau, learning rate eta, running mu, RNG."""
+
+    def __init__(self, tau: float, eta: float, seed):
+        _check_mirostat(tau, eta)
+        self.tau, self.eta = _f32(tau), _f32(eta)
+        self.seed_arg = seed
+        self.reset()
+
+    def reset(self, seed=None) -> None:
+        """Restart: mu = 2 * tau and the RNG from ``seed`` (default: the constructor's seed)."""
+        self.mu = _f32(2) * self.tau
+        self._restart_rng(seed)
+
+    def _draw_and_learn(self, cand: Candidates) -> int:
+        """Renormalise the kept candidates, draw one, and move mu toward the target surprise."""
+        softmax_candidates(cand, sort=True)
+        cand.selected = _discrete_draw(cand.p, self.rng)
+        surprise = -_log2f(cand.p[cand.selected])
+        self.mu = _f32(self.mu - self.eta * (surprise - self.tau))
+        return cand.token
+
+    def __call__(self, logits) -> int:
+        return self.apply(Candidates.from_logits(logits))
+
+
+class MirostatV2(_Mirostat):
+    """Mirostat 2.0 (llama_sampler_init_mirostat_v2): keep tokens whose surprise -log2 p is at most mu,
+    draw one, then mu -= eta * (surprise - tau).
+
+    mu starts at 2 * tau and carries over between calls until ``reset``.
+    ``seed=None`` (or DEFAULT_SEED) picks a random seed, kept in ``.seed``.
+    """
+
+    def __init__(self, tau: float = 5.0, eta: float = 0.1, seed=None):
+        super().__init__(tau, eta, seed)
+
+    def apply(self, cand: Candidates) -> int:
+        """Pick from ``cand`` (setting ``cand.selected``) and return the token id."""
+        softmax_candidates(cand, sort=True)
+        too_surprising = -_log2f(cand.p) > self.mu
+        cand.take(slice(0, max(int(np.argmax(too_surprising)) if too_surprising.any() else cand.size, 1)))
+        return self._draw_and_learn(cand)
+
+
+class MirostatV1(_Mirostat):
+    """Mirostat 1.0 (llama_sampler_init_mirostat): estimate the Zipf exponent s from the ``m`` most
+    likely tokens, keep the top k that a target surprise of mu implies, draw one, then update mu.
+    """
+
+    def __init__(self, n_vocab: int, tau: float = 5.0, eta: float = 0.1, m: int = 100, seed=None):
+        if n_vocab < 1:
+            raise ValueError(f"n_vocab must be >= 1, got {n_vocab}")
+        if m < 2:
+            raise ValueError(f"mirostat m (tokens used to estimate s) must be >= 2, got {m}")
+        self.n_vocab, self.m = n_vocab, m
+        super().__init__(tau, eta, seed)
+
+    def apply(self, cand: Candidates) -> int:
+        """Pick from ``cand`` (setting ``cand.selected``) and return the token id."""
+        softmax_candidates(cand, sort=True)
+        n = min(self.m - 1, cand.size - 1)
+        i = np.arange(n, dtype=np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = _logf((i + 2) / (i + 1))
+            b = _logf(cand.p[:n] / cand.p[1:n + 1])
+            s_hat = np.cumsum(t * b)[-1] / np.cumsum(t * t)[-1] if n else _f32(np.nan)
+        epsilon_hat = s_hat - _f32(1)
+        with np.errstate(all="ignore"):
+            k = _powf((epsilon_hat * _powf(2, self.mu)) / (_f32(1) - _powf(self.n_vocab, -epsilon_hat)),
+                      _f32(1) / s_hat)
+        top_k(cand, max(_truncate_to_int(k), 1))
+        return self._draw_and_learn(cand)
+
+
+class Chain:
+    """llama.cpp's common sampler without a grammar: logit bias, penalties, top-k, typical-p, top-p,
+    min-p, temperature, then a seeded draw (``Dist``).  Defaults are llama.cpp's.
+
+    ``logit_bias`` maps token ids to amounts added to their logits (-inf bans a
+    token).  Call ``accept(token)`` with each token appended to the sequence so
+    the penalties see it.
+    """
+
+    def __init__(self, *, seed=None, logit_bias=None, penalty_last_n: int = 64, repeat_penalty: float = 1.0,
+                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0, top_k: int = 40,
+                 typical_p: float = 1.0, top_p: float = 0.95, min_p: float = 0.05, temperature: float = 0.8,
+                 min_keep: int = 0):
+        _check_range("top_k", top_k, 0, None, "an int >= 0 (0 keeps every token)", integer=True)
+        _check_range("typical_p", typical_p, 0, 1, "in (0, 1]", low_open=True)
+        _check_range("top_p", top_p, 0, 1, "in (0, 1]", low_open=True)
+        _check_range("min_p", min_p, 0, 1, "in [0, 1]")
+        _check_range("temperature", temperature, 0, None, "a number >= 0 (0 is greedy)")
+        _check_range("min_keep", min_keep, 0, None, "an int >= 0", integer=True)
+        self.logit_bias = _check_bias(logit_bias or {})
+        self.penalties = Penalties(penalty_last_n, repeat_penalty, frequency_penalty, presence_penalty)
+        self.top_k, self.typical_p, self.top_p, self.min_p = top_k, typical_p, top_p, min_p
+        self.temperature, self.min_keep = temperature, min_keep
+        self.dist = Dist(seed)
+
+    @property
+    def seed(self) -> int:
+        return self.dist.seed
+
+    def accept(self, token_id: int) -> None:
+        self.penalties.accept(token_id)
+
+    def reset(self, seed=None) -> None:
+        self.penalties.reset()
+        self.dist.reset(seed)
+
+    def apply(self, cand: Candidates) -> int:
+        """Run every stage on ``cand`` (setting ``cand.selected``) and return the token id."""
+        apply_logit_bias(cand, self.logit_bias)
+        self.penalties(cand)
+        top_k(cand, self.top_k)
+        typical_p(cand, self.typical_p, self.min_keep)
+        top_p(cand, self.top_p, self.min_keep)
+        min_p(cand, self.min_p, self.min_keep)
+        temperature(cand, self.temperature)
+        self.dist(cand)
+        return cand.token
+
+    def __call__(self, logits) -> int:
+        cand = Candidates.from_logits(logits)
+        outside = [token for token in self.logit_bias if token >= cand.size]
+        if outside:
+            raise ValueError(f"logit_bias names token id {outside[0]}, outside the vocabulary [0, {cand.size})")
+        return self.apply(cand)
+
+
+def _check_range(name, value, low, high, wanted, *, low_open=False, integer=False) -> None:
+    ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.number))
+    ok = ok and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+
+
+def _check_bias(bias: dict) -> dict:
+    for token, b in bias.items():
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or token < 0:
+            raise ValueError(f"logit_bias keys must be token ids (ints >= 0), got {token!r}")
+        if not isinstance(b, (int, float, np.number)) or math.isnan(b):
+            raise ValueError(f"logit_bias[{token}] must be a number, got {b!r}")
+    return {int(t): float(b) for t, b in bias.items()}
+
+
+SAMPLERS = {"greedy": None, "mirostat_v2": MirostatV2, "mirostat_v1": MirostatV1, "chain": Chain}
+
+
+def make_sampler(kind: str = "mirostat_v2", **options):
+    """A sampler by name: "greedy", "mirostat_v2" (the default), "mirostat_v1" or "chain", with options.
+
+    Unknown kinds, unknown options and bad values raise ValueError.
+    """
+    if kind not in SAMPLERS:
+        raise ValueError(f"unknown sampler {kind!r}; choose one of {', '.join(SAMPLERS)}")
+    if kind == "greedy":
+        if options:
+            raise ValueError(f"the greedy sampler takes no options, got {', '.join(options)}")
+        return greedy
+    known = list(inspect.signature(SAMPLERS[kind]).parameters)
+    unknown = [name for name in options if name not in known]
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r} for sampler {kind!r}; it takes {', '.join(known)}")
+    return SAMPLERS[kind](**options)
