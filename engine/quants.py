@@ -467,7 +467,8 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     """
     blocks = _activation_blocks(x, QK, "Q8_0")
     d, q, _ = _q8_scale(blocks)
-    return _join(d.astype(np.float16), q.astype(np.int8))
+    with np.errstate(over="ignore"):  # like ggml, an f16 scale past 65504 becomes inf
+        return _join(d.astype(np.float16), q.astype(np.int8))
 
 
 def quantize_q8_1(x: np.ndarray) -> np.ndarray:
@@ -479,7 +480,8 @@ def quantize_q8_1(x: np.ndarray) -> np.ndarray:
     blocks = _activation_blocks(x, QK, "Q8_1")
     d, q, _ = _q8_scale(blocks)
     s = d * q.sum(axis=-1, keepdims=True).astype(np.float32)
-    return _join(d.astype(np.float16), s.astype(np.float16), q.astype(np.int8))
+    with np.errstate(over="ignore"):  # like ggml, an f16 scale past 65504 becomes inf
+        return _join(d.astype(np.float16), s.astype(np.float16), q.astype(np.int8))
 
 
 def _q8_K_row_iscale(blocks: np.ndarray, amax: np.ndarray) -> np.ndarray:
