@@ -82,17 +82,17 @@ class Tokenizer:
         # llama.cpp renames empty entries so every token has a distinct, non-empty text
         self.tokens = [text or f"[EMPTY_{i}]" for i, text in enumerate(tokens)]
         self.scores = [float(s) for s in scores]
-        self.types = [TokenType(t) if t in KNOWN_TYPES else TokenType.UNDEFINED for t in types]
-        if not (len(self.tokens) == len(self.scores) == len(self.types)):
+        self.token_types = [TokenType(t) if t in KNOWN_TYPES else TokenType.UNDEFINED for t in types]
+        if not (len(self.tokens) == len(self.scores) == len(self.token_types)):
             raise ModelError(f"vocabulary has {len(self.tokens)} tokens but {len(self.scores)} "
-                             f"scores and {len(self.types)} token types")
+                             f"scores and {len(self.token_types)} token types")
         self.ids = {text: i for i, text in enumerate(self.tokens)}
         if len(self.ids) != len(self.tokens):
             raise ModelError("vocabulary has duplicate tokens")
         self.bos, self.eos, self.unk = bos, eos, unk
         self.add_bos, self.add_eos, self.add_space_prefix = add_bos, add_eos, add_space_prefix
         # longest first, so a special token containing another wins (ties: lower id first)
-        self.special_tokens = sorted((i for i, t in enumerate(self.types) if t in SPECIAL_TYPES),
+        self.special_tokens = sorted((i for i, t in enumerate(self.token_types) if t in SPECIAL_TYPES),
                                      key=lambda i: -len(self.tokens[i]))
         self.byte_tokens = [self.ids.get(f"<0x{b:02X}>", self.ids.get(chr(b)) if b < 0x80 else None)
                             for b in range(256)]
@@ -140,7 +140,7 @@ class Tokenizer:
     @cached_property
     def pieces(self) -> list[bytes]:
         """Every token's bytes, special tokens spelled out (``pieces[1] == b"<s>"``), index = id."""
-        return [self._piece(text, kind) for text, kind in zip(self.tokens, self.types)]
+        return [self._piece(text, kind) for text, kind in zip(self.tokens, self.token_types)]
 
     @staticmethod
     def _piece(text: str, kind: TokenType) -> bytes:
@@ -189,7 +189,7 @@ class Tokenizer:
         """``text`` cut at every special token: plain strings between special token ids."""
         fragments: list[str | int] = [text] if text else []
         for token in self.special_tokens:
-            if not special and self.types[token] in HIDDEN_UNLESS_SPECIAL:
+            if not special and self.token_types[token] in HIDDEN_UNLESS_SPECIAL:
                 continue
             needle = self.tokens[token]
             cut = []
@@ -268,7 +268,7 @@ class Tokenizer:
     def token_to_piece(self, token: int, special: bool = False) -> bytes:
         """The bytes token ``token`` stands for; control and unknown tokens are b'' unless ``special``."""
         token = self._checked(token)
-        if not special and self.types[token] in HIDDEN_UNLESS_SPECIAL:
+        if not special and self.token_types[token] in HIDDEN_UNLESS_SPECIAL:
             return b""
         return self.pieces[token]
 
