@@ -20,7 +20,7 @@ Q4_0, Q5_0, Q8_0       ``Blocks(d, q)``                       ``d * q[i]``
 Q4_1, Q5_1             ``BlocksWithMin(d, m, q)``             ``d * q[i] + m``
 Q8_1                   ``Q8_1Blocks(d, s, q)``                ``d * q[i]``; ``s`` = f16(d * sum(q))
 Q3_K, Q6_K             ``SuperBlocks(d, scales, q)``          ``(d * scales[i // 16]) * q[i]``
-Q2_K, Q4_K, Q5_K       ``SuperBlocksWithMin(d, dmin,          ``(d * scales[j]) * q[i] - dmin * mins[j]``
+Q2_K, Q4_K, Q5_K       ``SuperBlocksWithMin(d, dmin,          ``(d * scales[j]) * q[i] - (dmin * mins[j])``
                        scales, mins, q)``                     with ``j = i // (256 // n_sub)``
 Q8_K                   ``Q8_KBlocks(d, q, bsums)``            ``d * q[i]``; ``bsums`` = sums of 16 q
 =====================  =====================================  ======================================
@@ -32,7 +32,7 @@ Q5_1 0..31, Q2_K 0..3, Q3_K -4..3, Q4_K 0..15, Q5_K 0..31, Q6_K -32..31); ``scal
 and ``mins`` are int8 ``(..., nb, n_sub)`` with ``n_sub`` = 16 sub-blocks of 16 for
 Q2_K (scales and mins 0..15), Q3_K (scales -32..31) and Q6_K (scales -128..127), and
 8 sub-blocks of 32 for Q4_K and Q5_K (scales and mins 0..63); ``bsums`` is int16
-``(..., nb, 16)``.
+``(..., nb, 16)``.  Fields may be read-only views of ``raw``.
 
 Dequantisation multiplies these out in exactly the float32 operation order of ggml's
 ``dequantize_row_*`` (ggml-quants.c, built without FMA contraction), so results are
@@ -392,7 +392,6 @@ def _multiply_out(blocks: Unpacked) -> np.ndarray:
             return _expand(d[..., None] * scales, q) * q
         case SuperBlocksWithMin(d, dmin, scales, mins, q):
             return _expand(d[..., None] * scales, q) * q - _expand(dmin[..., None] * mins, q)
-    raise TypeError(f"not an unpacked block tuple: {type(blocks).__name__}")
 
 
 def _float_row(raw: np.ndarray, type_: GGMLType) -> np.ndarray:
@@ -400,12 +399,13 @@ def _float_row(raw: np.ndarray, type_: GGMLType) -> np.ndarray:
     storage = {GGMLType.F32: np.float32, GGMLType.F16: np.float16, GGMLType.BF16: np.uint16}[type_]
     if raw.dtype == np.uint8:
         if raw.ndim == 0 or raw.shape[-1] % np.dtype(storage).itemsize:
-            raise ValueError(f"a {type_.name} row of {raw.shape[-1:]} bytes is not a whole number of values")
+            raise ValueError(f"a {type_.name} row of {raw.size if raw.ndim == 0 else raw.shape[-1]} bytes "
+                             f"is not a whole number of {np.dtype(storage).itemsize}-byte values")
         raw = np.ascontiguousarray(raw).view(storage)
-    elif raw.dtype != storage and not (type_ == GGMLType.BF16 and raw.dtype == np.int16):
+    elif raw.dtype != storage:
         raise TypeError(f"{type_.name} data must be {np.dtype(storage).name} or uint8, got {raw.dtype}")
     if type_ == GGMLType.BF16:
-        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        return (raw.astype(np.uint32) << 16).view(np.float32)
     return raw.astype(np.float32, copy=False)
 
 

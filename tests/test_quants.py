@@ -246,7 +246,7 @@ def test_dequantize_rejects_a_partial_block():
         dequantize(np.zeros((2, 35), np.uint8), T.Q4_0)
     with pytest.raises(ValueError, match=r"Q6_K row of 211 bytes"):
         unpack(np.zeros(211, np.uint8), T.Q6_K)
-    with pytest.raises(ValueError, match="BF16"):
+    with pytest.raises(ValueError, match="BF16 row of 7 bytes"):
         dequantize(np.zeros(7, np.uint8), T.BF16)
 
 
