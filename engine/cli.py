@@ -1,12 +1,17 @@
 """The ``llamanp`` command line: one subcommand per thing a user does with a model.
 
-Errors the user can fix (a missing file, a corrupt model, a bad option) end in a
-one-line message and exit status 1, never a traceback.
+Every command takes ``--model`` (default: the tiny Shakespeare model that ships
+with the package). Errors the user can fix (a missing file, a corrupt model, a
+bad option) end in a one-line message and exit status 1, never a traceback;
+progress on long work goes to stderr so stdout stays clean for the result.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +20,17 @@ from .errors import LlamaError
 from .gguf import read_gguf
 
 DEFAULT_MODEL = Path(__file__).parent / "data" / "tiny-shakespeare.gguf"
+
+
+def note(message: str) -> None:
+    """Progress and statistics, on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def open_model(args):
+    from .llama import Llama
+
+    return Llama(args.model, n_ctx=args.ctx, n_threads=args.threads)
 
 
 def describe_value(value) -> str:
@@ -44,13 +60,225 @@ def cmd_info(args) -> None:
         print(f"\n  {n_params:,} parameters in {total:,} bytes ({8 * total / n_params:.2f} bits per weight)")
 
 
+def cmd_tokenize(args) -> None:
+    from .tokenizer import Tokenizer
+
+    tok = Tokenizer.from_gguf(args.model)
+    ids = tok.tokenize(read_text(args.text), add_bos=args.bos, special=args.special)
+    for i in ids:
+        print(f"{i:>8}  {tok.token_to_piece(i, special=True)!r}")
+    note(f"{len(ids)} tokens")
+
+
+def make_sampler_from_args(args):
+    from .sampling import make_sampler
+
+    options = {name: getattr(args, name) for name in SAMPLER_OPTIONS[args.sampler] if getattr(args, name) is not None}
+    if args.sampler != "greedy" and args.seed is not None:
+        options["seed"] = args.seed
+    if args.sampler == "mirostat_v1":
+        options["n_vocab"] = args.n_vocab
+    return make_sampler(args.sampler, **options)
+
+
+def load_grammar(args):
+    from .grammar import Grammar
+
+    if args.grammar and args.json_schema:
+        raise LlamaError("give --grammar or --json-schema, not both")
+    if args.grammar:
+        return Grammar.from_string(Path(args.grammar).read_text())
+    if args.json_schema:
+        try:
+            schema = json.loads(Path(args.json_schema).read_text())
+        except json.JSONDecodeError as e:
+            raise LlamaError(f"{args.json_schema}: not valid JSON ({e})") from None
+        return Grammar.from_json_schema(schema)
+    return None
+
+
+def cmd_generate(args) -> None:
+    prompt = read_text(args.prompt)
+    with open_model(args) as llm:
+        args.n_vocab = llm.n_vocab
+        sampler = make_sampler_from_args(args)
+        grammar = load_grammar(args)
+        start = time.perf_counter()
+        n_prompt = len(llm.tokenize(prompt))
+        n = 0
+        print(prompt, end="", flush=True)
+        for piece in llm.generate(prompt, sampler=sampler, max_tokens=args.max_tokens, stop=args.stop or (),
+                                  grammar=grammar, stop_at_context_end=True):
+            print(piece, end="", flush=True)
+            n += 1
+        print()
+        elapsed = time.perf_counter() - start
+        note(f"[{n_prompt} prompt tokens, {n} generated pieces in {elapsed:.2f} s]")
+
+
+def cmd_chat(args) -> None:
+    from .chat import Chat
+
+    with open_model(args) as llm:
+        args.n_vocab = llm.n_vocab
+        chat = Chat(llm, system=args.system, format=args.format)
+        sampler = make_sampler_from_args(args)
+        note("chat: /reset starts over, /exit (or end of input) quits")
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                break
+            if line.strip() == "/exit":
+                break
+            if line.strip() == "/reset":
+                chat.reset()
+                continue
+            for piece in chat.stream(line, sampler=sampler, max_tokens=args.max_tokens):
+                print(piece, end="", flush=True)
+            print()
+
+
+def cmd_top(args) -> None:
+    from .sampling import softmax
+
+    with open_model(args) as llm:
+        llm.update(read_text(args.prompt))
+        p = softmax(llm.logits)
+        order = np.argsort(-p, kind="stable")
+        rows = [("most likely", order[:args.k]), ("least likely", order[::-1][:args.k])]
+        for title, ids in rows:
+            print(f"{title}:")
+            for i in ids:
+                print(f"  {int(i):>7}  {llm.tokenizer.token_to_piece(int(i), special=True)!r:<24} {p[i]:.6g}")
+
+
+def cmd_perplexity(args) -> None:
+    """Perplexity as llama-perplexity reports it: windows of n_ctx tokens, each starting with BOS,
+    scored on their second half."""
+    from .sampling import log_softmax
+
+    text = Path(args.file).read_text(encoding="utf-8")
+    with open_model(args) as llm:
+        tokens = llm.tokenize(text, add_bos=True)
+        n_ctx = llm.n_ctx
+        n_chunks = len(tokens) // n_ctx
+        if args.chunks:
+            n_chunks = min(n_chunks, args.chunks)
+        if n_chunks == 0:
+            raise LlamaError(f"{args.file}: {len(tokens)} tokens is fewer than one window of n_ctx={n_ctx}")
+        nll, count = 0.0, 0
+        first = n_ctx // 2
+        for c in range(n_chunks):
+            window = tokens[c * n_ctx:(c + 1) * n_ctx]
+            window[0] = llm.bos
+            logits = llm.eval_logits(window)                                   # (n_ctx, n_vocab)
+            for pos in range(first, n_ctx - 1):
+                nll -= float(log_softmax(logits[pos])[window[pos + 1]])
+                count += 1
+            note(f"[{c + 1}/{n_chunks}] perplexity so far {math.exp(nll / count):.4f}")
+        print(f"perplexity: {math.exp(nll / count):.4f} over {count} tokens ({n_chunks} windows of {n_ctx})")
+
+
+def cmd_bench(args) -> None:
+    with open_model(args) as llm:
+        prompt = [llm.bos] + [int(t) for t in np.random.default_rng(0).integers(3, llm.n_vocab, args.n_prompt - 1)]
+        start = time.perf_counter()
+        llm.update(prompt, n_past=0)
+        prefill = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(args.n_gen):
+            llm.update([int(np.argmax(llm.logits))])
+        decode = time.perf_counter() - start
+        print(f"prefill: {args.n_prompt / prefill:8.2f} tok/s ({args.n_prompt} tokens)")
+        print(f"decode:  {args.n_gen / decode:8.2f} tok/s ({args.n_gen} tokens)")
+
+
+def read_text(value: str | None) -> str:
+    """The argument, or standard input when it is '-' or missing."""
+    return sys.stdin.read() if value in (None, "-") else value
+
+
+SAMPLER_OPTIONS = {
+    "greedy": [],
+    "mirostat_v2": ["tau", "eta"],
+    "mirostat_v1": ["tau", "eta"],
+    "chain": ["temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "penalty_last_n",
+              "frequency_penalty", "presence_penalty"],
+}
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", default=str(DEFAULT_MODEL), help="GGUF file (default: the embedded model)")
+    p.add_argument("-c", "--ctx", type=int, help="context size (default: the model's)")
+    p.add_argument("-t", "--threads", type=int, help="threads (default: all cores)")
+
+
+def add_sampler_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", choices=list(SAMPLER_OPTIONS), default="mirostat_v2")
+    p.add_argument("--seed", type=int, help="seed of the sampler's random draws")
+    p.add_argument("-n", "--max-tokens", type=int, default=128)
+    p.add_argument("--tau", type=float)
+    p.add_argument("--eta", type=float)
+    p.add_argument("--temperature", "--temp", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--min-p", type=float)
+    p.add_argument("--typical-p", type=float)
+    p.add_argument("--repeat-penalty", type=float)
+    p.add_argument("--penalty-last-n", type=int)
+    p.add_argument("--frequency-penalty", type=float)
+    p.add_argument("--presence-penalty", type=float)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamanp", description="A LLaMA inference engine in NumPy and Cython.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    info = commands.add_parser("info", help="show a model's metadata and tensor table")
-    info.add_argument("model", nargs="?", default=str(DEFAULT_MODEL), help="GGUF file (default: the embedded model)")
-    info.set_defaults(run=cmd_info)
+    p = commands.add_parser("generate", help="continue a prompt, streaming to stdout")
+    add_model_options(p)
+    p.add_argument("-p", "--prompt", help="prompt text ('-' or absent: read standard input)")
+    add_sampler_options(p)
+    p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
+    p.add_argument("--grammar", help="GBNF grammar file constraining the output")
+    p.add_argument("--json-schema", help="JSON Schema file constraining the output")
+    p.set_defaults(run=cmd_generate)
+
+    p = commands.add_parser("chat", help="talk with the model; /reset starts over, /exit quits")
+    add_model_options(p)
+    add_sampler_options(p)
+    p.add_argument("--system", help="system message")
+    p.add_argument("--format", help="chat format (default: the model's own template, else llama-2)")
+    p.set_defaults(run=cmd_chat)
+
+    p = commands.add_parser("tokenize", help="show the token ids and pieces of a text")
+    add_model_options(p)
+    p.add_argument("text", nargs="?", help="text ('-' or absent: read standard input)")
+    p.add_argument("--bos", action="store_true", help="prepend BOS")
+    p.add_argument("--special", action="store_true", help="parse control tokens written in the text")
+    p.set_defaults(run=cmd_tokenize)
+
+    p = commands.add_parser("top", help="the k most and least likely next tokens after a prompt")
+    add_model_options(p)
+    p.add_argument("prompt", nargs="?", help="prompt text ('-' or absent: read standard input)")
+    p.add_argument("-k", type=int, default=10)
+    p.set_defaults(run=cmd_top)
+
+    p = commands.add_parser("info", help="a model's metadata and tensor table")
+    p.add_argument("-m", "--model", default=str(DEFAULT_MODEL), help="GGUF file (default: the embedded model)")
+    p.set_defaults(run=cmd_info)
+
+    p = commands.add_parser("perplexity", help="perplexity of a text file, like llama-perplexity")
+    add_model_options(p)
+    p.add_argument("-f", "--file", required=True, help="UTF-8 text file")
+    p.add_argument("--chunks", type=int, help="score at most this many windows")
+    p.set_defaults(run=cmd_perplexity)
+
+    p = commands.add_parser("bench", help="prefill and decode speed of this engine")
+    add_model_options(p)
+    p.add_argument("--n-prompt", type=int, default=64)
+    p.add_argument("--n-gen", type=int, default=32)
+    p.set_defaults(run=cmd_bench)
     return parser
 
 
@@ -58,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (LlamaError, OSError) as e:
+    except (LlamaError, ValueError, OSError) as e:
         sys.exit(f"llamanp: error: {e}")
     except KeyboardInterrupt:
         sys.exit(130)
