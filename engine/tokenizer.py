@@ -56,7 +56,6 @@ from .gguf import read_gguf
 SPACE = "\u2581"  # ▁, how SentencePiece writes a space inside a token
 
 
-
 class TokenType(IntEnum):
     """``tokenizer.ggml.token_type`` values (llama.cpp's llama_token_type)."""
     UNDEFINED = 0
@@ -147,7 +146,9 @@ class Tokenizer:
         if kind == TokenType.NORMAL:
             return text.replace(SPACE, " ").encode()
         if kind == TokenType.BYTE:
-            return bytes([int(text[3:5], 16)])  # "<0xNN>"
+            if not re.fullmatch("<0x[0-9A-Fa-f]{2}>", text):
+                raise ModelError(f"byte token {text!r} is not written <0xNN>")
+            return bytes([int(text[3:5], 16)])
         if kind in SPECIAL_TYPES:
             return text.encode()
         return b""  # unused and undefined tokens print as nothing

@@ -283,3 +283,7 @@ def test_bad_metadata():
                                  "tokenizer.ggml.scores": [0.0]})
     with pytest.raises(ModelError, match="duplicate"):
         Tokenizer.from_metadata({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["a", "a"]})
+    odd_byte = Tokenizer.from_metadata({"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": ["a", "<0xZZ>"],
+                                        "tokenizer.ggml.token_type": [TokenType.NORMAL, TokenType.BYTE]})
+    with pytest.raises(ModelError, match="0xZZ"):
+        odd_byte.token_to_piece(1)
