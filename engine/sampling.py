@@ -38,11 +38,11 @@ from collections import Counter, deque
 
 import numpy as np
 
+from engine import libm
+from engine.libstdcxx import MT19937, discrete_distribution, generate_canonical, partial_sort_order, sort_order
+
 DEFAULT_SEED = 0xFFFFFFFF
 """llama.cpp's LLAMA_DEFAULT_SEED: like ``seed=None``, it asks for a random seed."""
-
-_TWO_32 = 4294967296.0
-
 
 # ---------------------------------------------------------------------------
 # Whole-vocabulary helpers
@@ -89,50 +89,19 @@ def check_token(token_id, n_vocab: int) -> int:
 
 
 # ---------------------------------------------------------------------------
-# f32 maths as the C library computes it
+# f32 arithmetic as llama.cpp's C++ does it
 
 
 def _f32(x) -> np.float32:
     return np.float32(x)
 
 
-def _expf(x: np.ndarray) -> np.ndarray:
-    return np.exp(x.astype(np.float64)).astype(np.float32)
-
-
-def _logf(x):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log(np.asarray(x, dtype=np.float64)).astype(np.float32)
-
-
-def _log2f(x):
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log2(np.asarray(x, dtype=np.float64)).astype(np.float32)
-
-
-def _powf(base, exponent) -> np.float32:
-    with np.errstate(all="ignore"):
-        return np.float32(np.power(np.float64(np.float32(base)), np.float64(np.float32(exponent))))
-
-
-def _truncate_to_int(x: np.float32) -> int:
+def _truncate_to_int(x) -> int:
     """C++ ``int(x)`` on x86-64: toward zero, and INT_MIN when x is NaN or out of range."""
+    x = float(x)
     if not math.isfinite(x) or not -2147483648.0 <= math.trunc(x) <= 2147483647.0:
         return -2147483648
     return math.trunc(x)
-
-
-# ---------------------------------------------------------------------------
-# std::mt19937 and libstdc++'s uniform doubles
-
-
-def _init_genrand(seed: int) -> np.ndarray:
-    """The 624-word state std::mt19937(seed) starts from (Matsumoto-Nishimura init_genrand)."""
-    key = [seed & 0xFFFFFFFF]
-    for i in range(1, 624):
-        prev = key[-1]
-        key.append((1812433253 * (prev ^ (prev >> 30)) + i) & 0xFFFFFFFF)
-    return np.array(key, dtype=np.uint32)
 
 
 def resolve_seed(seed) -> int:
@@ -142,28 +111,6 @@ def resolve_seed(seed) -> int:
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= DEFAULT_SEED:
         raise ValueError(f"seed must be None or an int in [0, 2**32), got {seed!r}")
     return int(seed)
-
-
-class StdMT19937:
-    """std::mt19937 with the uniform doubles libstdc++ (GCC 12) derives from it.
-
-    ``uniform()`` is ``std::uniform_real_distribution<double>(0, 1)``, i.e.
-    ``std::generate_canonical<double, 53>``: two 32-bit outputs a, b combined as
-    (a + b * 2**32) / 2**64 in double arithmetic, clamped below 1.
-    """
-
-    def __init__(self, seed: int):
-        self._bits = np.random.MT19937()
-        self._bits.state = {"bit_generator": "MT19937", "state": {"key": _init_genrand(seed), "pos": 624}}
-
-    def next_u32(self) -> int:
-        return int(self._bits.random_raw())
-
-    def uniform(self) -> float:
-        low = float(self.next_u32())
-        high = float(self.next_u32())
-        u = (low + high * _TWO_32) / (_TWO_32 * _TWO_32)
-        return u if u < 1.0 else math.nextafter(1.0, 0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -205,9 +152,36 @@ class Candidates:
         self.ids, self.logits, self.p = self.ids[index], self.logits[index], self.p[index]
 
     def sort_descending(self, n: int) -> None:
-        """Keep the ``n`` largest logits, largest first (llama.cpp's partial sort in place)."""
-        self.take(np.argsort(-self.logits, kind="stable")[:n])
+        """Keep the ``n`` largest logits, largest first (llama_token_data_array_partial_sort_inplace)."""
+        self.take(partial_sort_order(-self.logits, n) if n <= 128 else _bucket_order(self.logits, n))
         self.sorted = True
+
+
+def _bucket_order(logits: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the ``n`` largest logits in the order llama.cpp's bucket sort leaves them.
+
+    That sort (llama_token_data_array_partial_sort) spreads the logits over 128
+    buckets covering [-10, 10) (values outside, and non-finite ones, land in the
+    end buckets as C++'s float-to-int conversion puts them), takes buckets from
+    the top until they hold n, std::sorts each full bucket and std::partial_sorts
+    the last one.
+    """
+    scaled = _f32(128 / 20) * logits + _f32(10) * _f32(128 / 20)  # (n_cand,) f32
+    in_range = np.isfinite(scaled) & (np.abs(scaled) < 2.0 ** 31)
+    buckets = np.clip(np.where(in_range, np.trunc(np.where(in_range, scaled, 0)), -2.0 ** 31), 0, 127).astype(np.intp)
+    order = np.lexsort((-logits, -buckets))
+    head = logits[order[:n + 1]]
+    if not (np.isnan(logits).any() or np.any(head[1:] == head[:-1])):
+        return order[:n]
+    by_bucket = np.argsort(-buckets, kind="stable")  # buckets from the top, original order within each
+    ends = np.cumsum(np.bincount(buckets, minlength=128)[::-1])
+    parts, start = [], 0
+    for end in ends[:int(np.argmax(ends >= n)) + 1]:
+        members = by_bucket[start:end]
+        keys = -logits[members]
+        parts.append(members[sort_order(keys) if end <= n else partial_sort_order(keys, n - start)])
+        start = end
+    return np.concatenate(parts)[:n]
 
 
 def softmax_candidates(cand: Candidates, sort: bool) -> None:
@@ -215,7 +189,7 @@ def softmax_candidates(cand: Candidates, sort: bool) -> None:
     if sort and not cand.sorted:
         cand.sort_descending(cand.size)
     max_logit = cand.logits[0] if cand.sorted else cand.logits.max()
-    e = _expf(cand.logits - max_logit)
+    e = libm.expf(cand.logits - max_logit)
     cand.p = e / np.cumsum(e)[-1]
 
 
@@ -292,10 +266,11 @@ def typical_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
     if p >= 1:
         return
     softmax_candidates(cand, sort=True)
+    log_p = libm.logf(cand.p)
     with np.errstate(invalid="ignore"):
-        entropy = np.cumsum(-cand.p * _logf(cand.p))[-1]
-        shifted = np.abs(-_logf(cand.p) - entropy)
-    order = np.argsort(shifted, kind="stable")
+        entropy = np.cumsum(-cand.p * log_p)[-1]
+        shifted = np.abs(-log_p - entropy)
+    order = sort_order(shifted)
     mass = np.cumsum(cand.p[order])
     enough = (mass > _f32(p)) & (np.arange(cand.size) >= min_keep - 1)
     last = int(np.argmax(enough)) + 1 if enough.any() else cand.size
@@ -308,12 +283,17 @@ def top_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
     if p >= 1:
         return
     softmax_candidates(cand, sort=False)
-    if not cand.sorted:
-        cand.sort_descending(cand.size)
-    mass = np.cumsum(cand.p)
+    mass = np.cumsum(cand.p if cand.sorted else np.sort(cand.p)[::-1])
     enough = (mass >= _f32(p)) & (np.arange(1, cand.size + 1) >= min_keep)
     last = int(np.argmax(enough)) + 1 if enough.any() else cand.size
-    cand.take(slice(0, last))
+    if cand.sorted:
+        cand.take(slice(0, last))
+    elif cand.size > 1024:  # llama.cpp sorts the top 256 first and everything only if those fall short
+        cand.take(_bucket_order(cand.logits, 256 if last <= 256 else cand.size)[:last])
+    else:
+        cand.sort_descending(cand.size)
+        cand.take(slice(0, last))
+    cand.sorted = True
 
 
 def min_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
@@ -321,13 +301,13 @@ def min_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
     if p <= 0 or cand.size == 0:
         return
     if not cand.sorted:
-        keep = cand.logits >= cand.logits.max() + _logf(p)
+        keep = cand.logits >= cand.logits.max() + libm.logf(p)
         n_keep = int(keep.sum())
         if n_keep > 0 and n_keep >= min_keep:
             cand.take(keep)
             return
         cand.sort_descending(cand.size)
-    below = (cand.logits < cand.logits[0] + _logf(p)) & (np.arange(cand.size) >= min_keep)
+    below = (cand.logits < cand.logits[0] + libm.logf(p)) & (np.arange(cand.size) >= min_keep)
     below[0] = False
     cand.take(slice(0, int(np.argmax(below)) if below.any() else cand.size))
 
@@ -360,7 +340,7 @@ class _Seeded:
         if seed is not None:
             self.seed_arg = seed
         self.seed = resolve_seed(self.seed_arg)
-        self.rng = StdMT19937(self.seed)
+        self.rng = MT19937(self.seed)
 
 
 class Dist(_Seeded):
@@ -383,31 +363,16 @@ class Dist(_Seeded):
             cand.selected = -1
             return
         cand.selected = 0
-        u = self.rng.uniform()
+        u = generate_canonical(self.rng)
         if cand.size == 1:
             cand.p[0] = 1
             return
         max_logit = cand.logits[0] if cand.sorted else cand.logits.max()
-        weights = _expf(cand.logits - max_logit)
+        weights = libm.expf(cand.logits - max_logit)
         running = np.cumsum(weights, dtype=np.float64)
         total = running[-1]
         cand.selected = min(int(np.searchsorted(running, total * u, side="left")), cand.size - 1)
         cand.p = (weights / total).astype(np.float32)
-
-
-def _discrete_draw(p: np.ndarray, rng: StdMT19937) -> int:
-    """std::discrete_distribution<int>(p)(rng) as libstdc++ computes it.
-
-    Fewer than two weights: index 0 without touching the generator.  Otherwise
-    the weights are normalised in double, accumulated, the last sum forced to 1,
-    and the first index whose cumulative sum is >= u is returned.
-    """
-    if p.size < 2:
-        return 0
-    weights = p.astype(np.float64)
-    cumulative = np.cumsum(weights / np.cumsum(weights)[-1])
-    cumulative[-1] = 1.0
-    return int(np.searchsorted(cumulative, rng.uniform(), side="left"))
 
 
 def _check_mirostat(tau: float, eta: float) -> None:
@@ -434,8 +399,8 @@ class _Mirostat(_Seeded):
     def _draw_and_learn(self, cand: Candidates) -> int:
         """Renormalise the kept candidates, draw one, and move mu toward the target surprise."""
         softmax_candidates(cand, sort=True)
-        cand.selected = _discrete_draw(cand.p, self.rng)
-        surprise = -_log2f(cand.p[cand.selected])
+        cand.selected = discrete_distribution(cand.p, self.rng)
+        surprise = -libm.log2f(cand.p[cand.selected])
         self.mu = _f32(self.mu - self.eta * (surprise - self.tau))
         return cand.token
 
@@ -457,9 +422,19 @@ class MirostatV2(_Mirostat):
     def apply(self, cand: Candidates) -> int:
         """Pick from ``cand`` (setting ``cand.selected``) and return the token id."""
         softmax_candidates(cand, sort=True)
-        too_surprising = -_log2f(cand.p) > self.mu
+        too_surprising = _surprise_above(cand.p, self.mu)
         cand.take(slice(0, max(int(np.argmax(too_surprising)) if too_surprising.any() else cand.size, 1)))
         return self._draw_and_learn(cand)
+
+
+def _surprise_above(p: np.ndarray, mu: np.float32) -> np.ndarray:
+    """Whether -log2f(p) > mu for each p; log2f is asked only where float64 log2 cannot tell."""
+    with np.errstate(divide="ignore"):
+        approx = -np.log2(p.astype(np.float64))
+    above = approx > mu
+    unsure = np.abs(approx - mu) <= 1e-4 * max(1.0, abs(float(mu)))
+    above[unsure] = -libm.log2f(p[unsure]) > mu
+    return above
 
 
 class MirostatV1(_Mirostat):
@@ -481,12 +456,12 @@ class MirostatV1(_Mirostat):
         n = min(self.m - 1, cand.size - 1)
         i = np.arange(n, dtype=np.float32)
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = _logf((i + 2) / (i + 1))
-            b = _logf(cand.p[:n] / cand.p[1:n + 1])
+            t = libm.logf((i + 2) / (i + 1))
+            b = libm.logf(cand.p[:n] / cand.p[1:n + 1])
             s_hat = np.cumsum(t * b)[-1] / np.cumsum(t * t)[-1] if n else _f32(np.nan)
         epsilon_hat = s_hat - _f32(1)
         with np.errstate(all="ignore"):
-            k = _powf((epsilon_hat * _powf(2, self.mu)) / (_f32(1) - _powf(self.n_vocab, -epsilon_hat)),
+            k = libm.powf((epsilon_hat * libm.powf(2, self.mu)) / (_f32(1) - libm.powf(self.n_vocab, -epsilon_hat)),
                       _f32(1) / s_hat)
         top_k(cand, max(_truncate_to_int(k), 1))
         return self._draw_and_learn(cand)
