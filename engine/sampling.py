@@ -23,13 +23,11 @@ order plus a flag saying whether it is sorted by descending logit.  The order
 matters, because the draws walk the cumulative probabilities in list order.
 
 Where llama.cpp computes in float (f32) we do too, and where it uses double we
-use float64: probabilities accumulate in the same order, and ``expf``/``logf``/
-``log2f``/``powf`` are the float64 function rounded to f32 (equal to glibc's
-results except, in principle, when a value lies within about 1e-16 of a rounding
-boundary).  One difference remains: candidates with exactly equal logits are
-kept in their previous order when sorted (a stable sort), while libstdc++'s
-std::sort/std::partial_sort may swap them; with real logits this only matters
-for exact ties.
+use float64, accumulating in the same order.  The f32 maths goes through the C
+library's own expf/logf/log2f/powf (``engine.libm``), and GCC's std::mt19937,
+generate_canonical, discrete_distribution, std::sort and std::partial_sort are
+replayed exactly (``engine.libstdcxx``), down to the order in which std::sort
+leaves equal logits.
 """
 import inspect
 import math
@@ -49,11 +47,13 @@ DEFAULT_SEED = 0xFFFFFFFF
 
 
 def _as_logits(logits) -> np.ndarray:
-    """The logits as a non-empty 1-D array, or ValueError."""
+    """The logits as a non-empty 1-D array without NaN, or ValueError."""
     logits = np.asarray(logits)
     if logits.ndim != 1 or logits.size == 0 or not np.issubdtype(logits.dtype, np.number):
         raise ValueError(f"logits must be a non-empty 1-D numeric array, got shape {logits.shape} "
                          f"and dtype {logits.dtype}")
+    if np.isnan(logits).any():
+        raise ValueError(f"logits contain NaN (at token id {int(np.flatnonzero(np.isnan(logits))[0])})")
     return logits
 
 
@@ -92,6 +92,9 @@ def check_token(token_id, n_vocab: int) -> int:
 # f32 arithmetic as llama.cpp's C++ does it
 
 
+_FLT_MAX = np.finfo(np.float32).max
+
+
 def _f32(x) -> np.float32:
     return np.float32(x)
 
@@ -102,15 +105,6 @@ def _truncate_to_int(x) -> int:
     if not math.isfinite(x) or not -2147483648.0 <= math.trunc(x) <= 2147483647.0:
         return -2147483648
     return math.trunc(x)
-
-
-def resolve_seed(seed) -> int:
-    """The 32-bit seed to use: ``seed`` itself, or a fresh random one for None / DEFAULT_SEED."""
-    if seed is None or seed == DEFAULT_SEED:
-        return secrets.randbits(32)
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= DEFAULT_SEED:
-        raise ValueError(f"seed must be None or an int in [0, 2**32), got {seed!r}")
-    return int(seed)
 
 
 # ---------------------------------------------------------------------------
@@ -152,7 +146,8 @@ class Candidates:
         self.ids, self.logits, self.p = self.ids[index], self.logits[index], self.p[index]
 
     def sort_descending(self, n: int) -> None:
-        """Keep the ``n`` largest logits, largest first (llama_token_data_array_partial_sort_inplace)."""
+        """Keep the ``n`` largest logits, largest first (llama_token_data_array_partial_sort_inplace:
+        std::partial_sort for n <= 128, the bucket sort beyond)."""
         self.take(partial_sort_order(-self.logits, n) if n <= 128 else _bucket_order(self.logits, n))
         self.sorted = True
 
@@ -301,7 +296,7 @@ def min_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
     if p <= 0 or cand.size == 0:
         return
     if not cand.sorted:
-        keep = cand.logits >= cand.logits.max() + libm.logf(p)
+        keep = cand.logits >= np.max(cand.logits, initial=-_FLT_MAX) + libm.logf(p)
         n_keep = int(keep.sum())
         if n_keep > 0 and n_keep >= min_keep:
             cand.take(keep)
@@ -327,6 +322,15 @@ def temperature(cand: Candidates, t: float) -> None:
 
 # ---------------------------------------------------------------------------
 # Final stages: seeded draws
+
+
+def resolve_seed(seed) -> int:
+    """The 32-bit seed to use: ``seed`` itself, or a fresh random one for None / DEFAULT_SEED."""
+    if seed is None or seed == DEFAULT_SEED:
+        return secrets.randbits(32)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= DEFAULT_SEED:
+        raise ValueError(f"seed must be None or an int in [0, 2**32), got {seed!r}")
+    return int(seed)
 
 
 class _Seeded:
@@ -461,8 +465,8 @@ class MirostatV1(_Mirostat):
             s_hat = np.cumsum(t * b)[-1] / np.cumsum(t * t)[-1] if n else _f32(np.nan)
         epsilon_hat = s_hat - _f32(1)
         with np.errstate(all="ignore"):
-            k = libm.powf((epsilon_hat * libm.powf(2, self.mu)) / (_f32(1) - libm.powf(self.n_vocab, -epsilon_hat)),
-                      _f32(1) / s_hat)
+            zipf_scale = (epsilon_hat * libm.powf(2, self.mu)) / (_f32(1) - libm.powf(self.n_vocab, -epsilon_hat))
+            k = libm.powf(zipf_scale, _f32(1) / s_hat)
         top_k(cand, max(_truncate_to_int(k), 1))
         return self._draw_and_learn(cand)
 
@@ -540,7 +544,7 @@ def _check_bias(bias: dict) -> dict:
     return {int(t): float(b) for t, b in bias.items()}
 
 
-SAMPLERS = {"greedy": None, "mirostat_v2": MirostatV2, "mirostat_v1": MirostatV1, "chain": Chain}
+SAMPLER_CLASSES = {"mirostat_v2": MirostatV2, "mirostat_v1": MirostatV1, "chain": Chain}
 
 
 def make_sampler(kind: str = "mirostat_v2", **options):
@@ -548,14 +552,14 @@ def make_sampler(kind: str = "mirostat_v2", **options):
 
     Unknown kinds, unknown options and bad values raise ValueError.
     """
-    if kind not in SAMPLERS:
-        raise ValueError(f"unknown sampler {kind!r}; choose one of {', '.join(SAMPLERS)}")
     if kind == "greedy":
         if options:
             raise ValueError(f"the greedy sampler takes no options, got {', '.join(options)}")
         return greedy
-    known = list(inspect.signature(SAMPLERS[kind]).parameters)
+    if kind not in SAMPLER_CLASSES:
+        raise ValueError(f"unknown sampler {kind!r}; choose one of greedy, {', '.join(SAMPLER_CLASSES)}")
+    known = list(inspect.signature(SAMPLER_CLASSES[kind]).parameters)
     unknown = [name for name in options if name not in known]
     if unknown:
         raise ValueError(f"unknown option {unknown[0]!r} for sampler {kind!r}; it takes {', '.join(known)}")
-    return SAMPLERS[kind](**options)
+    return SAMPLER_CLASSES[kind](**options)

@@ -220,6 +220,13 @@ def test_penalties_window_matches_llama_cpp(llama):
         assert_same(cand, expected)
 
 
+def test_min_p_when_every_logit_is_minus_infinity(llama):
+    cand = S.Candidates.from_logits(np.full(8, -np.inf, np.float32))
+    expected = llama(lc.llama_sampler_init_min_p, 0.1, 0).apply(cand)
+    S.min_p(cand, 0.1)
+    assert_same(cand, expected)
+
+
 def test_logit_bias_matches_llama_cpp(llama):
     bias = {3: 2.5, 0: -np.inf, 17: -1.25}
     cand = S.Candidates.from_logits(random_logits(3, 20))
@@ -439,6 +446,7 @@ def test_any_callable_is_a_sampler_and_check_token_names_bad_ids():
     (lambda: S.greedy([]), "logits"),
     (lambda: S.greedy(np.zeros((2, 3))), "logits"),
     (lambda: S.MirostatV2()(np.zeros((2, 3))), "logits"),
+    (lambda: S.Chain()(np.array([0.0, np.nan, 1.0])), "NaN .*token id 1"),
 ])
 def test_bad_input_raises_value_error(make, message):
     with pytest.raises(ValueError, match=message):
