@@ -83,8 +83,9 @@ def sort_order(keys: np.ndarray) -> np.ndarray:
 def partial_sort_order(keys: np.ndarray, middle: int) -> np.ndarray:
     """The first ``middle`` positions after ``std::partial_sort(first, first + middle, last, less)``."""
     middle = min(middle, keys.size)
-    order = np.argsort(keys, kind="stable")
-    if _unique_order(keys, keys[order[:middle + 1]]):
+    smallest = np.argpartition(keys, middle)[:middle + 1] if middle < keys.size else np.arange(keys.size)
+    order = smallest[np.argsort(keys[smallest], kind="stable")]
+    if _unique_order(keys, keys[order]):
         return order[:middle]
     items = list(range(keys.size))
     _Replay(keys.tolist(), items).partial_sort(0, middle, len(items))

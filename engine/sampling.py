@@ -152,40 +152,92 @@ class Candidates:
         self.sorted = True
 
 
-def _bucket_order(logits: np.ndarray, n: int) -> np.ndarray:
-    """Positions of the ``n`` largest logits in the order llama.cpp's bucket sort leaves them.
+def _bucket_order(logits: np.ndarray, n: int, prefix: int = None) -> np.ndarray:
+    """Positions of the first ``prefix`` (default all n) of the ``n`` largest logits, in the order
+    llama.cpp's bucket sort leaves them.
 
     That sort (llama_token_data_array_partial_sort) spreads the logits over 128
     buckets covering [-10, 10) (values outside, and non-finite ones, land in the
     end buckets as C++'s float-to-int conversion puts them), takes buckets from
     the top until they hold n, std::sorts each full bucket and std::partial_sorts
-    the last one.
+    the last one.  Only buckets reaching into the prefix are replayed.
     """
-    scaled = _f32(128 / 20) * logits + _f32(10) * _f32(128 / 20)  # (n_cand,) f32
-    in_range = np.isfinite(scaled) & (np.abs(scaled) < 2.0 ** 31)
-    buckets = np.clip(np.where(in_range, np.trunc(np.where(in_range, scaled, 0)), -2.0 ** 31), 0, 127).astype(np.intp)
-    order = np.lexsort((-logits, -buckets))
-    head = logits[order[:n + 1]]
-    if not (np.isnan(logits).any() or np.any(head[1:] == head[:-1])):
-        return order[:n]
+    prefix = n if prefix is None else prefix
+    head = _bucket_value_order(logits, prefix + 1)
+    values = logits[head]
+    if not (np.isnan(logits).any() or np.any(values[1:] == values[:-1])):
+        return head[:prefix]
+    buckets = _buckets(logits)
     by_bucket = np.argsort(-buckets, kind="stable")  # buckets from the top, original order within each
     ends = np.cumsum(np.bincount(buckets, minlength=128)[::-1])
     parts, start = [], 0
     for end in ends[:int(np.argmax(ends >= n)) + 1]:
+        if start >= prefix:
+            break
         members = by_bucket[start:end]
         keys = -logits[members]
         parts.append(members[sort_order(keys) if end <= n else partial_sort_order(keys, n - start)])
         start = end
-    return np.concatenate(parts)[:n]
+    return np.concatenate(parts)[:prefix]
+
+
+_BUCKET_OVERFLOW = 3e8  # from about 3.36e8 up, 6.4 * logit + 64 overflows int32 and C++ gives bucket 0
+
+
+def _bucket_value_order(logits: np.ndarray, m: int) -> np.ndarray:
+    """The first ``m`` positions by bucket, then by logit, both descending (ties in any order)."""
+    if logits.max() >= _BUCKET_OVERFLOW:
+        return np.lexsort((-logits, -_buckets(logits)))[:m]
+    if m >= logits.size:  # the buckets are then in logit order
+        return np.argsort(-logits, kind="stable")
+    top = np.argpartition(-logits, m - 1)[:m]
+    return top[np.argsort(-logits[top], kind="stable")]
+
+
+def _bucket_sorted_values(logits: np.ndarray) -> np.ndarray:
+    """The logits in bucket-then-value order, as llama.cpp's bucket sort of all of them leaves them."""
+    if logits.max() >= _BUCKET_OVERFLOW:
+        return logits[_bucket_value_order(logits, logits.size)]
+    return np.sort(logits)[::-1]
+
+
+def _buckets(logits: np.ndarray) -> np.ndarray:
+    """Each logit's bucket in llama.cpp's bucket sort: int(6.4 * logit + 64) clamped to [0, 127], in f32."""
+    scaled = _f32(128 / 20) * logits + _f32(10) * _f32(128 / 20)  # (n_cand,) f32
+    in_range = np.isfinite(scaled) & (np.abs(scaled) < 2.0 ** 31)
+    truncated = np.where(in_range, np.trunc(np.where(in_range, scaled, 0)), -2.0 ** 31)  # C++ gives INT_MIN
+    return np.clip(truncated, 0, 127).astype(np.intp)
+
+
+def _f32_softmax(logits: np.ndarray, max_logit: np.float32) -> np.ndarray:
+    """llama.cpp's f32 softmax: expf of the shifted logits over their left-to-right f32 sum."""
+    e = libm.expf(logits - max_logit)
+    return e / np.cumsum(e)[-1]
 
 
 def softmax_candidates(cand: Candidates, sort: bool) -> None:
     """Set ``p`` to the f32 softmax of the logits, first sorting them when ``sort`` (llama_sampler_softmax_impl)."""
     if sort and not cand.sorted:
         cand.sort_descending(cand.size)
-    max_logit = cand.logits[0] if cand.sorted else cand.logits.max()
-    e = libm.expf(cand.logits - max_logit)
-    cand.p = e / np.cumsum(e)[-1]
+    cand.p = _f32_softmax(cand.logits, cand.logits[0] if cand.sorted else cand.logits.max())
+
+
+def _sort_softmax_keep(cand: Candidates, n_kept) -> None:
+    """``softmax_candidates(cand, sort=True)``, then keep the first ``n_kept(p)`` candidates.
+
+    The probabilities depend only on the sorted values, so llama.cpp's order of
+    equal logits is replayed only for the candidates kept.
+    """
+    if cand.sorted or cand.size <= 128:
+        softmax_candidates(cand, sort=True)
+        cand.take(slice(0, n_kept(cand.p)))
+        return
+    values = _bucket_sorted_values(cand.logits)
+    p = _f32_softmax(values, values[0])
+    n = n_kept(p)
+    cand.take(_bucket_order(cand.logits, cand.size, prefix=n))
+    cand.p = p[:n]
+    cand.sorted = True
 
 
 # ---------------------------------------------------------------------------
@@ -283,11 +335,12 @@ def top_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
     last = int(np.argmax(enough)) + 1 if enough.any() else cand.size
     if cand.sorted:
         cand.take(slice(0, last))
-    elif cand.size > 1024:  # llama.cpp sorts the top 256 first and everything only if those fall short
-        cand.take(_bucket_order(cand.logits, 256 if last <= 256 else cand.size)[:last])
-    else:
+    elif cand.size <= 128:
         cand.sort_descending(cand.size)
         cand.take(slice(0, last))
+    else:  # beyond 1024 candidates llama.cpp sorts the top 256 first, and everything only if those fall short
+        n_sorted = 256 if cand.size > 1024 and last <= 256 else cand.size
+        cand.take(_bucket_order(cand.logits, n_sorted, prefix=last))
     cand.sorted = True
 
 
@@ -425,10 +478,13 @@ class MirostatV2(_Mirostat):
 
     def apply(self, cand: Candidates) -> int:
         """Pick from ``cand`` (setting ``cand.selected``) and return the token id."""
-        softmax_candidates(cand, sort=True)
-        too_surprising = _surprise_above(cand.p, self.mu)
-        cand.take(slice(0, max(int(np.argmax(too_surprising)) if too_surprising.any() else cand.size, 1)))
+        _sort_softmax_keep(cand, self._n_unsurprising)
         return self._draw_and_learn(cand)
+
+    def _n_unsurprising(self, p: np.ndarray) -> int:
+        """How many of the (descending) probabilities precede the first with -log2 p > mu; at least 1."""
+        too_surprising = _surprise_above(p, self.mu)
+        return max(int(np.argmax(too_surprising)) if too_surprising.any() else p.size, 1)
 
 
 def _surprise_above(p: np.ndarray, mu: np.float32) -> np.ndarray:
@@ -456,19 +512,22 @@ class MirostatV1(_Mirostat):
 
     def apply(self, cand: Candidates) -> int:
         """Pick from ``cand`` (setting ``cand.selected``) and return the token id."""
-        softmax_candidates(cand, sort=True)
-        n = min(self.m - 1, cand.size - 1)
+        _sort_softmax_keep(cand, self._zipf_top_k)
+        return self._draw_and_learn(cand)
+
+    def _zipf_top_k(self, p: np.ndarray) -> int:
+        """The k for which the top-k tokens of a Zipf law fitted to p[:m] have expected surprise mu."""
+        n = min(self.m - 1, p.size - 1)
         i = np.arange(n, dtype=np.float32)
         with np.errstate(divide="ignore", invalid="ignore"):
             t = libm.logf((i + 2) / (i + 1))
-            b = libm.logf(cand.p[:n] / cand.p[1:n + 1])
+            b = libm.logf(p[:n] / p[1:n + 1])
             s_hat = np.cumsum(t * b)[-1] / np.cumsum(t * t)[-1] if n else _f32(np.nan)
         epsilon_hat = s_hat - _f32(1)
         with np.errstate(all="ignore"):
             zipf_scale = (epsilon_hat * libm.powf(2, self.mu)) / (_f32(1) - libm.powf(self.n_vocab, -epsilon_hat))
             k = libm.powf(zipf_scale, _f32(1) / s_hat)
-        top_k(cand, max(_truncate_to_int(k), 1))
-        return self._draw_and_learn(cand)
+        return min(max(_truncate_to_int(k), 1), p.size)
 
 
 class Chain:
