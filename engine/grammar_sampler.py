@@ -1,0 +1,221 @@
+"""Grammar-constrained sampling: which tokens can continue a grammar, and a sampler wrapper.
+
+The vocabulary's pieces go into a byte trie once; a token mask is one walk of
+the trie from the grammar state, where a branch dies as soon as the grammar
+rejects a byte, so pieces that share a prefix share its matching.
+
+Masks follow llama.cpp's llama_grammar_apply_impl: an end-of-generation token
+is allowed only where the grammar may end; a token whose piece is empty (or
+starts with NUL) never is; any other token is allowed when its bytes (up to a
+NUL) continue the grammar, a trailing unfinished UTF-8 sequence included if
+some live terminal could still complete it. Whole-token terminals (<[id]>)
+match by id.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import GrammarError
+from .grammar import UTF8_FOLLOW, Grammar, Gre
+
+
+class VocabTrie:
+    """The pieces of a vocabulary as a byte trie in flat arrays, nodes numbered breadth first.
+
+    The children of node n are nodes first_child[n] .. first_child[n] + n_children[n] - 1;
+    byte[c] is the byte on the edge into node c; the tokens whose piece ends at node n
+    are token_ids[first_end[n] : first_end[n] + n_ends[n]]. Node 0 is the root.
+    """
+
+    def __init__(self, pieces: Sequence[bytes], excluded: Iterable[int] = ()):
+        self.n_vocab = len(pieces)
+        skip = set(excluded)
+        index: list[dict[int, int]] = [{}]  # node -> {byte: child}, insertion-numbered
+        ends: list[list[int]] = [[]]
+        for token_id, piece in enumerate(pieces):
+            piece = piece.split(b"\0", 1)[0]
+            if token_id in skip or not piece:
+                continue
+            node = 0
+            for b in piece:
+                child = index[node].get(b)
+                if child is None:
+                    child = index[node][b] = len(index)
+                    index.append({})
+                    ends.append([])
+                node = child
+            ends[node].append(token_id)
+        order, edge_byte = [0], [0]  # breadth-first renumbering
+        for node in order:
+            for b, child in sorted(index[node].items()):
+                order.append(child)
+                edge_byte.append(b)
+        renumber = np.empty(len(order), dtype=np.int64)
+        renumber[order] = np.arange(len(order))
+        self.byte = np.array(edge_byte, dtype=np.int64)
+        self.n_children = np.array([len(index[n]) for n in order], dtype=np.int64)
+        self.first_child = np.cumsum(self.n_children) - self.n_children + 1
+        self.n_ends = np.array([len(ends[n]) for n in order], dtype=np.int64)
+        self.first_end = np.cumsum(self.n_ends) - self.n_ends
+        self.token_ids = np.array([t for n in order for t in ends[n]], dtype=np.int64)
+        # tokens a whole-token terminal may match: llama.cpp needs a complete first character and no
+        # byte that cannot start one (it does not check continuation bytes inside a piece)
+        self.matchable = np.zeros(self.n_vocab, dtype=bool)
+        self.matchable[[t for t in self.token_ids.tolist() if _starts_with_character(pieces[t])]] = True
+
+
+def _starts_with_character(piece: bytes) -> bool:
+    piece = piece.split(b"\0", 1)[0]
+    pos = 0
+    while pos < len(piece):
+        n_follow = UTF8_FOLLOW[piece[pos] >> 4]
+        if n_follow < 0:
+            return False
+        pos += 1 + n_follow
+    return bool(piece) and 1 + UTF8_FOLLOW[piece[0] >> 4] <= len(piece)
+
+
+def _expand(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The concatenated ranges starts[i] .. starts[i] + counts[i] - 1, and for each item its i."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    offset = np.arange(len(owner)) - (np.cumsum(counts) - counts)[owner]
+    return starts[owner] + offset, owner
+
+
+class TokenMasker:
+    """Token masks of one grammar over one vocabulary.
+
+    The trie is walked one depth at a time for every live branch at once; the
+    grammar's byte transitions are mirrored into a dense (state, byte) table so
+    a depth costs a handful of array operations.
+    """
+
+    UNKNOWN = -1
+
+    def __init__(self, grammar: Grammar, pieces: Sequence[bytes], eog_ids: Iterable[int]):
+        self.grammar = grammar
+        self.eog_ids = sorted(set(eog_ids))
+        self.trie = VocabTrie(pieces, self.eog_ids)
+        self._table = np.full((0, 256), self.UNKNOWN, dtype=np.int64)  # (n_states, 256) next state
+        self._ok_at_end = np.zeros(0, dtype=np.int8)  # per state: 1 yes, 0 no, -1 unknown
+
+    def allowed_tokens(self, state: int) -> np.ndarray:
+        """Boolean mask (n_vocab,) of the tokens that may come next in this grammar state."""
+        g = self.grammar
+        mask = np.zeros(self.trie.n_vocab, dtype=bool)
+        mask[self._walk(state)] = True
+        for kind, token_id in g.token_terminals(state):
+            if token_id >= len(mask):
+                mask |= self.trie.matchable if kind == Gre.TOKEN_NOT else False
+            elif kind == Gre.TOKEN:
+                mask[token_id] |= self.trie.matchable[token_id]
+            else:
+                keep = mask[token_id]
+                mask |= self.trie.matchable
+                mask[token_id] = keep
+        if g.can_end(state):
+            mask[self.eog_ids] = True
+        return mask
+
+    def _grow(self) -> None:
+        n = len(self.grammar._states)
+        if n > len(self._table):
+            extra = max(n, 2 * len(self._table)) - len(self._table)
+            self._table = np.vstack([self._table, np.full((extra, 256), self.UNKNOWN, dtype=np.int64)])
+            self._ok_at_end = np.concatenate([self._ok_at_end, np.full(extra, -1, dtype=np.int8)])
+
+    def _next_states(self, states: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+        """The grammar state after the byte into each node, from the state before it."""
+        self._grow()
+        nxt = self._table[states, self.trie.byte[nodes]]
+        unknown = nxt == self.UNKNOWN
+        if unknown.any():
+            keys = np.unique(states[unknown] * 256 + self.trie.byte[nodes[unknown]])
+            for key in keys.tolist():
+                s, b = divmod(key, 256)
+                t = self.grammar.step(s, b)
+                self._grow()
+                self._table[s, b] = t
+            nxt = self._table[states, self.trie.byte[nodes]]
+        return nxt
+
+    def _piece_may_end(self, states: np.ndarray) -> np.ndarray:
+        self._grow()
+        flags = self._ok_at_end[states]
+        for s in np.unique(states[flags < 0]).tolist():
+            self._ok_at_end[s] = self.grammar.piece_ok_at_end(s)
+        return self._ok_at_end[states] == 1
+
+    def _walk(self, state: int) -> np.ndarray:
+        """Ids of the tokens whose bytes the grammar accepts from `state`."""
+        trie, dead = self.trie, self.grammar.DEAD
+        nodes = np.zeros(1, dtype=np.int64)
+        states = np.array([state], dtype=np.int64)
+        allowed = []
+        while len(nodes):
+            has = trie.n_children[nodes] > 0
+            nodes, states = nodes[has], states[has]
+            children, owner = _expand(trie.first_child[nodes], trie.n_children[nodes])
+            nxt = self._next_states(states[owner], children)
+            alive = nxt != dead
+            nodes, states = children[alive], nxt[alive]
+            ending = trie.n_ends[nodes] > 0
+            if ending.any():
+                ok = np.flatnonzero(ending)
+                ok = ok[self._piece_may_end(states[ok])]
+                idx, _ = _expand(trie.first_end[nodes[ok]], trie.n_ends[nodes[ok]])
+                allowed.append(trie.token_ids[idx])
+        return np.concatenate(allowed) if allowed else np.zeros(0, dtype=np.int64)
+
+
+class GrammarSampler:
+    """Constrains any sampler (a callable logits -> token id) to a grammar.
+
+    Each call masks the tokens the grammar forbids to -inf, lets the inner
+    sampler choose, then advances the grammar past the chosen token.
+    """
+
+    def __init__(self, grammar: Grammar, token_pieces: Sequence[bytes], eos_id: int | Iterable[int],
+                 sampler: Callable[[np.ndarray], int]):
+        eog = [eos_id] if isinstance(eos_id, (int, np.integer)) else list(eos_id)
+        self.grammar = grammar
+        self.pieces = list(token_pieces)
+        self.eog_ids = set(int(i) for i in eog)
+        self.masker = TokenMasker(grammar, self.pieces, self.eog_ids)
+        self.sampler = sampler
+        self.state = grammar.start_state
+
+    def allowed_tokens(self, state: int | None = None) -> np.ndarray:
+        """Boolean mask (n_vocab,) of the tokens allowed in `state` (default: the current one)."""
+        return self.masker.allowed_tokens(self.state if state is None else state)
+
+    def apply(self, logits: np.ndarray) -> np.ndarray:
+        """A copy of the logits with every forbidden token at -inf."""
+        logits = np.asarray(logits, dtype=np.float32)
+        if logits.shape != (len(self.pieces),):
+            raise GrammarError(f"expected {len(self.pieces)} logits, got shape {logits.shape}")
+        return np.where(self.allowed_tokens(), logits, np.float32(-np.inf))
+
+    def accept(self, token_id: int) -> None:
+        """Advance the grammar past a token (end-of-generation only where the grammar may end)."""
+        if token_id in self.eog_ids:
+            if not self.grammar.can_end(self.state):
+                raise GrammarError("end of generation before the grammar is complete")
+            return
+        self.state = self.grammar.accept_token(self.state, token_id, self.pieces[token_id])
+
+    def is_complete(self) -> bool:
+        return self.grammar.can_end(self.state)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        masked = self.apply(logits)
+        if not np.isfinite(masked).any():
+            raise GrammarError("no token can continue the grammar")
+        token_id = int(self.sampler(masked))
+        self.accept(token_id)
+        return token_id
+
+    def reset(self) -> None:
+        self.state = self.grammar.start_state
