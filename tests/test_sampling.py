@@ -93,79 +93,91 @@ def random_logits(seed: int, n: int, ties: bool = False, scale: float = 3.0) -> 
 # Stages on llama.cpp's own test vectors (tests/test-sampling.cpp): the probabilities after the stage and
 # a dist draw must equal both llama.cpp's live result and the values its test file expects.
 
+STAGES = {  # name: (our stage, llama.cpp's constructor), both taking the same parameters
+    "temperature": (S.temperature, lc.llama_sampler_init_temp),
+    "top_k": (S.top_k, lc.llama_sampler_init_top_k),
+    "top_p": (S.top_p, lc.llama_sampler_init_top_p),
+    "min_p": (S.min_p, lc.llama_sampler_init_min_p),
+    "typical_p": (S.typical_p, lc.llama_sampler_init_typical),
+}
+
 P4 = [0.1, 0.2, 0.3, 0.4]
-P5 = [0.2] * 5
-VECTORS = [  # (ours, llama.cpp's, probs, expected probs from test-sampling.cpp, tokens accepted first)
-    (lambda c: S.temperature(c, 1.0), (lc.llama_sampler_init_temp, 1.0), P4, P4, []),
-    (lambda c: S.temperature(c, 0.0), (lc.llama_sampler_init_temp, 0.0), P4, [0, 0, 0, 1], []),
-    (lambda c: S.top_k(c, 1), (lc.llama_sampler_init_top_k, 1), P4, [1], []),
-    (lambda c: S.top_k(c, 3), (lc.llama_sampler_init_top_k, 3), P4, [0.44444, 0.33333, 0.22222], []),
-    (lambda c: S.top_k(c, 4), (lc.llama_sampler_init_top_k, 4), P4, [0.4, 0.3, 0.2, 0.1], []),
-    (lambda c: S.top_k(c, 0), (lc.llama_sampler_init_top_k, 0), P4, P4, []),
-    (lambda c: S.top_p(c, 0), (lc.llama_sampler_init_top_p, 0, 0), P4, [1], []),
-    (lambda c: S.top_p(c, 0.7), (lc.llama_sampler_init_top_p, 0.7, 0), P4, [0.571429, 0.428571], []),
-    (lambda c: S.top_p(c, 0.8), (lc.llama_sampler_init_top_p, 0.8, 0), P4, [0.44444, 0.33333, 0.22222], []),
-    (lambda c: S.top_p(c, 1.0), (lc.llama_sampler_init_top_p, 1.0, 0), P4, P4, []),
-    (lambda c: S.min_p(c, 0.0), (lc.llama_sampler_init_min_p, 0.0, 0), P4, P4, []),
-    (lambda c: S.min_p(c, 0.24), (lc.llama_sampler_init_min_p, 0.24, 0), P4, P4, []),
-    (lambda c: S.min_p(c, 0.26), (lc.llama_sampler_init_min_p, 0.26, 0), P4, [2 / 9, 3 / 9, 4 / 9], []),
-    (lambda c: S.min_p(c, 0.49), (lc.llama_sampler_init_min_p, 0.49, 0), P4, [2 / 9, 3 / 9, 4 / 9], []),
-    (lambda c: S.min_p(c, 0.51), (lc.llama_sampler_init_min_p, 0.51, 0), P4, [3 / 7, 4 / 7], []),
-    (lambda c: S.min_p(c, 0.74), (lc.llama_sampler_init_min_p, 0.74, 0), P4, [3 / 7, 4 / 7], []),
-    (lambda c: S.min_p(c, 0.76), (lc.llama_sampler_init_min_p, 0.76, 0), P4, [1], []),
-    (lambda c: S.min_p(c, 1.0), (lc.llama_sampler_init_min_p, 1.0, 0), P4, [1], []),
-    (lambda c: S.min_p(c, 1.05), (lc.llama_sampler_init_min_p, 1.05, 0), P4, [1], []),
-    (lambda c: S.typical_p(c, 0.5), (lc.llama_sampler_init_typical, 0.5, 0), [0.97, 0.01, 0.01, 0.01], [0.97], []),
-    (lambda c: S.typical_p(c, 0.5), (lc.llama_sampler_init_typical, 0.5, 0), [0.4, 0.2, 0.2, 0.2], [0.2] * 3, []),
-    ((50.0, 0.0, 0.0), None, P5, [0, 0.25, 0.25, 0.25, 0.25], [0]),
-    ((50.0, 0.0, 0.0), None, P5, [0, 0, 0, 0.5, 0.5], [0, 1, 2]),
-    ((50.0, 0.0, 0.0), None, P5, [0, 0, 0, 0.5, 0.5], [0, 1, 2, 0, 0]),
-    ((1.0, 5.0, 5.0), None, P5, [0.000011, 0.249997, 0.249997, 0.249997, 0.249997], [0]),
-    ((1.0, 5.0, 5.0), None, P5, [0.000023, 0.000023, 0.000023, 0.499966, 0.499966], [0, 1, 2]),
-    ((1.0, 5.0, 5.0), None, P5, [0, 0.000023, 0.000023, 0.499977, 0.499977], [0, 1, 2, 0, 0]),
+VECTORS = [  # (stage, parameters, probs, expected probs from test-sampling.cpp)
+    ("temperature", (1.0,), P4, P4),
+    ("temperature", (0.0,), P4, [0, 0, 0, 1]),
+    ("top_k", (1,), P4, [1]),
+    ("top_k", (3,), P4, [0.44444, 0.33333, 0.22222]),
+    ("top_k", (4,), P4, [0.4, 0.3, 0.2, 0.1]),
+    ("top_k", (0,), P4, P4),
+    ("top_p", (0, 0), P4, [1]),
+    ("top_p", (0.7, 0), P4, [0.571429, 0.428571]),
+    ("top_p", (0.8, 0), P4, [0.44444, 0.33333, 0.22222]),
+    ("top_p", (1.0, 0), P4, P4),
+    ("min_p", (0.0, 0), P4, P4),
+    ("min_p", (0.24, 0), P4, P4),
+    ("min_p", (0.26, 0), P4, [2 / 9, 3 / 9, 4 / 9]),
+    ("min_p", (0.49, 0), P4, [2 / 9, 3 / 9, 4 / 9]),
+    ("min_p", (0.51, 0), P4, [3 / 7, 4 / 7]),
+    ("min_p", (0.74, 0), P4, [3 / 7, 4 / 7]),
+    ("min_p", (0.76, 0), P4, [1]),
+    ("min_p", (1.0, 0), P4, [1]),
+    ("min_p", (1.05, 0), P4, [1]),
+    ("typical_p", (0.5, 0), [0.97, 0.01, 0.01, 0.01], [0.97]),
+    ("typical_p", (0.5, 0), [0.4, 0.2, 0.2, 0.2], [0.2] * 3),
 ]
 
 
-@pytest.mark.parametrize("ours, theirs, probs, expected, history", VECTORS)
-def test_stage_on_llama_cpp_vectors(llama, ours, theirs, probs, expected, history):
+def sampler_tester_candidates(probs) -> S.Candidates:
+    """test-sampling.cpp's sampler_tester: logits log(p), probabilities p, in id order."""
     probs = np.array(probs, dtype=np.float32)
     with np.errstate(divide="ignore"):
-        cand = S.Candidates(np.arange(probs.size), np.log(probs), probs)
-    if theirs is None:  # penalties over a window holding exactly the history
-        repeat, frequency, presence = ours
-        ours = S.Penalties(len(history), repeat, frequency, presence)
-        theirs = (lc.llama_sampler_init_penalties, probs.size, len(history), repeat, frequency, presence)
-        ref = llama(*theirs)
-        for token in history:
-            ours.accept(token)
-            ref.accept(token)
-    else:
-        ref = llama(*theirs)
+        return S.Candidates(np.arange(probs.size), np.log(probs), probs)
+
+
+def assert_same_after_dist(llama, cand, after_ref):
+    """Both sides' candidates after a dist draw seeded with 0, as test-sampling.cpp does."""
+    drawn_ref = llama(lc.llama_sampler_init_dist, 0).apply(after_ref)
+    S.Dist(0)(cand)
+    assert_same(cand, drawn_ref)
+
+
+@pytest.mark.parametrize("stage, params, probs, expected", VECTORS)
+def test_stage_on_llama_cpp_vectors(llama, stage, params, probs, expected):
+    ours, init = STAGES[stage]
+    cand = sampler_tester_candidates(probs)
+    after_ref = llama(init, *params).apply(cand)
+    ours(cand, *params)
+    assert_same(cand, after_ref)
+    if stage != "typical_p":  # test-sampling.cpp checks typical-p's own output, the others' after a draw
+        assert_same_after_dist(llama, cand, after_ref)
+    np.testing.assert_allclose(cand.p, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("penalties, history, expected", [  # expected probs from test-sampling.cpp
+    ((50.0, 0.0, 0.0), [0], [0, 0.25, 0.25, 0.25, 0.25]),
+    ((50.0, 0.0, 0.0), [0, 1, 2], [0, 0, 0, 0.5, 0.5]),
+    ((50.0, 0.0, 0.0), [0, 1, 2, 0, 0], [0, 0, 0, 0.5, 0.5]),
+    ((1.0, 5.0, 5.0), [0], [0.000011, 0.249997, 0.249997, 0.249997, 0.249997]),
+    ((1.0, 5.0, 5.0), [0, 1, 2], [0.000023, 0.000023, 0.000023, 0.499966, 0.499966]),
+    ((1.0, 5.0, 5.0), [0, 1, 2, 0, 0], [0, 0.000023, 0.000023, 0.499977, 0.499977]),
+])
+def test_penalties_on_llama_cpp_vectors(llama, penalties, history, expected):
+    """Repeat, frequency and presence penalties over a window holding exactly ``history``."""
+    cand = sampler_tester_candidates([0.2] * 5)
+    ours = S.Penalties(len(history), *penalties)
+    ref = llama(lc.llama_sampler_init_penalties, cand.size, len(history), *penalties)
+    for token in history:
+        ours.accept(token)
+        ref.accept(token)
     after_ref = ref.apply(cand)
     ours(cand)
     assert_same(cand, after_ref)
-
-    is_typical = theirs[0] is lc.llama_sampler_init_typical  # its test checks the stage alone, without dist
-    if not is_typical:
-        drawn_ref = llama(lc.llama_sampler_init_dist, 0).apply(after_ref)
-        S.Dist(0)(cand)
-        assert_same(cand, drawn_ref)
+    assert_same_after_dist(llama, cand, after_ref)
     np.testing.assert_allclose(cand.p, expected, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------
 # Stages on random logits, with and without ties, sorted and unsorted input
-
-STAGES = {
-    "top_k": (lambda c, a: S.top_k(c, a["k"]), lambda a: (lc.llama_sampler_init_top_k, a["k"])),
-    "top_p": (lambda c, a: S.top_p(c, a["p"], a["min_keep"]),
-              lambda a: (lc.llama_sampler_init_top_p, a["p"], a["min_keep"])),
-    "min_p": (lambda c, a: S.min_p(c, a["p"], a["min_keep"]),
-              lambda a: (lc.llama_sampler_init_min_p, a["p"], a["min_keep"])),
-    "typical_p": (lambda c, a: S.typical_p(c, a["p"], a["min_keep"]),
-                  lambda a: (lc.llama_sampler_init_typical, a["p"], a["min_keep"])),
-    "temperature": (lambda c, a: S.temperature(c, a["t"]), lambda a: (lc.llama_sampler_init_temp, a["t"])),
-}
 
 
 @settings(max_examples=60, deadline=None)
@@ -174,24 +186,23 @@ STAGES = {
        k=st.integers(0, 300), p=st.floats(0.01, 1.0), min_keep=st.integers(0, 5),
        t=st.sampled_from([0.0, 0.3, 0.8, 1.0, 1.7]))
 def test_stage_matches_llama_cpp(stage, seed, n, ties, presorted, k, p, min_keep, t):
-    ours, theirs = STAGES[stage]
-    args = dict(k=k, p=p, min_keep=min_keep, t=t)
+    ours, init = STAGES[stage]
+    params = {"temperature": (t,), "top_k": (k,)}.get(stage, (p, min_keep))
     cand = S.Candidates.from_logits(random_logits(seed, n, ties))
-    ref = Ref(lc.llama_sampler_init_top_k(n))
-    try:
-        if presorted:
-            cand = ref.apply(cand)
-            assert cand.sorted
-    finally:
-        lc.llama_sampler_free(ref.ptr)
-    init, *init_args = theirs(args)
-    ref = Ref(init(*init_args))
-    try:
-        expected = ref.apply(cand)
-    finally:
-        lc.llama_sampler_free(ref.ptr)
-    ours(cand, args)
+    if presorted:
+        cand = apply_once(lc.llama_sampler_init_top_k(n), cand)
+        assert cand.sorted
+    expected = apply_once(init(*params), cand)
+    ours(cand, *params)
     assert_same(cand, expected)
+
+
+def apply_once(ptr, cand: S.Candidates) -> S.Candidates:
+    """llama.cpp's result of one sampler, which is then freed (hypothesis tests cannot use the fixture)."""
+    try:
+        return Ref(ptr).apply(cand)
+    finally:
+        lc.llama_sampler_free(ptr)
 
 
 @pytest.mark.parametrize("n", [100, 3000])
@@ -386,12 +397,8 @@ def test_greedy_matches_llama_cpp_including_ties(llama):
 def test_softmax_and_log_softmax_match_llama_cpp():
     logits = random_logits(0, 1000, scale=8)
     probs = S.softmax(logits)
-    drawn = S.Candidates.from_logits(logits)
-    expected = Ref(lc.llama_sampler_init_dist(1))
-    try:
-        np.testing.assert_allclose(probs, expected.apply(drawn).p, rtol=1e-5, atol=1e-12)
-    finally:
-        lc.llama_sampler_free(expected.ptr)
+    drawn = apply_once(lc.llama_sampler_init_dist(1), S.Candidates.from_logits(logits))
+    np.testing.assert_allclose(probs, drawn.p, rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(S.log_softmax(logits), lc.Llama.logits_to_logprobs(logits), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.exp(S.log_softmax(logits)), probs, rtol=1e-12)
 
