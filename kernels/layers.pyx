@@ -1,0 +1,131 @@
+"""The per-row steps of a LLaMA layer: RMSNorm, RoPE, SwiGLU and attention over the f16 KV cache.
+
+Same shapes, dtypes and rounding points as the NumPy reference in ``engine.ggml_ops``;
+inputs are checked here, then the loops run on OpenMP threads without the GIL.
+"""
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t, uint16_t
+
+from kernels.parallel import check_threads
+
+cdef extern from "omp_compat.h" nogil:
+    int omp_get_thread_num()
+
+cdef extern from "layer_ops.h" nogil:
+    void rms_norm_row(const float *x, const float *w, int64_t n, float eps, float *y)
+    void rope_angles(float pos, int n_dims, float theta_scale, float freq_scale, float *cs, float *sn)
+    void rope_head(float *x, int n_dims, const float *cs, const float *sn)
+    void swiglu_row(const float *g, const float *u, int64_t n, float *y)
+    void attend(const float *q, const uint16_t *k, const uint16_t *v, int n_keys, int hd, float scale,
+                float *scores, uint16_t *half, float *out)
+
+
+cdef object f32(x, int ndim, str what):
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != ndim:
+        raise ValueError(f"{what} must have {ndim} dimensions, got shape {x.shape}")
+    return x
+
+
+def rms_norm(x, weight, float eps, n_threads=None):
+    """x / sqrt(mean(x^2) + eps) * weight for each row of x (n, d); weight (d,)."""
+    x = f32(x, 2, "rms_norm input")
+    weight = f32(weight, 1, "rms_norm weight")
+    if weight.shape[0] != x.shape[1]:
+        raise ValueError(f"rms_norm: weight of {weight.shape[0]} values for rows of {x.shape[1]}")
+    cdef int nt = check_threads(n_threads)
+    out = np.empty_like(x)
+    cdef const float[:, ::1] xs = x
+    cdef const float[::1] w = weight
+    cdef float[:, ::1] o = out
+    cdef Py_ssize_t i
+    if x.shape[0] and x.shape[1]:
+        for i in prange(xs.shape[0], nogil=True, schedule="static", num_threads=nt):
+            rms_norm_row(&xs[i, 0], &w[0], xs.shape[1], eps, &o[i, 0])
+    return out
+
+
+def rope(x, positions, int n_dims, float freq_base, float freq_scale=1.0, n_threads=None):
+    """Rotate adjacent pairs of the first n_dims values of every head of x (n, heads, hd) by position * theta_i.
+
+    The angles start at the position and are multiplied by powf(base, -2 / n_dims) once
+    per pair in float32, as ggml's rope cache builds them.
+    """
+    x = f32(x, 3, "rope input")
+    pos = np.ascontiguousarray(positions, dtype=np.int64)
+    if pos.ndim != 1 or pos.shape[0] != x.shape[0]:
+        raise ValueError(f"rope: {pos.shape} positions for {x.shape[0]} rows")
+    if n_dims <= 0 or n_dims % 2 or n_dims > x.shape[2]:
+        raise ValueError(f"rope: n_dims {n_dims} must be even and within the head size {x.shape[2]}")
+    cdef int nt = check_threads(n_threads)
+    cdef float theta_scale = np.float32(np.float64(freq_base) ** np.float64(np.float32(-2.0) / np.float32(n_dims)))
+    out = x.copy()
+    cdef float[:, :, ::1] o = out
+    cdef const int64_t[::1] p = pos
+    cdef float[:, ::1] cs = np.empty((x.shape[0], n_dims // 2), np.float32)
+    cdef float[:, ::1] sn = np.empty((x.shape[0], n_dims // 2), np.float32)
+    cdef Py_ssize_t i, h
+    for i in prange(o.shape[0], nogil=True, schedule="static", num_threads=nt):
+        rope_angles(<float>p[i], n_dims, theta_scale, freq_scale, &cs[i, 0], &sn[i, 0])
+        for h in range(o.shape[1]):
+            rope_head(&o[i, h, 0], n_dims, &cs[i, 0], &sn[i, 0])
+    return out
+
+
+def swiglu(gate, up, n_threads=None):
+    """silu(gate) * up, elementwise over (n, f)."""
+    gate = f32(gate, 2, "swiglu gate")
+    up = f32(up, 2, "swiglu up")
+    if gate.shape != up.shape:
+        raise ValueError(f"swiglu: gate {gate.shape} and up {up.shape} differ")
+    cdef int nt = check_threads(n_threads)
+    out = np.empty_like(gate)
+    cdef const float[:, ::1] g = gate
+    cdef const float[:, ::1] u = up
+    cdef float[:, ::1] o = out
+    cdef Py_ssize_t i
+    if gate.shape[1]:
+        for i in prange(g.shape[0], nogil=True, schedule="static", num_threads=nt):
+            swiglu_row(&g[i, 0], &u[i, 0], g.shape[1], &o[i, 0])
+    return out
+
+
+def attention(q, k_cache, v_cache, int start, float scale, n_threads=None):
+    """Causal attention of q (n, n_heads, hd) at positions [start, start + n) over f16 caches.
+
+    ``k_cache``/``v_cache``: float16 (n_kv_heads, n_ctx, hd) holding positions [0, start + n);
+    query head h reads kv head h // (n_heads / n_kv_heads).  Returns (n, n_heads * hd).
+    """
+    q = f32(q, 3, "attention q")
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(c, np.ndarray) or c.dtype != np.float16 or c.ndim != 3 or not c.flags.c_contiguous:
+            raise ValueError(f"attention: {name} must be a C-contiguous float16 (n_kv_heads, n_ctx, hd) array")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"attention: k_cache {k_cache.shape} and v_cache {v_cache.shape} differ")
+    cdef int n = q.shape[0], n_heads = q.shape[1], hd = q.shape[2]
+    cdef int n_kv = k_cache.shape[0], n_ctx = k_cache.shape[1]
+    if k_cache.shape[2] != hd or n_kv == 0 or n_heads % n_kv:
+        raise ValueError(f"attention: q {q.shape} does not fit caches of shape {k_cache.shape}")
+    if start < 0 or start + n > n_ctx:
+        raise ValueError(f"attention: positions [{start}, {start + n}) exceed the cache's {n_ctx}")
+    cdef int nt = check_threads(n_threads), group = n_heads // n_kv, n_keys_max = start + n
+    out = np.empty((n, n_heads * hd), np.float32)
+    if n == 0 or hd == 0:
+        return out
+    cdef const float[:, :, ::1] qs = q
+    cdef const uint16_t[:, :, ::1] kc = k_cache.view(np.uint16)
+    cdef const uint16_t[:, :, ::1] vc = v_cache.view(np.uint16)
+    cdef float[:, ::1] o = out
+    cdef float[:, ::1] scores = np.empty((nt, n_keys_max), np.float32)
+    cdef uint16_t[:, ::1] half = np.empty((nt, n_keys_max + hd), np.uint16)
+    cdef Py_ssize_t task
+    cdef int t, h, me
+    for task in prange(n * n_heads, nogil=True, schedule="static", num_threads=nt):
+        t = task // n_heads
+        h = task % n_heads
+        me = omp_get_thread_num()
+        attend(&qs[t, h, 0], &kc[h // group, 0, 0], &vc[h // group, 0, 0], start + t + 1, hd, scale,
+               &scores[me, 0], &half[me, 0], &o[t, h * hd])
+    return out

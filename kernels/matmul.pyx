@@ -1,0 +1,250 @@
+"""Matrix products with ggml weights, used in place from the file (or regrouped once).
+
+``Matrix(data, type, n_in)`` wraps a weight as ``GGUFFile.tensor`` returns it;
+``Matrix.matmul(x)`` quantises the activations to the type's ``vec_dot_type`` exactly
+as ggml's x86 backend does, then takes the integer block dot products on OpenMP threads,
+split over output rows.  Q4_0 weights with a multiple of 8 rows are regrouped eight rows
+at a time (as llama.cpp repacks them on AVX2), so one pass over the weights serves four
+tokens at once.  Everything is checked here, at the Python boundary; the loops below run
+without the GIL and without bounds checks.
+"""
+import mmap
+
+import numpy as np
+
+from cython.parallel cimport prange
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uintptr_t
+from libc.stdlib cimport free, malloc
+
+from kernels.parallel import check_threads
+
+cdef extern from "sys/mman.h" nogil:
+    int madvise(void *addr, size_t length, int advice)
+    int MADV_DONTNEED
+
+cdef extern from "vec_dot.h" nogil:
+    ctypedef float (*vec_dot_fn)(int n, const void *w, const void *a)
+    vec_dot_fn vec_dot_for(int type, int *act_type)
+    int64_t type_row_bytes(int type, int64_t n)
+    int type_block_size(int type)
+    void quantize_row(int act_type, const float *x, void *y, int64_t k, int grouped)
+    enum:
+        T_F32, T_F16, T_Q4_0, T_Q4_K, T_Q8_0, T_Q8_1, T_Q8_K
+
+cdef extern from "q4_0x8.h" nogil:
+    ctypedef struct block_q4_0x8:
+        pass
+    ctypedef struct block_q4_0:
+        pass
+    ctypedef struct act_q8_0:
+        const int8_t *qs
+        const float *d
+        const int32_t *bias
+    void repack_q4_0x8_group(const block_q4_0 *src, int64_t nb, int64_t g, block_q4_0x8 *dst)
+    void quantize_act_q8_0(const float *x, int64_t k, int8_t *qs, float *d, int32_t *bias)
+    void q4_0x8_dot(const block_q4_0x8 *grp, int64_t nb, const act_q8_0 *act, int n_act, float *out, int64_t ldo)
+
+cdef enum:
+    TILE = 4          # tokens sharing one pass over a group of weights
+    GROUP_BYTES = 144  # sizeof(block_q4_0x8)
+
+
+def activation_type(int type):
+    """The ggml type id that activations are quantised to for weights of ``type`` (ValueError if unsupported)."""
+    cdef int act = -1
+    if vec_dot_for(type, &act) == NULL:
+        raise ValueError(f"matrix products with ggml type {type} are not supported")
+    return act
+
+
+cdef object float_rows(x, int64_t n_in, str what):
+    """x as a C-contiguous float32 (n, n_in) array; 1-D input becomes one row."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    if x.ndim != 2 or x.shape[1] != n_in:
+        raise ValueError(f"{what}: expected activations of shape (n, {n_in}), got {x.shape}")
+    return x
+
+
+def quantize(x, int act_type, bint grouped=False, n_threads=None):
+    """Rows of f32 activations (n, k) as raw ``act_type`` rows (n, row_bytes), uint8.
+
+    ``act_type`` is F32, F16, Q8_0, Q8_1 or Q8_K; for Q8_K, ``grouped`` quantises the
+    first n - n % 4 rows as ggml_quantize_mat_q8_K_4x8 does (see qblocks.h).
+    """
+    if act_type not in (T_F32, T_F16, T_Q8_0, T_Q8_1, T_Q8_K):
+        raise ValueError(f"ggml type {act_type} is not an activation type")
+    cdef int bs = type_block_size(act_type)
+    x = np.asarray(x, dtype=np.float32)
+    k = x.shape[x.ndim - 1] if x.ndim else 0
+    if k == 0 or k % bs:
+        raise ValueError(f"rows to quantise must have a positive multiple of {bs} values, got shape {x.shape}")
+    lead = x.shape[:x.ndim - 1]
+    cdef const float[:, ::1] xs = np.ascontiguousarray(x.reshape(-1, k))
+    out = np.empty((xs.shape[0], type_row_bytes(act_type, xs.shape[1])), np.uint8)
+    cdef uint8_t[:, ::1] o = out
+    quantize_into(xs, act_type, grouped, &o[0, 0] if o.shape[0] else NULL, o.shape[1], check_threads(n_threads))
+    return out.reshape(*lead, out.shape[1])
+
+
+cdef void quantize_into(const float[:, ::1] x, int act_type, bint grouped, uint8_t *out, int64_t stride,
+                        int nt) noexcept nogil:
+    cdef Py_ssize_t t, n = x.shape[0]
+    cdef int64_t n_grouped = n - n % 4 if grouped else 0
+    for t in prange(n, schedule="static", num_threads=nt):
+        quantize_row(act_type, &x[t, 0], out + t * stride, x.shape[1], t < n_grouped)
+
+
+def vec_dot(int type, w, a):
+    """Dot of one raw weight row with one raw activation row of the paired type (for tests)."""
+    cdef int act = activation_type(type)
+    wb = np.ascontiguousarray(w).view(np.uint8).reshape(-1)
+    ab = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+    cdef int64_t bs = type_block_size(type)
+    cdef int64_t n = wb.shape[0] // type_row_bytes(type, bs) * bs
+    if n == 0 or type_row_bytes(type, n) != wb.shape[0] or type_row_bytes(act, n) != ab.shape[0]:
+        raise ValueError(f"rows of {wb.shape[0]} and {ab.shape[0]} bytes do not pair as ggml types {type} and {act}")
+    cdef const uint8_t[::1] wv = wb
+    cdef const uint8_t[::1] av = ab
+    return vec_dot_for(type, &act)(<int>n, &wv[0], &av[0])
+
+
+cdef class Matrix:
+    """A weight matrix (n_out rows of n_in) of ggml ``type``, multiplied without copying or dequantising."""
+
+    cdef readonly int type
+    cdef readonly int64_t n_in, n_out
+    cdef readonly bint regrouped
+    cdef object data         # keeps the weight bytes (mmap view or regrouped copy) alive
+    cdef const uint8_t *ptr
+    cdef int64_t row_bytes
+    cdef int act_type
+    cdef vec_dot_fn dot
+
+    def __init__(self, data, int type, int64_t n_in, bint regroup=True, bint release_source=False):
+        """``data``: (n_out, bytes_per_row) uint8, or typed (n_out, n_in) for F32/F16, C-contiguous.
+
+        ``regroup`` lets Q4_0 weights be repacked eight rows at a time (a copy the size of
+        the weight); ``release_source`` then tells the kernel to drop the mmap'd pages of
+        the original, so resident memory stays at one copy.
+        """
+        self.dot = vec_dot_for(type, &self.act_type)
+        if self.dot == NULL:
+            raise ValueError(f"matrix products with ggml type {type} are not supported")
+        if not isinstance(data, np.ndarray) or data.ndim != 2 or not data.flags.c_contiguous:
+            raise ValueError("weight data must be a C-contiguous 2-D NumPy array")
+        expected = {T_F32: np.float32, T_F16: np.float16}.get(type, np.uint8)
+        if data.dtype != expected and data.dtype != np.uint8:
+            raise ValueError(f"weight data of ggml type {type} must be {np.dtype(expected).name} or uint8, got {data.dtype}")
+        if n_in <= 0 or n_in % type_block_size(type):
+            raise ValueError(f"row length {n_in} is not a positive multiple of the block size {type_block_size(type)}")
+        self.type, self.n_in, self.n_out = type, n_in, data.shape[0]
+        self.row_bytes = type_row_bytes(type, n_in)
+        if data.shape[1] * data.itemsize != self.row_bytes:
+            raise ValueError(f"weight rows hold {data.shape[1] * data.itemsize} bytes, "
+                             f"expected {self.row_bytes} for {n_in} values of ggml type {type}")
+        raw = data.view(np.uint8)
+        self.regrouped = regroup and type == T_Q4_0 and self.n_out % 8 == 0 and self.n_out > 0
+        self.data = regroup_q4_0(raw, n_in, release_source) if self.regrouped else raw
+        cdef const uint8_t[:, ::1] view = self.data.reshape(self.n_out, -1) if self.n_out else np.zeros((1, 1), np.uint8)
+        self.ptr = &view[0, 0]
+
+    def matmul(self, x, n_threads=None):
+        """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, with ggml's activation rounding."""
+        x = float_rows(x, self.n_in, "matmul")
+        cdef int nt = check_threads(n_threads)
+        cdef int64_t n = x.shape[0]
+        out = np.empty((n, self.n_out), np.float32)
+        if n == 0 or self.n_out == 0:
+            return out
+        cdef const float[:, ::1] xs = x
+        cdef float[:, ::1] o = out
+        if self.regrouped:
+            self.matmul_q4_0x8(xs, o, nt)
+        else:
+            self.matmul_rows(xs, o, nt)
+        return out
+
+    cdef void matmul_rows(self, const float[:, ::1] x, float[:, ::1] out, int nt):
+        """Generic path: quantise the activations, then every row against every token."""
+        cdef int64_t n = x.shape[0], act_bytes = type_row_bytes(self.act_type, self.n_in)
+        # llama.cpp repacks Q4_K with a multiple of 8 rows, and then quantises activations four rows at a time
+        cdef bint grouped = self.type == T_Q4_K and self.n_out % 8 == 0
+        cdef uint8_t[:, ::1] acts = np.empty((n, act_bytes), np.uint8)
+        cdef Py_ssize_t chunk, n_chunks = (self.n_out + 15) // 16
+        cdef int64_t r, t, r_end
+        with nogil:
+            quantize_into(x, self.act_type, grouped, &acts[0, 0], act_bytes, nt)
+            for chunk in prange(n_chunks, schedule="static", num_threads=nt):
+                r_end = min(chunk * 16 + 16, self.n_out)
+                for r in range(chunk * 16, r_end):
+                    for t in range(n):
+                        out[t, r] = self.dot(<int>self.n_in, self.ptr + r * self.row_bytes, &acts[t, 0])
+
+    cdef void matmul_q4_0x8(self, const float[:, ::1] x, float[:, ::1] out, int nt):
+        """Regrouped Q4_0: each group of 8 rows is read once per tile of 4 tokens."""
+        cdef int64_t n = x.shape[0], nb = self.n_in // 32, n_groups = self.n_out // 8
+        cdef int8_t[:, ::1] qs = np.empty((n, self.n_in), np.int8)
+        cdef float[:, ::1] d = np.empty((n, nb), np.float32)
+        cdef int32_t[:, ::1] bias = np.empty((n, nb), np.int32)
+        cdef act_q8_0 *acts = <act_q8_0 *>malloc(n * sizeof(act_q8_0))
+        if acts == NULL:
+            raise MemoryError()
+        cdef Py_ssize_t t, g
+        cdef int64_t t0, tt, tile = TILE, n_tiles = (n + TILE - 1) // TILE
+        cdef const block_q4_0x8 *packed = <const block_q4_0x8 *>self.ptr
+        try:
+            with nogil:
+                for t in prange(n, schedule="static", num_threads=nt):
+                    quantize_act_q8_0(&x[t, 0], self.n_in, &qs[t, 0], &d[t, 0], &bias[t, 0])
+                    acts[t].qs = &qs[t, 0]
+                    acts[t].d = &d[t, 0]
+                    acts[t].bias = &bias[t, 0]
+                for g in prange(n_groups, schedule="static", num_threads=nt):
+                    for tt in range(n_tiles):
+                        t0 = tt * tile
+                        q4_0x8_dot(packed + g * nb, nb, acts + t0, <int>min(tile, n - t0),
+                                   &out[t0, 8 * g], self.n_out)
+        finally:
+            free(acts)
+
+
+cdef object regroup_q4_0(raw, int64_t n_in, bint release_source):
+    """Q4_0 rows (n_out, bytes) regrouped eight rows at a time (see q4_0x8.h), as a flat uint8 array."""
+    cdef const uint8_t[:, ::1] src = raw
+    cdef int64_t nb = n_in // 32, n_groups = raw.shape[0] // 8
+    out = np.empty(n_groups * nb * GROUP_BYTES, np.uint8)
+    cdef uint8_t[::1] dst = out
+    cdef Py_ssize_t g
+    with nogil:
+        for g in prange(n_groups, schedule="static"):
+            repack_q4_0x8_group(<const block_q4_0 *>&src[0, 0], nb, g, <block_q4_0x8 *>&dst[0])
+    if release_source and is_file_mapping(raw):
+        release_pages(&src[0, 0], raw.nbytes)
+    return out
+
+
+def is_file_mapping(a) -> bool:
+    """Whether ``a`` is a read-only view into an mmap (whose pages may be dropped and re-read)."""
+    if a.flags.writeable:
+        return False
+    base = a
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return isinstance(base, mmap.mmap)
+
+
+cdef void release_pages(const uint8_t *start, size_t size) noexcept nogil:
+    """Drop the whole pages of a read-only file mapping from this process's resident set.
+
+    They stay in the page cache and fault back in if read again, so this is safe on
+    any mapping; on anonymous memory it would discard data, so callers pass mmap views only.
+    """
+    cdef uintptr_t page = 4096
+    cdef uintptr_t lo = (<uintptr_t>start + page - 1) & ~(page - 1)
+    cdef uintptr_t hi = (<uintptr_t>start + size) & ~(page - 1)
+    if hi > lo:
+        madvise(<void *>lo, hi - lo, MADV_DONTNEED)

@@ -1,0 +1,111 @@
+/* Q4_0 weights regrouped eight rows at a time, and their products with Q8_0 activations.
+ *
+ * A group holds, for each 32-weight block column b, the eight rows' f16 scales and
+ * then 128 bytes of nibbles arranged so that one 32-byte load covers 4 consecutive
+ * weights of all eight rows: byte 32i + 4r + e holds weight 8i + e of row r in its low
+ * nibble and weight 8i + 4 + e in its high nibble.  maddubs of such a vector with four
+ * activations broadcast to every lane leaves one row per 32-bit lane, so a block
+ * column of 8 rows costs one scale multiply and no horizontal sums.
+ *
+ * Nibbles stay unsigned (0..15): sum((n - 8) * a) is computed as sum(n * a) - 8 * sum(a),
+ * exactly, with sum(a) prepared once per activation block.  The result for every row
+ * equals ggml's Q4_0 x Q8_0 dot up to float re-association.
+ */
+#ifndef LLAMANP_Q4_0X8_H
+#define LLAMANP_Q4_0X8_H
+
+#include "qblocks.h"
+
+typedef struct { uint16_t d[8]; uint8_t qs[128]; } block_q4_0x8;
+
+/* Q8_0 activations split into arrays: quants, f16-rounded scales, 8 * block sums. */
+typedef struct { const int8_t *qs; const float *d; const int32_t *bias; } act_q8_0;
+
+/* Repack rows [8g, 8g + 8) of a Q4_0 matrix with ``nb`` blocks per row. */
+static inline void repack_q4_0x8_group(const block_q4_0 *src, int64_t nb, int64_t g, block_q4_0x8 *dst) {
+    for (int64_t b = 0; b < nb; b++) {
+        block_q4_0x8 *out = dst + g * nb + b;
+        for (int r = 0; r < 8; r++) {
+            const block_q4_0 *in = src + (8 * g + r) * nb + b;
+            out->d[r] = in->d;
+            for (int i = 0; i < 4; i++)
+                for (int e = 0; e < 4; e++) {
+                    const int lo = 8 * i + e, hi = lo + 4;  /* weight indices 0..31 */
+                    const uint8_t nlo = lo < 16 ? in->qs[lo] & 0x0F : in->qs[lo - 16] >> 4;
+                    const uint8_t nhi = hi < 16 ? in->qs[hi] & 0x0F : in->qs[hi - 16] >> 4;
+                    out->qs[32 * i + 4 * r + e] = (uint8_t)(nlo | (nhi << 4));
+                }
+        }
+    }
+}
+
+/* Quantise one row to the split Q8_0 form (same numbers as quantize_row_q8_0). */
+static inline void quantize_act_q8_0(const float *x, int64_t k, int8_t *qs, float *d, int32_t *bias) {
+    for (int64_t b = 0; b < k / QK; b++) {
+        const float scale = q8_block(x + b * QK, qs + b * QK);
+        int sum = 0;
+        for (int j = 0; j < QK; j++) sum += qs[b * QK + j];
+        d[b] = fp16_to_fp32(fp32_to_fp16(scale));
+        bias[b] = 8 * sum;
+    }
+}
+
+#if defined(__AVX2__)
+/* Eight int32 lanes, one per row: sum over the block of nibble * activation. */
+static inline __m256i q4x8_block_dot(const __m256i *w, const int8_t *a) {
+    __m256i s = _mm256_setzero_si256();
+    for (int i = 0; i < 4; i++) {
+        int32_t a0, a1;
+        memcpy(&a0, a + 8 * i, 4);
+        memcpy(&a1, a + 8 * i + 4, 4);
+        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[2 * i], _mm256_set1_epi32(a0)));
+        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[2 * i + 1], _mm256_set1_epi32(a1)));
+    }
+    return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
+}
+
+static inline void q4x8_unpack(const block_q4_0x8 *blk, __m256i *w) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    for (int i = 0; i < 4; i++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * i));
+        w[2 * i] = _mm256_and_si256(v, low4);
+        w[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+    }
+}
+#endif
+
+/* Eight outputs of group ``grp`` (nb blocks) against ``n_act`` activation rows (at most 4):
+ * out[t * ldo + r] for r < 8. */
+static inline void q4_0x8_dot(const block_q4_0x8 *grp, int64_t nb, const act_q8_0 *act, int n_act,
+                              float *out, int64_t ldo) {
+#if defined(__AVX2__)
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i w[8];
+        q4x8_unpack(grp + b, w);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)grp[b].d));
+        for (int t = 0; t < n_act; t++) {
+            const __m256i s = _mm256_sub_epi32(q4x8_block_dot(w, act[t].qs + b * QK), _mm256_set1_epi32(act[t].bias[b]));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(act[t].d[b])), acc[t]);
+        }
+    }
+    for (int t = 0; t < n_act; t++) _mm256_storeu_ps(out + t * ldo, acc[t]);
+#else
+    for (int t = 0; t < n_act; t++)
+        for (int r = 0; r < 8; r++) {
+            float sum = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                int s = 0;
+                for (int i = 0; i < 4; i++)
+                    for (int e = 0; e < 4; e++) {
+                        const uint8_t q = grp[b].qs[32 * i + 4 * r + e];
+                        s += (q & 0x0F) * act[t].qs[b * QK + 8 * i + e] + (q >> 4) * act[t].qs[b * QK + 8 * i + 4 + e];
+                    }
+                sum += (float)(s - act[t].bias[b]) * (fp16_to_fp32(grp[b].d[r]) * act[t].d[b]);
+            }
+            out[t * ldo + r] = sum;
+        }
+#endif
+}
+
+#endif

@@ -1,0 +1,200 @@
+/* ggml's block layouts, f16 conversion, and the Q8 activation quantisers.
+ *
+ * The quantisers reproduce what ggml's x86 backend computes, value for value:
+ * Q8_0/Q8_1 scale by 127/amax and round half to even (quantize_row_q8_0/_q8_1 on
+ * AVX2); Q8_K takes the sign of its scale from the first value of largest magnitude
+ * (quantize_row_q8_K_ref) or, for activations of repacked Q4_K weights, from whether
+ * +amax occurs at all (ggml_quantize_mat_q8_K_4x8).  Every AVX2 path has a scalar twin
+ * with the same arithmetic, used when the compiler does not target AVX2.
+ */
+#ifndef LLAMANP_QBLOCKS_H
+#define LLAMANP_QBLOCKS_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#define QK 32
+#define QK_K 256
+
+typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;
+typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;
+typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0;
+typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1;
+typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;
+typedef struct { uint16_t d, s; int8_t qs[QK]; } block_q8_1;
+typedef struct { uint8_t scales[QK_K / 16]; uint8_t qs[QK_K / 4]; uint16_t d, dmin; } block_q2_K;
+typedef struct { uint8_t hmask[QK_K / 8]; uint8_t qs[QK_K / 4]; uint8_t scales[12]; uint16_t d; } block_q3_K;
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_K;
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_K;
+typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; uint16_t d; } block_q6_K;
+typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;
+
+/* ggml type ids */
+enum {
+    T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q8_1 = 9,
+    T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_Q8_K = 15,
+};
+
+/* ---------------------------------------------------------------- f16 */
+
+static inline float fp16_to_fp32(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+    if (exp == 0x1F) {
+        bits = sign | 0x7F800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else {  /* subnormal: renormalise */
+        int e = -1;
+        do { man <<= 1; e++; } while (!(man & 0x400));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3FF) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+/* Round to nearest, ties to even, like _cvtss_sh(x, 0). */
+static inline uint16_t fp32_to_fp16(float f) {
+#if defined(__F16C__)
+    return _cvtss_sh(f, 0);
+#else
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7FFFFFFF;
+    if (ax >= 0x7F800000u) return (uint16_t)(sign | 0x7C00 | (ax > 0x7F800000u ? 0x200 : 0));
+    if (ax >= 0x477FF000u) return (uint16_t)(sign | 0x7C00);  /* rounds to infinity */
+    if (ax < 0x38800000u) {                                      /* f16 subnormal or zero */
+        if (ax < 0x33000000u) return (uint16_t)sign;
+        uint32_t e = ax >> 23, m = (ax & 0x7FFFFF) | 0x800000, shift = 126 - e;
+        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t q = (ax >> 13) - (112u << 10), rem = ax & 0x1FFF;
+    if (rem > 0x1000 || (rem == 0x1000 && (q & 1))) q++;
+    return (uint16_t)(sign | q);
+#endif
+}
+
+/* ggml's nearest_int: round half to even for |x| < 2^22. */
+static inline int nearest_int(float x) {
+    float v = x + 12582912.f;
+    int i;
+    memcpy(&i, &v, 4);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+/* ---------------------------------------------------------------- Q8_0 / Q8_1 */
+
+/* One block of 32: q = round_even(x * (127 / amax)); returns d = amax / 127 (before f16 rounding). */
+static inline float q8_block(const float *x, int8_t *q) {
+#if defined(__AVX2__)
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+    __m256 v2 = _mm256_loadu_ps(x + 16), v3 = _mm256_loadu_ps(x + 24);
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                             _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+    __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const __m256 mul = _mm256_set1_ps(amax != 0.0f ? 127.f / amax : 0.0f);
+    const int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, mul), mode));
+    __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, mul), mode));
+    __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, mul), mode));
+    __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, mul), mode));
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)q, p);
+    return amax / 127.f;
+#else
+    float amax = 0.0f;
+    for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+    const float mul = amax != 0.0f ? 127.f / amax : 0.0f;
+    for (int j = 0; j < QK; j++) q[j] = (int8_t)nearest_int(x[j] * mul);
+    return amax / 127.f;
+#endif
+}
+
+static inline void quantize_row_q8_0(const float *x, block_q8_0 *y, int64_t k) {
+    for (int64_t i = 0; i < k / QK; i++) y[i].d = fp32_to_fp16(q8_block(x + i * QK, y[i].qs));
+}
+
+static inline void quantize_row_q8_1(const float *x, block_q8_1 *y, int64_t k) {
+    for (int64_t i = 0; i < k / QK; i++) {
+        const float d = q8_block(x + i * QK, y[i].qs);
+        int sum = 0;
+        for (int j = 0; j < QK; j++) sum += y[i].qs[j];
+        y[i].d = fp32_to_fp16(d);
+        y[i].s = fp32_to_fp16(d * (float)sum);
+    }
+}
+
+/* ---------------------------------------------------------------- Q8_K */
+
+/* ``grouped`` selects ggml_quantize_mat_q8_K_4x8's choice of sign (see the file comment). */
+static inline void quantize_row_q8_K(const float *x, block_q8_K *y, int64_t k, int grouped) {
+    for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK_K; j++) {
+            const float ax = fabsf(x[j]);
+            if (ax > amax) { amax = ax; max = x[j]; }
+        }
+        if (amax == 0.0f) {
+            memset(&y[i], 0, sizeof(block_q8_K));
+            continue;
+        }
+        float iscale = -127.f / max;
+        if (grouped) {
+            int positive = 0;
+            for (int j = 0; j < QK_K; j++) positive |= x[j] == amax;
+            iscale = positive ? -127.f / amax : 127.f / amax;
+        }
+        for (int j = 0; j < QK_K; j++) {
+            const int v = nearest_int(iscale * x[j]);
+            y[i].qs[j] = (int8_t)(v < 127 ? v : 127);
+        }
+        for (int j = 0; j < QK_K / 16; j++) {
+            int sum = 0;
+            for (int l = 0; l < 16; l++) sum += y[i].qs[16 * j + l];
+            y[i].bsums[j] = (int16_t)sum;
+        }
+        y[i].d = 1.0f / iscale;
+    }
+}
+
+/* ---------------------------------------------------------------- any activation type */
+
+/* One row of k activations as ``act_type`` (F32, F16, Q8_0, Q8_1 or Q8_K). */
+static inline void quantize_row(int act_type, const float *x, void *y, int64_t k, int grouped) {
+    switch (act_type) {
+        case T_F32: memcpy(y, x, (size_t)k * sizeof(float)); break;
+        case T_F16: {
+            uint16_t *h = y;
+            int64_t i = 0;
+#if defined(__F16C__) && defined(__AVX2__)
+            for (; i + 8 <= k; i += 8)
+                _mm_storeu_si128((__m128i *)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+            for (; i < k; i++) h[i] = fp32_to_fp16(x[i]);
+            break;
+        }
+        case T_Q8_0: quantize_row_q8_0(x, y, k); break;
+        case T_Q8_1: quantize_row_q8_1(x, y, k); break;
+        case T_Q8_K: quantize_row_q8_K(x, y, k, grouped); break;
+        default: break;
+    }
+}
+
+#endif

@@ -1,0 +1,222 @@
+"""The compiled kernels against their NumPy twins in ``engine``.
+
+Quantised activations must be byte-identical to ``engine.quants``; products and the
+float steps must agree with ``engine.ggml_ops.NumpyBackend`` to float rounding; a whole
+model must give the same logits on either backend; bad input must raise ValueError.
+"""
+import numpy as np
+import pytest
+
+from engine.ggml_ops import NumpyBackend, Rope, Weight
+from engine.llama import Llama
+from engine.quants import BLOCK_LAYOUT, GGMLType, quantize_q8_0, quantize_q8_1, quantize_q8_K
+from kernels import layers, matmul
+from kernels.backend import CythonBackend
+
+T = GGMLType
+REF = NumpyBackend()
+
+# byte offsets of the f16 scale fields of each block type (overwritten with sane values in random blocks)
+F16_FIELDS = {
+    T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),
+    T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
+}
+
+
+def activations(rng, n, k):
+    """Random rows with the awkward cases: an all-zero block, +amax and -amax in one block, exact halves."""
+    x = rng.standard_normal((n, k)).astype(np.float32)
+    x[0, :QK_K] = 0.0
+    if n > 1:
+        x[1, 3], x[1, 9] = -4.0, 4.0
+        x[1, 40:64] = np.float32(127 / 254) * x[1, 40:64].max()
+    return x
+
+
+QK_K = 256
+
+
+def random_weights(rng, type_, n_out, n_in):
+    """Random bytes as blocks of ``type_`` (every bit pattern is a valid block) with finite, modest scales."""
+    if type_ == T.F32:
+        return rng.standard_normal((n_out, n_in)).astype(np.float32)
+    if type_ == T.F16:
+        return rng.standard_normal((n_out, n_in)).astype(np.float16)
+    block, size = BLOCK_LAYOUT[type_]
+    blocks = rng.integers(0, 256, (n_out, n_in // block, size), dtype=np.uint8)
+    for off in F16_FIELDS[type_]:
+        blocks[..., off:off + 2] = (rng.uniform(0.001, 0.02, blocks.shape[:2]).astype(np.float16)
+                                    .view(np.uint8).reshape(*blocks.shape[:2], 2))
+    return blocks.reshape(n_out, -1)
+
+
+def assert_close(ours, ref, rtol=2e-6):
+    """Agreement relative to the largest magnitude of the reference (float re-association only)."""
+    assert ours.shape == ref.shape and ours.dtype == ref.dtype
+    scale = np.abs(ref).max() or 1.0
+    assert np.abs(ours - ref).max() <= rtol * scale, np.abs(ours - ref).max() / scale
+
+
+# ---------------------------------------------------------------- activation quantisers
+
+@pytest.mark.parametrize("act_type, twin", [(T.Q8_0, quantize_q8_0), (T.Q8_1, quantize_q8_1)])
+def test_q8_quantisers_byte_identical(act_type, twin):
+    x = activations(np.random.default_rng(1), 9, 1024)
+    assert np.array_equal(matmul.quantize(x, act_type), twin(x))
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_q8_K_quantiser_byte_identical(grouped):
+    x = activations(np.random.default_rng(2), 7, 1024)
+    assert np.array_equal(matmul.quantize(x, T.Q8_K, grouped=grouped), quantize_q8_K(x, repacked=grouped))
+
+
+def test_q8_K_grouping_changes_only_the_sign_choice():
+    x = np.zeros((4, 256), np.float32)
+    x[:, 0], x[:, 1] = -2.0, 2.0  # -amax first: the row quantiser and the grouped one pick opposite signs
+    row, grouped = matmul.quantize(x, T.Q8_K), matmul.quantize(x, T.Q8_K, grouped=True)
+    assert not np.array_equal(row, grouped)
+    assert np.array_equal(grouped, quantize_q8_K(x, repacked=True))
+
+
+# ---------------------------------------------------------------- matrix products
+
+PRODUCT_TYPES = [T.F32, T.F16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+
+
+@pytest.mark.parametrize("type_", PRODUCT_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n_tokens", [1, 6])
+def test_matmul_matches_numpy(type_, n_tokens):
+    rng = np.random.default_rng(int(type_) * 10 + n_tokens)
+    n_out, n_in = 40, 512
+    w = Weight("w", type_, n_in, n_out, random_weights(rng, type_, n_out, n_in))
+    x = activations(rng, n_tokens, n_in)
+    ours = matmul.Matrix(w.data, int(type_), n_in).matmul(x, n_threads=2)
+    assert_close(ours, REF.matmul(w, x))
+
+
+@pytest.mark.parametrize("n_tokens", [1, 3, 4, 9])
+def test_regrouped_q4_0_equals_row_by_row(n_tokens):
+    rng = np.random.default_rng(n_tokens)
+    data = random_weights(rng, T.Q4_0, 64, 256)
+    x = activations(rng, n_tokens, 256)
+    regrouped = matmul.Matrix(data, int(T.Q4_0), 256, regroup=True)
+    plain = matmul.Matrix(data, int(T.Q4_0), 256, regroup=False)
+    assert regrouped.regrouped and not plain.regrouped
+    assert_close(regrouped.matmul(x, 2), plain.matmul(x, 1))
+    assert_close(regrouped.matmul(x, 1), REF.matmul(Weight("w", T.Q4_0, 256, 64, data), x))
+
+
+def test_vec_dot_one_row_matches_matmul():
+    rng = np.random.default_rng(5)
+    data = random_weights(rng, T.Q6_K, 1, 512)
+    x = activations(rng, 2, 512)[1:]
+    expected = REF.matmul(Weight("w", T.Q6_K, 512, 1, data), x)[0, 0]
+    assert matmul.vec_dot(int(T.Q6_K), data[0], quantize_q8_K(x)[0]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_thread_count_does_not_change_results():
+    rng = np.random.default_rng(6)
+    data = random_weights(rng, T.Q4_K, 48, 512)
+    m = matmul.Matrix(data, int(T.Q4_K), 512)
+    x = activations(rng, 5, 512)
+    assert np.array_equal(m.matmul(x, 1), m.matmul(x, 2))
+
+
+def test_regrouping_keeps_mmap_source_readable(tmp_path):
+    rng = np.random.default_rng(7)
+    data = random_weights(rng, T.Q4_0, 32, 256)
+    path = tmp_path / "w.bin"
+    data.tofile(path)
+    mapped = np.memmap(path, np.uint8, "r", shape=data.shape)
+    import mmap
+    with open(path, "rb") as f:
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    view = np.frombuffer(buf, np.uint8).reshape(data.shape)
+    assert matmul.is_file_mapping(view) and not matmul.is_file_mapping(data)
+    m = matmul.Matrix(view, int(T.Q4_0), 256, release_source=True)
+    assert np.array_equal(view, data) and np.array_equal(mapped, data)  # dropped pages read back from the file
+    x = activations(rng, 2, 256)
+    assert_close(m.matmul(x), REF.matmul(Weight("w", T.Q4_0, 256, 32, data), x))
+
+
+# ---------------------------------------------------------------- layer steps
+
+def test_rms_norm_matches_numpy():
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((5, 300)).astype(np.float32), rng.standard_normal(300).astype(np.float32)
+    assert_close(layers.rms_norm(x, w, 1e-5, 2), REF.rms_norm(x, w, 1e-5))
+
+
+@pytest.mark.parametrize("rope", [Rope(64, 10000.0), Rope(32, 500000.0, 0.25)])
+def test_rope_matches_numpy(rope):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((6, 4, 64)).astype(np.float32)
+    positions = np.array([0, 1, 2, 100, 1000, 4095])
+    ours = layers.rope(x, positions, rope.n_dims, rope.freq_base, rope.freq_scale, 2)
+    assert_close(ours, REF.rope(x, positions, rope))
+
+
+def test_swiglu_matches_numpy():
+    rng = np.random.default_rng(10)
+    g, u = (5 * rng.standard_normal((3, 200))).astype(np.float32), rng.standard_normal((3, 200)).astype(np.float32)
+    assert_close(layers.swiglu(g, u, 2), REF.swiglu(g, u))
+
+
+@pytest.mark.parametrize("n_heads, n_kv_heads, start, n", [(4, 4, 0, 5), (8, 2, 7, 3), (4, 1, 12, 1)])
+def test_attention_matches_numpy(n_heads, n_kv_heads, start, n):
+    rng = np.random.default_rng(n_heads + start)
+    hd, n_ctx = 32, 32
+    q = rng.standard_normal((n, n_heads, hd)).astype(np.float32)
+    k = rng.standard_normal((n_kv_heads, n_ctx, hd)).astype(np.float16)
+    v = rng.standard_normal((n_kv_heads, n_ctx, hd)).astype(np.float16)
+    scale = 1 / np.sqrt(np.float32(hd))
+    assert_close(layers.attention(q, k, v, start, scale, 2), REF.attention(q, k, v, start, scale))
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("call", [
+    lambda: matmul.Matrix(np.zeros((4, 18), np.uint8), 99, 32),                     # unknown type
+    lambda: matmul.Matrix(np.zeros((4, 17), np.uint8), int(T.Q4_0), 32),            # wrong row bytes
+    lambda: matmul.Matrix(np.zeros((4, 18), np.uint8), int(T.Q4_0), 33),            # not whole blocks
+    lambda: matmul.Matrix(np.zeros((4, 36), np.uint8)[:, ::2], int(T.Q4_0), 32),    # not contiguous
+    lambda: matmul.Matrix(np.zeros((4, 32), np.float64), int(T.F32), 32),           # wrong dtype
+    lambda: matmul.Matrix(np.zeros((8, 18), np.uint8), int(T.Q4_0), 32).matmul(np.zeros((2, 64))),
+    lambda: matmul.Matrix(np.zeros((8, 18), np.uint8), int(T.Q4_0), 32).matmul(np.zeros((2, 32)), n_threads=0),
+    lambda: matmul.quantize(np.zeros(33, np.float32), int(T.Q8_0)),
+    lambda: matmul.quantize(np.zeros(32, np.float32), int(T.Q4_0)),
+    lambda: matmul.vec_dot(int(T.Q4_0), np.zeros(18, np.uint8), np.zeros(30, np.uint8)),
+    lambda: layers.rms_norm(np.zeros((2, 8)), np.zeros(7), 1e-5),
+    lambda: layers.rope(np.zeros((2, 1, 8)), [0], 8, 10000.0),
+    lambda: layers.rope(np.zeros((1, 1, 8)), [0], 10, 10000.0),
+    lambda: layers.swiglu(np.zeros((2, 8)), np.zeros((2, 9))),
+    lambda: layers.attention(np.zeros((2, 4, 8)), np.zeros((2, 4, 8), np.float16), np.zeros((2, 4, 8), np.float16), 3, 1.0),
+    lambda: layers.attention(np.zeros((1, 4, 8)), np.zeros((2, 4, 8), np.float32), np.zeros((2, 4, 8), np.float32), 0, 1.0),
+    lambda: layers.attention(np.zeros((1, 3, 8)), np.zeros((2, 4, 8), np.float16), np.zeros((2, 4, 8), np.float16), 0, 1.0),
+], ids=lambda f: "")
+def test_bad_input_raises_value_error(call):
+    with pytest.raises(ValueError):
+        call()
+
+
+def test_backend_rejects_bad_thread_count():
+    with pytest.raises(ValueError):
+        CythonBackend(n_threads=-1)
+
+
+# ---------------------------------------------------------------- whole model
+
+def nmse(ref, ours):
+    return float(((ref - ours) ** 2).mean() / ref.var())
+
+
+@pytest.mark.parametrize("quant", [None, "Q4_0", "Q4_K_M", "Q8_0"])
+def test_model_logits_agree_across_backends(make_model, quant):
+    path = make_model(quant, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn=512)
+    prompts = [[1, t] for t in range(300, 20300, 1000)]  # 20 two-token prompts, as in the llama.cpp parity tests
+    with Llama(path, n_ctx=64, backend="numpy") as ref, Llama(path, n_ctx=64, backend="cython", n_threads=2) as ours:
+        scores = [nmse(ref.get_logits(p), ours.get_logits(p)) for p in prompts]
+        assert np.median(scores) <= 1e-8, scores
+        long = [1] + list(range(500, 32000, 800))
+        assert nmse(ref.eval_logits(long), ours.eval_logits(long)) <= 5e-4
