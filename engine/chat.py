@@ -273,7 +273,7 @@ def tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
 
 
 def jinja_format(source: str, bos_token: str, eos_token: str) -> ChatFormat:
-    """A chat format that renders the Jinja template ``source``; its stop text is ``eos_token``."""
+    """A chat format that renders the Jinja template ``source``; its stop text is ``eos_token`` (if any)."""
     if not isinstance(source, str):
         raise ChatTemplateError(f"a chat template must be text, got {type(source).__name__}")
     try:
@@ -290,7 +290,7 @@ def jinja_format(source: str, bos_token: str, eos_token: str) -> ChatFormat:
         except Exception as e:  # the template is untrusted input: whatever it trips over is its error
             raise ChatTemplateError(f"the chat template failed: {type(e).__name__}: {e}") from None
 
-    return ChatFormat("jinja", render, (eos_token,))
+    return ChatFormat("jinja", render, (eos_token,) if eos_token else ())
 
 
 def chat_format(metadata: dict, tokenizer: "Tokenizer", name: str | None = None) -> ChatFormat:
@@ -352,7 +352,7 @@ class Chat:
         """
         return "".join(self.stream(text, **options))
 
-    def stream(self, text: str, stop: str | Sequence[str] = (), **options) -> Iterator[str]:
+    def stream(self, text: str, stop: str | Sequence[str] | None = (), **options) -> Iterator[str]:
         """``send``, yielding the reply's text as it is generated.
 
         If the caller stops reading early, the reply so far joins the conversation;
@@ -360,7 +360,7 @@ class Chat:
         """
         turn = self.messages + [{"role": "user", "content": text}]
         tokens = self.prompt_tokens(turn)
-        stops = [*self.format.stop, *([stop] if isinstance(stop, str) else stop)]
+        stops = [*self.format.stop, *([stop] if isinstance(stop, str) else stop or ())]
         reply = []
         try:
             for step in steps(self.llm, tokens, stop=stops, **options):

@@ -85,9 +85,10 @@ def test_builtin_format_matches_llama_cpp_on_any_messages(name, messages, add_ge
         llama_cpp_apply(name, messages, add_generation_prompt)
 
 
-def alternating(draw_pairs, system_text, last_user):
+def alternating(pairs, system_text, last_user):
+    """An optional system message, (user, assistant) pairs, then a last user message."""
     messages = [system(system_text)] if system_text else []
-    for question, answer in draw_pairs:
+    for question, answer in pairs:
         messages += [user(question), assistant(answer)]
     return messages + [user(last_user)]
 
@@ -223,12 +224,10 @@ def test_named_format_overrides_the_template(vocab, data_dir):
 def test_default_format_follows_the_vocabulary(vocab):
     metadata, tokenizer = vocab
     assert chat_format(metadata, tokenizer) is BUILTIN_FORMATS["llama2-sys-bos"]
-    n = tokenizer.n_vocab
     chatml_vocab = {**metadata, "tokenizer.ggml.tokens": metadata["tokenizer.ggml.tokens"] + ["<|im_start|>"],
                     "tokenizer.ggml.scores": np.append(metadata["tokenizer.ggml.scores"], 0.0),
                     "tokenizer.ggml.token_type": np.append(metadata["tokenizer.ggml.token_type"], 3)}
     assert chat_format(chatml_vocab, Tokenizer.from_metadata(chatml_vocab)) is BUILTIN_FORMATS["chatml"]
-    assert n == Tokenizer.from_metadata(chatml_vocab).n_vocab - 1
 
 
 # ---- Chat on a model --------------------------------------------------------------------------------------
@@ -288,6 +287,19 @@ def test_follow_up_evaluates_only_the_new_turn(llm):
         np.testing.assert_allclose(script.seen[0], fresh.get_logits(full), rtol=1e-5, atol=1e-5)
 
 
+def test_format_stop_and_user_stop_end_the_reply(llm):
+    chat = Chat(llm, format="chatml")  # a llama vocabulary spells <|im_end|> as plain text
+    ids = reply_tokens(chat, [user("What is Clojure?")], " A Lisp on the JVM.")
+    assert chat.send("What is Clojure?", sampler=Script(ids)) == " A Lisp on the JVM."
+    ids = reply_tokens(chat, [*chat.messages, user("More?")], " A Lisp on the JVM.")
+    assert chat.send("More?", sampler=Script(ids), stop=["Lisp"]) == " A "
+    assert chat.messages[-1] == assistant(" A ")
+
+
+def test_jinja_format_without_eos_has_no_stop_text():
+    assert jinja_format("{{ messages }}", "", "").stop == ()
+
+
 def test_chat_reply_is_what_generation_gives_on_the_rendered_prompt(llm, model_path):
     chat = Chat(llm, format="chatml")
     reply = chat.send("Hello there", max_tokens=8, seed=3)
@@ -300,13 +312,13 @@ def test_chat_reply_is_what_generation_gives_on_the_rendered_prompt(llm, model_p
 
 def test_stream_stopped_early_keeps_the_partial_reply(llm, model_path):
     chat = Chat(llm)
-    stream = chat.stream("Tell me a story", max_tokens=20, seed=1)
+    stream = chat.stream("Tell me a story", max_tokens=8, seed=1)
     taken = "".join(itertools.islice(stream, 3))
     assert chat.messages == []  # still generating: nothing recorded yet
     stream.close()
     assert chat.messages == [user("Tell me a story"), assistant(taken)]
     with Llama(model_path) as fresh:
-        assert Chat(fresh).send("Tell me a story", max_tokens=20, seed=1).startswith(taken)
+        assert Chat(fresh).send("Tell me a story", max_tokens=8, seed=1).startswith(taken)
 
 
 def test_failed_turn_leaves_the_conversation_unchanged(llm):
