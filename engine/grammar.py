@@ -466,7 +466,10 @@ class Grammar:
         for p in range(n):
             if self.kind[p] in (Gre.CHAR, Gre.CHAR_NOT, Gre.CHAR_ANY):
                 self.char_class[p] = self._char_class(p)
+        self.boundaries = sorted({b for _, bounds, _ in self.char_class.values() for b in bounds})
         self._advance_cache: dict[tuple, tuple] = {}
+        self._code_point_cache: dict[tuple, int] = {}
+        self._partial_cache: dict[tuple, int] = {}
         # interned states: (stacks, partial_value, partial_remaining)
         self._states: list[tuple[tuple, int, int]] = []
         self._state_ids: dict[tuple, int] = {}
@@ -569,7 +572,7 @@ class Grammar:
             value = (value << 6) | (byte & 0x3F)
             n_remain -= 1
             if n_remain:
-                return self._intern(stacks, value, n_remain)
+                return self._partial_state(stacks, value, n_remain)
             return self._code_point_state(stacks, value)
         n_follow = UTF8_FOLLOW[byte >> 4]
         if n_follow < 0:
@@ -579,11 +582,34 @@ class Grammar:
         # only stacks waiting for a character outlive a token that ends mid-character (llama.cpp drops
         # the empty and whole-token ones), so keep just those while the sequence is pending
         waiting = tuple(s for s in stacks if s and s[-1] in self.char_class)
-        return self._intern(waiting, byte & ((1 << (7 - n_follow)) - 1), n_follow) if waiting else self.DEAD
+        return self._partial_state(waiting, byte & ((1 << (7 - n_follow)) - 1), n_follow) if waiting else self.DEAD
+
+    def _partial_state(self, stacks: tuple, value: int, n_remain: int) -> int:
+        """The state of an unfinished UTF-8 sequence. Sequences whose every completion falls in
+        the same class of code points behave alike, so they share the first one's state (not
+        for value 0 or overlong leads, which llama.cpp's partial check treats specially)."""
+        if value == 0 or (n_remain == 1 and value < 2):
+            return self._intern(stacks, value, n_remain)
+        low = value << (6 * n_remain)
+        high = low | ((1 << (6 * n_remain)) - 1)
+        interval = bisect.bisect_right(self.boundaries, low)
+        if bisect.bisect_right(self.boundaries, high) != interval:
+            return self._intern(stacks, value, n_remain)
+        key = (stacks, n_remain, interval)
+        sid = self._partial_cache.get(key)
+        if sid is None:
+            sid = self._partial_cache[key] = self._intern(stacks, value, n_remain)
+        return sid
 
     def _code_point_state(self, stacks: tuple, code: int) -> int:
-        new = self._accept_code_point(stacks, code)
-        return self._intern(new, 0, 0) if new else self.DEAD
+        """The state after a whole code point; cached per class of code points the grammar
+        cannot tell apart (they fall between the same class boundaries)."""
+        key = (stacks, bisect.bisect_right(self.boundaries, code))
+        sid = self._code_point_cache.get(key)
+        if sid is None:
+            new = self._accept_code_point(stacks, code)
+            sid = self._code_point_cache[key] = self._intern(new, 0, 0) if new else self.DEAD
+        return sid
 
     def piece_ok_at_end(self, sid: int) -> bool:
         """Whether a token may end in this state: always, unless it left a UTF-8 sequence

@@ -13,6 +13,7 @@ match by id.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -24,15 +25,15 @@ from .grammar import UTF8_FOLLOW, Grammar, Gre
 class VocabTrie:
     """The pieces of a vocabulary as a byte trie in flat arrays, nodes numbered breadth first.
 
-    The children of node n are nodes first_child[n] .. first_child[n] + n_children[n] - 1;
-    byte[c] is the byte on the edge into node c; the tokens whose piece ends at node n
-    are token_ids[first_end[n] : first_end[n] + n_ends[n]]. Node 0 is the root.
+    Node 0 is the root; the nodes at depth d are levels[d] <= n < levels[d + 1]; parent[n]
+    and byte[n] are the node above n and the byte on the edge between them; the tokens
+    whose piece ends at node n are token_ids[first_end[n] : first_end[n] + n_ends[n]].
     """
 
     def __init__(self, pieces: Sequence[bytes], excluded: Iterable[int] = ()):
         self.n_vocab = len(pieces)
         skip = set(excluded)
-        index: list[dict[int, int]] = [{}]  # node -> {byte: child}, insertion-numbered
+        index: list[dict[int, int]] = [{}]  # node -> {byte: child}, numbered as inserted
         ends: list[list[int]] = [[]]
         for token_id, piece in enumerate(pieces):
             piece = piece.split(b"\0", 1)[0]
@@ -47,16 +48,17 @@ class VocabTrie:
                     ends.append([])
                 node = child
             ends[node].append(token_id)
-        order, edge_byte = [0], [0]  # breadth-first renumbering
-        for node in order:
+        # breadth-first renumbering: (old node, new parent, byte, depth)
+        order, parent, edge_byte, depth = [0], [0], [0], [0]
+        for new_id, node in enumerate(order):
             for b, child in sorted(index[node].items()):
                 order.append(child)
+                parent.append(new_id)
                 edge_byte.append(b)
-        renumber = np.empty(len(order), dtype=np.int64)
-        renumber[order] = np.arange(len(order))
+                depth.append(depth[new_id] + 1)
+        self.parent = np.array(parent, dtype=np.int64)
         self.byte = np.array(edge_byte, dtype=np.int64)
-        self.n_children = np.array([len(index[n]) for n in order], dtype=np.int64)
-        self.first_child = np.cumsum(self.n_children) - self.n_children + 1
+        self.levels = np.searchsorted(depth, np.arange(depth[-1] + 2)).tolist()
         self.n_ends = np.array([len(ends[n]) for n in order], dtype=np.int64)
         self.first_end = np.cumsum(self.n_ends) - self.n_ends
         self.token_ids = np.array([t for n in order for t in ends[n]], dtype=np.int64)
@@ -64,6 +66,12 @@ class VocabTrie:
         # byte that cannot start one (it does not check continuation bytes inside a piece)
         self.matchable = np.zeros(self.n_vocab, dtype=bool)
         self.matchable[[t for t in self.token_ids.tolist() if _starts_with_character(pieces[t])]] = True
+
+
+@functools.lru_cache(maxsize=4)
+def vocab_trie(pieces: tuple[bytes, ...], excluded: tuple[int, ...]) -> VocabTrie:
+    """The trie of a vocabulary, built once and shared by every grammar that uses it."""
+    return VocabTrie(pieces, excluded)
 
 
 def _starts_with_character(piece: bytes) -> bool:
@@ -77,19 +85,13 @@ def _starts_with_character(piece: bytes) -> bool:
     return bool(piece) and 1 + UTF8_FOLLOW[piece[0] >> 4] <= len(piece)
 
 
-def _expand(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The concatenated ranges starts[i] .. starts[i] + counts[i] - 1, and for each item its i."""
-    owner = np.repeat(np.arange(len(counts)), counts)
-    offset = np.arange(len(owner)) - (np.cumsum(counts) - counts)[owner]
-    return starts[owner] + offset, owner
-
-
 class TokenMasker:
     """Token masks of one grammar over one vocabulary.
 
-    The trie is walked one depth at a time for every live branch at once; the
-    grammar's byte transitions are mirrored into a dense (state, byte) table so
-    a depth costs a handful of array operations.
+    The trie is walked one depth at a time, every node of the depth at once: a
+    node's grammar state is looked up from its parent's state and its byte in a
+    dense (state, byte) table mirroring the grammar's transitions, so a depth
+    costs a few array operations and only unseen transitions run Python.
     """
 
     UNKNOWN = -1
@@ -97,8 +99,8 @@ class TokenMasker:
     def __init__(self, grammar: Grammar, pieces: Sequence[bytes], eog_ids: Iterable[int]):
         self.grammar = grammar
         self.eog_ids = sorted(set(eog_ids))
-        self.trie = VocabTrie(pieces, self.eog_ids)
-        self._table = np.full((0, 256), self.UNKNOWN, dtype=np.int64)  # (n_states, 256) next state
+        self.trie = vocab_trie(tuple(pieces), tuple(self.eog_ids))
+        self._table = np.full((0, 256), self.UNKNOWN, dtype=np.int32)  # (n_states, 256) next state
         self._ok_at_end = np.zeros(0, dtype=np.int8)  # per state: 1 yes, 0 no, -1 unknown
 
     def allowed_tokens(self, state: int) -> np.ndarray:
@@ -123,51 +125,44 @@ class TokenMasker:
         n = len(self.grammar._states)
         if n > len(self._table):
             extra = max(n, 2 * len(self._table)) - len(self._table)
-            self._table = np.vstack([self._table, np.full((extra, 256), self.UNKNOWN, dtype=np.int64)])
+            self._table = np.vstack([self._table, np.full((extra, 256), self.UNKNOWN, dtype=np.int32)])
             self._ok_at_end = np.concatenate([self._ok_at_end, np.full(extra, -1, dtype=np.int8)])
 
-    def _next_states(self, states: np.ndarray, nodes: np.ndarray) -> np.ndarray:
-        """The grammar state after the byte into each node, from the state before it."""
-        self._grow()
-        nxt = self._table[states, self.trie.byte[nodes]]
+    def _next_states(self, states: np.ndarray, edge_bytes: np.ndarray) -> np.ndarray:
+        """The grammar state after each byte, from the state before it."""
+        nxt = self._table[states, edge_bytes]
         unknown = nxt == self.UNKNOWN
         if unknown.any():
-            keys = np.unique(states[unknown] * 256 + self.trie.byte[nodes[unknown]])
-            for key in keys.tolist():
-                s, b = divmod(key, 256)
-                t = self.grammar.step(s, b)
-                self._grow()
-                self._table[s, b] = t
-            nxt = self._table[states, self.trie.byte[nodes]]
+            keys = np.unique(states[unknown].astype(np.int64) * 256 + edge_bytes[unknown])
+            step = self.grammar.step
+            found = [step(*divmod(key, 256)) for key in keys.tolist()]
+            self._grow()
+            self._table[keys // 256, keys % 256] = found
+            nxt = self._table[states, edge_bytes]
         return nxt
-
-    def _piece_may_end(self, states: np.ndarray) -> np.ndarray:
-        self._grow()
-        flags = self._ok_at_end[states]
-        for s in np.unique(states[flags < 0]).tolist():
-            self._ok_at_end[s] = self.grammar.piece_ok_at_end(s)
-        return self._ok_at_end[states] == 1
 
     def _walk(self, state: int) -> np.ndarray:
         """Ids of the tokens whose bytes the grammar accepts from `state`."""
         trie, dead = self.trie, self.grammar.DEAD
-        nodes = np.zeros(1, dtype=np.int64)
-        states = np.array([state], dtype=np.int64)
-        allowed = []
-        while len(nodes):
-            has = trie.n_children[nodes] > 0
-            nodes, states = nodes[has], states[has]
-            children, owner = _expand(trie.first_child[nodes], trie.n_children[nodes])
-            nxt = self._next_states(states[owner], children)
-            alive = nxt != dead
-            nodes, states = children[alive], nxt[alive]
-            ending = trie.n_ends[nodes] > 0
-            if ending.any():
-                ok = np.flatnonzero(ending)
-                ok = ok[self._piece_may_end(states[ok])]
-                idx, _ = _expand(trie.first_end[nodes[ok]], trie.n_ends[nodes[ok]])
-                allowed.append(trie.token_ids[idx])
-        return np.concatenate(allowed) if allowed else np.zeros(0, dtype=np.int64)
+        self._grow()
+        node_state = np.full(len(trie.parent), dead, dtype=np.int32)
+        node_state[0] = state
+        levels = trie.levels
+        for d in range(1, len(levels) - 1):
+            lo, hi = levels[d], levels[d + 1]
+            before = node_state[trie.parent[lo:hi]]
+            if not (before != dead).any():
+                break
+            node_state[lo:hi] = self._next_states(before, trie.byte[lo:hi])
+        ends = np.flatnonzero((node_state != dead) & (trie.n_ends > 0))
+        states = node_state[ends]
+        flags = self._ok_at_end[states]
+        for s in np.unique(states[flags < 0]).tolist():
+            self._ok_at_end[s] = self.grammar.piece_ok_at_end(s)
+        ends = ends[self._ok_at_end[states] == 1]
+        owner = np.repeat(np.arange(len(ends)), trie.n_ends[ends])
+        offset = np.arange(len(owner)) - (np.cumsum(trie.n_ends[ends]) - trie.n_ends[ends])[owner]
+        return trie.token_ids[trie.first_end[ends][owner] + offset]
 
 
 class GrammarSampler:
