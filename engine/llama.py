@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from .errors import ContextOverflowError, LlamaError
 from .ggml_ops import BACKENDS
+from .generate import Step, steps
 from .gguf import read_gguf
 from .model import KVCache, Model
 
@@ -26,7 +27,7 @@ BATCH = 512  # tokens evaluated per forward pass, like llama.cpp's default micro
 @dataclass(frozen=True)
 class LlamaState:
     """A snapshot of the cache and logits, as ``save_state`` takes it and ``load_state`` restores it."""
-    n_past: int
+    tokens: tuple[int, ...]  # the ids whose keys and values are cached, (n_past,)
     k: np.ndarray   # (n_layers, n_kv_heads, n_past, head_dim) float16
     v: np.ndarray
     logits: np.ndarray | None
@@ -76,6 +77,7 @@ class Llama:
         self.n_threads = n_threads
         self.seed = seed
         self.n_past = 0
+        self._cached: list[int] = []  # the token ids in the cache, len n_past
         self.n_evaluated = 0  # tokens run through the model since loading, across every call
         self._logits: np.ndarray | None = None
 
@@ -134,12 +136,20 @@ class Llama:
         self.update(text_or_tokens, n_past=0)
         return self.logits
 
-    def eval_logits(self, tokens: Sequence[int]) -> np.ndarray:
-        """A fresh evaluation of ``tokens`` from position 0; logits of every position, (len(tokens), n_vocab)."""
+    def eval_logits(self, tokens: Sequence[int], n_past: int = 0) -> np.ndarray:
+        """Evaluate ``tokens`` after the first ``n_past`` cached ones (default: afresh from position 0);
+        the logits of every position, (len(tokens), n_vocab)."""
+        if not isinstance(n_past, (int, np.integer)) or not 0 <= n_past <= self.n_past:
+            raise ValueError(f"n_past must be between 0 and the {self.n_past} cached tokens, got {n_past!r}")
         tokens = self._tokens(tokens, add_bos=False)
         if not tokens:
             raise ValueError("eval_logits needs at least one token")
-        return self._evaluate(tokens, 0, all_logits=True)
+        return self._evaluate(tokens, int(n_past), all_logits=True)
+
+    @property
+    def cached_tokens(self) -> list[int]:
+        """The token ids whose keys and values are in the cache, in order (a copy)."""
+        return list(self._cached)
 
     def _evaluate(self, tokens: list[int], start: int, all_logits: bool) -> np.ndarray:
         if start + len(tokens) > self.n_ctx:
@@ -151,6 +161,7 @@ class Llama:
             last = b + BATCH >= len(ids)
             out = self.model.forward(batch, start + b, self.cache, all_logits)  # (n or 1, n_vocab)
             self.n_past = start + b + len(batch)
+            self._cached[start + b:] = batch.tolist()
             self.n_evaluated += len(batch)
             if all_logits or last:
                 chunks.append(out)
@@ -173,12 +184,30 @@ class Llama:
             tokens.append(int(t))
         return tokens
 
+    # -- generation (see engine.generate for the options)
+
+    def steps(self, prompt: str | Sequence[int], sampler=None, **options) -> Iterator[Step]:
+        """Generate from ``prompt``: one ``Step`` (token, text, logprob, top) per generated token."""
+        return steps(self, prompt, sampler, **options)
+
+    def generate_tokens(self, prompt: str | Sequence[int], sampler=None, **options) -> Iterator[int]:
+        """Generated token ids; EOS ends generation and is not emitted."""
+        return (step.token for step in steps(self, prompt, sampler, **options) if step.complete)
+
+    def generate(self, prompt: str | Sequence[int], sampler=None, **options) -> Iterator[str]:
+        """Generated text in pieces, each released once its UTF-8 characters are complete."""
+        return (step.text for step in steps(self, prompt, sampler, **options) if step.text)
+
+    def generate_string(self, prompt: str | Sequence[int], sampler=None, **options) -> str:
+        """The whole generated text."""
+        return "".join(self.generate(prompt, sampler, **options))
+
     # -- state
 
     def save_state(self) -> LlamaState:
         """A copy of the cached positions and the current logits."""
         n = self.n_past
-        return LlamaState(n, self.cache.k[:, :, :n].copy(), self.cache.v[:, :, :n].copy(),
+        return LlamaState(n, tuple(self._cached), self.cache.k[:, :, :n].copy(), self.cache.v[:, :, :n].copy(),
                           None if self._logits is None else self._logits.copy())
 
     def load_state(self, state: LlamaState) -> None:
@@ -193,6 +222,7 @@ class Llama:
         self.cache.k[:, :, :state.n_past] = state.k
         self.cache.v[:, :, :state.n_past] = state.v
         self.n_past = state.n_past
+        self._cached = list(state.tokens)
         self._logits = None if state.logits is None else state.logits.copy()
 
     # -- lifetime
