@@ -29,7 +29,11 @@ cdef extern from "vec_dot.h" nogil:
     int type_block_size(int type)
     void quantize_row(int act_type, const float *x, void *y, int64_t k, int grouped)
     enum:
-        T_F32, T_F16, T_Q4_0, T_Q4_K, T_Q8_0, T_Q8_1, T_Q8_K
+        T_F32, T_F16, T_Q4_0, T_Q4_K, T_Q5_K, T_Q6_K, T_Q8_0, T_Q8_1, T_Q8_K
+
+cdef extern from "kquant_rows.h" nogil:
+    int kq_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
+                const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo)
 
 cdef extern from "q4_0x8.h" nogil:
     ctypedef struct block_q4_0x8:
@@ -166,21 +170,33 @@ cdef class Matrix:
             self.matmul_rows(xs, o, nt)
         return out
 
-    cdef void matmul_rows(self, const float[:, ::1] x, float[:, ::1] out, int nt):
-        """Generic path: quantise the activations, then every row against every token."""
+    cdef int matmul_rows(self, const float[:, ::1] x, float[:, ::1] out, int nt) except -1:
+        """Generic path: quantise the activations, then every row against every token.
+
+        K-quant rows are unpacked once for all tokens when there is more than one.
+        """
         cdef int64_t n = x.shape[0], act_bytes = type_row_bytes(self.act_type, self.n_in)
         # llama.cpp repacks Q4_K with a multiple of 8 rows, and then quantises activations four rows at a time
         cdef bint grouped = self.type == T_Q4_K and self.n_out % 8 == 0
+        cdef bint unpack_once = n > 1 and self.type in (T_Q4_K, T_Q5_K, T_Q6_K)
         cdef uint8_t[:, ::1] acts = np.empty((n, act_bytes), np.uint8)
         cdef Py_ssize_t chunk, n_chunks = (self.n_out + 15) // 16
         cdef int64_t r, t, r_end
+        cdef int failed = 0
         with nogil:
             quantize_into(x, self.act_type, grouped, &acts[0, 0], act_bytes, nt)
             for chunk in prange(n_chunks, schedule="static", num_threads=nt):
                 r_end = min(chunk * 16 + 16, self.n_out)
-                for r in range(chunk * 16, r_end):
-                    for t in range(n):
-                        out[t, r] = self.dot(<int>self.n_in, self.ptr + r * self.row_bytes, &acts[t, 0])
+                if unpack_once:
+                    failed += kq_rows(self.type, self.ptr, self.row_bytes, chunk * 16, r_end, <int>self.n_in,
+                                      &acts[0, 0], act_bytes, n, &out[0, 0], self.n_out)
+                else:
+                    for r in range(chunk * 16, r_end):
+                        for t in range(n):
+                            out[t, r] = self.dot(<int>self.n_in, self.ptr + r * self.row_bytes, &acts[t, 0])
+        if failed:
+            raise MemoryError("no memory for unpacked weight rows")
+        return 0
 
     cdef void matmul_q4_0x8(self, const float[:, ::1] x, float[:, ::1] out, int nt):
         """Regrouped Q4_0: each group of 8 rows is read once per tile of 4 tokens."""

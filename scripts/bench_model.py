@@ -1,0 +1,132 @@
+"""Model speed, ours against llama.cpp on the same file and thread count.
+
+    python scripts/bench.py model [--quant Q4_0 Q4_K_M] [--threads 2] [--cache DIR]
+
+Builds (once, into the cache dir) a TinyLlama-1.1B-shaped synthetic model (dim 2048,
+22 layers, 32 heads, 4 kv heads, ffn 5632) quantised by llama.cpp, then runs each
+engine in its own process so peak RSS is its own: load time, prefill tok/s for a
+64- and a 512-token prompt (fresh cache, best of ``--repeat``), decode tok/s (one
+token at a time after a 16-token prompt), peak RSS; and prints the ratios ours/llama.cpp.
+Timings are wall-clock on whatever else the machine is doing, so compare within a run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.make_model import ModelSpec, cached_model  # noqa: E402
+
+TINYLLAMA = ModelSpec(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn=5632, n_ctx=2048, ftype="f16")
+ENGINES = ("ours", "llama.cpp")
+
+
+def prompt(n: int, seed: int = 0) -> list[int]:
+    """BOS then ``n - 1`` reproducible token ids from the ordinary part of the llama2 vocabulary."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    return [1] + rng.integers(300, 32000, n - 1).tolist()
+
+
+class Ours:
+    def __init__(self, path: Path, n_threads: int, n_ctx: int):
+        from engine.llama import Llama
+        self.llm = Llama(path, n_ctx=n_ctx, n_threads=n_threads, backend="cython")
+        self.llm.model.backend.prepare(self.llm.model.weights)  # regroup weights now, as llama.cpp repacks at load
+
+    def prefill(self, tokens: list[int]) -> None:
+        self.llm.update(tokens, n_past=0)
+
+    def step(self, token: int) -> None:
+        self.llm.update([token])
+
+
+class LlamaCpp:
+    def __init__(self, path: Path, n_threads: int, n_ctx: int):
+        import llama_cpp
+        self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
+                                   n_batch=512, verbose=False)
+
+    def prefill(self, tokens: list[int]) -> None:
+        self.llm.reset()
+        self.llm.eval(tokens)
+
+    def step(self, token: int) -> None:
+        self.llm.eval([token])
+
+
+def measure(engine: str, path: Path, n_threads: int, prefills: list[int], n_decode: int, repeat: int) -> dict:
+    """One engine's numbers, measured in this process."""
+    n_ctx = max(prefills + [16]) + n_decode + 8
+    t0 = time.perf_counter()
+    runner = (Ours if engine == "ours" else LlamaCpp)(path, n_threads, n_ctx)
+    result = {"load_s": time.perf_counter() - t0}
+    runner.prefill(prompt(8))  # warm-up: first-touch of weights and scratch
+    for n in prefills:
+        tokens, best = prompt(n), float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            runner.prefill(tokens)
+            best = min(best, time.perf_counter() - t0)
+        result[f"prefill_{n}_tok_s"] = n / best
+    runner.prefill(prompt(16))
+    following = prompt(n_decode + 1, seed=1)[1:]
+    t0 = time.perf_counter()
+    for token in following:
+        runner.step(token)
+    result["decode_tok_s"] = n_decode / (time.perf_counter() - t0)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def run_worker(engine: str, path: Path, args) -> dict:
+    """Measure ``engine`` in a fresh interpreter and read back its JSON line."""
+    cmd = [sys.executable, __file__, "--worker", engine, "--model", str(path), "--threads", str(args.threads),
+           "--prefill", *map(str, args.prefill), "--decode", str(args.decode), "--repeat", str(args.repeat)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def table(quant: str, size_mib: float, results: dict[str, dict]) -> str:
+    ours, ref = results["ours"], results["llama.cpp"]
+    lines = [f"{quant} ({size_mib:.0f} MiB)", f"{'':22}{'ours':>10}{'llama.cpp':>12}{'ratio':>8}"]
+    for key in ours:
+        note = " (lower is better)" if key in ("load_s", "peak_rss_mib") else ""
+        lines.append(f"{key:22}{ours[key]:10.2f}{ref[key]:12.2f}{ours[key] / ref[key]:7.2f}x{note}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quant", nargs="+", default=["Q4_0", "Q4_K_M"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prefill", type=int, nargs="+", default=[64, 512])
+    p.add_argument("--decode", type=int, default=32)
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--cache", default=str(ROOT / "tests" / ".cache" / "bench"))
+    p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(args.worker, Path(args.model), args.threads, args.prefill, args.decode, args.repeat)))
+        return
+    print(f"threads {args.threads}; prefill best of {args.repeat}; decode {args.decode} tokens", flush=True)
+    for quant in args.quant:
+        path = cached_model(args.cache, TINYLLAMA, quant)
+        results = {engine: run_worker(engine, path, args) for engine in args.engines}
+        if len(results) == 2:
+            print(table(quant, path.stat().st_size / 2**20, results), flush=True)
+        else:
+            print(quant, json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
