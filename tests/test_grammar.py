@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 from pathlib import Path
 
 import llama_cpp
@@ -340,8 +341,26 @@ SCHEMAS = [
     {"type": "array", "items": {"type": ["integer", "string"]}, "maxItems": 4},
     {"type": "array", "prefixItems": [{"type": "boolean"}, {"enum": [None, 1.5]}]},
     {"type": "object", "additionalProperties": {"type": "integer"}},
+    {"type": "object", "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}( \\(.+\\))?$"},
+        "n": {"type": "integer", "minimum": -5, "exclusiveMaximum": 120},
+        "when": {"type": "string", "format": "date"},
+        "id": {"type": "string", "format": "uuid"}}, "required": ["code", "n", "when"]},
+    {"allOf": [{"$ref": "#/$defs/a"}, {"anyOf": [{"$ref": "#/$defs/b"}]}],
+     "$defs": {"a": {"properties": {"x": {"type": "integer", "minimum": 10}}},
+               "b": {"properties": {"y": {"enum": ["p", "q"]}}}}},
     {},
 ]
+
+
+def validate_target(schema: dict, root: dict) -> dict:
+    """The schema itself, or what its $ref points at."""
+    while "$ref" in schema:
+        target = root
+        for part in schema["$ref"][2:].split("/"):
+            target = target[part]
+        schema = target
+    return schema
 
 
 def validate(value, schema: dict, root: dict) -> None:
@@ -349,10 +368,7 @@ def validate(value, schema: dict, root: dict) -> None:
     if schema is True or schema == {}:
         return
     if "$ref" in schema:
-        target = root
-        for part in schema["$ref"][2:].split("/"):
-            target = target[part]
-        return validate(value, target, root)
+        return validate(value, validate_target(schema, root), root)
     if "anyOf" in schema or "oneOf" in schema:
         errors = []
         for alt in schema.get("anyOf", schema.get("oneOf")):
@@ -361,6 +377,11 @@ def validate(value, schema: dict, root: dict) -> None:
             except AssertionError as e:
                 errors.append(e)
         raise AssertionError(f"{value!r} matches no alternative: {errors}")
+    if "allOf" in schema:  # llama.cpp's reading: the components' properties, those under anyOf optional
+        parts = [p for part in schema["allOf"] for p in part.get("anyOf", [part])]
+        props = {k: v for p in parts for k, v in validate_target(p, root).get("properties", {}).items()}
+        required = [k for p in schema["allOf"] if "anyOf" not in p for k in validate_target(p, root).get("properties", {})]
+        return validate(value, {"type": "object", "properties": props, "required": required}, root)
     if "const" in schema:
         assert value == schema["const"] and type(value) is type(schema["const"])
         return
@@ -402,13 +423,19 @@ def validate(value, schema: dict, root: dict) -> None:
                 validate(v, items, root)
     elif kind == "string":
         assert schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value))
+        assert re.search(schema.get("pattern", ""), value), value
+        formats = {"date": r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])", "uuid": r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"}
+        assert re.fullmatch(formats.get(schema.get("format"), ".*"), value), value
+    elif kind == "integer":
+        assert schema.get("minimum", value) <= value <= schema.get("maximum", value), value
+        assert schema.get("exclusiveMinimum", value - 1) < value < schema.get("exclusiveMaximum", value + 1)
 
 
 def sample_json(sampler: GrammarSampler, tokenizer: Tokenizer, seed: int, budget: int = 60) -> str:
     """Random-logit sampling under the grammar; past the budget, closing tokens and EOS are favoured."""
     rng = np.random.default_rng(seed)
     closers = np.zeros(tokenizer.n_vocab, dtype=np.float32)
-    for piece in [b'"', b"}", b"]", b"0", b"null", b"true", b"1", b'"}', b"a"]:
+    for piece in [b'"', b"}", b"]", b"0", b"null", b"true", b"1", b'"}', b"a", b")"]:
         closers[tokenizer.pieces.index(piece)] = 50.0
     closers[tokenizer.eos] = 1000.0
     sampler.reset()
@@ -467,10 +494,50 @@ def test_integration_schema_strings(case):
         assert not grammar.matches(text), text
 
 
+SCHEMA_TO_GRAMMAR = json.loads((DATA / "json_schema_to_grammar_cases.json").read_text())
+
+
+def _rules(gbnf: str) -> list[str]:
+    return sorted(line.strip() for line in gbnf.splitlines() if line.strip())
+
+
+@pytest.mark.parametrize("case", SCHEMA_TO_GRAMMAR, ids=[c["name"] for c in SCHEMA_TO_GRAMMAR])
+def test_schema_to_grammar_like_llama_cpp(case, tokenizer):
+    """llama.cpp's expected grammars from tests/test-json-schema-to-grammar.cpp, rule for rule.
+
+    Regular expressions are the exception: we spell string content as JSON does (a '"' in the
+    pattern is '\\"' in the grammar, '.' excludes unescaped quotes), and refuse what we cannot
+    convert instead of accepting any string; there the grammar's outputs must match the pattern.
+    """
+    schema = json.loads(case["schema"])
+    if case["status"] == "FAILURE":
+        with pytest.raises(GrammarError):
+            json_schema_to_gbnf(schema)
+        return
+    if "pattern" not in case["schema"]:
+        assert _rules(json_schema_to_gbnf(schema)) == _rules(case["grammar"])
+        return
+    try:
+        grammar = Grammar.from_json_schema(schema)
+    except GrammarError as e:
+        assert "not supported" in str(e)
+        return
+    sampler = GrammarSampler(grammar, tokenizer.pieces, tokenizer.eos, np.argmax)
+    for seed in range(3):
+        text = sample_json(sampler, tokenizer, seed, budget=10)
+        value = json.loads(text)
+        for key, prop in ([(None, schema)] if "pattern" in schema else schema["properties"].items()):
+            item = value if key is None else value.get(key)
+            if item is not None and "pattern" in prop:
+                assert re.search(prop["pattern"], item), (prop["pattern"], item)
+
+
 @pytest.mark.parametrize("schema,keyword", [
-    ({"type": "string", "pattern": "^a+$"}, "pattern"),
-    ({"allOf": [{"type": "string"}]}, "allOf"),
-    ({"type": "integer", "minimum": 3}, "minimum"),
+    ({"type": "string", "pattern": "^(?=a)a+$"}, "lookarounds"),
+    ({"type": "string", "pattern": "^a\\1$"}, "escape"),
+    ({"type": "string", "format": "email"}, "email"),
+    ({"type": "number", "minimum": 3}, "minimum"),
+    ({"not": {"type": "string"}}, "not"),
     ({"$ref": "https://example.com/s.json"}, "$ref"),
     ({"type": "tuple"}, "tuple"),
     ({"$ref": "#/$defs/missing"}, "missing"),
