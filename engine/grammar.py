@@ -421,7 +421,10 @@ class Grammar:
         if not isinstance(gbnf, str):
             raise GrammarError(f"grammar must be str, got {type(gbnf).__name__}")
         parser = _Parser(gbnf, vocab)
-        parser.parse()
+        try:
+            parser.parse()
+        except RecursionError:
+            raise GrammarError("grammar nests groups too deeply") from None
         names = {i: name for name, i in parser.symbol_ids.items()}
         missing = [names[i] for i, rule in enumerate(parser.rules) if rule is None]
         missing += [names[i] for i in range(len(parser.rules), len(parser.symbol_ids))]
@@ -473,7 +476,7 @@ class Grammar:
         # interned states: (stacks, partial_value, partial_remaining)
         self._states: list[tuple[tuple, int, int]] = []
         self._state_ids: dict[tuple, int] = {}
-        self.transitions: list[dict[int, int]] = []
+        self._transitions: list[dict[int, int]] = []
         self.DEAD = self._intern((), 0, 0)
         initial: list[tuple] = []
         for a in self.alt_starts[self.start_rule]:
@@ -538,7 +541,7 @@ class Grammar:
             sid = len(self._states)
             self._states.append(key)
             self._state_ids[key] = sid
-            self.transitions.append({})
+            self._transitions.append({})
         return sid
 
     def _matches(self, p: int, code: int) -> bool:
@@ -556,10 +559,10 @@ class Grammar:
 
     def step(self, sid: int, byte: int) -> int:
         """The state after one more byte (DEAD if the grammar rejects it); cached."""
-        nxt = self.transitions[sid].get(byte)
+        nxt = self._transitions[sid].get(byte)
         if nxt is None:
             nxt = self._step(sid, byte)
-            self.transitions[sid][byte] = nxt
+            self._transitions[sid][byte] = nxt
         return nxt
 
     def _step(self, sid: int, byte: int) -> int:
@@ -660,6 +663,11 @@ class Grammar:
     @property
     def start_state(self) -> int:
         return self._start
+
+    @property
+    def n_states(self) -> int:
+        """How many states the automaton has built so far (state ids are below this)."""
+        return len(self._states)
 
     def can_end(self, sid: int) -> bool:
         """Whether end-of-generation is allowed: some stack is empty (llama.cpp does not look

@@ -109,20 +109,21 @@ class TokenMasker:
         mask = np.zeros(self.trie.n_vocab, dtype=bool)
         mask[self._walk(state)] = True
         for kind, token_id in g.token_terminals(state):
-            if token_id >= len(mask):
-                mask |= self.trie.matchable if kind == Gre.TOKEN_NOT else False
-            elif kind == Gre.TOKEN:
-                mask[token_id] |= self.trie.matchable[token_id]
-            else:
-                keep = mask[token_id]
+            in_vocab = token_id < len(mask)
+            if kind == Gre.TOKEN:
+                if in_vocab:
+                    mask[token_id] |= self.trie.matchable[token_id]
+            else:  # any token but token_id, which only the characters of its piece may still allow
+                keep = mask[token_id] if in_vocab else None
                 mask |= self.trie.matchable
-                mask[token_id] = keep
+                if in_vocab:
+                    mask[token_id] = keep
         if g.can_end(state):
             mask[self.eog_ids] = True
         return mask
 
     def _grow(self) -> None:
-        n = len(self.grammar._states)
+        n = self.grammar.n_states
         if n > len(self._table):
             extra = max(n, 2 * len(self._table)) - len(self._table)
             self._table = np.vstack([self._table, np.full((extra, 256), self.UNKNOWN, dtype=np.int32)])
@@ -195,6 +196,8 @@ class GrammarSampler:
 
     def accept(self, token_id: int) -> None:
         """Advance the grammar past a token (end-of-generation only where the grammar may end)."""
+        if not 0 <= token_id < len(self.pieces):
+            raise GrammarError(f"token id {token_id} is outside the vocabulary (0..{len(self.pieces) - 1})")
         if token_id in self.eog_ids:
             if not self.grammar.can_end(self.state):
                 raise GrammarError("end of generation before the grammar is complete")
