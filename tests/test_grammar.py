@@ -572,3 +572,41 @@ def test_sampler_rejects_forbidden_tokens(tokenizer):
         sampler.accept(tokenizer.eos)
     with pytest.raises(GrammarError, match="logits"):
         sampler(np.zeros(5, dtype=np.float32))
+
+
+@pytest.mark.parametrize("schema,message", [
+    ("{not json", "not valid JSON"),
+    (5, "must be an object"),
+    ({"type": []}, "must not be empty"),
+    ({"type": "array", "minItems": -1}, "non-negative integer"),
+    ({"enum": []}, "non-empty array"),
+    ({"anyOf": "x"}, "non-empty array"),
+    ({"type": "string", "pattern": "^(ab$"}, "unbalanced"),
+    ({"type": "integer", "minimum": "3"}, "must be a number"),
+])
+def test_malformed_schema_is_rejected(schema, message):
+    with pytest.raises(GrammarError, match=message):
+        json_schema_to_gbnf(schema)
+
+
+def test_grammar_text_must_be_utf8_text():
+    with pytest.raises(GrammarError, match="UTF-8"):
+        Grammar.from_string(b'root ::= "\xff"')
+    with pytest.raises(GrammarError, match="must be str"):
+        Grammar.from_string(42)
+    with pytest.raises(GrammarError, match="nests groups too deeply"):
+        Grammar.from_string("root ::= " + "(" * 5000 + '"a"' + ")" * 5000)
+
+
+def test_sampler_rejects_token_ids_outside_vocabulary(tokenizer):
+    sampler = GrammarSampler(Grammar.json(), tokenizer.pieces, tokenizer.eos, np.argmax)
+    with pytest.raises(GrammarError, match="outside the vocabulary"):
+        sampler.accept(tokenizer.n_vocab)
+    with pytest.raises(GrammarError, match="outside the vocabulary"):
+        sampler.accept(-1)
+
+
+def test_inner_sampler_that_ignores_the_mask_is_caught(tokenizer):
+    sampler = GrammarSampler(Grammar.json(), tokenizer.pieces, tokenizer.eos, lambda logits: 0)
+    with pytest.raises(GrammarError, match="does not allow token 0"):
+        sampler(np.zeros(tokenizer.n_vocab, dtype=np.float32))
