@@ -12,7 +12,7 @@ import numpy as np
 from engine.ggml_ops import NumpyBackend, Rope, Weight
 
 from . import layers
-from .matmul import Matrix
+from .matmul import Matrix, get_rows
 from .parallel import check_threads
 
 
@@ -42,8 +42,9 @@ class CythonBackend:
         self.matrix(weights.output)
 
     def get_rows(self, w: Weight, ids: np.ndarray) -> np.ndarray:
-        """Rows ``ids`` of ``w`` as float32: a handful of rows, so the reference dequantiser serves."""
-        return self._reference.get_rows(w, ids)
+        """Rows ``ids`` of ``w`` as float32 (the NumPy dequantiser for the types without a compiled one)."""
+        rows = get_rows(w.data, int(w.type), w.n_in, ids)
+        return self._reference.get_rows(w, ids) if rows is None else rows
 
     def matmul(self, w: Weight, x: np.ndarray) -> np.ndarray:
         return self.matrix(w).matmul(x, self.n_threads)                     # (n, n_out)

@@ -22,6 +22,15 @@ cdef extern from "layer_ops.h" nogil:
                 float *scores, uint16_t *half, float *out)
 
 
+cdef enum:
+    MIN_PARALLEL_WORK = 65536  # values below which a step runs on one thread: waking the team costs more
+
+
+cdef int team(int n_threads, Py_ssize_t work):
+    """The threads worth using for ``work`` values of cheap arithmetic."""
+    return n_threads if work >= MIN_PARALLEL_WORK else 1
+
+
 cdef object f32(x, int ndim, str what):
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != ndim:
@@ -35,7 +44,7 @@ def rms_norm(x, weight, float eps, n_threads=None):
     weight = f32(weight, 1, "rms_norm weight")
     if weight.shape[0] != x.shape[1]:
         raise ValueError(f"rms_norm: weight of {weight.shape[0]} values for rows of {x.shape[1]}")
-    cdef int nt = check_threads(n_threads)
+    cdef int nt = team(check_threads(n_threads), x.size)
     out = np.empty_like(x)
     cdef const float[:, ::1] xs = x
     cdef const float[::1] w = weight
@@ -59,7 +68,7 @@ def rope(x, positions, int n_dims, float freq_base, float freq_scale=1.0, n_thre
         raise ValueError(f"rope: {pos.shape} positions for {x.shape[0]} rows")
     if n_dims <= 0 or n_dims % 2 or n_dims > x.shape[2]:
         raise ValueError(f"rope: n_dims {n_dims} must be even and within the head size {x.shape[2]}")
-    cdef int nt = check_threads(n_threads)
+    cdef int nt = team(check_threads(n_threads), x.size)
     cdef float theta_scale = np.float32(np.float64(freq_base) ** np.float64(np.float32(-2.0) / np.float32(n_dims)))
     out = x.copy()
     cdef float[:, :, ::1] o = out
@@ -80,7 +89,7 @@ def swiglu(gate, up, n_threads=None):
     up = f32(up, 2, "swiglu up")
     if gate.shape != up.shape:
         raise ValueError(f"swiglu: gate {gate.shape} and up {up.shape} differ")
-    cdef int nt = check_threads(n_threads)
+    cdef int nt = team(check_threads(n_threads), gate.size)
     out = np.empty_like(gate)
     cdef const float[:, ::1] g = gate
     cdef const float[:, ::1] u = up
@@ -110,7 +119,8 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None):
         raise ValueError(f"attention: q {q.shape} does not fit caches of shape {k_cache.shape}")
     if start < 0 or start + n > n_ctx:
         raise ValueError(f"attention: positions [{start}, {start + n}) exceed the cache's {n_ctx}")
-    cdef int nt = check_threads(n_threads), group = n_heads // n_kv, n_keys_max = start + n
+    cdef int group = n_heads // n_kv, n_keys_max = start + n
+    cdef int nt = team(check_threads(n_threads), q.size * n_keys_max)
     out = np.empty((n, n_heads * hd), np.float32)
     if n == 0 or hd == 0:
         return out

@@ -35,6 +35,9 @@ cdef extern from "kquant_rows.h" nogil:
     int kq_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
                 const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo)
 
+cdef extern from "dequant.h" nogil:
+    int dequantize_row(int type, const uint8_t *x, int64_t n, float *y)
+
 cdef extern from "q4_0x8.h" nogil:
     ctypedef struct block_q4_0x8:
         pass
@@ -112,6 +115,31 @@ def vec_dot(int type, w, a):
     cdef const uint8_t[::1] wv = wb
     cdef const uint8_t[::1] av = ab
     return vec_dot_for(type, &act)(<int>n, &wv[0], &av[0])
+
+
+def get_rows(data, int type, int64_t n_in, ids):
+    """Rows ``ids`` of a weight (as ``Matrix`` takes it) dequantised to float32 (len(ids), n_in).
+
+    Bit-identical to ggml's dequantize_row_*; returns None for a type without a compiled
+    dequantiser (Q2_K, Q3_K), so the caller can fall back to the NumPy one.
+    """
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or not data.flags.c_contiguous:
+        raise ValueError("weight data must be a C-contiguous 2-D NumPy array")
+    cdef int64_t row_bytes = type_row_bytes(type, n_in)
+    if row_bytes <= 0 or n_in % type_block_size(type) or data.shape[1] * data.itemsize != row_bytes:
+        raise ValueError(f"weight rows of {data.shape[1] * data.itemsize} bytes do not hold {n_in} values of ggml type {type}")
+    rows = np.asarray(ids)
+    if rows.ndim != 1 or (rows.size and (rows.dtype.kind not in "iu" or rows.min() < 0 or rows.max() >= data.shape[0])):
+        raise ValueError(f"row ids must be a 1-D array of integers in [0, {data.shape[0]})")
+    cdef const int64_t[::1] r = np.ascontiguousarray(rows, dtype=np.int64)
+    cdef const uint8_t[:, ::1] src = data.view(np.uint8)
+    out = np.empty((rows.shape[0], n_in), np.float32)
+    cdef float[:, ::1] o = out
+    cdef Py_ssize_t i
+    for i in range(r.shape[0]):
+        if dequantize_row(type, &src[r[i], 0], n_in, &o[i, 0]) != 0:
+            return None
+    return out
 
 
 cdef class Matrix:

@@ -187,6 +187,9 @@ def test_attention_matches_numpy(n_heads, n_kv_heads, start, n):
     lambda: matmul.quantize(np.zeros(33, np.float32), int(T.Q8_0)),
     lambda: matmul.quantize(np.zeros(32, np.float32), int(T.Q4_0)),
     lambda: matmul.vec_dot(int(T.Q4_0), np.zeros(18, np.uint8), np.zeros(30, np.uint8)),
+    lambda: matmul.get_rows(np.zeros((4, 18), np.uint8), int(T.Q4_0), 32, [4]),
+    lambda: matmul.get_rows(np.zeros((4, 18), np.uint8), int(T.Q4_0), 32, [[0]]),
+    lambda: matmul.get_rows(np.zeros((4, 18), np.uint8), int(T.Q4_0), 64, [0]),
     lambda: layers.rms_norm(np.zeros((2, 8)), np.zeros(7), 1e-5),
     lambda: layers.rope(np.zeros((2, 1, 8)), [0], 8, 10000.0),
     lambda: layers.rope(np.zeros((1, 1, 8)), [0], 10, 10000.0),
@@ -220,3 +223,16 @@ def test_model_logits_agree_across_backends(make_model, quant):
         assert np.median(scores) <= 1e-8, scores
         long = [1] + list(range(500, 32000, 800))
         assert nmse(ref.eval_logits(long), ours.eval_logits(long)) <= 5e-4
+
+
+@pytest.mark.parametrize("type_", PRODUCT_TYPES, ids=lambda t: t.name)
+def test_get_rows_bit_identical(type_):
+    rng = np.random.default_rng(int(type_))
+    data = random_weights(rng, type_, 10, 512)
+    ids = np.array([3, 0, 9, 3])
+    ours = matmul.get_rows(data, int(type_), 512, ids)
+    ref = REF.get_rows(Weight("w", type_, 512, 10, data), ids)
+    if type_ in (T.Q2_K, T.Q3_K):
+        assert ours is None
+    else:
+        assert np.array_equal(ours, ref)
