@@ -169,8 +169,11 @@ class TokenMasker:
 class GrammarSampler:
     """Constrains any sampler (a callable logits -> token id) to a grammar.
 
-    Each call masks the tokens the grammar forbids to -inf, lets the inner
-    sampler choose, then advances the grammar past the chosen token.
+    A call masks the tokens the grammar forbids to -inf and lets the inner
+    sampler choose among the rest. As for every sampler of engine.sampling,
+    the caller then reports the token actually appended with `accept`, which
+    advances the grammar and is passed on to the inner sampler's own
+    `accept` (penalties); `reset` restarts both.
     """
 
     def __init__(self, grammar: Grammar, token_pieces: Sequence[bytes], eos_id: int | Iterable[int],
@@ -194,6 +197,12 @@ class GrammarSampler:
             raise GrammarError(f"expected {len(self.pieces)} logits, got shape {logits.shape}")
         return np.where(self.allowed_tokens(), logits, np.float32(-np.inf))
 
+    def __call__(self, logits: np.ndarray) -> int:
+        masked = self.apply(logits)
+        if not np.isfinite(masked).any():
+            raise GrammarError("no token can continue the grammar")
+        return int(self.sampler(masked))
+
     def accept(self, token_id: int) -> None:
         """Advance the grammar past a token (end-of-generation only where the grammar may end)."""
         if not 0 <= token_id < len(self.pieces):
@@ -201,19 +210,18 @@ class GrammarSampler:
         if token_id in self.eog_ids:
             if not self.grammar.can_end(self.state):
                 raise GrammarError("end of generation before the grammar is complete")
-            return
-        self.state = self.grammar.accept_token(self.state, token_id, self.pieces[token_id])
+        else:
+            self.state = self.grammar.accept_token(self.state, token_id, self.pieces[token_id])
+        if hasattr(self.sampler, "accept"):
+            self.sampler.accept(token_id)
 
     def is_complete(self) -> bool:
         return self.grammar.can_end(self.state)
 
-    def __call__(self, logits: np.ndarray) -> int:
-        masked = self.apply(logits)
-        if not np.isfinite(masked).any():
-            raise GrammarError("no token can continue the grammar")
-        token_id = int(self.sampler(masked))
-        self.accept(token_id)
-        return token_id
-
-    def reset(self) -> None:
+    def reset(self, seed=None) -> None:
         self.state = self.grammar.start_state
+        if hasattr(self.sampler, "reset"):
+            if seed is None:
+                self.sampler.reset()
+            else:
+                self.sampler.reset(seed)

@@ -445,6 +445,7 @@ def sample_json(sampler: GrammarSampler, tokenizer: Tokenizer, seed: int, budget
         if step >= budget:
             logits += closers
         token = sampler(logits)
+        sampler.accept(token)
         if token == tokenizer.eos:
             return b"".join(out).decode()
         out.append(tokenizer.pieces[token])
@@ -556,10 +557,15 @@ def test_sampler_masks_then_accepts(tokenizer):
     logits = np.zeros(tokenizer.n_vocab, dtype=np.float32)
     logits[tokenizer.pieces.index(b"x")] = 10  # the sampler's favourite is not allowed
     logits[tokenizer.pieces.index(b"ab")] = 5
-    assert tokenizer.pieces[sampler(logits)] == b"ab"
+    token = sampler(logits)
+    assert tokenizer.pieces[token] == b"ab"
+    assert sampler.allowed_tokens()[tokenizer.pieces.index(b"a")]  # picking does not advance the grammar
+    sampler.accept(token)
     assert not sampler.allowed_tokens()[tokenizer.eos] and not sampler.is_complete()
     logits[tokenizer.pieces.index(b"7")] = 8
-    assert tokenizer.pieces[sampler(logits)] == b"7"
+    token = sampler(logits)
+    assert tokenizer.pieces[token] == b"7"
+    sampler.accept(token)
     assert np.flatnonzero(sampler.allowed_tokens()).tolist() == [tokenizer.eos]
     assert sampler(logits) == tokenizer.eos
 
@@ -608,5 +614,58 @@ def test_sampler_rejects_token_ids_outside_vocabulary(tokenizer):
 
 def test_inner_sampler_that_ignores_the_mask_is_caught(tokenizer):
     sampler = GrammarSampler(Grammar.json(), tokenizer.pieces, tokenizer.eos, lambda logits: 0)
+    token = sampler(np.zeros(tokenizer.n_vocab, dtype=np.float32))
     with pytest.raises(GrammarError, match="does not allow token 0"):
-        sampler(np.zeros(tokenizer.n_vocab, dtype=np.float32))
+        sampler.accept(token)
+
+
+class ReferenceChain:
+    """llama.cpp's sampler chain with the grammar in llama-cpp-python's place: grammar, then the
+    common samplers (top-k, typical-p, top-p, min-p, temperature, seeded draw) or greedy."""
+
+    def __init__(self, vocab, gbnf: str, seed: int | None):
+        self.chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        stages = [llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")]
+        if seed is None:
+            stages.append(llama_cpp.llama_sampler_init_greedy())
+        else:
+            stages += [llama_cpp.llama_sampler_init_top_k(40), llama_cpp.llama_sampler_init_typical(1.0, 1),
+                       llama_cpp.llama_sampler_init_top_p(0.95, 1), llama_cpp.llama_sampler_init_min_p(0.05, 1),
+                       llama_cpp.llama_sampler_init_temp(0.8), llama_cpp.llama_sampler_init_dist(seed)]
+        for stage in stages:
+            llama_cpp.llama_sampler_chain_add(self.chain, stage)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        data = np.zeros(len(logits), dtype=TOKEN_DATA)
+        data["id"] = np.arange(len(logits))
+        data["logit"] = logits
+        array = llama_cpp.llama_token_data_array(
+            data=data.ctypes.data_as(llama_cpp.llama_token_data_p), size=len(logits), selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self.chain, ctypes.byref(array))
+        token = int(array.data[array.selected].id)
+        llama_cpp.llama_sampler_accept(self.chain, token)
+        return token
+
+    def close(self) -> None:
+        llama_cpp.llama_sampler_free(self.chain)
+
+
+@pytest.mark.parametrize("seed", [None, 1, 2, 3], ids=["greedy", "dist-1", "dist-2", "dist-3"])
+def test_constrained_sampling_picks_the_tokens_llama_cpp_picks(seed, tokenizer, llama_vocab):
+    """Same logits, same grammar, same sampler chain: the same tokens, step by step."""
+    from engine.sampling import Chain, greedy
+    inner = greedy if seed is None else Chain(seed=seed, min_keep=1)
+    ours = GrammarSampler(Grammar.json(), tokenizer.pieces, tokenizer.eos, inner)
+    ref = ReferenceChain(llama_vocab, JSON_GBNF, seed)
+    rng = np.random.default_rng(100 + (seed or 0))
+    try:
+        for step in range(80):
+            logits = (rng.standard_normal(tokenizer.n_vocab) * 3).astype(np.float32)
+            expected = ref(logits)
+            token = ours(logits)
+            assert token == expected, f"step {step}"
+            ours.accept(token)
+            if token == tokenizer.eos:
+                break
+    finally:
+        ref.close()
