@@ -21,20 +21,25 @@ typedef struct { uint16_t d[8]; uint8_t qs[128]; } block_q4_0x8;
 /* Q8_0 activations split into arrays: quants, f16-rounded scales, 8 * block sums. */
 typedef struct { const int8_t *qs; const float *d; const int32_t *bias; } act_q8_0;
 
-/* Repack rows [8g, 8g + 8) of a Q4_0 matrix with ``nb`` blocks per row. */
+/* Repack rows [8g, 8g + 8) of a Q4_0 matrix with ``nb`` blocks per row.
+ *
+ * Read as four little-endian words Q0..Q3, a Q4_0 block's bytes hold weights 0..15 in
+ * their low nibbles and 16..31 in their high nibbles; each output word takes the low or
+ * high nibbles of two of those words. */
 static inline void repack_q4_0x8_group(const block_q4_0 *src, int64_t nb, int64_t g, block_q4_0x8 *dst) {
+    const uint32_t lo = 0x0F0F0F0Fu, hi = 0xF0F0F0F0u;
     for (int64_t b = 0; b < nb; b++) {
         block_q4_0x8 *out = dst + g * nb + b;
         for (int r = 0; r < 8; r++) {
             const block_q4_0 *in = src + (8 * g + r) * nb + b;
+            uint32_t q[4], w[4];
+            memcpy(q, in->qs, 16);
+            w[0] = (q[0] & lo) | ((q[1] & lo) << 4);         /* weights 0..3 and 4..7 */
+            w[1] = (q[2] & lo) | ((q[3] & lo) << 4);         /* 8..11 and 12..15 */
+            w[2] = ((q[0] >> 4) & lo) | (q[1] & hi);         /* 16..19 and 20..23 */
+            w[3] = ((q[2] >> 4) & lo) | (q[3] & hi);         /* 24..27 and 28..31 */
             out->d[r] = in->d;
-            for (int i = 0; i < 4; i++)
-                for (int e = 0; e < 4; e++) {
-                    const int lo = 8 * i + e, hi = lo + 4;  /* weight indices 0..31 */
-                    const uint8_t nlo = lo < 16 ? in->qs[lo] & 0x0F : in->qs[lo - 16] >> 4;
-                    const uint8_t nhi = hi < 16 ? in->qs[hi] & 0x0F : in->qs[hi - 16] >> 4;
-                    out->qs[32 * i + 4 * r + e] = (uint8_t)(nlo | (nhi << 4));
-                }
+            for (int i = 0; i < 4; i++) memcpy(out->qs + 32 * i + 4 * r, &w[i], 4);
         }
     }
 }
