@@ -669,3 +669,37 @@ def test_constrained_sampling_picks_the_tokens_llama_cpp_picks(seed, tokenizer, 
                 break
     finally:
         ref.close()
+
+
+# ---- whole generation on a synthetic model, against llama-cpp-python with LlamaGrammar --------------
+
+
+SMALL_MODEL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, n_ctx=128)
+PIZZA = "Describe some pizza toppings using JSON."
+
+
+@pytest.mark.parametrize("seed", [None, 7], ids=["greedy", "seeded-chain"])
+def test_generation_with_json_grammar_matches_llama_cpp_python(seed, make_model):
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    from engine import Llama
+    from engine.sampling import Chain, greedy
+    path = make_model(**SMALL_MODEL)
+    with Llama(path, n_ctx=128) as llm:
+        prompt = llm.tokenize(PIZZA, add_bos=True)
+        sampler = greedy if seed is None else Chain(seed=seed, min_keep=1)
+        ours = list(llm.generate_tokens(prompt, sampler=sampler, grammar=Grammar.json(), max_tokens=24))
+        eos = llm.eos
+    ref = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=2, seed=seed or 0, flash_attn=False,
+                          verbose=False)
+    options = dict(temp=0.0) if seed is None else dict(temp=0.8, top_k=40, top_p=0.95, min_p=0.05, typical_p=1.0)
+    theirs = []
+    for token in ref.generate(prompt, repeat_penalty=1.0, grammar=LlamaGrammar.from_string(JSON_GBNF, verbose=False),
+                              **options):
+        if token == eos or len(theirs) == 24:
+            break
+        theirs.append(token)
+    assert ours == theirs
+    json_grammar = Grammar.json()
+    text = b"".join(Tokenizer.from_gguf(path).pieces[t] for t in ours)
+    assert json_grammar.advance(json_grammar.start_state, text) != json_grammar.DEAD  # a JSON prefix
