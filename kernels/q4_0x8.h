@@ -56,26 +56,42 @@ static inline void quantize_act_q8_0(const float *x, int64_t k, int8_t *qs, floa
 }
 
 #if defined(__AVX2__)
-/* Eight int32 lanes, one per row: sum over the block of nibble * activation. */
-static inline __m256i q4x8_block_dot(const __m256i *w, const int8_t *a) {
-    __m256i s = _mm256_setzero_si256();
-    for (int i = 0; i < 4; i++) {
-        int32_t a0, a1;
-        memcpy(&a0, a + 8 * i, 4);
-        memcpy(&a1, a + 8 * i + 4, 4);
-        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[2 * i], _mm256_set1_epi32(a0)));
-        s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[2 * i + 1], _mm256_set1_epi32(a1)));
-    }
-    return _mm256_madd_epi16(s, _mm256_set1_epi16(1));
-}
+typedef struct { __m256i v[8]; } q4x8_nibbles;  /* a block column of 8 rows, one 4-weight chunk per vector */
 
-static inline void q4x8_unpack(const block_q4_0x8 *blk, __m256i *w) {
+static inline q4x8_nibbles q4x8_unpack(const block_q4_0x8 *blk) {
     const __m256i low4 = _mm256_set1_epi8(0x0F);
+    q4x8_nibbles w;
     for (int i = 0; i < 4; i++) {
         const __m256i v = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * i));
-        w[2 * i] = _mm256_and_si256(v, low4);
-        w[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+        w.v[2 * i] = _mm256_and_si256(v, low4);
+        w.v[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
     }
+    return w;
+}
+
+static inline __m256i bcast4(const int8_t *a) {
+    int32_t v;
+    memcpy(&v, a, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* acc + (8 rows' integer block dots with token a's block b) * d_w * d_a */
+static inline __m256 q4x8_fma(const q4x8_nibbles *w, __m256 dw, const act_q8_0 *a, int64_t b, __m256 acc) {
+    const int8_t *y = a->qs + b * QK;
+    __m256i s = _mm256_maddubs_epi16(w->v[0], bcast4(y));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[1], bcast4(y + 4)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[2], bcast4(y + 8)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[3], bcast4(y + 12)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[4], bcast4(y + 16)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[5], bcast4(y + 20)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[6], bcast4(y + 24)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[7], bcast4(y + 28)));
+    const __m256i isum = _mm256_sub_epi32(_mm256_madd_epi16(s, _mm256_set1_epi16(1)), _mm256_set1_epi32(a->bias[b]));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(a->d[b])), acc);
+}
+
+static inline __m256 q4x8_scales(const block_q4_0x8 *blk) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->d));
 }
 #endif
 
@@ -84,17 +100,36 @@ static inline void q4x8_unpack(const block_q4_0x8 *blk, __m256i *w) {
 static inline void q4_0x8_dot(const block_q4_0x8 *grp, int64_t nb, const act_q8_0 *act, int n_act,
                               float *out, int64_t ldo) {
 #if defined(__AVX2__)
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i w[8];
-        q4x8_unpack(grp + b, w);
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)grp[b].d));
-        for (int t = 0; t < n_act; t++) {
-            const __m256i s = _mm256_sub_epi32(q4x8_block_dot(w, act[t].qs + b * QK), _mm256_set1_epi32(act[t].bias[b]));
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(act[t].d[b])), acc[t]);
+    if (n_act == 4) {
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+        for (int64_t b = 0; b < nb; b++) {
+            const q4x8_nibbles w = q4x8_unpack(grp + b);
+            const __m256 dw = q4x8_scales(grp + b);
+            acc0 = q4x8_fma(&w, dw, act, b, acc0);
+            acc1 = q4x8_fma(&w, dw, act + 1, b, acc1);
+            acc2 = q4x8_fma(&w, dw, act + 2, b, acc2);
+            acc3 = q4x8_fma(&w, dw, act + 3, b, acc3);
         }
+        _mm256_storeu_ps(out, acc0);
+        _mm256_storeu_ps(out + ldo, acc1);
+        _mm256_storeu_ps(out + 2 * ldo, acc2);
+        _mm256_storeu_ps(out + 3 * ldo, acc3);
+        return;
     }
-    for (int t = 0; t < n_act; t++) _mm256_storeu_ps(out + t * ldo, acc[t]);
+    for (int t = 0; t < n_act; t++) {  /* one token: two accumulators hide the fma latency */
+        __m256 even = _mm256_setzero_ps(), odd = even;
+        int64_t b = 0;
+        for (; b + 1 < nb; b += 2) {
+            const q4x8_nibbles w0 = q4x8_unpack(grp + b), w1 = q4x8_unpack(grp + b + 1);
+            even = q4x8_fma(&w0, q4x8_scales(grp + b), act + t, b, even);
+            odd = q4x8_fma(&w1, q4x8_scales(grp + b + 1), act + t, b + 1, odd);
+        }
+        if (b < nb) {
+            const q4x8_nibbles w = q4x8_unpack(grp + b);
+            even = q4x8_fma(&w, q4x8_scales(grp + b), act + t, b, even);
+        }
+        _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(even, odd));
+    }
 #else
     for (int t = 0; t < n_act; t++)
         for (int r = 0; r < 8; r++) {

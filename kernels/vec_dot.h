@@ -235,37 +235,54 @@ static inline float dot_q5_K_q8_K(int n, const void *vx, const void *vy) {
     return dot_k4_family(n, vx, sizeof(block_q5_K), 1, vy);
 }
 
+#if defined(__AVX2__)
+/* pshufb controls spreading Q6_K scale pair j (sub-blocks 2j, 2j+1) over the two halves of a vector */
+static const uint8_t q6_scale_pairs[8][16] = {
+    {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},         {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
+    {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5},         {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
+    {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9},         {10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13}, {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15},
+};
+#endif
+
 static inline float dot_q6_K_q8_K(int n, const void *vx, const void *vy) {
     const block_q6_K *x = vx;
     const block_q8_K *y = vy;
+#if defined(__AVX2__)
+    const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
+    __m256 accf = _mm256_setzero_ps();
+    for (int i = 0; i < n / QK_K; i++) {
+        const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
+        /* start from -32 * sum(scale * bsum): the offset of every quant, through the activation sums */
+        const __m256i bias = _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), _mm256_loadu_si256((const __m256i *)y[i].bsums));
+        __m256i acc = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(bias, 5));
+        for (int h = 0; h < 2; h++) {
+            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(x[i].ql + 64 * h));
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(x[i].ql + 64 * h + 32));
+            const __m256i qh = _mm256_loadu_si256((const __m256i *)(x[i].qh + 32 * h));
+            const __m256i q[4] = {  /* 6-bit quants of weights 128h + 32k .. + 31 */
+                _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45)),
+                _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(qh, bits45)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                                _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45)),
+            };
+            for (int k = 0; k < 4; k++) {
+                const __m256i p = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * h + 32 * k)));
+                const __m256i scale = _mm256_cvtepi8_epi16(
+                    _mm_shuffle_epi8(sc8, _mm_loadu_si128((const __m128i *)q6_scale_pairs[4 * h + k])));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale));
+            }
+        }
+        accf = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * fp16_to_fp32(x[i].d)), _mm256_cvtepi32_ps(acc), accf);
+    }
+    return hsum_ps(accf);
+#else
     float sum = 0.0f;
     for (int i = 0; i < n / QK_K; i++) {
         int bias = 0;  /* the -32 offset of every quant, through the activation sums */
         for (int j = 0; j < 16; j++) bias += x[i].scales[j] * y[i].bsums[j];
         int isum = 0;
-#if defined(__AVX2__)
-        const __m256i low4 = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
-        __m256i acc = _mm256_setzero_si256();
-        for (int h = 0; h < 2; h++) {
-            const __m256i l0 = _mm256_loadu_si256((const __m256i *)(x[i].ql + 64 * h));
-            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(x[i].ql + 64 * h + 32));
-            const __m256i qh = _mm256_loadu_si256((const __m256i *)(x[i].qh + 32 * h));
-            const __m256i lows[4] = {
-                _mm256_and_si256(l0, low4), _mm256_and_si256(l1, low4),
-                _mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-            };
-            for (int k = 0; k < 4; k++) {
-                const __m256i high = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * k), three), 4);
-                const __m256i q = _mm256_or_si256(lows[k], high);
-                const __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(y[i].qs + 128 * h + 32 * k)));
-                const int sub = 8 * h + 2 * k;
-                const __m256i scale = _mm256_inserti128_si256(
-                    _mm256_castsi128_si256(_mm_set1_epi16(x[i].scales[sub])), _mm_set1_epi16(x[i].scales[sub + 1]), 1);
-                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale));
-            }
-        }
-        isum = hsum_epi32(acc);
-#else
         for (int sub = 0; sub < 16; sub++) {
             const int h = sub / 8, k = (sub % 8) / 2, half = sub % 2;
             int s = 0;
@@ -277,10 +294,10 @@ static inline float dot_q6_K_q8_K(int n, const void *vx, const void *vy) {
             }
             isum += x[i].scales[sub] * s;
         }
-#endif
         sum += y[i].d * fp16_to_fp32(x[i].d) * (float)(isum - 32 * bias);
     }
     return sum;
+#endif
 }
 
 /* ---------------------------------------------------------------- float rows */
