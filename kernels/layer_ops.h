@@ -38,8 +38,37 @@ static inline void rope_head(float *x, int n_dims, const float *cs, const float 
     }
 }
 
+#if defined(__AVX2__)
+/* exp of 8 floats to about 1 ulp: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2, p a degree-7 fit */
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+#endif
+
 static inline void swiglu_row(const float *g, const float *u, int64_t n, float *y) {
-    for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    int64_t i = 0;
+#if defined(__AVX2__)
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + i);
+        const __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, gv))));
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
+    }
+#endif
+    for (; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 /* One query head at one position over keys [0, n_keys) of its kv head.
@@ -54,14 +83,17 @@ static inline void attend(const float *q, const uint16_t *k, const uint16_t *v, 
         if (scores[j] > max) max = scores[j];
     }
     double sum = 0.0;
-    for (int j = 0; j < n_keys; j++) {
-        scores[j] = expf(scores[j] - max);
-        sum += (double)scores[j];
-    }
+    int j = 0;
+#if defined(__AVX2__)
+    for (; j + 8 <= n_keys; j += 8)
+        _mm256_storeu_ps(scores + j, exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + j), _mm256_set1_ps(max))));
+#endif
+    for (; j < n_keys; j++) scores[j] = expf(scores[j] - max);
+    for (j = 0; j < n_keys; j++) sum += (double)scores[j];
     const float inv = (float)(1.0 / sum);
-    for (int j = 0; j < n_keys; j++) probs[j] = fp32_to_fp16(scores[j] * inv);
+    for (j = 0; j < n_keys; j++) probs[j] = fp32_to_fp16(scores[j] * inv);
     for (int d = 0; d < hd; d++) out[d] = 0.0f;
-    for (int j = 0; j < n_keys; j++) {
+    for (j = 0; j < n_keys; j++) {
         const float p = fp16_to_fp32(probs[j]);
         const uint16_t *vj = v + (int64_t)j * hd;
         int d = 0;
