@@ -273,6 +273,33 @@ def test_integration_strings_match_like_llama_cpp(case, tokenizer, llama_vocab):
         assert grammar.matches(text) == expected, text
 
 
+TOKEN_GRAMMAR = """root ::= reasoning+ content tool-call*
+reasoning ::= <[10]> (!<[11]>)* <[11]>
+content ::= <[20]> (!<[21]>)* <[21]>
+tool-call ::= <[12]> name <[13]> args <[14]>
+name ::= (!<[13]>)+
+args ::= (!<[14]>)*"""
+
+
+@pytest.mark.parametrize("parts", [
+    [10, "I am thinking", 11, 20, "hello world!", 21, 12, "search", 13, "query=test", 14],
+    [10, 11, 20, "content", 21],
+    [10, "think", 12, " nested", 11, 20, 10, "more", 21, 12, "fn", 13, "x=1", 14, 12, "fn2", 13, 14],
+    [20, "content only", 21],
+    [10, "no closing reasoning"],
+    [10, 11, 20, 21, 12, "incomplete tool"],
+    [10, 11, 11, 20, 21],
+    [10, 11, 20, 21, 12, 13, 14],
+])
+def test_token_terminals_match_like_llama_cpp(parts, tokenizer, llama_vocab):
+    # the token-sequence cases of test-grammar-integration.cpp's "complex grammar with tokens"
+    tokens = [t for p in parts for t in ([p] if isinstance(p, int) else greedy_tokens(tokenizer, p))]
+    grammar = Grammar.from_string(TOKEN_GRAMMAR)
+    sampler = GrammarSampler(grammar, tokenizer.pieces, tokenizer.eos, np.argmax)
+    assert our_verdict(grammar, sampler, tokens, tokenizer.eos) == reference_verdict(
+        llama_vocab, TOKEN_GRAMMAR, tokens, tokenizer.eos)
+
+
 def test_partial_utf8_across_tokens(tokenizer, llama_vocab):
     # byte tokens split multi-byte characters; classes must judge the unfinished sequences as llama.cpp does
     gbnf = 'root ::= [ぁ-ゟ]+ "." | [^é]+ "!"'
@@ -294,11 +321,12 @@ def test_masks_match_llama_cpp_along_random_walks(path, tokenizer, llama_vocab):
 
 @pytest.mark.parametrize("gbnf", [
     'root ::= <[1]> content <[13]>\ncontent ::= (!<[13]>)*',
+    TOKEN_GRAMMAR,
     'root ::= "a" ( <[2]> | "b" )* "c"?',
     'root ::= [^\\x00-\\x7F]{1,3} "x"',
     'root ::= ( [x]* )*',
     'root ::= "{" ws "}" ws\nws ::= [ \\t\\n]*',
-], ids=["tokens", "eos-terminal", "non-ascii", "nested-star", "ws"])
+], ids=["tokens", "token-grammar", "eos-terminal", "non-ascii", "nested-star", "ws"])
 def test_masks_match_llama_cpp_for_special_cases(gbnf, tokenizer, llama_vocab):
     for seed in range(3):
         compare_random_walk(llama_vocab, tokenizer, gbnf, steps=12, seed=seed)
