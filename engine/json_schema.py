@@ -1,13 +1,19 @@
 """JSON Schema -> GBNF, producing the grammar shapes of llama.cpp's common/json-schema-to-grammar.cpp.
 
-Supported: type (one or a list), object properties with required and
-optional keys (in declaration order), additionalProperties (false, true, or a
-schema when there are no named properties), arrays with an item schema or a
-tuple of them, minItems/maxItems, strings with minLength/maxLength, number,
-integer, boolean, null, enum, const, anyOf/oneOf, and local $ref (into $defs,
-definitions or anywhere else in the document). Anything else that constrains
-values raises GrammarError naming the keyword, rather than being silently
-loosened.
+Supported, rule for rule as llama.cpp writes them: type (one or a list),
+object properties with required and optional keys in declaration order,
+additionalProperties (false, true or a schema, beside named properties too),
+arrays with an item schema or a tuple of them, minItems/maxItems, strings with
+minLength/maxLength or format date, time, date-time or uuid, integers with
+minimum/maximum (exclusive or not), number, boolean, null, enum, const,
+anyOf/oneOf, llama.cpp's reading of allOf, and local $ref (into $defs,
+definitions or anywhere else in the document).
+
+String patterns (regular expressions) are converted too, but spelled as JSON
+spells the string's content ('"' in the pattern is '\\"' in the output), and
+a pattern we cannot convert is an error instead of llama.cpp's silent "any
+string". Any other keyword that constrains values raises GrammarError naming
+it, rather than being silently loosened.
 """
 from __future__ import annotations
 
@@ -148,16 +154,15 @@ class _Converter:
                          for i, alt in enumerate(alts)]
                 return self.add_rule(rule_name, " | ".join(names))
         kind = schema.get("type")
-        for key in UNSUPPORTED:
-            if key in schema and not (kind == "integer" and key in INTEGER_BOUNDS):
-                raise GrammarError(f"JSON schema at {path}: keyword '{key}' is not supported")
-
         if isinstance(kind, list):
             if not kind:
                 raise GrammarError(f"JSON schema at {path}/type: must not be empty")
             names = [self.visit({**schema, "type": t}, f"{name}{'-' if name else 'alternative-'}{i}",
                                 f"{path}/type/{i}") for i, t in enumerate(kind)]
             return self.add_rule(rule_name, " | ".join(names))
+        for key in UNSUPPORTED:
+            if key in schema and not (kind == "integer" and key in INTEGER_BOUNDS):
+                raise GrammarError(f"JSON schema at {path}: keyword '{key}' is not supported")
         if "const" in schema:
             return self.add_rule(rule_name, format_literal(_json_text(schema["const"])))
         if "enum" in schema:
@@ -186,28 +191,32 @@ class _Converter:
         if kind == "array":
             return self.visit_array(schema, sub_name, rule_name, path)
         if kind == "string":
-            if "pattern" in schema:
-                return self.add_rule(rule_name, pattern_to_gbnf(schema["pattern"], self, f"{path}/pattern"))
-            fmt = schema.get("format")
-            if fmt is not None:
-                fmt = "uuid" if isinstance(fmt, str) and re.fullmatch(r"uuid[1-5]?", fmt) else fmt
-                if fmt not in ("date", "time", "date-time", "uuid"):
-                    raise GrammarError(f"JSON schema at {path}: format {fmt!r} is not supported")
-                if fmt == "uuid":
-                    return self.visit_primitive(rule_name, "uuid")
-                return self.add_rule(rule_name, self.add_primitive(f"{fmt}-string", f"{fmt}-string"))
-            min_len = _count(schema, "minLength", path, 0)
-            max_len = _count(schema, "maxLength", path, None)
-            if min_len > 0 or max_len is not None:
-                char = self.add_primitive("char", "char")
-                return self.add_rule(rule_name, '"\\"" ' + build_repetition(char, min_len, max_len) + ' "\\""')
-            return self.visit_primitive(rule_name, "string")
+            return self.visit_string(schema, rule_name, path)
         if kind == "integer" and any(k in schema for k in INTEGER_BOUNDS):
             low, high = _integer_bounds(schema, path)
             return self.add_rule(rule_name, f"({integer_range(low, high)})")
         if kind in ("integer", "number", "boolean", "null"):
             return self.visit_primitive(rule_name, kind)
         raise GrammarError(f"JSON schema at {path}/type: unrecognised type {kind!r}")
+
+    def visit_string(self, schema: dict, rule_name: str, path: str) -> str:
+        """A pattern wins over a format, a format over length limits, as in llama.cpp."""
+        if "pattern" in schema:
+            return self.add_rule(rule_name, pattern_to_gbnf(schema["pattern"], self, f"{path}/pattern"))
+        fmt = schema.get("format")
+        if fmt is not None:
+            fmt = "uuid" if isinstance(fmt, str) and re.fullmatch(r"uuid[1-5]?", fmt) else fmt
+            if fmt not in ("date", "time", "date-time", "uuid"):
+                raise GrammarError(f"JSON schema at {path}: format {fmt!r} is not supported")
+            if fmt == "uuid":
+                return self.visit_primitive(rule_name, "uuid")
+            return self.add_rule(rule_name, self.add_primitive(f"{fmt}-string", f"{fmt}-string"))
+        min_len = _count(schema, "minLength", path, 0)
+        max_len = _count(schema, "maxLength", path, None)
+        if min_len > 0 or max_len is not None:
+            char = self.add_primitive("char", "char")
+            return self.add_rule(rule_name, '"\\"" ' + build_repetition(char, min_len, max_len) + ' "\\""')
+        return self.visit_primitive(rule_name, "string")
 
     def visit_primitive(self, rule_name: str, kind: str) -> str:
         return self.add_primitive("root" if rule_name == "root" else kind, kind)
