@@ -57,13 +57,19 @@ STRING_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 PRIMITIVES.update(STRING_FORMATS)
 
-# keywords that restrict values in ways this converter does not implement
-UNSUPPORTED = ("not", "if", "then", "else", "patternProperties",
-               "propertyNames", "dependentRequired", "dependentSchemas", "dependencies",
-               "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-               "minProperties", "maxProperties", "uniqueItems", "contains", "minContains",
-               "maxContains", "unevaluatedProperties", "unevaluatedItems", "additionalItems")
 INTEGER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+# keywords that restrict values in ways this converter does not implement -> the types they restrict
+# (a keyword for another type than the schema's does not apply, as in JSON Schema itself)
+_ANY, _NUMBERS = None, ("number", "integer")
+UNSUPPORTED: dict[str, tuple[str, ...] | None] = {
+    "not": _ANY, "if": _ANY, "then": _ANY, "else": _ANY,
+    **{k: ("number",) for k in INTEGER_BOUNDS}, "multipleOf": _NUMBERS,
+    **{k: ("object",) for k in ("patternProperties", "propertyNames", "dependentRequired", "dependentSchemas",
+                                "dependencies", "minProperties", "maxProperties", "unevaluatedProperties")},
+    **{k: ("array",) for k in ("uniqueItems", "contains", "minContains", "maxContains", "unevaluatedItems",
+                               "additionalItems")},
+}
 
 INVALID_RULE_CHARS = re.compile(r"[^a-zA-Z0-9-]+")
 LITERAL_ESCAPES = {"\r": "\\r", "\n": "\\n", '"': '\\"', "\\": "\\\\"}
@@ -160,8 +166,8 @@ class _Converter:
             names = [self.visit({**schema, "type": t}, f"{name}{'-' if name else 'alternative-'}{i}",
                                 f"{path}/type/{i}") for i, t in enumerate(kind)]
             return self.add_rule(rule_name, " | ".join(names))
-        for key in UNSUPPORTED:
-            if key in schema and not (kind == "integer" and key in INTEGER_BOUNDS):
+        for key, types in UNSUPPORTED.items():
+            if key in schema and (types is None or kind is None or kind in types):
                 raise GrammarError(f"JSON schema at {path}: keyword '{key}' is not supported")
         if "const" in schema:
             return self.add_rule(rule_name, format_literal(_json_text(schema["const"])))

@@ -366,7 +366,7 @@ PERSON = {
 
 SCHEMAS = [
     PERSON,
-    {"type": "array", "items": {"type": ["integer", "string"]}, "maxItems": 4},
+    {"type": "array", "items": {"type": ["integer", "string", "null"], "minimum": 3, "maximum": 40}, "maxItems": 4},
     {"type": "array", "prefixItems": [{"type": "boolean"}, {"enum": [None, 1.5]}]},
     {"type": "object", "additionalProperties": {"type": "integer"}},
     {"type": "object", "properties": {
