@@ -29,7 +29,8 @@ import numpy as np
 from . import quants
 from .quants import GGMLType
 
-ROW_CHUNK = 4096  # weight rows unpacked at a time, so no whole matrix is ever converted
+CHUNK_ELEMENTS = 1 << 22  # bound on weight rows x activation rows x sub-blocks per step
+MAX_CHUNK_ROWS = 4096     # weight rows unpacked at a time, so no whole matrix is ever converted
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,9 @@ class NumpyBackend:
             raise NotImplementedError(f"{w.name}: matrix products with {w.type.name} weights are not supported")
         xq = dot.prepare(x, repacked=True) if repacked(w) else dot.prepare(x)
         out = np.empty((x.shape[0], w.n_out), np.float32)                  # (n, n_out)
-        for r in range(0, w.n_out, ROW_CHUNK):
-            out[:, r:r + ROW_CHUNK] = dot.rows(w.data[r:r + ROW_CHUNK], w, xq)
+        chunk = min(MAX_CHUNK_ROWS, max(8, CHUNK_ELEMENTS // (x.shape[0] * max(1, w.n_in // 16))))
+        for r in range(0, w.n_out, chunk):
+            out[:, r:r + chunk] = dot.rows(w.data[r:r + chunk], w, xq)
         return out
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -115,22 +117,28 @@ class NumpyBackend:
         return out
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float) -> np.ndarray:
-        """Causal softmax(q·K^T * scale)·V over the cache, each query head reading kv head h // group."""
+        """Causal softmax(q·K^T * scale)·V over the cache, each query head reading kv head h // group.
+
+        q and the probabilities are rounded to f16 like the cache they multiply; their
+        products are exact and summed in double, so each query's result does not depend
+        on how many queries share the call.
+        """
         n, n_heads, head_dim = q.shape
         n_kv_heads = k_cache.shape[0]
         group = n_heads // n_kv_heads
         n_keys = start + n
-        keys = k_cache[:, :n_keys].astype(np.float32)                        # (n_kv_heads, n_keys, hd)
-        values = v_cache[:, :n_keys].astype(np.float32)                      # (n_kv_heads, n_keys, hd)
+        keys = k_cache[:, :n_keys].astype(np.float64)                        # (n_kv_heads, n_keys, hd)
+        values = v_cache[:, :n_keys].astype(np.float64)                      # (n_kv_heads, n_keys, hd)
         qg = to_f16(q).transpose(1, 0, 2).reshape(n_kv_heads, group * n, head_dim)  # (n_kv_heads, group*n, hd)
-        scores = (qg @ keys.transpose(0, 2, 1)).reshape(n_heads, n, n_keys)  # (n_heads, n, n_keys)
-        scores = scores * np.float32(scale)
+        scores = (qg.astype(np.float64) @ keys.transpose(0, 2, 1)).astype(np.float32)  # (n_kv_heads, group*n, n_keys)
+        scores = scores.reshape(n_heads, n, n_keys) * np.float32(scale)      # (n_heads, n, n_keys)
         future = np.arange(n_keys)[None, :] > (start + np.arange(n))[:, None]  # (n, n_keys)
         scores[:, future] = -np.inf
         probs = softmax(scores)                                                # (n_heads, n, n_keys)
         pg = to_f16(probs).reshape(n_kv_heads, group * n, n_keys)             # (n_kv_heads, group*n, n_keys)
-        out = (pg @ values).reshape(n_heads, n, head_dim)                     # (n_heads, n, hd)
-        return np.ascontiguousarray(out.transpose(1, 0, 2)).reshape(n, n_heads * head_dim)  # (n, n_heads*hd)
+        out = (pg.astype(np.float64) @ values).astype(np.float32)             # (n_kv_heads, group*n, hd)
+        out = out.reshape(n_heads, n, head_dim).transpose(1, 0, 2)            # (n, n_heads, hd)
+        return np.ascontiguousarray(out).reshape(n, n_heads * head_dim)       # (n, n_heads*hd)
 
     def swiglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         """silu(gate) * up, with silu(g) = g / (1 + exp(-g))."""
@@ -147,9 +155,9 @@ def softmax(x: np.ndarray) -> np.ndarray:
 class _FloatDot:
     """F32 weights: a plain product; F16 weights: activations rounded to f16 first.
 
-    The sums run in double and are rounded once, so a row's result does not depend on
-    how many rows are multiplied together (BLAS picks different fp32 kernels for one
-    row and for many, and an ulp there can flip the f16 rounding of a cached key).
+    Each activation row gets its own matrix-vector product, so a row's result does not
+    depend on how many rows share the call (BLAS picks different kernels for one row and
+    for many, and an ulp there can flip the f16 rounding of a cached key).
     """
 
     def __init__(self, round_to_f16: bool):
@@ -159,7 +167,8 @@ class _FloatDot:
         return to_f16(x) if self.round_to_f16 else x
 
     def rows(self, data: np.ndarray, w: Weight, x: np.ndarray) -> np.ndarray:
-        return (x.astype(np.float64) @ data.astype(np.float64).T).astype(np.float32)  # (n, rows)
+        weights = data.astype(np.float32, copy=False)                         # (rows, n_in)
+        return np.stack([weights @ row for row in x])                         # (n, rows)
 
 
 class _QuantDot:
@@ -169,8 +178,9 @@ class _QuantDot:
     products, weighted by the integer sub-block scales of the K-quants) and only then
     applies the float scales: out = sum over blocks of (d_x * d_w) * isum, minus
     (d_x * dmin_w) * sum(mins * bsums_x) for Q2_K/Q4_K/Q5_K, plus m_w * s_x for Q4_1/Q5_1.
-    The integer sums are exact here too (float64 matmuls of integers); the float
-    accumulation over blocks runs in double.
+    Here the per-sub-block integer sums are float32 matmuls of small integers (exact:
+    every partial sum stays below 2^24), their scaled sums are exact in float64, and the
+    float accumulation over blocks runs in double.
     """
 
     def __init__(self, vec_dot_type: GGMLType, quantize):
@@ -186,28 +196,32 @@ class _QuantDot:
         dxw = x.d.T[:, :, None] * wq.d.T[:, None, :]                         # (nb, n, rows)
         match wq:
             case quants.Blocks(_, q):
-                acc = dxw * _integer_dots(x.q, q)
+                acc = dxw * _sub_block_dots(x.q, q, 1)[:, 0]
             case quants.BlocksWithMin(_, m, q):
-                acc = dxw * _integer_dots(x.q, q) + x.s.T[:, :, None] * m.T[:, None, :]
+                acc = dxw * _sub_block_dots(x.q, q, 1)[:, 0] + x.s.T[:, :, None] * m.T[:, None, :]
             case quants.SuperBlocks(_, scales, q):
-                acc = dxw * _integer_dots(x.q, _scaled(q, scales))
+                acc = dxw * _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales)
             case quants.SuperBlocksWithMin(_, dmin, scales, mins, q):
                 dx_dmin = x.d.T[:, :, None] * dmin.T[:, None, :]              # (nb, n, rows)
                 bsums = _sub_block_sums(x.bsums, mins.shape[-1])              # (n, nb, n_sub)
-                mins_dot = np.matmul(bsums.transpose(1, 0, 2).astype(np.float64),
-                                     mins.transpose(1, 2, 0).astype(np.float64))  # (nb, n, rows)
-                acc = dxw * _integer_dots(x.q, _scaled(q, scales)) - dx_dmin * mins_dot
+                mins_dot = _scaled_sum(bsums.transpose(1, 2, 0)[..., None], mins)  # (nb, n, rows)
+                acc = dxw * _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales) - dx_dmin * mins_dot
         return acc.sum(axis=0).astype(np.float32)                            # (n, rows)
 
 
-def _integer_dots(xq: np.ndarray, wq: np.ndarray) -> np.ndarray:
-    """Exact per-block integer dot products: (n, nb, B) x (rows, nb, B) -> (nb, n, rows) float64."""
-    return np.matmul(xq.transpose(1, 0, 2).astype(np.float64), wq.transpose(1, 2, 0).astype(np.float64))
+def _sub_block_dots(xq: np.ndarray, wq: np.ndarray, n_sub: int) -> np.ndarray:
+    """Integer dot products of each sub-block: (n, nb, B) x (rows, nb, B) -> (nb, n_sub, n, rows) float32."""
+    n, nb, size = xq.shape
+    rows = wq.shape[0]
+    xs = xq.reshape(n, nb * n_sub, size // n_sub).transpose(1, 0, 2).astype(np.float32)    # (nb*n_sub, n, B/n_sub)
+    ws = wq.reshape(rows, nb * n_sub, size // n_sub).transpose(1, 2, 0).astype(np.float32)  # (nb*n_sub, B/n_sub, rows)
+    return np.matmul(xs, ws).reshape(nb, n_sub, n, rows)
 
 
-def _scaled(q: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """Quants times their integer sub-block scale: (rows, nb, 256) int32."""
-    return q.astype(np.int32) * np.repeat(scales.astype(np.int32), q.shape[-1] // scales.shape[-1], axis=-1)
+def _scaled_sum(sub_dots: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """sum_j scales[row, j] * sub_dots[j, ..., row] per block, exact in float64: -> (nb, n, rows)."""
+    weights = scales.transpose(1, 2, 0)[:, :, None, :].astype(np.float64)  # (nb, n_sub, 1, rows)
+    return (sub_dots * weights).sum(axis=1)
 
 
 def _sub_block_sums(bsums: np.ndarray, n_sub: int) -> np.ndarray:
