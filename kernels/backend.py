@@ -25,6 +25,7 @@ class CythonBackend:
         self.n_threads = check_threads(n_threads)
         self._matrices: dict[int, tuple[Weight, Matrix]] = {}  # id(weight) -> (weight, its kernel matrix)
         self._reference = NumpyBackend()
+        self._angles: tuple[tuple, tuple[np.ndarray, np.ndarray]] | None = None  # last positions' rope cos, sin
 
     def matrix(self, w: Weight) -> Matrix:
         """The kernel matrix of ``w``, built on first use."""
@@ -53,7 +54,11 @@ class CythonBackend:
         return layers.rms_norm(x, weight, eps, self.n_threads)
 
     def rope(self, x: np.ndarray, positions: np.ndarray, rope: Rope) -> np.ndarray:
-        return layers.rope(x, positions, rope.n_dims, rope.freq_base, rope.freq_scale, self.n_threads)
+        """Every layer rotates q and k at the same positions, so the angles are computed once per batch."""
+        key = (rope, positions.tobytes())
+        if self._angles is None or self._angles[0] != key:
+            self._angles = key, layers.rope_angles(positions, rope.n_dims, rope.freq_base, rope.freq_scale)
+        return layers.rope(x, *self._angles[1], self.n_threads)
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float) -> np.ndarray:
         return layers.attention(q, k_cache, v_cache, start, scale, self.n_threads)  # (n, n_heads*hd)

@@ -15,7 +15,7 @@ cdef extern from "omp_compat.h" nogil:
 
 cdef extern from "layer_ops.h" nogil:
     void rms_norm_row(const float *x, const float *w, int64_t n, float eps, float *y)
-    void rope_angles(float pos, int n_dims, float theta_scale, float freq_scale, float *cs, float *sn)
+    void rope_angles_row "rope_angles"(float pos, int n_dims, float theta_scale, float freq_scale, float *cs, float *sn)
     void rope_head(float *x, int n_dims, const float *cs, const float *sn)
     void swiglu_row(const float *g, const float *u, int64_t n, float *y)
     void attend(const float *q, const uint16_t *k, const uint16_t *v, int n_keys, int hd, float scale,
@@ -56,28 +56,43 @@ def rms_norm(x, weight, float eps, n_threads=None):
     return out
 
 
-def rope(x, positions, int n_dims, float freq_base, float freq_scale=1.0, n_threads=None):
-    """Rotate adjacent pairs of the first n_dims values of every head of x (n, heads, hd) by position * theta_i.
+def rope_angles(positions, int n_dims, float freq_base, float freq_scale=1.0):
+    """cos and sin (n, n_dims / 2) of every position's angles, as ggml's rope cache builds them.
 
     The angles start at the position and are multiplied by powf(base, -2 / n_dims) once
-    per pair in float32, as ggml's rope cache builds them.
+    per pair in float32.
     """
-    x = f32(x, 3, "rope input")
     pos = np.ascontiguousarray(positions, dtype=np.int64)
-    if pos.ndim != 1 or pos.shape[0] != x.shape[0]:
-        raise ValueError(f"rope: {pos.shape} positions for {x.shape[0]} rows")
-    if n_dims <= 0 or n_dims % 2 or n_dims > x.shape[2]:
-        raise ValueError(f"rope: n_dims {n_dims} must be even and within the head size {x.shape[2]}")
-    cdef int nt = team(check_threads(n_threads), x.size)
+    if pos.ndim != 1:
+        raise ValueError(f"rope: positions must be 1-D, got shape {pos.shape}")
+    if n_dims <= 0 or n_dims % 2:
+        raise ValueError(f"rope: n_dims {n_dims} must be even and positive")
     cdef float theta_scale = np.float32(np.float64(freq_base) ** np.float64(np.float32(-2.0) / np.float32(n_dims)))
+    cos, sin = np.empty((pos.shape[0], n_dims // 2), np.float32), np.empty((pos.shape[0], n_dims // 2), np.float32)
+    cdef const int64_t[::1] p = pos
+    cdef float[:, ::1] cs = cos
+    cdef float[:, ::1] sn = sin
+    cdef Py_ssize_t i
+    for i in range(p.shape[0]):
+        rope_angles_row(<float>p[i], n_dims, theta_scale, freq_scale, &cs[i, 0], &sn[i, 0])
+    return cos, sin
+
+
+def rope(x, cos, sin, n_threads=None):
+    """Rotate adjacent pairs of the first n_dims values of every head of x (n, heads, hd) by the angles
+    whose ``cos`` and ``sin`` (n, n_dims / 2) ``rope_angles`` gives."""
+    x = f32(x, 3, "rope input")
+    cos, sin = f32(cos, 2, "rope cos"), f32(sin, 2, "rope sin")
+    if cos.shape != sin.shape or cos.shape[0] != x.shape[0] or not 0 < 2 * cos.shape[1] <= x.shape[2]:
+        raise ValueError(f"rope: angles {cos.shape} and {sin.shape} do not fit rows of shape {x.shape}")
+    cdef int nt = team(check_threads(n_threads), x.size)
+    cdef int n_dims = 2 * cos.shape[1]
     out = x.copy()
     cdef float[:, :, ::1] o = out
-    cdef const int64_t[::1] p = pos
-    cdef float[:, ::1] cs = np.empty((x.shape[0], n_dims // 2), np.float32)
-    cdef float[:, ::1] sn = np.empty((x.shape[0], n_dims // 2), np.float32)
+    cdef const float[:, ::1] cs = cos
+    cdef const float[:, ::1] sn = sin
     cdef Py_ssize_t i, h
     for i in prange(o.shape[0], nogil=True, schedule="static", num_threads=nt):
-        rope_angles(<float>p[i], n_dims, theta_scale, freq_scale, &cs[i, 0], &sn[i, 0])
         for h in range(o.shape[1]):
             rope_head(&o[i, h, 0], n_dims, &cs[i, 0], &sn[i, 0])
     return out

@@ -54,6 +54,7 @@ cdef extern from "q4_0x8.h" nogil:
 cdef enum:
     TILE = 4          # tokens sharing one pass over a group of weights
     GROUP_BYTES = 144  # sizeof(block_q4_0x8)
+    MIN_PARALLEL_ROWS = 8  # activation rows below which quantising them is not worth waking threads
 
 
 def activation_type(int type):
@@ -99,7 +100,7 @@ cdef void quantize_into(const float[:, ::1] x, int act_type, bint grouped, uint8
                         int nt) noexcept nogil:
     cdef Py_ssize_t t, n = x.shape[0]
     cdef int64_t n_grouped = n - n % 4 if grouped else 0
-    for t in prange(n, schedule="static", num_threads=nt):
+    for t in prange(n, schedule="static", num_threads=nt if n >= MIN_PARALLEL_ROWS else 1):
         quantize_row(act_type, &x[t, 0], out + t * stride, x.shape[1], t < n_grouped)
 
 
@@ -240,7 +241,7 @@ cdef class Matrix:
         cdef const block_q4_0x8 *packed = <const block_q4_0x8 *>self.ptr
         try:
             with nogil:
-                for t in prange(n, schedule="static", num_threads=nt):
+                for t in prange(n, schedule="static", num_threads=nt if n >= MIN_PARALLEL_ROWS else 1):
                     quantize_act_q8_0(&x[t, 0], self.n_in, &qs[t, 0], &d[t, 0], &bias[t, 0])
                     acts[t].qs = &qs[t, 0]
                     acts[t].d = &d[t, 0]

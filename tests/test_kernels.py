@@ -153,8 +153,9 @@ def test_rope_matches_numpy(rope):
     rng = np.random.default_rng(9)
     x = rng.standard_normal((6, 4, 64)).astype(np.float32)
     positions = np.array([0, 1, 2, 100, 1000, 4095])
-    ours = layers.rope(x, positions, rope.n_dims, rope.freq_base, rope.freq_scale, 2)
+    ours = layers.rope(x, *layers.rope_angles(positions, rope.n_dims, rope.freq_base, rope.freq_scale), 2)
     assert_close(ours, REF.rope(x, positions, rope))
+    assert_close(CythonBackend(2).rope(x, positions, rope), REF.rope(x, positions, rope))
 
 
 def test_swiglu_matches_numpy():
@@ -191,8 +192,10 @@ def test_attention_matches_numpy(n_heads, n_kv_heads, start, n):
     lambda: matmul.get_rows(np.zeros((4, 18), np.uint8), int(T.Q4_0), 32, [[0]]),
     lambda: matmul.get_rows(np.zeros((4, 18), np.uint8), int(T.Q4_0), 64, [0]),
     lambda: layers.rms_norm(np.zeros((2, 8)), np.zeros(7), 1e-5),
-    lambda: layers.rope(np.zeros((2, 1, 8)), [0], 8, 10000.0),
-    lambda: layers.rope(np.zeros((1, 1, 8)), [0], 10, 10000.0),
+    lambda: layers.rope(np.zeros((2, 1, 8)), np.zeros((1, 4)), np.zeros((1, 4))),
+    lambda: layers.rope(np.zeros((1, 1, 8)), np.zeros((1, 5)), np.zeros((1, 5))),
+    lambda: layers.rope_angles([[0]], 8, 10000.0),
+    lambda: layers.rope_angles([0], 7, 10000.0),
     lambda: layers.swiglu(np.zeros((2, 8)), np.zeros((2, 9))),
     lambda: layers.attention(np.zeros((2, 4, 8)), np.zeros((2, 4, 8), np.float16), np.zeros((2, 4, 8), np.float16), 3, 1.0),
     lambda: layers.attention(np.zeros((1, 4, 8)), np.zeros((2, 4, 8), np.float32), np.zeros((2, 4, 8), np.float32), 0, 1.0),
