@@ -32,6 +32,10 @@ class LlamaState:
     v: np.ndarray
     logits: np.ndarray | None
 
+    @property
+    def n_past(self) -> int:
+        return len(self.tokens)
+
 
 def make_backend(name: str, n_threads: int | None):
     """The op backend called ``name``: "numpy", "cython" (compiled kernels) or "auto" (cython when built)."""
@@ -66,6 +70,7 @@ class Llama:
         self._gguf = read_gguf(path)
         try:
             self.model = Model(self._gguf, make_backend(backend, n_threads))
+            self.hparams = self.model.hp
             self.n_ctx = self.model.hp.n_ctx_train if n_ctx is None else n_ctx
             if not isinstance(self.n_ctx, int) or self.n_ctx < 1:
                 raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
@@ -89,7 +94,7 @@ class Llama:
 
     @property
     def n_vocab(self) -> int:
-        return self.model.hp.n_vocab
+        return self.hparams.n_vocab
 
     @cached_property
     def tokenizer(self):
@@ -152,6 +157,8 @@ class Llama:
         return list(self._cached)
 
     def _evaluate(self, tokens: list[int], start: int, all_logits: bool) -> np.ndarray:
+        if self.model is None:
+            raise LlamaError(f"{self.path}: this Llama is closed")
         if start + len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"{start} cached + {len(tokens)} new tokens do not fit in n_ctx={self.n_ctx}")
         ids = np.asarray(tokens, dtype=np.int64)                            # (n,)
@@ -207,7 +214,7 @@ class Llama:
     def save_state(self) -> LlamaState:
         """A copy of the cached positions and the current logits."""
         n = self.n_past
-        return LlamaState(n, tuple(self._cached), self.cache.k[:, :, :n].copy(), self.cache.v[:, :, :n].copy(),
+        return LlamaState(tuple(self._cached), self.cache.k[:, :, :n].copy(), self.cache.v[:, :, :n].copy(),
                           None if self._logits is None else self._logits.copy())
 
     def load_state(self, state: LlamaState) -> None:
