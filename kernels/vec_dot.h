@@ -115,14 +115,20 @@ static inline float dot_q8_0_q8_0(int n, const void *x, const void *y) { return 
 
 /* ---------------------------------------------------------------- K-quants */
 
-/* Q4_K/Q5_K: eight 6-bit scales and mins packed in 12 bytes */
+/* Q4_K/Q5_K: eight 6-bit scales and mins packed in 12 bytes.  Scale j < 4 is the low 6
+ * bits of byte j, min j < 4 those of byte 4 + j; scale and min 4 + j take a nibble of
+ * byte 8 + j for their low 4 bits and the top 2 bits of bytes j and 4 + j, four at a
+ * time as 32-bit words. */
 static inline void k4_scales_mins(const uint8_t *p, uint8_t *sc, uint8_t *mn) {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = p[j] & 63;
-        mn[j] = p[j + 4] & 63;
-        sc[j + 4] = (p[j + 8] & 0x0F) | ((p[j] >> 6) << 4);
-        mn[j + 4] = (p[j + 8] >> 4) | ((p[j + 4] >> 6) << 4);
-    }
+    const uint32_t low6 = 0x3F3F3F3Fu, low4 = 0x0F0F0F0Fu, low2 = 0x03030303u;
+    uint32_t w[3], out[4];
+    memcpy(w, p, 12);
+    out[0] = w[0] & low6;                                        /* scales 0..3 */
+    out[1] = (w[2] & low4) | (((w[0] >> 6) & low2) << 4);        /* scales 4..7 */
+    out[2] = w[1] & low6;                                        /* mins 0..3 */
+    out[3] = ((w[2] >> 4) & low4) | (((w[1] >> 6) & low2) << 4); /* mins 4..7 */
+    memcpy(sc, out, 8);
+    memcpy(mn, out + 2, 8);
 }
 
 /* sum over sub-blocks of 32 of min * (sum of the activations under it) */
@@ -178,52 +184,61 @@ static inline float dot_q3_K_q8_K(int n, const void *vx, const void *vy) {
 }
 
 /* Q4_K and Q5_K share their layout up to the fifth bit: d, dmin, 12 bytes of scales and
- * mins, [32 bytes of fifth bits,] 128 bytes of nibbles.  ``qh`` is NULL for Q4_K. */
-static inline int k4_sub_block_dots(const uint8_t *qs, const uint8_t *qh, const uint8_t *sc, const int8_t *y) {
-#if defined(__AVX2__)
-    const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
-    const __m256i high = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
-    __m256i acc = _mm256_setzero_si256();
-    for (int c = 0; c < 4; c++) {
-        const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-        const __m256i hlo = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 2 * c), one), 4);
-        const __m256i hhi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 2 * c + 1), one), 4);
-        const __m256i lo = _mm256_or_si256(_mm256_and_si256(q, low4), hlo);
-        const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low4), hhi);
-        const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y + 64 * c)));
-        const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y + 64 * c + 32)));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
-    }
-    return hsum_epi32(acc);
-#else
-    int isum = 0;
-    for (int c = 0; c < 4; c++) {
-        int slo = 0, shi = 0;
-        for (int l = 0; l < 32; l++) {
-            const int qlo = (qs[32 * c + l] & 0x0F) | (qh ? ((qh[l] >> (2 * c)) & 1) << 4 : 0);
-            const int qhi = (qs[32 * c + l] >> 4) | (qh ? ((qh[l] >> (2 * c + 1)) & 1) << 4 : 0);
-            slo += qlo * y[64 * c + l];
-            shi += qhi * y[64 * c + 32 + l];
-        }
-        isum += sc[2 * c] * slo + sc[2 * c + 1] * shi;
-    }
-    return isum;
-#endif
-}
-
+ * mins, [32 bytes of fifth bits,] 128 bytes of nibbles. */
 static inline float dot_k4_family(int n, const uint8_t *x, size_t block_bytes, int has_qh, const block_q8_K *y) {
     float sum = 0.0f;
+#if defined(__AVX2__)
+    __m256 acc = _mm256_setzero_ps();
+#endif
     for (int i = 0; i < n / QK_K; i++, x += block_bytes) {
         uint16_t d, dmin;
         memcpy(&d, x, 2);
         memcpy(&dmin, x + 2, 2);
         uint8_t sc[8], mn[8];
         k4_scales_mins(x + 4, sc, mn);
+        const uint8_t *qs = x + 16 + (has_qh ? 32 : 0), *qh = has_qh ? x + 16 : 0;
+#if defined(__AVX2__)
+        /* sum of min * (activations under its sub-block): bsums of 16 added in pairs */
+        const __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y[i].bsums),
+                                             _mm_loadu_si128((const __m128i *)(y[i].bsums + 8)));
+        __m128i m = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn)), pairs);
+        m = _mm_add_epi32(m, _mm_unpackhi_epi64(m, m));
+        const int summ = _mm_cvtsi128_si32(_mm_add_epi32(m, _mm_shuffle_epi32(m, 1)));
+        const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+        const __m256i high = qh ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
+        __m256i isum = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+            const __m256i hlo = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 2 * c), one), 4);
+            const __m256i hhi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 2 * c + 1), one), 4);
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(q, low4), hlo);
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), low4), hhi);
+            const __m256i plo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * c)));
+            const __m256i phi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(y[i].qs + 64 * c + 32)));
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(y[i].d * fp16_to_fp32(d)), _mm256_cvtepi32_ps(isum), acc);
+        sum -= y[i].d * fp16_to_fp32(dmin) * (float)summ;
+#else
         const int summ = k4_min_sum(mn, y[i].bsums);
-        const int isum = k4_sub_block_dots(x + 16 + (has_qh ? 32 : 0), has_qh ? x + 16 : 0, sc, y[i].qs);
+        int isum = 0;
+        for (int c = 0; c < 4; c++) {
+            int slo = 0, shi = 0;
+            for (int l = 0; l < 32; l++) {
+                const int qlo = (qs[32 * c + l] & 0x0F) | (qh ? ((qh[l] >> (2 * c)) & 1) << 4 : 0);
+                const int qhi = (qs[32 * c + l] >> 4) | (qh ? ((qh[l] >> (2 * c + 1)) & 1) << 4 : 0);
+                slo += qlo * y[i].qs[64 * c + l];
+                shi += qhi * y[i].qs[64 * c + 32 + l];
+            }
+            isum += sc[2 * c] * slo + sc[2 * c + 1] * shi;
+        }
         sum += y[i].d * fp16_to_fp32(d) * (float)isum - y[i].d * fp16_to_fp32(dmin) * (float)summ;
+#endif
     }
+#if defined(__AVX2__)
+    sum += hsum_ps(acc);
+#endif
     return sum;
 }
 
