@@ -22,7 +22,10 @@ same shapes and dtypes (all activations float32, C-contiguous):
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -57,19 +60,35 @@ def to_f16(x: np.ndarray) -> np.ndarray:
 
 
 def rope_cos_sin(positions: np.ndarray, rope: Rope) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin of each position's angles, (n, n_dims/2) each, as ggml's rope cache builds them.
+    """cos and sin of each position's angles, (n, n_dims/2) each, as ggml's rope cache builds them."""
+    rows = [_rope_row(int(p), rope) for p in positions]
+    return np.stack([c for c, _ in rows]), np.stack([s for _, s in rows])   # (n, n_dims/2) each
 
-    ggml starts from theta = position and multiplies by powf(base, -2/n_dims) once per
-    pair, in float32, so the angles carry the same accumulated rounding.
-    """
+
+@lru_cache(maxsize=16384)
+def _rope_row(position: int, rope: Rope) -> tuple[np.ndarray, np.ndarray]:
+    """One position's cos and sin. ggml starts from theta = position, multiplies by
+    powf(base, -2/n_dims) once per pair in float32, and takes the C library's cosf and
+    sinf, which are not always correctly rounded, so we call the same functions."""
     theta_scale = np.float32(np.float64(rope.freq_base) ** np.float64(np.float32(-2.0) / np.float32(rope.n_dims)))
-    theta = np.empty((len(positions), rope.n_dims // 2), np.float32)       # (n, n_dims/2)
-    theta[:, 0] = positions.astype(np.float32)
-    for i in range(1, rope.n_dims // 2):
-        theta[:, i] = theta[:, i - 1] * theta_scale
-    theta = np.float32(rope.freq_scale) * theta
-    angles = theta.astype(np.float64)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    theta = np.float32(position)
+    cos, sin = np.empty(rope.n_dims // 2, np.float32), np.empty(rope.n_dims // 2, np.float32)
+    for i in range(rope.n_dims // 2):
+        angle = float(np.float32(rope.freq_scale) * theta)
+        cos[i], sin[i] = _LIBM.cosf(angle), _LIBM.sinf(angle)
+        theta = theta * theta_scale
+    return cos, sin
+
+
+def _libm() -> ctypes.CDLL:
+    libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    for name in ("cosf", "sinf"):
+        getattr(libm, name).restype = ctypes.c_float
+        getattr(libm, name).argtypes = [ctypes.c_float]
+    return libm
+
+
+_LIBM = _libm()
 
 
 class NumpyBackend:
@@ -109,55 +128,143 @@ class NumpyBackend:
         """Rotate adjacent pairs (x[2i], x[2i+1]) of each head by position * theta_i."""
         cos, sin = rope_cos_sin(positions, rope)                            # (n, n_dims/2)
         cos, sin = cos[:, None, :], sin[:, None, :]                         # (n, 1, n_dims/2)
-        x0 = x[..., 0:rope.n_dims:2]                                        # (n, heads, n_dims/2)
-        x1 = x[..., 1:rope.n_dims:2]
+        x0 = x[..., 0:rope.n_dims:2].astype(np.float64)                     # (n, heads, n_dims/2)
+        x1 = x[..., 1:rope.n_dims:2].astype(np.float64)
         out = x.copy()
-        out[..., 0:rope.n_dims:2] = x0 * cos - x1 * sin
-        out[..., 1:rope.n_dims:2] = x0 * sin + x1 * cos
+        # ggml's compiled rotation fuses the first product into the add: fma(x0, cos, -(x1 * sin))
+        out[..., 0:rope.n_dims:2] = x0 * cos - (x1 * sin).astype(np.float32)
+        out[..., 1:rope.n_dims:2] = x0 * sin + (x1 * cos).astype(np.float32)
         return out
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float) -> np.ndarray:
         """Causal softmax(q·K^T * scale)·V over the cache, each query head reading kv head h // group.
 
-        q and the probabilities are rounded to f16 like the cache they multiply; their
-        products are exact and summed in double, so each query's result does not depend
-        on how many queries share the call.
+        As in ggml's non-flash attention, q and the probabilities are rounded to f16 like
+        the cache they multiply, and both products sum in ggml's order (``float_dots``);
+        the probability-weighted sum runs over the keys padded with zeros to a multiple
+        of 32, as llama.cpp's padded cache view does.
         """
         n, n_heads, head_dim = q.shape
         n_kv_heads = k_cache.shape[0]
         group = n_heads // n_kv_heads
         n_keys = start + n
-        keys = k_cache[:, :n_keys].astype(np.float64)                        # (n_kv_heads, n_keys, hd)
-        values = v_cache[:, :n_keys].astype(np.float64)                      # (n_kv_heads, n_keys, hd)
-        qg = to_f16(q).transpose(1, 0, 2).reshape(n_kv_heads, group * n, head_dim)  # (n_kv_heads, group*n, hd)
-        scores = (qg.astype(np.float64) @ keys.transpose(0, 2, 1)).astype(np.float32)  # (n_kv_heads, group*n, n_keys)
+        pad = -n_keys % 32
+        keys = k_cache[:, None, :n_keys].astype(np.float32)                  # (n_kv_heads, 1, n_keys, hd)
+        values = v_cache[:, None, :n_keys].astype(np.float32)                # (n_kv_heads, 1, n_keys, hd)
+        values = np.pad(values, ((0, 0), (0, 0), (0, pad), (0, 0)))          # (n_kv_heads, 1, n_keys+pad, hd)
+        qg = to_f16(q).transpose(1, 0, 2).reshape(n_kv_heads, group, n, head_dim)  # (n_kv_heads, group, n, hd)
+        scores = float_dots(qg, keys, f16_tail=True)                          # (n_kv_heads, group, n, n_keys)
         scores = scores.reshape(n_heads, n, n_keys) * np.float32(scale)      # (n_heads, n, n_keys)
         future = np.arange(n_keys)[None, :] > (start + np.arange(n))[:, None]  # (n, n_keys)
         scores[:, future] = -np.inf
-        probs = softmax(scores)                                                # (n_heads, n, n_keys)
-        pg = to_f16(probs).reshape(n_kv_heads, group * n, n_keys)             # (n_kv_heads, group*n, n_keys)
-        out = (pg.astype(np.float64) @ values).astype(np.float32)             # (n_kv_heads, group*n, hd)
+        probs = to_f16(softmax(scores))                                        # (n_heads, n, n_keys)
+        probs = np.pad(probs, ((0, 0), (0, 0), (0, pad)))                     # (n_heads, n, n_keys+pad)
+        pg = probs.reshape(n_kv_heads, group, n, n_keys + pad)
+        out = float_dots(pg, values.swapaxes(-1, -2), f16_tail=True)          # (n_kv_heads, group, n, hd)
         out = out.reshape(n_heads, n, head_dim).transpose(1, 0, 2)            # (n, n_heads, hd)
         return np.ascontiguousarray(out).reshape(n, n_heads * head_dim)       # (n, n_heads*hd)
 
     def swiglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-        """silu(gate) * up, with silu(g) = g / (1 + exp(-g))."""
-        return gate / (np.float32(1.0) + np.exp(-gate)) * up
+        """silu(gate) * up, with silu(g) = g / (1 + exp(-g)) and ggml's vector exp."""
+        return gate / (np.float32(1.0) + ggml_expf(np.float32(0.0) - gate)) * up
+
+
+def float_dots(x: np.ndarray, w: np.ndarray, f16_tail: bool = False) -> np.ndarray:
+    """x @ w.T in fp32 with the summation order of ggml's AVX2 kernels: (..., n, k) x (..., m, k) -> (..., n, m).
+
+    One activation row (n == 1) goes through ggml_vec_dot_f32/_f16: four 8-lane FMA
+    accumulators over steps of 32, added pairwise, then the 8 lanes in a fixed tree; a
+    tail past the last multiple of 32 is added one product at a time (in double for
+    f16 data).  Several rows go through llamafile's tinyBLAS: one 8-lane FMA
+    accumulator over steps of 8, then its horizontal sum.  Fused multiply-adds are
+    computed in double and rounded once to fp32.
+    """
+    n, k = x.shape[-2], x.shape[-1]
+    tiny_blas = n > 1 and k % 8 == 0
+    lanes = 8 if tiny_blas else 32
+    body = k - k % lanes
+    xs = x[..., :, None, :].astype(np.float64)                            # (..., n, 1, k)
+    ws = w[..., None, :, :].astype(np.float64)                            # (..., 1, m, k)
+    acc = np.zeros(np.broadcast_shapes(xs.shape[:-1], ws.shape[:-1]) + (lanes,), np.float64)  # (..., n, m, lanes)
+    for c in range(0, body, lanes):
+        acc = (acc + xs[..., c:c + lanes] * ws[..., c:c + lanes]).astype(np.float32).astype(np.float64)
+    acc = acc.astype(np.float32)
+    if tiny_blas:
+        quad = acc[..., 4:] + acc[..., :4]                                # (..., n, m, 4)
+        return (quad[..., 0] + quad[..., 2]) + (quad[..., 1] + quad[..., 3])
+    octet = (acc[..., 0:8] + acc[..., 16:24]) + (acc[..., 8:16] + acc[..., 24:32])  # (..., n, m, 8)
+    quad = octet[..., :4] + octet[..., 4:]
+    total = (quad[..., 0] + quad[..., 1]) + (quad[..., 2] + quad[..., 3])  # (..., n, m)
+    if body == k:
+        return total
+    tail = xs[..., body:] * ws[..., body:]                                # (..., n, m, k - body)
+    if f16_tail:
+        return (total.astype(np.float64) + tail.sum(axis=-1)).astype(np.float32)
+    for i in range(k - body):
+        total = (total.astype(np.float64) + tail[..., i]).astype(np.float32)
+    return total
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis: exp in float32, the normaliser summed in double."""
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    inv = (1.0 / e.astype(np.float64).sum(axis=-1, keepdims=True)).astype(np.float32)
-    return e * inv
+    """Softmax over the last axis as ggml_vec_soft_max_f32 runs it on AVX2.
+
+    exp is ggml's own vector approximation (``ggml_expf``); each aligned group of 8
+    exponentials is summed in fp32 and the group sums are added in double; the row is
+    then scaled by the fp32 reciprocal of the total.
+    """
+    e = ggml_expf(x - x.max(axis=-1, keepdims=True))                       # (..., k)
+    groups = np.pad(e, [(0, 0)] * (e.ndim - 1) + [(0, -e.shape[-1] % 8)])
+    groups = groups.reshape(*e.shape[:-1], -1, 8)                           # (..., k/8, 8)
+    quad = groups[..., 4:] + groups[..., :4]
+    group_sums = (quad[..., 0] + quad[..., 2]) + (quad[..., 1] + quad[..., 3])  # (..., k/8)
+    total = np.cumsum(group_sums.astype(np.float64), axis=-1)[..., -1:]    # (..., 1), summed in order
+    return e * (1.0 / total).astype(np.float32)
+
+
+def ggml_expf(x: np.ndarray) -> np.ndarray:
+    """e^x for float32 x by ggml_v_expf (vec.h, AVX2): a range reduction and a degree-5
+    polynomial with fused multiply-adds; within a couple of ulps of expf but not equal."""
+    x = x.astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        z = _fma(x, _EXP_LOG2E, _EXP_SHIFTER)
+        n = z - _EXP_SHIFTER
+        b = _fma(-n, _EXP_LN2_LO, _fma(-n, _EXP_LN2_HI, x))
+        e = z.view(np.int32) << 23
+        k = (e + np.float32(1).view(np.int32)).view(np.float32)
+        u = b * b
+        j = _fma(_fma(_fma(_EXP_C5, b, _EXP_C4), u, _fma(_EXP_C3, b, _EXP_C2)), u, _EXP_C1 * b)
+        result = _fma(k, j, k)
+        large = np.abs(n) > 126
+        if large.any():
+            g = np.where(n <= 0, np.int32(-0x7E000000), np.int32(0))          # 0x82000000 as int32
+            s1 = (g + np.int32(0x7F000000)).view(np.float32)
+            s2 = (e - g).view(np.float32)
+            scaled = np.where(np.abs(n) > 192, s1 * s1, _fma(s2, j, s2) * s1)
+            result = np.where(large, scaled, result)
+    return result
+
+
+def _fma(a, b, c) -> np.ndarray:
+    """Fused multiply-add in fp32: the exact product plus c, rounded once (via double)."""
+    return (np.float64(1) * a * b + c).astype(np.float32)
+
+
+_EXP_SHIFTER = np.float32(float.fromhex("0x1.8p23"))
+_EXP_LOG2E = np.float32(float.fromhex("0x1.715476p+0"))
+_EXP_LN2_HI = np.float32(float.fromhex("0x1.62e4p-1"))
+_EXP_LN2_LO = np.float32(float.fromhex("0x1.7f7d1cp-20"))
+_EXP_C1 = np.float32(float.fromhex("0x1.ffffecp-1"))
+_EXP_C2 = np.float32(float.fromhex("0x1.fffdb6p-2"))
+_EXP_C3 = np.float32(float.fromhex("0x1.555e66p-3"))
+_EXP_C4 = np.float32(float.fromhex("0x1.573e2ep-5"))
+_EXP_C5 = np.float32(float.fromhex("0x1.0e4020p-7"))
 
 
 class _FloatDot:
-    """F32 weights: a plain product; F16 weights: activations rounded to f16 first.
+    """F32 weights: fp32 products; F16 weights: activations rounded to f16 first.
 
-    Each activation row gets its own matrix-vector product, so a row's result does not
-    depend on how many rows share the call (BLAS picks different kernels for one row and
-    for many, and an ulp there can flip the f16 rounding of a cached key).
+    Both sum in ggml's own order (``float_dots``), because one ulp here can flip the f16
+    rounding of an F16 model's next activations or of a cached key, and such flips add up.
     """
 
     def __init__(self, round_to_f16: bool):
@@ -167,8 +274,7 @@ class _FloatDot:
         return to_f16(x) if self.round_to_f16 else x
 
     def rows(self, data: np.ndarray, w: Weight, x: np.ndarray) -> np.ndarray:
-        weights = data.astype(np.float32, copy=False)                         # (rows, n_in)
-        return np.stack([weights @ row for row in x])                         # (n, rows)
+        return float_dots(x, data.astype(np.float32, copy=False), f16_tail=self.round_to_f16)  # (n, rows)
 
 
 class _QuantDot:

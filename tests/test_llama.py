@@ -37,8 +37,12 @@ def test_update_appends_and_exposes_last_logits(llm):
     assert llm.logits.shape == (llm.n_vocab,) and llm.logits.dtype == np.float32
     llm.update([300])
     assert llm.n_past == 4 and llm.n_evaluated == 4
-    np.testing.assert_array_equal(llm.logits, llm.eval_logits([BOS, 100, 200, 300])[-1])
-    assert llm.n_evaluated == 8
+    appended = llm.logits.copy()
+    assert llm.eval_logits([BOS, 100, 200, 300]).shape == (4, llm.n_vocab)
+    assert llm.n_past == 4 and llm.n_evaluated == 8
+    llm.get_logits([BOS, 100, 200])
+    llm.update([300])
+    np.testing.assert_array_equal(llm.logits, appended)
 
 
 def test_get_logits_is_a_fresh_evaluation(llm):
@@ -61,7 +65,10 @@ def test_text_gets_bos_only_at_the_start(llm, reference):
     llm.update("Hello world")
     more = reference.tokenize(b"Hello world", add_bos=False)
     assert llm.n_past == len(expected) + len(more)
-    np.testing.assert_array_equal(llm.logits, llm.eval_logits(expected + more)[-1])
+    appended = llm.logits.copy()
+    llm.get_logits(expected)
+    llm.update(more)
+    np.testing.assert_array_equal(appended, llm.logits)
 
 
 def test_vocabulary_passthroughs_agree_with_llama_cpp(llm, reference):
@@ -78,7 +85,10 @@ def test_rewind_keeps_the_prefix(llm):
     llm.update([BOS, 10, 11, 12, 13, 14])
     llm.update([20, 21], n_past=3)
     assert llm.n_past == 5
-    np.testing.assert_array_equal(llm.logits, llm.eval_logits([BOS, 10, 11, 20, 21])[-1])
+    rewound = llm.logits.copy()
+    llm.get_logits([BOS, 10, 11])
+    llm.update([20, 21])
+    np.testing.assert_array_equal(rewound, llm.logits)
 
 
 def test_save_and_load_state_restore_cache_and_logits(llm):
@@ -90,7 +100,10 @@ def test_save_and_load_state_restore_cache_and_logits(llm):
     assert llm.n_past == 4
     np.testing.assert_array_equal(llm.logits, saved)
     llm.update([33])
-    np.testing.assert_array_equal(llm.logits, llm.eval_logits([BOS, 30, 31, 32, 33])[-1])
+    restored = llm.logits.copy()
+    llm.get_logits([BOS, 30, 31, 32])
+    llm.update([33])
+    np.testing.assert_array_equal(restored, llm.logits)
 
 
 def test_state_from_another_shape_is_rejected(llm, make_model):
