@@ -38,6 +38,16 @@ cdef extern from "kquant_rows.h" nogil:
 cdef extern from "dequant.h" nogil:
     int dequantize_row(int type, const uint8_t *x, int64_t n, float *y)
 
+cdef extern from "q4_Kx8.h" nogil:
+    ctypedef struct block_q4_Kx8:
+        pass
+    ctypedef struct block_q4_K:
+        pass
+    ctypedef struct block_q8_K:
+        pass
+    void repack_q4_Kx8_group(const block_q4_K *src, int64_t nb, int64_t g, block_q4_Kx8 *dst)
+    void q4_Kx8_dot(const block_q4_Kx8 *grp, int64_t nb, const block_q8_K *const *act, int n_act, float *out, int64_t ldo)
+
 cdef extern from "q4_0x8.h" nogil:
     ctypedef struct block_q4_0x8:
         pass
@@ -53,7 +63,8 @@ cdef extern from "q4_0x8.h" nogil:
 
 cdef enum:
     TILE = 4          # tokens sharing one pass over a group of weights
-    GROUP_BYTES = 144  # sizeof(block_q4_0x8)
+    GROUP_BYTES_Q4_0 = 144   # sizeof(block_q4_0x8): one block column of a group of 8 rows
+    GROUP_BYTES_Q4_K = 1184  # sizeof(block_q4_Kx8)
     MIN_PARALLEL_ROWS = 8  # activation rows below which quantising them is not worth waking threads
 
 
@@ -178,8 +189,8 @@ cdef class Matrix:
             raise ValueError(f"weight rows hold {data.shape[1] * data.itemsize} bytes, "
                              f"expected {self.row_bytes} for {n_in} values of ggml type {type}")
         raw = data.view(np.uint8)
-        self.regrouped = regroup and type == T_Q4_0 and self.n_out % 8 == 0 and self.n_out > 0
-        self.data = regroup_q4_0(raw, n_in, release_source) if self.regrouped else raw
+        self.regrouped = regroup and type in (T_Q4_0, T_Q4_K) and self.n_out % 8 == 0 and self.n_out > 0
+        self.data = regroup_rows(raw, type, n_in, release_source) if self.regrouped else raw
         cdef const uint8_t[:, ::1] view = self.data.reshape(self.n_out, -1) if self.n_out else np.zeros((1, 1), np.uint8)
         self.ptr = &view[0, 0]
 
@@ -193,8 +204,10 @@ cdef class Matrix:
             return out
         cdef const float[:, ::1] xs = x
         cdef float[:, ::1] o = out
-        if self.regrouped:
+        if self.regrouped and self.type == T_Q4_0:
             self.matmul_q4_0x8(xs, o, nt)
+        elif self.regrouped:
+            self.matmul_q4_Kx8(xs, o, nt)
         else:
             self.matmul_rows(xs, o, nt)
         return out
@@ -254,17 +267,44 @@ cdef class Matrix:
         finally:
             free(acts)
 
+    cdef void matmul_q4_Kx8(self, const float[:, ::1] x, float[:, ::1] out, int nt):
+        """Regrouped Q4_K: Q8_K activations (four rows at a time, as ggml's repacked path), 8 rows x 4 tokens."""
+        cdef int64_t n = x.shape[0], nb = self.n_in // 256, n_groups = self.n_out // 8
+        cdef int64_t act_bytes = type_row_bytes(T_Q8_K, self.n_in)
+        cdef uint8_t[:, ::1] acts = np.empty((n, act_bytes), np.uint8)
+        cdef const block_q8_K **rows = <const block_q8_K **>malloc(n * sizeof(void *))
+        if rows == NULL:
+            raise MemoryError()
+        cdef Py_ssize_t t, g
+        cdef int64_t t0, tt, tile = TILE, n_tiles = (n + TILE - 1) // TILE
+        cdef const block_q4_Kx8 *packed = <const block_q4_Kx8 *>self.ptr
+        try:
+            with nogil:
+                quantize_into(x, T_Q8_K, True, &acts[0, 0], act_bytes, nt)
+                for t in range(n):
+                    rows[t] = <const block_q8_K *>&acts[t, 0]
+                for g in prange(n_groups, schedule="static", num_threads=nt):
+                    for tt in range(n_tiles):
+                        t0 = tt * tile
+                        q4_Kx8_dot(packed + g * nb, nb, rows + t0, <int>min(tile, n - t0), &out[t0, 8 * g], self.n_out)
+        finally:
+            free(rows)
 
-cdef object regroup_q4_0(raw, int64_t n_in, bint release_source):
-    """Q4_0 rows (n_out, bytes) regrouped eight rows at a time (see q4_0x8.h), as a flat uint8 array."""
+
+cdef object regroup_rows(raw, int type, int64_t n_in, bint release_source):
+    """Q4_0 or Q4_K rows (n_out, bytes) regrouped eight rows at a time (q4_0x8.h, q4_Kx8.h), as a flat uint8 array."""
     cdef const uint8_t[:, ::1] src = raw
-    cdef int64_t nb = n_in // 32, n_groups = raw.shape[0] // 8
-    out = np.empty(n_groups * nb * GROUP_BYTES, np.uint8)
+    cdef bint k_quant = type == T_Q4_K
+    cdef int64_t nb = n_in // (256 if k_quant else 32), n_groups = raw.shape[0] // 8
+    out = np.empty(n_groups * nb * (GROUP_BYTES_Q4_K if k_quant else GROUP_BYTES_Q4_0), np.uint8)
     cdef uint8_t[::1] dst = out
     cdef Py_ssize_t g
     with nogil:
         for g in prange(n_groups, schedule="static"):
-            repack_q4_0x8_group(<const block_q4_0 *>&src[0, 0], nb, g, <block_q4_0x8 *>&dst[0])
+            if k_quant:
+                repack_q4_Kx8_group(<const block_q4_K *>&src[0, 0], nb, g, <block_q4_Kx8 *>&dst[0])
+            else:
+                repack_q4_0x8_group(<const block_q4_0 *>&src[0, 0], nb, g, <block_q4_0x8 *>&dst[0])
     if release_source and is_file_mapping(raw):
         release_pages(&src[0, 0], raw.nbytes)
     return out

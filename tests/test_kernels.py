@@ -95,16 +95,17 @@ def test_matmul_matches_numpy(type_, n_tokens):
     assert_close(ours, REF.matmul(w, x))
 
 
+@pytest.mark.parametrize("type_", [T.Q4_0, T.Q4_K], ids=lambda t: t.name)
 @pytest.mark.parametrize("n_tokens", [1, 3, 4, 9])
-def test_regrouped_q4_0_equals_row_by_row(n_tokens):
+def test_regrouped_equals_row_by_row(type_, n_tokens):
     rng = np.random.default_rng(n_tokens)
-    data = random_weights(rng, T.Q4_0, 64, 256)
-    x = activations(rng, n_tokens, 256)
-    regrouped = matmul.Matrix(data, int(T.Q4_0), 256, regroup=True)
-    plain = matmul.Matrix(data, int(T.Q4_0), 256, regroup=False)
+    data = random_weights(rng, type_, 64, 512)
+    x = activations(rng, n_tokens, 512)
+    regrouped = matmul.Matrix(data, int(type_), 512, regroup=True)
+    plain = matmul.Matrix(data, int(type_), 512, regroup=False)
     assert regrouped.regrouped and not plain.regrouped
     assert_close(regrouped.matmul(x, 2), plain.matmul(x, 1))
-    assert_close(regrouped.matmul(x, 1), REF.matmul(Weight("w", T.Q4_0, 256, 64, data), x))
+    assert_close(regrouped.matmul(x, 1), REF.matmul(Weight("w", type_, 512, 64, data), x))
 
 
 def test_vec_dot_one_row_matches_matmul():

@@ -1,0 +1,129 @@
+/* Q4_K weights regrouped eight rows at a time, and their products with Q8_K activations.
+ *
+ * Per super-block column a group holds the eight rows' d and dmin, their eight 6-bit
+ * scales and mins unpacked ([sub-block][row]), and the nibbles interleaved as in
+ * q4_0x8.h: for sub-block pair c (weights 64c..64c+63) vector i holds, at byte 4r + e,
+ * row r's byte 32c + 4i + e, whose low nibble is weight 64c + 4i + e (sub-block 2c) and
+ * high nibble weight 64c + 32 + 4i + e (sub-block 2c + 1).  maddubs against four
+ * activations broadcast to every lane then leaves one row per 32-bit lane.
+ *
+ * Per row the result is ggml's d_a * (d * sum(scale * q.a) - dmin * sum(min * bsum)),
+ * with exact integer parts.
+ */
+#ifndef LLAMANP_Q4_KX8_H
+#define LLAMANP_Q4_KX8_H
+
+#include "vec_dot.h"
+
+typedef struct {
+    uint16_t d[8], dmin[8];
+    uint8_t sc[8][8];          /* [sub-block][row] */
+    uint8_t mn[8][8];
+    uint8_t qs[4][8][32];      /* [sub-block pair][4-weight chunk][4 * row + e] */
+} block_q4_Kx8;
+
+static inline void repack_q4_Kx8_group(const block_q4_K *src, int64_t nb, int64_t g, block_q4_Kx8 *dst) {
+    for (int64_t b = 0; b < nb; b++) {
+        block_q4_Kx8 *out = dst + g * nb + b;
+        for (int r = 0; r < 8; r++) {
+            const block_q4_K *in = src + (8 * g + r) * nb + b;
+            uint8_t sc[8], mn[8];
+            k4_scales_mins(in->scales, sc, mn);
+            out->d[r] = in->d;
+            out->dmin[r] = in->dmin;
+            for (int s = 0; s < 8; s++) {
+                out->sc[s][r] = sc[s];
+                out->mn[s][r] = mn[s];
+            }
+            for (int c = 0; c < 4; c++)
+                for (int i = 0; i < 8; i++) memcpy(&out->qs[c][i][4 * r], in->qs + 32 * c + 4 * i, 4);
+        }
+    }
+}
+
+#if defined(__AVX2__)
+/* a row's 8-bit value v in both 16-bit halves of its 32-bit lane, for madd */
+static inline __m256i k8_pairs(const uint8_t *v) {
+    const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)v));
+    return _mm256_or_si256(x, _mm256_slli_epi32(x, 16));
+}
+
+static inline __m256i k8_bcast4(const int8_t *a) {
+    int32_t v;
+    memcpy(&v, a, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* Groups of ``nb`` super-block columns against N (1..4) tokens; N is a constant at each call. */
+static inline void q4_Kx8_dot_n(const block_q4_Kx8 *grp, int64_t nb, const block_q8_K *const *act, const int N,
+                                float *out, int64_t ldo) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < nb; b++) {
+        const block_q4_Kx8 *blk = grp + b;
+        __m256i isum[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int half = 0; half < 8; half++) {  /* sub-block ``half``: pair c = half / 2, low or high nibbles */
+            const int c = half / 2, shift = 4 * (half % 2);
+            __m256i s[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+            for (int i = 0; i < 8; i++) {
+                const __m256i q = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)blk->qs[c][i]), shift), low4);
+                for (int t = 0; t < N; t++)
+                    s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(q, k8_bcast4(act[t][b].qs + 32 * half + 4 * i)));
+            }
+            const __m256i scale = k8_pairs(blk->sc[half]);
+            for (int t = 0; t < N; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], scale));
+        }
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->d));
+        const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->dmin));
+        for (int t = 0; t < N; t++) {
+            const block_q8_K *y = act[t] + b;
+            __m256i msum = _mm256_setzero_si256();
+            for (int s = 0; s < 8; s++) {
+                const uint16_t pair = (uint16_t)(y->bsums[2 * s] + y->bsums[2 * s + 1]);
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)blk->mn[s])),
+                                                                _mm256_set1_epi32(pair)));
+            }
+            const __m256 dy = _mm256_set1_ps(y->d);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, dy), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dy), acc[t]);
+        }
+    }
+    for (int t = 0; t < N; t++) _mm256_storeu_ps(out + t * ldo, acc[t]);
+}
+#endif
+
+/* Eight outputs of group ``grp`` against ``n_act`` (at most 4) Q8_K rows: out[t * ldo + r]. */
+static inline void q4_Kx8_dot(const block_q4_Kx8 *grp, int64_t nb, const block_q8_K *const *act, int n_act,
+                              float *out, int64_t ldo) {
+#if defined(__AVX2__)
+    if (n_act == 4) {
+        q4_Kx8_dot_n(grp, nb, act, 4, out, ldo);
+        return;
+    }
+    for (int t = 0; t < n_act; t++) q4_Kx8_dot_n(grp, nb, act + t, 1, out + t * ldo, ldo);
+#else
+    for (int t = 0; t < n_act; t++)
+        for (int r = 0; r < 8; r++) {
+            float sum = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                const block_q8_K *y = act[t] + b;
+                int isum = 0, msum = 0;
+                for (int c = 0; c < 4; c++) {
+                    int slo = 0, shi = 0;
+                    for (int i = 0; i < 8; i++)
+                        for (int e = 0; e < 4; e++) {
+                            const uint8_t q = grp[b].qs[c][i][4 * r + e];
+                            slo += (q & 0x0F) * y->qs[64 * c + 4 * i + e];
+                            shi += (q >> 4) * y->qs[64 * c + 32 + 4 * i + e];
+                        }
+                    isum += grp[b].sc[2 * c][r] * slo + grp[b].sc[2 * c + 1][r] * shi;
+                }
+                for (int s = 0; s < 8; s++) msum += grp[b].mn[s][r] * (y->bsums[2 * s] + y->bsums[2 * s + 1]);
+                sum += y->d * fp16_to_fp32(grp[b].d[r]) * (float)isum - y->d * fp16_to_fp32(grp[b].dmin[r]) * (float)msum;
+            }
+            out[t * ldo + r] = sum;
+        }
+#endif
+}
+
+#endif
