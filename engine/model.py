@@ -71,11 +71,14 @@ class HParams:
         rope_dims = get("rope.dimension_count", head_dim)
         if not 0 < rope_dims <= head_dim or rope_dims % 2:
             raise ModelError(f"{gguf.path}: rope.dimension_count {rope_dims} must be even and at most the head size {head_dim}")
-        scaling = meta.get(f"{arch}.rope.scaling.type", "none")
+        scaling = meta.get(f"{arch}.rope.scaling.type", "linear")
         if scaling not in ("none", "linear"):
             raise ModelError(f"{gguf.path}: rope scaling {scaling!r} is not supported; supported: none, linear")
-        factor = get("rope.scaling.factor", 1.0, float) if scaling == "linear" else 1.0
-        freq_scale = get("rope.freq_scale", 1.0 / factor if factor > 0 else 1.0, float)
+        # llama.cpp reads the factor whatever the type says, under the new key or the old one
+        factor = get("rope.scaling.factor", get("rope.scale_linear", 0.0, float), float)
+        if factor < 0:
+            raise ModelError(f"{gguf.path}: rope scaling factor {factor} must not be negative")
+        freq_scale = float(np.float32(1.0) / np.float32(factor)) if factor else 1.0
         hp = cls(
             n_vocab=embd.dims[1] if len(embd.dims) == 2 else 0,
             dim=dim,

@@ -5,6 +5,7 @@ NMSE = mean((ref - ours)^2) / var(ref).  Thresholds are issue 7's: on two-token 
 files; over a whole ~40-token prompt <= 5e-4 and <= 1e-5; greedy decoding on float files
 picks llama.cpp's tokens.
 """
+import gguf
 import numpy as np
 import pytest
 
@@ -32,6 +33,7 @@ FILES = {
     "mqa-q4_k_m": ("Q4_K_M", {"n_kv_heads": 1}),
     "tied-rope500k-f32": (None, {"tied": True, "rope_base": 500000.0}),
     "tied-rope500k-q8_0": ("Q8_0", {"tied": True, "rope_base": 500000.0}),
+    "linear-rope-f32": (None, {"n_layers": 1}),  # rewritten with rope.scaling linear, factor 4 (see pairs)
 }
 FLOAT_FILES = [name for name, (quant, _) in FILES.items() if quant is None]
 
@@ -60,20 +62,44 @@ class Pair:
 
 
 @pytest.fixture(scope="module")
-def pairs(make_model):
+def pairs(make_model, tmp_path_factory):
     """One Pair per file, built on first use and shared by every test in this module."""
     cache = {}
 
     def get(name: str) -> Pair:
         if name not in cache:
             quant, spec = FILES[name]
-            cache[name] = Pair(make_model(quant, **spec))
+            path = make_model(quant, **spec)
+            if name.startswith("linear-rope"):
+                path = with_metadata(path, tmp_path_factory.mktemp("linear") / "linear.gguf",
+                                     {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0})
+            cache[name] = Pair(path)
         return cache[name]
 
     yield get
     for pair in cache.values():
         pair.ours.close()
         pair.ref.close()
+
+
+def with_metadata(src, dst, extra: dict):
+    """A copy of GGUF file ``src`` at ``dst`` with metadata ``extra`` (strings or floats) added or replaced."""
+    reader = gguf.GGUFReader(str(src))
+    writer = gguf.GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture" or name in extra:
+            continue
+        sub_type = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), field.types[0], sub_type)
+    for name, value in extra.items():
+        writer.add_key_value(name, value, gguf.GGUFValueType.STRING if isinstance(value, str) else gguf.GGUFValueType.FLOAT32)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
 
 
 def random_tokens(seed: int, n: int) -> list[int]:
@@ -158,3 +184,7 @@ def test_rewind_equals_fresh_evaluation(pairs, name):
     llm.update(tokens[4:], n_past=4)
     assert llm.n_past == len(tokens)
     np.testing.assert_array_equal(llm.logits, fresh)
+
+
+def test_linear_rope_scaling_is_read(pairs):
+    assert pairs("linear-rope-f32").ours.hparams.rope.freq_scale == 0.25
