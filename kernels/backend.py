@@ -12,7 +12,7 @@ import numpy as np
 from engine.ggml_ops import NumpyBackend, Rope, Weight
 
 from . import layers
-from .matmul import Matrix, get_rows
+from .matmul import Matrix, get_rows, is_file_mapping, release_file_pages
 from .parallel import check_threads
 
 
@@ -27,20 +27,25 @@ class CythonBackend:
         self._reference = NumpyBackend()
         self._angles: tuple[tuple, tuple[np.ndarray, np.ndarray]] | None = None  # last positions' rope cos, sin
 
-    def matrix(self, w: Weight) -> Matrix:
+    def matrix(self, w: Weight, release_source: bool = True) -> Matrix:
         """The kernel matrix of ``w``, built on first use."""
         entry = self._matrices.get(id(w))
         if entry is None:
-            entry = (w, Matrix(w.data, int(w.type), w.n_in, regroup=True, release_source=True))
+            entry = (w, Matrix(w.data, int(w.type), w.n_in, regroup=True, release_source=release_source))
             self._matrices[id(w)] = entry
         return entry[1]
 
     def prepare(self, weights) -> None:
-        """Build the kernel matrix of every 2-D weight of a ``model.Weights`` now rather than on first use."""
-        for layer in weights.layers:
-            for w in (layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up, layer.w_down):
-                self.matrix(w)
-        self.matrix(weights.output)
+        """Build the kernel matrix of every 2-D weight of a ``model.Weights`` now rather than on first use.
+
+        The mmap'd originals of regrouped weights are released a layer at a time: one
+        call per layer keeps the peak near one copy of the weights without paying a TLB
+        shootdown per matrix.
+        """
+        groups = [(l.wq, l.wk, l.wv, l.wo, l.w_gate, l.w_up, l.w_down) for l in weights.layers] + [(weights.output,)]
+        for group in groups:
+            release_file_pages([w.data for w in group
+                                if self.matrix(w, release_source=False).regrouped and is_file_mapping(w.data)])
 
     def get_rows(self, w: Weight, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` of ``w`` as float32 (the NumPy dequantiser for the types without a compiled one)."""

@@ -189,6 +189,7 @@ def test_attention_matches_numpy(n_heads, n_kv_heads, start, n):
     lambda: matmul.quantize(np.zeros(33, np.float32), int(T.Q8_0)),
     lambda: matmul.quantize(np.zeros(32, np.float32), int(T.Q4_0)),
     lambda: matmul.vec_dot(int(T.Q4_0), np.zeros(18, np.uint8), np.zeros(30, np.uint8)),
+    lambda: matmul.release_file_pages([np.zeros(4096, np.uint8)]),                 # not an mmap: never dropped
     lambda: matmul.get_rows(np.zeros((4, 18), np.uint8), int(T.Q4_0), 32, [4]),
     lambda: matmul.get_rows(np.zeros((4, 18), np.uint8), int(T.Q4_0), 32, [[0]]),
     lambda: matmul.get_rows(np.zeros((4, 18), np.uint8), int(T.Q4_0), 64, [0]),
