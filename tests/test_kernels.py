@@ -241,3 +241,22 @@ def test_get_rows_bit_identical(type_):
         assert ours is None
     else:
         assert np.array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("quant", ["Q4_0", "Q4_K_M", "Q6_K"])
+def test_cython_backend_matches_llama_cpp(make_model, quant):
+    """The compiled path against llama.cpp itself, with issue 7's bar for quantised files."""
+    import llama_cpp  # the reference: missing, the test fails rather than skips
+    from scripts.make_model import _quiet_llama_cpp
+
+    path = make_model(quant, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn=512)
+    _quiet_llama_cpp()
+    ref = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, flash_attn=False, verbose=False, n_threads=1)
+    with Llama(path, n_ctx=64, backend="cython", n_threads=2) as ours:
+        scores = []
+        for t in range(300, 20300, 1000):
+            ref.reset()
+            ref.eval([1, t])
+            scores.append(nmse(np.array(ref.scores[1], np.float32), ours.get_logits([1, t])))
+    ref.close()
+    assert np.median(scores) <= 1e-8, scores
