@@ -190,8 +190,7 @@ def float_dots(x: np.ndarray, w: np.ndarray, f16_tail: bool = False) -> np.ndarr
         acc = (acc + xs[..., c:c + lanes] * ws[..., c:c + lanes]).astype(np.float32).astype(np.float64)
     acc = acc.astype(np.float32)
     if tiny_blas:
-        quad = acc[..., 4:] + acc[..., :4]                                # (..., n, m, 4)
-        return (quad[..., 0] + quad[..., 2]) + (quad[..., 1] + quad[..., 3])
+        return hsum8(acc)
     octet = (acc[..., 0:8] + acc[..., 16:24]) + (acc[..., 8:16] + acc[..., 24:32])  # (..., n, m, 8)
     quad = octet[..., :4] + octet[..., 4:]
     total = (quad[..., 0] + quad[..., 1]) + (quad[..., 2] + quad[..., 3])  # (..., n, m)
@@ -205,6 +204,20 @@ def float_dots(x: np.ndarray, w: np.ndarray, f16_tail: bool = False) -> np.ndarr
     return total
 
 
+def hsum8(v: np.ndarray) -> np.ndarray:
+    """The horizontal sum of 8 fp32 lanes (last axis) in AVX2 order: high half plus low half, then pairs."""
+    quad = v[..., 4:] + v[..., :4]
+    return (quad[..., 0] + quad[..., 2]) + (quad[..., 1] + quad[..., 3])
+
+
+def fma_chain(scales: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """acc = fma(scales[b], values[b], acc) over the leading axis, from acc = 0, in fp32."""
+    acc = np.zeros(np.broadcast_shapes(scales.shape[1:], values.shape[1:]), np.float32)
+    for scale, value in zip(scales, values):
+        acc = _fma(scale, value, acc)
+    return acc
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     """Softmax over the last axis as ggml_vec_soft_max_f32 runs it on AVX2.
 
@@ -215,8 +228,7 @@ def softmax(x: np.ndarray) -> np.ndarray:
     e = ggml_expf(x - x.max(axis=-1, keepdims=True))                       # (..., k)
     groups = np.pad(e, [(0, 0)] * (e.ndim - 1) + [(0, -e.shape[-1] % 8)])
     groups = groups.reshape(*e.shape[:-1], -1, 8)                           # (..., k/8, 8)
-    quad = groups[..., 4:] + groups[..., :4]
-    group_sums = (quad[..., 0] + quad[..., 2]) + (quad[..., 1] + quad[..., 3])  # (..., k/8)
+    group_sums = hsum8(groups)                                              # (..., k/8)
     total = np.cumsum(group_sums.astype(np.float64), axis=-1)[..., -1:]    # (..., 1), summed in order
     return e * (1.0 / total).astype(np.float32)
 
@@ -294,15 +306,21 @@ class _QuantDot:
         self.quantize = quantize
 
     def prepare(self, x: np.ndarray, repacked: bool = False):
-        raw = self.quantize(x, repacked=True) if repacked else self.quantize(x)   # (n, row bytes)
+        grouped = repacked and self.vec_dot_type == GGMLType.Q8_K
+        raw = self.quantize(x, repacked=True) if grouped else self.quantize(x)   # (n, row bytes)
         return quants.unpack(raw, self.vec_dot_type)
 
     def rows(self, data: np.ndarray, w: Weight, x) -> np.ndarray:
         wq = quants.unpack(data, w.type)
         dxw = x.d.T[:, :, None] * wq.d.T[:, None, :]                         # (nb, n, rows)
         match wq:
+            case quants.Blocks(_, q) if repacked(w):
+                # q4_0_8x8 kernels: one fma per block of its whole integer sum
+                return fma_chain(_sub_block_dots(x.q, q, 1)[:, 0], dxw)      # (n, rows)
             case quants.Blocks(_, q):
-                acc = dxw * _sub_block_dots(x.q, q, 1)[:, 0]
+                # vec_dot_q*_0_q8_0 and tinyBLAS: 8 lanes of 4 products each, one fma per block, then hsum
+                lanes = np.moveaxis(_sub_block_dots(x.q, q, 8), 1, -1)       # (nb, n, rows, 8)
+                return hsum8(fma_chain(dxw[..., None], lanes))               # (n, rows)
             case quants.BlocksWithMin(_, m, q):
                 acc = dxw * _sub_block_dots(x.q, q, 1)[:, 0] + x.s.T[:, :, None] * m.T[:, None, :]
             case quants.SuperBlocks(_, scales, q):
@@ -357,11 +375,12 @@ _DOTS: dict[GGMLType, object] = {
 
 
 def repacked(w: Weight) -> bool:
-    """Whether llama.cpp's AVX2 CPU backend repacks ``w`` (Q4_K with a multiple of 8 rows, as q4_K_8x8).
+    """Whether llama.cpp's AVX2 CPU backend repacks ``w`` (Q4_0 and Q4_K with a multiple of 8 rows).
 
-    Repacked weights get their activations quantised four rows at a time, which for
-    Q8_K picks the sign of the scale differently (see ``quants.quantize_q8_K``).
+    Repacked weights run other kernels (another summation order), and get their
+    activations quantised four rows at a time, which for Q8_K picks the sign of the
+    scale differently (see ``quants.quantize_q8_K``).
     """
-    return w.type == GGMLType.Q4_K and w.n_out % 8 == 0
+    return w.type in (GGMLType.Q4_0, GGMLType.Q4_K) and w.n_out % 8 == 0
 
 BACKENDS = {"numpy": NumpyBackend}
