@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import DEFAULT_MODEL
 from .errors import LlamaError
 from .gguf import read_gguf
-
-DEFAULT_MODEL = Path(__file__).parent / "data" / "tiny-shakespeare.gguf"
 
 
 def note(message: str) -> None:
