@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -285,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
+    except BrokenPipeError:  # the reader went away (`llamanp info | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except (LlamaError, ValueError, OSError) as e:
         sys.exit(f"llamanp: error: {e}")
     except KeyboardInterrupt:
