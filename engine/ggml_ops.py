@@ -323,14 +323,52 @@ class _QuantDot:
                 return hsum8(fma_chain(dxw[..., None], lanes))               # (n, rows)
             case quants.BlocksWithMin(_, m, q):
                 acc = dxw * _sub_block_dots(x.q, q, 1)[:, 0] + x.s.T[:, :, None] * m.T[:, None, :]
+            case quants.SuperBlocks(_, scales, q) if tiled(w, x.q.shape[0]):
+                return _tiled(wq, _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales), None, x.d)
+            case quants.SuperBlocks(_, scales, q) if w.type == GGMLType.Q6_K:
+                return hsum8(fma_chain(dxw[..., None], _q6_K_lanes(x, q, scales)))  # (n, rows)
             case quants.SuperBlocks(_, scales, q):
                 acc = dxw * _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales)
             case quants.SuperBlocksWithMin(_, dmin, scales, mins, q):
-                dx_dmin = x.d.T[:, :, None] * dmin.T[:, None, :]              # (nb, n, rows)
                 bsums = _sub_block_sums(x.bsums, mins.shape[-1])              # (n, nb, n_sub)
                 mins_dot = _scaled_sum(bsums.transpose(1, 2, 0)[..., None], mins)  # (nb, n, rows)
-                acc = dxw * _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales) - dx_dmin * mins_dot
+                scaled_dot = _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales)  # (nb, n, rows)
+                if tiled(w, x.q.shape[0]):
+                    return _tiled(wq, scaled_dot, mins_dot, x.d)
+                dx_dmin = x.d.T[:, :, None] * dmin.T[:, None, :]              # (nb, n, rows)
+                acc = dxw * scaled_dot - dx_dmin * mins_dot
         return acc.sum(axis=0).astype(np.float32)                            # (n, rows)
+
+
+def tiled(w: Weight, n: int) -> bool:
+    """Whether ggml's tiled K-quant kernel takes this product: 8+ activation rows, a K-quant not repacked."""
+    return n >= 8 and w.type in (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K) \
+        and not repacked(w)
+
+
+def _tiled(wq, scaled_dot: np.ndarray, mins_dot: np.ndarray | None, dx: np.ndarray) -> np.ndarray:
+    """The tiled kernel's float steps per super-block: r = d_w * S (minus dmin_w * M, fused), acc = fma(r, d_x, acc)."""
+    r = wq.d.T[:, None, :] * scaled_dot.astype(np.float32)               # (nb, n, rows)
+    if mins_dot is not None:
+        r = _fma(-wq.dmin.T[:, None, :], mins_dot.astype(np.float32), r)
+    return fma_chain(r, dx.T[:, :, None])                                 # (n, rows)
+
+
+def _q6_K_lanes(x, q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The 8 int32 lanes of ggml_vec_dot_q6_K_q8_K (AVX2) per super-block: (nb, n, rows, 8), exact.
+
+    Lane l holds, over the eight 32-weight chunks c, scale[2c + l // 4] times the products of
+    weights 4l..4l+3 of the chunk with the quants unshifted (0..63), minus
+    32 * (bsums[2l] * scale[2l] + bsums[2l+1] * scale[2l+1]), which undoes the shift.
+    """
+    n, nb, _ = x.q.shape
+    rows = q.shape[0]
+    dots = _sub_block_dots(x.q, q.astype(np.int16) + 32, 64).reshape(nb, 8, 8, n, rows)  # (nb, chunk, lane, n, rows)
+    chunk_scale = scales[:, :, 2 * np.arange(8)[:, None] + np.arange(8)[None, :] // 4]   # (rows, nb, chunk, lane)
+    lanes = (dots * np.moveaxis(chunk_scale, 0, -1)[:, :, :, None, :].astype(np.float64)).sum(axis=1)  # (nb, lane, n, rows)
+    shift = np.einsum("nblk,mblk->blnm", x.bsums.reshape(n, nb, 8, 2).astype(np.float64),
+                      scales.reshape(rows, nb, 8, 2).astype(np.float64))               # (nb, lane, n, rows)
+    return np.moveaxis(lanes - 32 * shift, 1, -1).astype(np.float32)                  # (nb, n, rows, lane)
 
 
 def _sub_block_dots(xq: np.ndarray, wq: np.ndarray, n_sub: int) -> np.ndarray:
