@@ -66,6 +66,7 @@ cdef enum:
     GROUP_BYTES_Q4_0 = 144   # sizeof(block_q4_0x8): one block column of a group of 8 rows
     GROUP_BYTES_Q4_K = 1184  # sizeof(block_q4_Kx8)
     MIN_PARALLEL_ROWS = 8  # activation rows below which quantising them is not worth waking threads
+    MIN_PARALLEL_BYTES = 1 << 19  # weight bytes x tokens below which a product runs on one thread
 
 
 def activation_type(int type):
@@ -197,8 +198,8 @@ cdef class Matrix:
     def matmul(self, x, n_threads=None):
         """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, with ggml's activation rounding."""
         x = float_rows(x, self.n_in, "matmul")
-        cdef int nt = check_threads(n_threads)
         cdef int64_t n = x.shape[0]
+        cdef int nt = check_threads(n_threads) if n * self.n_out * self.row_bytes >= MIN_PARALLEL_BYTES else 1
         out = np.empty((n, self.n_out), np.float32)
         if n == 0 or self.n_out == 0:
             return out
