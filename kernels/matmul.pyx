@@ -199,7 +199,9 @@ cdef class Matrix:
         """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, with ggml's activation rounding."""
         x = float_rows(x, self.n_in, "matmul")
         cdef int64_t n = x.shape[0]
-        cdef int nt = check_threads(n_threads) if n * self.n_out * self.row_bytes >= MIN_PARALLEL_BYTES else 1
+        cdef int nt = check_threads(n_threads)
+        if n * self.n_out * self.row_bytes < MIN_PARALLEL_BYTES:
+            nt = 1
         out = np.empty((n, self.n_out), np.float32)
         if n == 0 or self.n_out == 0:
             return out
