@@ -5,8 +5,18 @@ their activations to the weight type's ``vec_dot_type`` (f16 for F16 weights, Q8
 Q8_1 for the 32-weight quants, Q8_K for the K-quants) and take integer block dot
 products with fp32 scaling; the attention rounds q and the softmax probabilities to
 f16 before multiplying them with the f16 KV cache; RMSNorm sums squares in double.
-Summation order inside a dot product is not mirrored: it moves results by an ulp,
-while a wrongly rounded int8 activation moves them by a quantisation step.
+
+Beyond that, the fp32 steps follow the kernels llama.cpp runs on an AVX2 CPU, since a
+one-ulp difference can flip the f16 rounding of a cached key or an F16 model's next
+activations, and flips add up over a prompt: float products sum in the order of
+ggml_vec_dot_f32/_f16 (one activation row) or llamafile's tinyBLAS (several rows);
+quantised products accumulate their exact integer block sums with the fused
+multiply-adds of the kernel that type and batch size select (vec_dot, tinyBLAS, the
+repacked Q4_0/Q4_K kernels, the tiled K-quant kernel); RoPE calls the C library's
+cosf/sinf and fuses its rotation like the compiled code; softmax and SwiGLU use ggml's
+vector exp.  With these, logits on F32, F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M and Q6_K files
+are bit-identical to llama.cpp's; what is left approximate (the single-row Q2_K, Q3_K,
+Q5_K kernels and the Q8_1 types Q4_1/Q5_1) sums the same exact integers in double.
 
 ``NumpyBackend`` is the reference; a compiled backend offers the same methods with the
 same shapes and dtypes (all activations float32, C-contiguous):
@@ -329,6 +339,8 @@ class _QuantDot:
                 return hsum8(fma_chain(dxw[..., None], _q6_K_lanes(x, q, scales)))  # (n, rows)
             case quants.SuperBlocks(_, scales, q):
                 acc = dxw * _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales)
+            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if repacked(w):
+                return _q4_K_repacked(x, q, scales, mins, dxw, x.d.T[:, :, None] * dmin.T[:, None, :])
             case quants.SuperBlocksWithMin(_, dmin, scales, mins, q):
                 bsums = _sub_block_sums(x.bsums, mins.shape[-1])              # (n, nb, n_sub)
                 mins_dot = _scaled_sum(bsums.transpose(1, 2, 0)[..., None], mins)  # (nb, n, rows)
@@ -352,6 +364,30 @@ def _tiled(wq, scaled_dot: np.ndarray, mins_dot: np.ndarray | None, dx: np.ndarr
     if mins_dot is not None:
         r = _fma(-wq.dmin.T[:, None, :], mins_dot.astype(np.float32), r)
     return fma_chain(r, dx.T[:, :, None])                                 # (n, rows)
+
+
+def _q4_K_repacked(x, q, scales, mins, dxw, dx_dmin) -> np.ndarray:
+    """The q4_K_8x8 kernels: one fma per part for the scaled sums, one for the mins, then their difference.
+
+    Activation rows in whole groups of four go through the gemm kernel, which takes a part
+    per 64 weights (two sub-blocks); the rest through the gemv kernel, a part per super-block.
+    """
+    n = x.q.shape[0]
+    sub_dots = _sub_block_dots(x.q, q, 8)                                  # (nb, 8, n, rows)
+    bsums = _sub_block_sums(x.bsums, 8).transpose(1, 2, 0)[..., None]      # (nb, 8, n, 1)
+    out = np.empty((n, q.shape[0]), np.float32)                           # (n, rows)
+    for rows, parts in ((slice(0, n - n % 4), 4), (slice(n - n % 4, n), 1)):
+        if rows.start == rows.stop:
+            continue
+        scaled = _scaled_sum(sub_dots[:, :, rows], scales, parts).astype(np.float32)
+        mins_dot = _scaled_sum(bsums[:, :, rows], mins, parts).astype(np.float32)
+        if parts == 1:
+            scaled, mins_dot = scaled[:, None], mins_dot[:, None]           # (nb, parts, n', rows)
+        flat = (-1, *scaled.shape[2:])                                     # (nb * parts, n', rows)
+        scale = np.repeat(dxw[:, rows], parts, axis=0)
+        scale_min = np.repeat(dx_dmin[:, rows], parts, axis=0)
+        out[rows] = fma_chain(scaled.reshape(flat), scale) - fma_chain(mins_dot.reshape(flat), scale_min)
+    return out
 
 
 def _q6_K_lanes(x, q: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -380,10 +416,14 @@ def _sub_block_dots(xq: np.ndarray, wq: np.ndarray, n_sub: int) -> np.ndarray:
     return np.matmul(xs, ws).reshape(nb, n_sub, n, rows)
 
 
-def _scaled_sum(sub_dots: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """sum_j scales[row, j] * sub_dots[j, ..., row] per block, exact in float64: -> (nb, n, rows)."""
+def _scaled_sum(sub_dots: np.ndarray, scales: np.ndarray, parts: int = 1) -> np.ndarray:
+    """sum_j scales[row, j] * sub_dots[j, ..., row] over each of ``parts`` equal runs of sub-blocks,
+    exact in float64: (nb, n_sub, n, rows) -> (nb, n, rows), or (nb, parts, n, rows) when parts > 1."""
     weights = scales.transpose(1, 2, 0)[:, :, None, :].astype(np.float64)  # (nb, n_sub, 1, rows)
-    return (sub_dots * weights).sum(axis=1)
+    products = sub_dots * weights                                          # (nb, n_sub, n, rows)
+    if parts == 1:
+        return products.sum(axis=1)
+    return products.reshape(products.shape[0], parts, -1, *products.shape[2:]).sum(axis=2)
 
 
 def _sub_block_sums(bsums: np.ndarray, n_sub: int) -> np.ndarray:
