@@ -15,8 +15,9 @@ multiply-adds of the kernel that type and batch size select (vec_dot, tinyBLAS, 
 repacked Q4_0/Q4_K kernels, the tiled K-quant kernel); RoPE calls the C library's
 cosf/sinf and fuses its rotation like the compiled code; softmax and SwiGLU use ggml's
 vector exp.  With these, logits on F32, F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M and Q6_K files
-are bit-identical to llama.cpp's; what is left approximate (the single-row Q2_K, Q3_K,
-Q5_K kernels and the Q8_1 types Q4_1/Q5_1) sums the same exact integers in double.
+come out bit-identical to llama.cpp's in our tests; what is left approximate (the
+few-row Q2_K and Q3_K kernels and the Q8_1 types Q4_1/Q5_1) sums the same exact
+integers in double.
 
 ``NumpyBackend`` is the reference; a compiled backend offers the same methods with the
 same shapes and dtypes (all activations float32, C-contiguous):
@@ -341,6 +342,12 @@ class _QuantDot:
                 acc = dxw * _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales)
             case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if repacked(w):
                 return _q4_K_repacked(x, q, scales, mins, dxw, x.d.T[:, :, None] * dmin.T[:, None, :])
+            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if w.type == GGMLType.Q5_K and not tiled(w, x.q.shape[0]):
+                # vec_dot_q5_K_q8_K: 8 lanes fma'd per super-block, the mins summed apart in a scalar
+                lanes = _chunk_lanes(x.q, q, scales[..., np.arange(8)[:, None].repeat(8, axis=1)])
+                mins_dot = _scaled_sum(_sub_block_sums(x.bsums, 8).transpose(1, 2, 0)[..., None], mins)  # (nb, n, rows)
+                neg_dmin = -(x.d.T[:, :, None] * dmin.T[:, None, :])            # (nb, n, rows)
+                return hsum8(fma_chain(dxw[..., None], lanes)) + fma_chain(neg_dmin, mins_dot.astype(np.float32))
             case quants.SuperBlocksWithMin(_, dmin, scales, mins, q):
                 bsums = _sub_block_sums(x.bsums, mins.shape[-1])              # (n, nb, n_sub)
                 mins_dot = _scaled_sum(bsums.transpose(1, 2, 0)[..., None], mins)  # (nb, n, rows)
@@ -398,13 +405,19 @@ def _q6_K_lanes(x, q: np.ndarray, scales: np.ndarray) -> np.ndarray:
     32 * (bsums[2l] * scale[2l] + bsums[2l+1] * scale[2l+1]), which undoes the shift.
     """
     n, nb, _ = x.q.shape
-    rows = q.shape[0]
-    dots = _sub_block_dots(x.q, q.astype(np.int16) + 32, 64).reshape(nb, 8, 8, n, rows)  # (nb, chunk, lane, n, rows)
-    chunk_scale = scales[:, :, 2 * np.arange(8)[:, None] + np.arange(8)[None, :] // 4]   # (rows, nb, chunk, lane)
-    lanes = (dots * np.moveaxis(chunk_scale, 0, -1)[:, :, :, None, :].astype(np.float64)).sum(axis=1)  # (nb, lane, n, rows)
-    shift = np.einsum("nblk,mblk->blnm", x.bsums.reshape(n, nb, 8, 2).astype(np.float64),
-                      scales.reshape(rows, nb, 8, 2).astype(np.float64))               # (nb, lane, n, rows)
-    return np.moveaxis(lanes - 32 * shift, 1, -1).astype(np.float32)                  # (nb, n, rows, lane)
+    lanes = _chunk_lanes(x.q, q.astype(np.int16) + 32, scales[:, :, 2 * np.arange(8)[:, None] + np.arange(8)[None, :] // 4])
+    shift = np.einsum("nblk,mblk->bnml", x.bsums.reshape(n, nb, 8, 2).astype(np.float64),
+                      scales.reshape(q.shape[0], nb, 8, 2).astype(np.float64))         # (nb, n, rows, lane)
+    return (lanes - 32 * shift).astype(np.float32)
+
+
+def _chunk_lanes(xq: np.ndarray, q: np.ndarray, chunk_scale: np.ndarray) -> np.ndarray:
+    """AVX2 K-quant lanes: lane l sums, over the eight 32-weight chunks c of a super-block,
+    chunk_scale[row, sb, c, l] times the products of weights 4l..4l+3 of chunk c: (nb, n, rows, 8) float64."""
+    n, nb, _ = xq.shape
+    dots = _sub_block_dots(xq, q, 64).reshape(nb, 8, 8, n, q.shape[0])   # (nb, chunk, lane, n, rows)
+    weights = np.moveaxis(chunk_scale, 0, -1)[:, :, :, None, :].astype(np.float64)  # (nb, chunk, lane, 1, rows)
+    return np.moveaxis((dots * weights).sum(axis=1), 1, -1)                # (nb, n, rows, lane)
 
 
 def _sub_block_dots(xq: np.ndarray, wq: np.ndarray, n_sub: int) -> np.ndarray:
