@@ -52,6 +52,15 @@ def make_backend(name: str, n_threads: int | None):
     return BACKENDS[name](n_threads)
 
 
+def _check_cache_fits(hp, n_ctx: int) -> None:
+    """Refuse a KV cache larger than the machine's memory, rather than fail or swap later."""
+    cache_bytes = 2 * hp.n_layers * hp.kv_dim * n_ctx * np.dtype(np.float16).itemsize
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if cache_bytes > memory:
+        raise ValueError(f"n_ctx={n_ctx} needs a {cache_bytes / 2**30:.1f} GiB KV cache, "
+                         f"more than this machine's {memory / 2**30:.1f} GiB of memory")
+
+
 def _cython_backend():
     try:
         from kernels.backend import CythonBackend
@@ -72,8 +81,9 @@ class Llama:
             self.model = Model(self._gguf, make_backend(backend, n_threads))
             self.hparams = self.model.hp
             self.n_ctx = self.model.hp.n_ctx_train if n_ctx is None else n_ctx
-            if not isinstance(self.n_ctx, int) or self.n_ctx < 1:
+            if isinstance(self.n_ctx, bool) or not isinstance(self.n_ctx, int) or self.n_ctx < 1:
                 raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+            _check_cache_fits(self.model.hp, self.n_ctx)
             self.cache = KVCache(self.model.hp, self.n_ctx)
         except BaseException:
             self._gguf.close()

@@ -173,7 +173,7 @@ def test_bad_n_past_is_rejected(llm, n_past):
     assert llm.n_past == 2
 
 
-@pytest.mark.parametrize("n_ctx", [0, -5, 2.5])
+@pytest.mark.parametrize("n_ctx", [0, -5, 2.5, True, 10**15])
 def test_bad_n_ctx_is_rejected(model_path, n_ctx):
     with pytest.raises(ValueError, match="n_ctx"):
         Llama(model_path, n_ctx=n_ctx)
