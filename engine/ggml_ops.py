@@ -16,8 +16,7 @@ repacked Q4_0/Q4_K kernels, the tiled K-quant kernel); RoPE calls the C library'
 cosf/sinf and fuses its rotation like the compiled code; softmax and SwiGLU use ggml's
 vector exp.  With these, logits on F32, F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M and Q6_K files
 come out bit-identical to llama.cpp's in our tests; what is left approximate (the
-few-row Q2_K and Q3_K kernels and the Q8_1 types Q4_1/Q5_1) sums the same exact
-integers in double.
+few-row Q2_K and Q3_K kernels) sums the same exact integers in double.
 
 ``NumpyBackend`` is the reference; a compiled backend offers the same methods with the
 same shapes and dtypes (all activations float32, C-contiguous):
@@ -333,7 +332,9 @@ class _QuantDot:
                 lanes = np.moveaxis(_sub_block_dots(x.q, q, 8), 1, -1)       # (nb, n, rows, 8)
                 return hsum8(fma_chain(dxw[..., None], lanes))               # (n, rows)
             case quants.BlocksWithMin(_, m, q):
-                acc = dxw * _sub_block_dots(x.q, q, 1)[:, 0] + x.s.T[:, :, None] * m.T[:, None, :]
+                # vec_dot_q4_1/q5_1_q8_1: the 8-lane sums as above, plus m_w * s_x fma'd into a scalar
+                lanes = np.moveaxis(_sub_block_dots(x.q, q, 8), 1, -1)       # (nb, n, rows, 8)
+                return hsum8(fma_chain(dxw[..., None], lanes)) + fma_chain(m.T[:, None, :], x.s.T[:, :, None])
             case quants.SuperBlocks(_, scales, q) if tiled(w, x.q.shape[0]):
                 return _tiled(wq, _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales), None, x.d)
             case quants.SuperBlocks(_, scales, q) if w.type == GGMLType.Q6_K:

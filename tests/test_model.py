@@ -35,6 +35,9 @@ FILES = {
     "tied-rope500k-q8_0": ("Q8_0", {"tied": True, "rope_base": 500000.0}),
     "linear-rope-f32": (None, {"n_layers": 1}),  # rewritten with rope.scaling linear, factor 4 (see pairs)
 }
+# the other quantisations, checked on a few two-token prompts only: every block dot product gets exercised
+OTHER_QUANTS = {name.lower(): (name, {}) for name in ("Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M")}
+N_TWO_TOKEN_OTHER = 5
 FLOAT_FILES = [name for name, (quant, _) in FILES.items() if quant is None]
 
 
@@ -68,7 +71,7 @@ def pairs(make_model, tmp_path_factory):
 
     def get(name: str) -> Pair:
         if name not in cache:
-            quant, spec = FILES[name]
+            quant, spec = (FILES | OTHER_QUANTS)[name]
             path = make_model(quant, **spec)
             if name.startswith("linear-rope"):
                 path = with_metadata(path, tmp_path_factory.mktemp("linear") / "linear.gguf",
@@ -118,6 +121,14 @@ def test_two_token_prompts_match_llama_cpp(pairs, name):
         scores.append(nmse(ref, ours))
     limit = 1e-6 if name in FLOAT_FILES else 1e-8
     assert np.median(scores) <= limit, f"{name}: median NMSE {np.median(scores):.2e}, all {np.round(scores, 16)}"
+
+
+@pytest.mark.parametrize("name", OTHER_QUANTS)
+def test_other_quantisations_match_llama_cpp(pairs, name):
+    pair = pairs(name)
+    scores = [nmse(pair.ref_logits([BOS, token])[-1], pair.ours.get_logits([BOS, token]))
+              for token in random_tokens(29, N_TWO_TOKEN_OTHER)]
+    assert np.median(scores) <= 1e-8, f"{name}: median NMSE {np.median(scores):.2e}"
 
 
 @pytest.mark.parametrize("name", FILES)
