@@ -151,8 +151,8 @@ class NumpyBackend:
 
         As in ggml's non-flash attention, q and the probabilities are rounded to f16 like
         the cache they multiply, and both products sum in ggml's order (``float_dots``);
-        the probability-weighted sum runs over the keys padded with zeros to a multiple
-        of 32, as llama.cpp's padded cache view does.
+        both run over the keys padded with zeros to a multiple of 32, as over llama.cpp's
+        padded cache view.
         """
         n, n_heads, head_dim = q.shape
         n_kv_heads = k_cache.shape[0]
@@ -160,10 +160,11 @@ class NumpyBackend:
         n_keys = start + n
         pad = -n_keys % 32
         keys = k_cache[:, None, :n_keys].astype(np.float32)                  # (n_kv_heads, 1, n_keys, hd)
+        keys = np.pad(keys, ((0, 0), (0, 0), (0, pad), (0, 0)))              # (n_kv_heads, 1, n_keys+pad, hd)
         values = v_cache[:, None, :n_keys].astype(np.float32)                # (n_kv_heads, 1, n_keys, hd)
         values = np.pad(values, ((0, 0), (0, 0), (0, pad), (0, 0)))          # (n_kv_heads, 1, n_keys+pad, hd)
         qg = to_f16(q).transpose(1, 0, 2).reshape(n_kv_heads, group, n, head_dim)  # (n_kv_heads, group, n, hd)
-        scores = float_dots(qg, keys, f16_tail=True)                          # (n_kv_heads, group, n, n_keys)
+        scores = float_dots(qg, keys, f16_tail=True)[..., :n_keys]            # (n_kv_heads, group, n, n_keys)
         scores = scores.reshape(n_heads, n, n_keys) * np.float32(scale)      # (n_heads, n, n_keys)
         future = np.arange(n_keys)[None, :] > (start + np.arange(n))[:, None]  # (n, n_keys)
         scores[:, future] = -np.inf
@@ -182,7 +183,8 @@ class NumpyBackend:
 def float_dots(x: np.ndarray, w: np.ndarray, f16_tail: bool = False) -> np.ndarray:
     """x @ w.T in fp32 with the summation order of ggml's AVX2 kernels: (..., n, k) x (..., m, k) -> (..., n, m).
 
-    One activation row (n == 1) goes through ggml_vec_dot_f32/_f16: four 8-lane FMA
+    One activation row (n == 1), or a shape tinyBLAS declines, goes through
+    ggml_vec_dot_f32/_f16: four 8-lane FMA
     accumulators over steps of 32, added pairwise, then the 8 lanes in a fixed tree; a
     tail past the last multiple of 32 is added one product at a time (in double for
     f16 data).  Several rows go through llamafile's tinyBLAS: one 8-lane FMA
@@ -190,7 +192,7 @@ def float_dots(x: np.ndarray, w: np.ndarray, f16_tail: bool = False) -> np.ndarr
     computed in double and rounded once to fp32.
     """
     n, k = x.shape[-2], x.shape[-1]
-    tiny_blas = n > 1 and k % 8 == 0
+    tiny_blas = n > 1 and k % 8 == 0 and w.shape[-2] % 4 == 0   # the shapes tinyBLAS accepts
     lanes = 8 if tiny_blas else 32
     body = k - k % lanes
     xs = x[..., :, None, :].astype(np.float64)                            # (..., n, 1, k)
