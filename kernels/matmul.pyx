@@ -170,7 +170,7 @@ cdef class Matrix:
     def __init__(self, data, int type, int64_t n_in, bint regroup=True, bint release_source=False):
         """``data``: (n_out, bytes_per_row) uint8, or typed (n_out, n_in) for F32/F16, C-contiguous.
 
-        ``regroup`` lets Q4_0 weights be repacked eight rows at a time (a copy the size of
+        ``regroup`` lets Q4_0 and Q4_K weights be repacked eight rows at a time (a copy the size of
         the weight); ``release_source`` then tells the kernel to drop the mmap'd pages of
         the original, so resident memory stays at one copy.
         """
