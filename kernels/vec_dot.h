@@ -3,7 +3,7 @@
  * and F32 with F32.  The integer block sums are exact; their fp32 scaling and
  * accumulation follow ggml's order up to float re-association.
  *
- * Every type has a scalar version; when the compiler targets AVX2 the integer block
+ * F16/F32 rows sum in double (see dot_rows_f64).  Every type has a scalar version; when the compiler targets AVX2 the integer block
  * sums run in AVX2 (Q4_0, Q8_0 and the K-quants unpack in registers, the others via a
  * small buffer).
  */
@@ -333,20 +333,37 @@ static inline float dot_f16_f16(int n, const void *vx, const void *vy) {
     return sum;
 }
 
-static inline float dot_f32_f32(int n, const void *vx, const void *vy) {
-    const float *x = vx, *y = vy;
+/* Float weight rows (F32, or F16 against f16-rounded activations): every product is exact
+ * in double and the sum runs in double, rounded once.  A row's result then does not depend
+ * on summation order, so an ulp cannot flip the f16 rounding of a cached key between
+ * engines; this is what the NumPy reference computes too. */
+static inline float dot_rows_f64(int n, const void *vx, const void *vy, int half) {
+    double sum = 0.0;
     int i = 0;
-    float sum = 0.0f;
-#if defined(__AVX2__)
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (; i + 32 <= n; i += 32)
-        for (int j = 0; j < 4; j++)
-            acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8 * j), _mm256_loadu_ps(y + i + 8 * j), acc[j]);
-    sum = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+#if defined(__AVX2__) && defined(__F16C__)
+    __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)vx + i)))
+                              : _mm256_loadu_ps((const float *)vx + i);
+        const __m256 y = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)vy + i)))
+                              : _mm256_loadu_ps((const float *)vy + i);
+        acc0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), _mm256_cvtps_pd(_mm256_castps256_ps128(y)), acc0);
+        acc1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(y, 1)), acc1);
+    }
+    const __m256d a = _mm256_add_pd(acc0, acc1);
+    const __m128d b = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    sum = _mm_cvtsd_f64(_mm_add_sd(b, _mm_unpackhi_pd(b, b)));
 #endif
-    for (; i < n; i++) sum += x[i] * y[i];
-    return sum;
+    for (; i < n; i++) {
+        const double x = half ? fp16_to_fp32(((const uint16_t *)vx)[i]) : ((const float *)vx)[i];
+        const double y = half ? fp16_to_fp32(((const uint16_t *)vy)[i]) : ((const float *)vy)[i];
+        sum += x * y;
+    }
+    return (float)sum;
 }
+
+static inline float dot_f32_rows(int n, const void *x, const void *y) { return dot_rows_f64(n, x, y, 0); }
+static inline float dot_f16_rows(int n, const void *x, const void *y) { return dot_rows_f64(n, x, y, 1); }
 
 /* ---------------------------------------------------------------- dispatch */
 
@@ -355,8 +372,8 @@ typedef float (*vec_dot_fn)(int n, const void *w, const void *a);
 /* The dot for weights of ``type`` (NULL when unsupported) and the activation type it pairs with. */
 static inline vec_dot_fn vec_dot_for(int type, int *act_type) {
     switch (type) {
-        case T_F32:  *act_type = T_F32;  return dot_f32_f32;
-        case T_F16:  *act_type = T_F16;  return dot_f16_f16;
+        case T_F32:  *act_type = T_F32;  return dot_f32_rows;
+        case T_F16:  *act_type = T_F16;  return dot_f16_rows;
         case T_Q4_0: *act_type = T_Q8_0; return dot_q4_0_q8_0;
         case T_Q4_1: *act_type = T_Q8_1; return dot_q4_1_q8_1;
         case T_Q5_0: *act_type = T_Q8_0; return dot_q5_0_q8_0;
