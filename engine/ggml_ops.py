@@ -15,8 +15,9 @@ multiply-adds of the kernel that type and batch size select (vec_dot, tinyBLAS, 
 repacked Q4_0/Q4_K kernels, the tiled K-quant kernel); RoPE calls the C library's
 cosf/sinf and fuses its rotation like the compiled code; softmax and SwiGLU use ggml's
 vector exp.  With these, logits on F32, F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M and Q6_K files
-come out bit-identical to llama.cpp's in our tests; what is left approximate (the
-few-row Q2_K and Q3_K kernels) sums the same exact integers in double.
+come out bit-identical to llama.cpp's in our tests, and so do Q4_1, Q5_0, Q5_1, Q2_K
+and Q3_K_M ones.  Only few-row products with a Q4_K matrix that llama.cpp does not
+repack (rows not a multiple of 8) still sum their exact integers in plain double.
 
 ``NumpyBackend`` is the reference; a compiled backend offers the same methods with the
 same shapes and dtypes (all activations float32, C-contiguous):
@@ -339,10 +340,11 @@ class _QuantDot:
                 return hsum8(fma_chain(dxw[..., None], lanes)) + fma_chain(m.T[:, None, :], x.s.T[:, :, None])
             case quants.SuperBlocks(_, scales, q) if tiled(w, x.q.shape[0]):
                 return _tiled(wq, _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales), None, x.d)
-            case quants.SuperBlocks(_, scales, q) if w.type == GGMLType.Q6_K:
-                return hsum8(fma_chain(dxw[..., None], _q6_K_lanes(x, q, scales)))  # (n, rows)
             case quants.SuperBlocks(_, scales, q):
-                acc = dxw * _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales)
+                # vec_dot_q3_K/q6_K_q8_K: 8 lanes of scaled sums, one fma per super-block, then hsum
+                lanes = _q6_K_lanes(x, q, scales) if w.type == GGMLType.Q6_K else \
+                    _chunk_lanes(x.q, q, scales[:, :, _PAIRED_SCALES]).astype(np.float32)
+                return hsum8(fma_chain(dxw[..., None], lanes))               # (n, rows)
             case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if repacked(w):
                 return _q4_K_repacked(x, q, scales, mins, dxw, x.d.T[:, :, None] * dmin.T[:, None, :])
             case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if w.type == GGMLType.Q5_K and not tiled(w, x.q.shape[0]):
@@ -351,6 +353,13 @@ class _QuantDot:
                 mins_dot = _scaled_sum(_sub_block_sums(x.bsums, 8).transpose(1, 2, 0)[..., None], mins)  # (nb, n, rows)
                 neg_dmin = -(x.d.T[:, :, None] * dmin.T[:, None, :])            # (nb, n, rows)
                 return hsum8(fma_chain(dxw[..., None], lanes)) + fma_chain(neg_dmin, mins_dot.astype(np.float32))
+            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if w.type == GGMLType.Q2_K and not tiled(w, x.q.shape[0]):
+                # vec_dot_q2_K_q8_K: per super-block one fma of the 8 min lanes, then one of the 8 scaled lanes
+                lanes = _chunk_lanes(x.q, q, scales[:, :, _PAIRED_SCALES]).astype(np.float32)  # (nb, n, rows, 8)
+                min_lanes = _pair_lanes(x.bsums, mins)                         # (nb, n, rows, 8)
+                neg_dmin = -(x.d.T[:, :, None] * dmin.T[:, None, :])            # (nb, n, rows)
+                scale = np.stack([neg_dmin, dxw], axis=1).reshape(-1, *dxw.shape[1:])[..., None]  # (2nb, n, rows, 1)
+                return hsum8(fma_chain(scale, np.stack([min_lanes, lanes], axis=1).reshape(-1, *lanes.shape[1:])))
             case quants.SuperBlocksWithMin(_, dmin, scales, mins, q):
                 bsums = _sub_block_sums(x.bsums, mins.shape[-1])              # (n, nb, n_sub)
                 mins_dot = _scaled_sum(bsums.transpose(1, 2, 0)[..., None], mins)  # (nb, n, rows)
@@ -358,8 +367,7 @@ class _QuantDot:
                 if tiled(w, x.q.shape[0]):
                     return _tiled(wq, scaled_dot, mins_dot, x.d)
                 dx_dmin = x.d.T[:, :, None] * dmin.T[:, None, :]              # (nb, n, rows)
-                acc = dxw * scaled_dot - dx_dmin * mins_dot
-        return acc.sum(axis=0).astype(np.float32)                            # (n, rows)
+                return (dxw * scaled_dot - dx_dmin * mins_dot).sum(axis=0).astype(np.float32)  # (n, rows)
 
 
 def tiled(w: Weight, n: int) -> bool:
@@ -407,11 +415,19 @@ def _q6_K_lanes(x, q: np.ndarray, scales: np.ndarray) -> np.ndarray:
     weights 4l..4l+3 of the chunk with the quants unshifted (0..63), minus
     32 * (bsums[2l] * scale[2l] + bsums[2l+1] * scale[2l+1]), which undoes the shift.
     """
-    n, nb, _ = x.q.shape
-    lanes = _chunk_lanes(x.q, q.astype(np.int16) + 32, scales[:, :, 2 * np.arange(8)[:, None] + np.arange(8)[None, :] // 4])
-    shift = np.einsum("nblk,mblk->bnml", x.bsums.reshape(n, nb, 8, 2).astype(np.float64),
-                      scales.reshape(q.shape[0], nb, 8, 2).astype(np.float64))         # (nb, n, rows, lane)
-    return (lanes - 32 * shift).astype(np.float32)
+    lanes = _chunk_lanes(x.q, q.astype(np.int16) + 32, scales[:, :, _PAIRED_SCALES])
+    return (lanes - 32 * _pair_lanes(x.bsums, scales)).astype(np.float32)
+
+
+# chunk c, lane l of a 16-sub-block K-quant reads scale 2c + l // 4 (the sub-block of weights 4l..4l+3)
+_PAIRED_SCALES = 2 * np.arange(8)[:, None] + np.arange(8)[None, :] // 4
+
+
+def _pair_lanes(bsums: np.ndarray, per_sub: np.ndarray) -> np.ndarray:
+    """Lane l = bsums[2l] * per_sub[2l] + bsums[2l+1] * per_sub[2l+1] per super-block: (nb, n, rows, 8) float64."""
+    n, nb, _ = bsums.shape
+    return np.einsum("nblk,mblk->bnml", bsums.reshape(n, nb, 8, 2).astype(np.float64),
+                     per_sub.reshape(per_sub.shape[0], nb, 8, 2).astype(np.float64))
 
 
 def _chunk_lanes(xq: np.ndarray, q: np.ndarray, chunk_scale: np.ndarray) -> np.ndarray:
