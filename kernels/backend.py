@@ -2,8 +2,8 @@
 
 Same methods, shapes, dtypes and rounding points as the NumPy reference, so a model can
 swap one for the other op by op.  Each weight becomes a ``kernels.matmul.Matrix`` the
-first time it is multiplied (Q4_0 weights are regrouped then, and the mmap'd pages of
-the original released); ``prepare`` does that for a whole model up front.
+first time it is multiplied (Q4_0 and Q4_K weights are regrouped then, and the mmap'd
+pages of the original released); ``prepare`` does that for a whole model up front.
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ class CythonBackend:
         call per layer keeps the peak near one copy of the weights without paying a TLB
         shootdown per matrix.
         """
-        groups = [(l.wq, l.wk, l.wv, l.wo, l.w_gate, l.w_up, l.w_down) for l in weights.layers] + [(weights.output,)]
+        groups = [(layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up, layer.w_down)
+                  for layer in weights.layers] + [(weights.output,)]
         for group in groups:
             release_file_pages([w.data for w in group
                                 if self.matrix(w, release_source=False).regrouped and is_file_mapping(w.data)])

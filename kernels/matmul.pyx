@@ -3,9 +3,9 @@
 ``Matrix(data, type, n_in)`` wraps a weight as ``GGUFFile.tensor`` returns it;
 ``Matrix.matmul(x)`` quantises the activations to the type's ``vec_dot_type`` exactly
 as ggml's x86 backend does, then takes the integer block dot products on OpenMP threads,
-split over output rows.  Q4_0 weights with a multiple of 8 rows are regrouped eight rows
-at a time (as llama.cpp repacks them on AVX2), so one pass over the weights serves four
-tokens at once.  Everything is checked here, at the Python boundary; the loops below run
+split over output rows.  Q4_0 and Q4_K weights with a multiple of 8 rows are regrouped
+eight rows at a time (as llama.cpp repacks them on AVX2), so one pass over the weights
+serves four tokens at once.  Everything is checked here, at the Python boundary; the loops below run
 without the GIL and without bounds checks.
 """
 import mmap
