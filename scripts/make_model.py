@@ -82,6 +82,19 @@ def random_weights(spec: ModelSpec, n_vocab: int) -> dict[str, np.ndarray]:
     return weights
 
 
+def add_hyperparameters(writer, spec: ModelSpec) -> None:
+    """The ``llama.*`` metadata that describes a model of this shape."""
+    writer.add_context_length(spec.n_ctx)
+    writer.add_embedding_length(spec.dim)
+    writer.add_block_count(spec.n_layers)
+    writer.add_feed_forward_length(spec.ffn)
+    writer.add_head_count(spec.n_heads)
+    writer.add_head_count_kv(spec.n_kv_heads)
+    writer.add_rope_dimension_count(spec.dim // spec.n_heads)
+    writer.add_rope_freq_base(spec.rope_base)
+    writer.add_layer_norm_rms_eps(spec.rms_eps)
+
+
 def write_model(path: str | os.PathLike, spec: ModelSpec = ModelSpec()) -> Path:
     """Write a synthetic LLaMA GGUF with the llama2 vocabulary; 2-D weights as ``spec.ftype``, norms as F32."""
     import gguf
@@ -93,15 +106,7 @@ def write_model(path: str | os.PathLike, spec: ModelSpec = ModelSpec()) -> Path:
     path = Path(path)
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("llamanp synthetic")
-    writer.add_context_length(spec.n_ctx)
-    writer.add_embedding_length(spec.dim)
-    writer.add_block_count(spec.n_layers)
-    writer.add_feed_forward_length(spec.ffn)
-    writer.add_head_count(spec.n_heads)
-    writer.add_head_count_kv(spec.n_kv_heads)
-    writer.add_rope_dimension_count(spec.dim // spec.n_heads)
-    writer.add_rope_freq_base(spec.rope_base)
-    writer.add_layer_norm_rms_eps(spec.rms_eps)
+    add_hyperparameters(writer, spec)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32 if spec.ftype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)

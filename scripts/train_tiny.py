@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scripts.make_model import ModelSpec, quantize_model
+from scripts.make_model import ModelSpec, add_hyperparameters, quantize_model
 from scripts.tiny_shakespeare import MODEL_PATH, TOKENIZER_PATH, split_corpus
 
 
@@ -207,15 +207,7 @@ def export_gguf(model: TinyLlama, sp: spm.SentencePieceProcessor, path: Path) ->
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("tiny-shakespeare")
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_context_length(c.n_ctx)
-    w.add_embedding_length(c.dim)
-    w.add_block_count(c.n_layers)
-    w.add_feed_forward_length(c.ffn)
-    w.add_head_count(c.n_heads)
-    w.add_head_count_kv(c.n_kv_heads)
-    w.add_rope_dimension_count(c.dim // c.n_heads)
-    w.add_rope_freq_base(c.rope_base)
-    w.add_layer_norm_rms_eps(c.rms_eps)
+    add_hyperparameters(w, c)
     w.add_vocab_size(n_vocab)
     w.add_tokenizer_model("llama")
     w.add_token_list([sp.id_to_piece(i).encode() for i in range(n_vocab)])
