@@ -126,8 +126,12 @@ def write_model(path: str | os.PathLike, spec: ModelSpec = ModelSpec()) -> Path:
     return path
 
 
-def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, qtype: str, n_threads: int = 2) -> Path:
-    """Quantise ``src`` with llama.cpp's own ``llama_model_quantize`` (``qtype`` as in llama-quantize: Q4_0, Q4_K_M, ...)."""
+def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, qtype: str, n_threads: int = 2,
+                   allow_requantize: bool = False) -> Path:
+    """Quantise ``src`` with llama.cpp's own ``llama_model_quantize`` (``qtype`` as in llama-quantize: Q4_0, Q4_K_M, ...).
+
+    ``allow_requantize`` lets an already quantised ``src`` through (llama.cpp dequantises it first).
+    """
     import llama_cpp
 
     if qtype not in QUANT_TYPES:
@@ -135,6 +139,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, qtype: str, n
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
     params.nthread = n_threads
+    params.allow_requantize = allow_requantize
     _quiet_llama_cpp()
     rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     if rc != 0:

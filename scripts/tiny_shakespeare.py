@@ -7,15 +7,13 @@ llama.cpp's quantiser.
 """
 from __future__ import annotations
 
-import ctypes
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from scripts.make_model import QUANT_TYPES
+from scripts.make_model import quantize_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_PATH = ROOT / "engine" / "data" / "tiny-shakespeare.gguf"
@@ -70,21 +68,6 @@ def llama_cpp_nll(llm, tokens: Sequence[int], n_chunks: int | None = None) -> fl
     return float(np.concatenate(losses).mean())
 
 
-def requantize(src: Path | str, dst: Path | str, qtype: str, n_threads: int = 2) -> Path:
-    """Quantise the already-quantised ``src`` again with llama.cpp's quantiser (which dequantises it first)."""
-    import llama_cpp
-
-    if qtype not in QUANT_TYPES:
-        raise ValueError(f"unknown quantisation {qtype!r}; choose from {', '.join(QUANT_TYPES)}")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
-    params.nthread = n_threads
-    params.allow_requantize = True
-    if llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params)) != 0:
-        raise RuntimeError(f"llama_model_quantize({src} -> {qtype}) failed")
-    return Path(dst)
-
-
 def quantized_model(qtype: str, cache_dir: Path | str) -> Path:
     """The shipped Q8_0 model requantised by llama.cpp to ``qtype`` (Q4_0, Q4_K_M, ...), built once into ``cache_dir``.
 
@@ -93,7 +76,7 @@ def quantized_model(qtype: str, cache_dir: Path | str) -> Path:
     path = Path(cache_dir) / f"tiny-shakespeare-{qtype}.gguf"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        requantize(MODEL_PATH, path.with_suffix(".partial"), qtype).replace(path)
+        quantize_model(MODEL_PATH, path.with_suffix(".partial"), qtype, allow_requantize=True).replace(path)
     return path
 
 
