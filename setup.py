@@ -1,6 +1,7 @@
 """Build the Cython kernels.
 
-Every ``kernels/*.pyx`` becomes an extension module compiled with ``-O3``,
+Every ``kernels/*.pyx`` becomes an extension module compiled with ``-O3`` (and
+``-ffp-contract=off``, so floating point rounds exactly where the source says),
 OpenMP when the compiler accepts ``-fopenmp`` (a single-threaded build
 otherwise), and ``-march=native`` unless ``LLAMANP_NATIVE=0`` is set, in the
 spirit of llama.cpp's ``GGML_NATIVE`` switch.
@@ -30,7 +31,7 @@ def compiler_accepts(flag: str) -> bool:
 
 
 def build_flags() -> tuple[list[str], list[str]]:
-    compile_args = ["-O3"]
+    compile_args = ["-O3", "-ffp-contract=off"]  # an FMA only where the source writes one, as ggml's kernels do
     link_args = []
     if os.environ.get("LLAMANP_NATIVE", "1") != "0" and compiler_accepts("-march=native"):
         compile_args.append("-march=native")

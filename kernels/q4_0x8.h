@@ -8,8 +8,10 @@
  * column of 8 rows costs one scale multiply and no horizontal sums.
  *
  * Nibbles stay unsigned (0..15): sum((n - 8) * a) is computed as sum(n * a) - 8 * sum(a),
- * exactly, with sum(a) prepared once per activation block.  The result for every row
- * equals ggml's Q4_0 x Q8_0 dot up to float re-association.
+ * exactly, with sum(a) prepared once per activation block.  Each row then accumulates
+ * one fused multiply-add per block column, in block order, of its integer block sum by
+ * d_w * d_a: the float steps of ggml's repacked 8x8 gemv and gemm, so the result is
+ * bit-identical to llama.cpp's for any number of tokens.
  */
 #ifndef LLAMANP_Q4_0X8_H
 #define LLAMANP_Q4_0X8_H
@@ -116,19 +118,13 @@ static inline void q4_0x8_dot(const block_q4_0x8 *grp, int64_t nb, const act_q8_
         _mm256_storeu_ps(out + 3 * ldo, acc3);
         return;
     }
-    for (int t = 0; t < n_act; t++) {  /* one token: two accumulators hide the fma latency */
-        __m256 even = _mm256_setzero_ps(), odd = even;
-        int64_t b = 0;
-        for (; b + 1 < nb; b += 2) {
-            const q4x8_nibbles w0 = q4x8_unpack(grp + b), w1 = q4x8_unpack(grp + b + 1);
-            even = q4x8_fma(&w0, q4x8_scales(grp + b), act + t, b, even);
-            odd = q4x8_fma(&w1, q4x8_scales(grp + b + 1), act + t, b + 1, odd);
-        }
-        if (b < nb) {
+    for (int t = 0; t < n_act; t++) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
             const q4x8_nibbles w = q4x8_unpack(grp + b);
-            even = q4x8_fma(&w, q4x8_scales(grp + b), act + t, b, even);
+            acc = q4x8_fma(&w, q4x8_scales(grp + b), act + t, b, acc);
         }
-        _mm256_storeu_ps(out + t * ldo, _mm256_add_ps(even, odd));
+        _mm256_storeu_ps(out + t * ldo, acc);
     }
 #else
     for (int t = 0; t < n_act; t++)
@@ -141,7 +137,7 @@ static inline void q4_0x8_dot(const block_q4_0x8 *grp, int64_t nb, const act_q8_
                         const uint8_t q = grp[b].qs[32 * i + 4 * r + e];
                         s += (q & 0x0F) * act[t].qs[b * QK + 8 * i + e] + (q >> 4) * act[t].qs[b * QK + 8 * i + 4 + e];
                     }
-                sum += (float)(s - act[t].bias[b]) * (fp16_to_fp32(grp[b].d[r]) * act[t].d[b]);
+                sum = fmaf((float)(s - act[t].bias[b]), fp16_to_fp32(grp[b].d[r]) * act[t].d[b], sum);
             }
             out[t * ldo + r] = sum;
         }
