@@ -22,6 +22,7 @@ repack (rows not a multiple of 8) still sum their exact integers in plain double
 ``NumpyBackend`` is the reference; a compiled backend offers the same methods with the
 same shapes and dtypes (all activations float32, C-contiguous):
 
+    prepare(weights)                       a model.Weights, once at load
     get_rows(w, ids)                       (n,) int       -> (n, w.n_in)
     matmul(w, x)                           (n, w.n_in)    -> (n, w.n_out)
     rms_norm(x, weight, eps)               (n, d), (d,)   -> (n, d)
@@ -109,6 +110,9 @@ class NumpyBackend:
 
     def __init__(self, n_threads: int | None = None):
         self.n_threads = n_threads  # NumPy decides its own threading; kept for a uniform interface
+
+    def prepare(self, weights) -> None:
+        """Nothing to do: the reference reads every weight in place from the file."""
 
     def get_rows(self, w: Weight, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` of ``w`` as float32 (an embedding lookup)."""

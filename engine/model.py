@@ -180,6 +180,7 @@ class Model:
         self.hp = HParams.from_gguf(gguf)
         self.weights = Weights.from_gguf(gguf, self.hp)
         self.backend = backend
+        backend.prepare(self.weights)  # e.g. regroup weights for the compiled kernels, as llama.cpp repacks at load
 
     def forward(self, tokens: np.ndarray, start: int, cache: KVCache, all_logits: bool) -> np.ndarray:
         """Evaluate ``tokens`` at positions [start, start + n) into ``cache``; logits of every position, or the last."""

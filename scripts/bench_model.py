@@ -45,7 +45,6 @@ class Ours:
     def __init__(self, path: Path, n_threads: int, n_ctx: int):
         from engine.llama import Llama
         self.llm = Llama(path, n_ctx=n_ctx, n_threads=n_threads, backend="cython")
-        self.llm.model.backend.prepare(self.llm.model.weights)  # regroup weights now, as llama.cpp repacks at load
 
     def prefill(self, tokens: list[int]) -> None:
         self.llm.update(tokens, n_past=0)
