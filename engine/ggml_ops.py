@@ -25,6 +25,7 @@ same shapes and dtypes (all activations float32, C-contiguous):
     prepare(weights)                       a model.Weights, once at load
     get_rows(w, ids)                       (n,) int       -> (n, w.n_in)
     matmul(w, x)                           (n, w.n_in)    -> (n, w.n_out)
+    matmuls(ws, x)                         (n, n_in)      -> one (n, w.n_out) per w, all sharing n_in
     rms_norm(x, weight, eps)               (n, d), (d,)   -> (n, d)
     rope(x, positions, rope)               (n, heads, hd) -> (n, heads, hd)
     attention(q, k_cache, v_cache, start, scale)
@@ -132,6 +133,10 @@ class NumpyBackend:
         for r in range(0, w.n_out, chunk):
             out[:, r:r + chunk] = dot.rows(w.data[r:r + chunk], w, xq)
         return out
+
+    def matmuls(self, ws: tuple[Weight, ...], x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The products of one input with several weights (a compiled backend may fuse them)."""
+        return tuple(self.matmul(w, x) for w in ws)
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
         """x / sqrt(mean(x^2) + eps) * weight; the sum of squares in double, the scale in float."""

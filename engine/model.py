@@ -107,6 +107,16 @@ class Layer:
     w_up: Weight           # dim -> ffn
     w_down: Weight         # ffn -> dim
 
+    @property
+    def qkv(self) -> tuple[Weight, Weight, Weight]:
+        """The three products attention takes of the same normed input."""
+        return self.wq, self.wk, self.wv
+
+    @property
+    def gate_up(self) -> tuple[Weight, Weight]:
+        """The two products the feed-forward takes of the same normed input."""
+        return self.w_gate, self.w_up
+
 
 @dataclass(frozen=True)
 class Weights:
@@ -200,9 +210,10 @@ class Model:
         hp, ops = self.hp, self.backend
         n = x.shape[0]
         h = ops.rms_norm(x, layer.attn_norm, hp.rms_eps)                   # (n, dim)
-        q = ops.matmul(layer.wq, h).reshape(n, hp.n_heads, hp.head_dim)     # (n, n_heads, hd)
-        k = ops.matmul(layer.wk, h).reshape(n, hp.n_kv_heads, hp.head_dim)  # (n, n_kv_heads, hd)
-        v = ops.matmul(layer.wv, h).reshape(n, hp.n_kv_heads, hp.head_dim)  # (n, n_kv_heads, hd)
+        q, k, v = ops.matmuls(layer.qkv, h)
+        q = q.reshape(n, hp.n_heads, hp.head_dim)                          # (n, n_heads, hd)
+        k = k.reshape(n, hp.n_kv_heads, hp.head_dim)                       # (n, n_kv_heads, hd)
+        v = v.reshape(n, hp.n_kv_heads, hp.head_dim)                       # (n, n_kv_heads, hd)
         q = ops.rope(q, positions, hp.rope)
         k = ops.rope(k, positions, hp.rope)
         cache.store(index, int(positions[0]), k, v)
@@ -214,6 +225,5 @@ class Model:
         """SwiGLU: W_down · (silu(W_gate · norm(x)) * (W_up · norm(x)))."""
         ops = self.backend
         h = ops.rms_norm(x, layer.ffn_norm, self.hp.rms_eps)               # (n, dim)
-        gate = ops.matmul(layer.w_gate, h)                                   # (n, ffn)
-        up = ops.matmul(layer.w_up, h)                                       # (n, ffn)
+        gate, up = ops.matmuls(layer.gate_up, h)                            # (n, ffn) each
         return ops.matmul(layer.w_down, ops.swiglu(gate, up))               # (n, dim)

@@ -25,6 +25,7 @@ class CythonBackend:
     def __init__(self, n_threads: int | None = None):
         self.n_threads = check_threads(n_threads)
         self._matrices: dict[int, tuple[Weight, Matrix]] = {}  # id(weight) -> (weight, its kernel matrix)
+        self._stacks: dict[tuple[int, ...], tuple[tuple[Weight, ...], Matrix | None]] = {}  # ids -> (weights, stacked)
         self._reference = NumpyBackend()
         self._angles: tuple[tuple, tuple[np.ndarray, np.ndarray]] | None = None  # last positions' rope cos, sin
 
@@ -36,18 +37,42 @@ class CythonBackend:
             self._matrices[id(w)] = entry
         return entry[1]
 
-    def prepare(self, weights) -> None:
-        """Build the kernel matrix of every 2-D weight of a ``model.Weights`` now rather than on first use.
+    def stacked(self, ws: tuple[Weight, ...], release_source: bool = True) -> Matrix | None:
+        """One kernel matrix of the rows of ``ws`` one after another (built on first use), or None
+        when they do not stack.
 
-        The mmap'd originals of regrouped weights are released a layer at a time: one
-        call per layer keeps the peak near one copy of the weights without paying a TLB
-        shootdown per matrix.
+        Stacking changes no result: the parts share their type and input length and each has
+        a multiple of 8 rows, so every row meets the kernel and activation rounding it would
+        alone; one product then quantises the input once and wakes the threads once.
         """
-        groups = [(layer.wq, layer.wk, layer.wv, layer.wo, layer.w_gate, layer.w_up, layer.w_down)
-                  for layer in weights.layers] + [(weights.output,)]
-        for group in groups:
-            release_file_pages([w.data for w in group
-                                if self.matrix(w, release_source=False).regrouped and is_file_mapping(w.data)])
+        entry = self._stacks.get(tuple(map(id, ws)))
+        if entry is None:
+            first = ws[0]
+            stacks = len(ws) > 1 and all(w.type == first.type and w.n_in == first.n_in and w.n_out % 8 == 0 for w in ws)
+            matrix = Matrix(np.concatenate([w.data for w in ws]), int(first.type), first.n_in) if stacks else None
+            if matrix is not None and release_source:
+                release_file_pages([w.data for w in ws if is_file_mapping(w.data)])
+            entry = (ws, matrix)
+            self._stacks[tuple(map(id, ws))] = entry
+        return entry[1]
+
+    def prepare(self, weights) -> None:
+        """Build the kernel matrices of a ``model.Weights`` now rather than on first use.
+
+        The mmap'd originals of copied weights (regrouped or stacked) are released a layer
+        at a time: one call per layer keeps the peak near one copy of the weights without
+        paying a TLB shootdown per matrix.
+        """
+        for layer in weights.layers:
+            copied = []
+            for ws in (layer.qkv, layer.gate_up, (layer.wo,), (layer.w_down,)):
+                if self.stacked(ws, release_source=False) is not None:
+                    copied += ws
+                else:
+                    copied += [w for w in ws if self.matrix(w, release_source=False).regrouped]
+            release_file_pages([w.data for w in copied if is_file_mapping(w.data)])
+        if self.matrix(weights.output, release_source=False).regrouped and is_file_mapping(weights.output.data):
+            release_file_pages([weights.output.data])
 
     def get_rows(self, w: Weight, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` of ``w`` as float32 (the NumPy dequantiser for the types without a compiled one)."""
@@ -56,6 +81,13 @@ class CythonBackend:
 
     def matmul(self, w: Weight, x: np.ndarray) -> np.ndarray:
         return self.matrix(w).matmul(x, self.n_threads)                     # (n, n_out)
+
+    def matmuls(self, ws: tuple[Weight, ...], x: np.ndarray) -> tuple[np.ndarray, ...]:
+        stacked = self.stacked(ws)
+        if stacked is None:
+            return tuple(self.matmul(w, x) for w in ws)
+        out = stacked.matmul(x, self.n_threads)                            # (n, sum of n_out)
+        return tuple(np.split(out, np.cumsum([w.n_out for w in ws[:-1]]), axis=1))
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
         return layers.rms_norm(x, weight, eps, self.n_threads)

@@ -1,0 +1,49 @@
+"""The compiled backend's own composition: products of one input with several weights.
+
+``CythonBackend.matmuls`` stacks the weights into one kernel matrix when that cannot
+change a single bit; these tests hold it to the separate products and check it declines
+the stacks that could.
+"""
+import numpy as np
+import pytest
+
+from engine.ggml_ops import Weight
+from engine.quants import GGMLType
+from kernels.backend import CythonBackend
+from tests.test_kernels import PRODUCT_TYPES, activations, random_weights
+
+T = GGMLType
+
+
+def weights(rng, type_, n_outs, n_in=512):
+    return tuple(Weight(f"w{i}", type_, n_in, n_out, random_weights(rng, type_, n_out, n_in))
+                 for i, n_out in enumerate(n_outs))
+
+
+@pytest.mark.parametrize("type_", PRODUCT_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("n_tokens", [1, 5, 8])
+def test_stacked_products_equal_separate_ones(type_, n_tokens):
+    rng = np.random.default_rng(int(type_) * 10 + n_tokens)
+    ws = weights(rng, type_, (64, 16, 24))
+    x = activations(rng, n_tokens, 512)
+    backend = CythonBackend(2)
+    assert backend.stacked(ws) is not None
+    stacked = backend.matmuls(ws, x)
+    separate = [CythonBackend(2).matmul(w, x) for w in ws]
+    assert [a.shape for a in stacked] == [(n_tokens, w.n_out) for w in ws]
+    for a, b in zip(stacked, separate):
+        assert np.array_equal(a, b)
+
+
+def test_stacks_only_what_cannot_change_a_result():
+    rng = np.random.default_rng(0)
+    backend = CythonBackend(1)
+    q4_0 = weights(rng, T.Q4_0, (64, 16))
+    assert backend.stacked(weights(rng, T.Q4_0, (64, 12))) is None           # 12 rows: not regrouped alone
+    assert backend.stacked(q4_0 + weights(rng, T.Q8_0, (16,))) is None      # another type
+    assert backend.stacked(q4_0 + weights(rng, T.Q4_0, (16,), n_in=256)) is None  # another input length
+    assert backend.stacked(q4_0[:1]) is None                                # nothing to stack
+    x = activations(rng, 3, 512)
+    mixed = q4_0 + weights(rng, T.Q8_0, (16,))
+    for a, w in zip(backend.matmuls(mixed, x), mixed):
+        assert np.array_equal(a, CythonBackend(1).matmul(w, x))
