@@ -190,8 +190,11 @@ class NumpyBackend:
         return gate / (np.float32(1.0) + ggml_expf(np.float32(0.0) - gate)) * up
 
 
-def float_dots(x: np.ndarray, w: np.ndarray, f16_tail: bool = False) -> np.ndarray:
+def float_dots(x: np.ndarray, w: np.ndarray, f16_tail: bool = False, n_rows: int | None = None) -> np.ndarray:
     """x @ w.T in fp32 with the summation order of ggml's AVX2 kernels: (..., n, k) x (..., m, k) -> (..., n, m).
+
+    ``n_rows``: the rows of the whole weight when ``w`` is a slice of it (tinyBLAS decides
+    on the whole matrix).
 
     One activation row (n == 1), or a shape tinyBLAS declines, goes through
     ggml_vec_dot_f32/_f16: four 8-lane FMA
@@ -202,7 +205,7 @@ def float_dots(x: np.ndarray, w: np.ndarray, f16_tail: bool = False) -> np.ndarr
     computed in double and rounded once to fp32.
     """
     n, k = x.shape[-2], x.shape[-1]
-    tiny_blas = n > 1 and k % 8 == 0 and w.shape[-2] % 4 == 0   # the shapes tinyBLAS accepts
+    tiny_blas = n > 1 and k % 8 == 0 and (w.shape[-2] if n_rows is None else n_rows) % 4 == 0  # what tinyBLAS accepts
     lanes = 8 if tiny_blas else 32
     body = k - k % lanes
     xs = x[..., :, None, :].astype(np.float64)                            # (..., n, 1, k)
@@ -308,7 +311,7 @@ class _FloatDot:
         return to_f16(x) if self.round_to_f16 else x
 
     def rows(self, data: np.ndarray, w: Weight, x: np.ndarray) -> np.ndarray:
-        return float_dots(x, data.astype(np.float32, copy=False), f16_tail=self.round_to_f16)  # (n, rows)
+        return float_dots(x, data.astype(np.float32, copy=False), self.round_to_f16, w.n_out)  # (n, rows)
 
 
 class _QuantDot:

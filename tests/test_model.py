@@ -199,3 +199,16 @@ def test_rewind_equals_fresh_evaluation(pairs, name):
 
 def test_linear_rope_scaling_is_read(pairs):
     assert pairs("linear-rope-f32").ours.hparams.rope.freq_scale == 0.25
+
+
+def test_row_chunks_take_the_kernel_of_the_whole_matrix():
+    """The reference multiplies big weights a chunk of rows at a time (here 2978 rows, not a
+    multiple of 4); tinyBLAS's choice belongs to the whole 5632-row matrix all the same."""
+    from engine.ggml_ops import NumpyBackend, Weight, float_dots
+    from engine.quants import GGMLType
+
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((5632, 2048)).astype(np.float32)
+    x = rng.standard_normal((11, 2048)).astype(np.float32)
+    chunked = NumpyBackend().matmul(Weight("w", GGMLType.F32, 2048, 5632, data), x)
+    assert np.array_equal(chunked, float_dots(x, data))
