@@ -1,110 +1,501 @@
-/* The non-matrix steps of a LLaMA layer, row by row, with ggml's rounding points:
- * RMSNorm sums squares in double; RoPE builds its angles by repeated float
- * multiplication; attention rounds q and the softmax probabilities to f16 before their
- * products with the f16 cache and sums the softmax normaliser in double.
+/* The non-matrix steps of a LLaMA layer, bit for bit as the NumPy reference computes them
+ * (engine/ggml_ops.py, NumpyBackend), which in turn follows ggml's AVX2 CPU kernels:
+ *  - RMSNorm sums the fp32 squares in double, in NumPy's pairwise order;
+ *  - RoPE takes the C library's cosf/sinf of angles built by repeated fp32 multiplication,
+ *    and rotates each pair in double with one of its two products rounded to fp32 first;
+ *  - SwiGLU and the softmax use ggml_v_expf (a range reduction and a degree-5 polynomial);
+ *  - attention rounds q and the probabilities to f16 and sums both of its products in the
+ *    order of ggml's kernels: ggml_vec_dot_f16 (32 lanes) for one query row, llamafile's
+ *    tinyBLAS (8 lanes) for several.
+ * Every AVX2 path has a scalar twin that gives the same bits.
  */
 #ifndef LLAMANP_LAYER_OPS_H
 #define LLAMANP_LAYER_OPS_H
 
-#include "vec_dot.h"
+#include "qblocks.h"
 
-/* y = x / sqrt(mean(x^2) + eps) * w for one row of n */
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define LAYER_SIMD 1
+#else
+#define LAYER_SIMD 0
+#endif
+
+/* The reference's fp32 fused multiply-add (ggml_ops._fma): the product (exact in double)
+ * plus c, rounded to double and then to fp32.  The scalar paths use it; the AVX2 paths use
+ * the fma instruction, which rounds once, and both give the same bits here: the products
+ * are of f16 values, whose sums with an fp32 value are exact in double (or far from an
+ * fp32 rounding tie), or the arguments are ggml_v_expf's, where the two agree on all 2^32
+ * inputs (checked exhaustively against each other). */
+static inline float fma_f32(float a, float b, float c) { return (float)((double)a * b + c); }
+
+static inline float f32_from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* ---------------------------------------------------------------- NumPy's pairwise sum */
+
+enum { PAIRWISE_BLOCK = 128 };  /* NumPy's PW_BLOCKSIZE: longer runs are split in two */
+
+/* One leaf of NumPy's pairwise summation (n <= 128 doubles): under 8 values are added in
+ * turn to -0.0; otherwise eight running sums over steps of 8, combined as
+ * ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), then the rest added one at a time. */
+static inline double pairwise_leaf(const double *a, int n) {
+    if (n < 8) {
+        double r = -0.0;
+        for (int i = 0; i < n; i++) r += a[i];
+        return r;
+    }
+    const int body = n - n % 8;
+    int i = 8;
+#if LAYER_SIMD
+    __m256d lo = _mm256_loadu_pd(a), hi = _mm256_loadu_pd(a + 4);
+    for (; i < body; i += 8) {
+        lo = _mm256_add_pd(lo, _mm256_loadu_pd(a + i));
+        hi = _mm256_add_pd(hi, _mm256_loadu_pd(a + i + 4));
+    }
+    const __m256d pairs = _mm256_hadd_pd(lo, hi);  /* r0+r1, r4+r5 | r2+r3, r6+r7 */
+    const __m128d halves = _mm_add_pd(_mm256_castpd256_pd128(pairs), _mm256_extractf128_pd(pairs, 1));
+    double res = _mm_cvtsd_f64(halves) + _mm_cvtsd_f64(_mm_unpackhi_pd(halves, halves));
+#else
+    double r[8];
+    memcpy(r, a, sizeof r);
+    for (; i < body; i += 8)
+        for (int l = 0; l < 8; l++) r[l] += a[i + l];
+    double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+#endif
+    for (; i < n; i++) res += a[i];
+    return res;
+}
+
+/* sum of x[i] * x[i] (each square rounded to fp32) in double, as NumPy sums a float64 row:
+ * halves cut at a multiple of 8 until a piece fits one leaf */
+static inline double sum_squares(const float *x, int64_t n) {
+    if (n > PAIRWISE_BLOCK) {
+        int64_t half = n / 2;
+        half -= half % 8;
+        return sum_squares(x, half) + sum_squares(x + half, n - half);
+    }
+    double sq[PAIRWISE_BLOCK];
+    for (int i = 0; i < n; i++) sq[i] = (double)(x[i] * x[i]);
+    return pairwise_leaf(sq, (int)n);
+}
+
+/* ---------------------------------------------------------------- RMSNorm */
+
+/* y = x * (1 / sqrt(mean(x^2) + eps)) * w for one row of n; the mean rounded to fp32 */
 static inline void rms_norm_row(const float *x, const float *w, int64_t n, float eps, float *y) {
-    double sum = 0.0;
-    for (int64_t i = 0; i < n; i++) sum += (double)(x[i] * x[i]);
+    const double sum = 0.0 + sum_squares(x, n);  /* NumPy starts its reduction from 0 */
     const float mean = (float)(sum / (double)n);
     const float scale = 1.0f / sqrtf(mean + eps);
     for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale * w[i];
 }
 
-/* cos and sin of the n_dims/2 angles of one position */
+/* ---------------------------------------------------------------- RoPE */
+
+/* The C library's cosf and sinf, each called on its own: GCC would merge a cosf and a sinf
+ * of one argument into a sincosf call, which the reference (calling cosf and sinf) does not make. */
+static __attribute__((noinline)) float libm_cosf(float x) { return cosf(x); }
+static __attribute__((noinline)) float libm_sinf(float x) { return sinf(x); }
+
+/* cos and sin of the n_dims/2 angles of one position, as ggml's rope cache builds them:
+ * theta starts at the position and is multiplied by theta_scale once per pair in fp32;
+ * the angle is freq_scale * theta, and cosf/sinf are the C library's (not correctly rounded). */
 static inline void rope_angles(float pos, int n_dims, float theta_scale, float freq_scale, float *cs, float *sn) {
     float theta = pos;
     for (int i = 0; i < n_dims / 2; i++) {
-        const double t = (double)(freq_scale * theta);
-        cs[i] = (float)cos(t);
-        sn[i] = (float)sin(t);
+        const float angle = freq_scale * theta;
+        cs[i] = libm_cosf(angle);
+        sn[i] = libm_sinf(angle);
         theta *= theta_scale;
     }
 }
 
-/* rotate the adjacent pairs of the first n_dims values of one head, in place */
-static inline void rope_head(float *x, int n_dims, const float *cs, const float *sn) {
-    for (int i = 0; i < n_dims / 2; i++) {
-        const float x0 = x[2 * i], x1 = x[2 * i + 1];
-        const float a = x0 * cs[i], b = x1 * sn[i], c = x0 * sn[i], d = x1 * cs[i];
-        x[2 * i] = a - b;
-        x[2 * i + 1] = c + d;
+/* Rotate the adjacent pairs (x0, x1) of the first n_dims values of each of the heads
+ * (rows of hd values) of one position, in place:
+ * x0' = x0 cos - fp32(x1 sin), x1' = x0 sin + fp32(x1 cos), each sum in double rounded to
+ * fp32 (the reference's model of the rotation ggml's compiler fuses). */
+static inline void rope_row(float *x, int heads, int hd, int n_dims, const float *cs, const float *sn) {
+    int i = 0;
+#if LAYER_SIMD
+    for (; i + 4 <= n_dims / 2; i += 4) {  /* four pairs of every head: even lanes x0', odd lanes x1' */
+        const __m128 c = _mm_loadu_ps(cs + i), s = _mm_loadu_ps(sn + i);
+        const __m256 sin_cos = _mm256_set_m128(_mm_unpackhi_ps(s, c), _mm_unpacklo_ps(s, c));
+        const __m256d cos_sin[2] = {_mm256_cvtps_pd(_mm_unpacklo_ps(c, s)), _mm256_cvtps_pd(_mm_unpackhi_ps(c, s))};
+        for (int h = 0; h < heads; h++) {
+            float *xh = x + (int64_t)h * hd + 2 * i;
+            const __m256 xv = _mm256_loadu_ps(xh);
+            const __m256 x0 = _mm256_moveldup_ps(xv);
+            const __m256 x1_rounded = _mm256_mul_ps(_mm256_movehdup_ps(xv), sin_cos);  /* fp32(x1 sin), fp32(x1 cos) */
+            /* x0 * (cos, sin) is exact in double: one rounding to double, one to fp32 */
+            const __m128 lo = _mm256_cvtpd_ps(_mm256_fmaddsub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x0)), cos_sin[0],
+                                                                 _mm256_cvtps_pd(_mm256_castps256_ps128(x1_rounded))));
+            const __m128 hi = _mm256_cvtpd_ps(_mm256_fmaddsub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x0, 1)), cos_sin[1],
+                                                                 _mm256_cvtps_pd(_mm256_extractf128_ps(x1_rounded, 1))));
+            _mm256_storeu_ps(xh, _mm256_set_m128(hi, lo));
+        }
     }
+#endif
+    for (int h = 0; h < heads; h++)
+        for (int r = i; r < n_dims / 2; r++) {
+            float *xh = x + (int64_t)h * hd;
+            const float x0 = xh[2 * r], x1 = xh[2 * r + 1];
+            const float x1_sin = x1 * sn[r], x1_cos = x1 * cs[r];
+            xh[2 * r] = (float)((double)x0 * cs[r] - (double)x1_sin);
+            xh[2 * r + 1] = (float)((double)x0 * sn[r] + (double)x1_cos);
+        }
 }
 
-#if defined(__AVX2__)
-/* exp of 8 floats to about 1 ulp: 2^n * p(r) with x = n ln2 + r, |r| <= ln2 / 2, p a degree-7 fit */
-static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+/* ---------------------------------------------------------------- ggml_v_expf */
+
+/* ggml_v_expf: e^x = 2^n (1 + j), n = round(x log2 e) (by adding and subtracting 1.5 * 2^23),
+ * b = x - n ln2 in two fma steps (ln2 split in a short high part and a low part), and
+ * j ~ e^b - 1 the degree-5 polynomial C1 b + C2 b^2 + ... + C5 b^5 in Estrin's scheme.
+ * 2^n is built in the exponent bits; for |n| > 126 it is split in two factors s1 * s2 so
+ * neither overflows, and past |n| > 192 the result is s1 * s1 (0 or infinity). */
+#define EXP_SHIFTER 0x1.8p23f
+#define EXP_LOG2E 0x1.715476p+0f
+#define EXP_LN2_HI 0x1.62e4p-1f
+#define EXP_LN2_LO 0x1.7f7d1cp-20f
+#define EXP_C1 0x1.ffffecp-1f
+#define EXP_C2 0x1.fffdb6p-2f
+#define EXP_C3 0x1.555e66p-3f
+#define EXP_C4 0x1.573e2ep-5f
+#define EXP_C5 0x1.0e4020p-7f
+#define EXP_ONE_BITS 0x3F800000u    /* 1.0f */
+#define EXP_S1_BITS 0x7F000000u     /* n > 0: s1 = 2^127, s2 = 2^(n - 127) */
+#define EXP_SPLIT_BITS 0x82000000u  /* n <= 0, added to s1 and taken from s2: s1 = 2^-125, s2 = 2^(n + 125) */
+
+static inline float expf_ggml(float x) {
+    const float z = fma_f32(x, EXP_LOG2E, EXP_SHIFTER);
+    const float n = z - EXP_SHIFTER;
+    const float b = fma_f32(-n, EXP_LN2_LO, fma_f32(-n, EXP_LN2_HI, x));
+    const uint32_t e = f32_bits(z) << 23;
+    const float k = f32_from_bits(e + EXP_ONE_BITS);
+    const float u = b * b;
+    const float j = fma_f32(fma_f32(fma_f32(EXP_C5, b, EXP_C4), u, fma_f32(EXP_C3, b, EXP_C2)), u, EXP_C1 * b);
+    if (!(fabsf(n) > 126.0f)) return fma_f32(k, j, k);
+    const uint32_t g = n <= 0.0f ? EXP_SPLIT_BITS : 0u;
+    const float s1 = f32_from_bits(g + EXP_S1_BITS);
+    if (fabsf(n) > 192.0f) return s1 * s1;
+    const float s2 = f32_from_bits(e - g);
+    return fma_f32(s2, j, s2) * s1;
+}
+
+#if LAYER_SIMD
+static inline __m256 expf8_ggml(__m256 x) {
+    const __m256 shifter = _mm256_set1_ps(EXP_SHIFTER);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), shifter);
+    const __m256 n = _mm256_sub_ps(z, shifter);
+    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x));
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32((int)EXP_ONE_BITS)));
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(EXP_C5), b, _mm256_set1_ps(EXP_C4)), u,
+                        _mm256_fmadd_ps(_mm256_set1_ps(EXP_C3), b, _mm256_set1_ps(EXP_C2))),
+        u, _mm256_mul_ps(_mm256_set1_ps(EXP_C1), b));
+    const __m256 result = _mm256_fmadd_ps(k, j, k);
+    const __m256 abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
+    const __m256 large = _mm256_cmp_ps(abs_n, _mm256_set1_ps(126.0f), _CMP_GT_OQ);
+    if (!_mm256_movemask_ps(large)) return result;
+    const __m256i g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+                                       _mm256_set1_epi32((int)EXP_SPLIT_BITS));
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32((int)EXP_S1_BITS)));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    const __m256 scaled = _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1);
+    const __m256 huge = _mm256_cmp_ps(abs_n, _mm256_set1_ps(192.0f), _CMP_GT_OQ);
+    return _mm256_blendv_ps(_mm256_blendv_ps(result, scaled, large), _mm256_mul_ps(s1, s1), huge);
 }
 #endif
 
+/* ---------------------------------------------------------------- SwiGLU */
+
+/* y = g / (1 + e^(0 - g)) * u for one row of n */
 static inline void swiglu_row(const float *g, const float *u, int64_t n, float *y) {
     int64_t i = 0;
-#if defined(__AVX2__)
+#if LAYER_SIMD
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     for (; i + 8 <= n; i += 8) {
         const __m256 gv = _mm256_loadu_ps(g + i);
-        const __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, gv))));
+        const __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(one, expf8_ggml(_mm256_sub_ps(zero, gv))));
         _mm256_storeu_ps(y + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
     }
 #endif
-    for (; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    for (; i < n; i++) y[i] = g[i] / (1.0f + expf_ggml(0.0f - g[i])) * u[i];
 }
 
-/* One query head at one position over keys [0, n_keys) of its kv head.
- * k, v: (n_ctx, hd) f16 rows; scratch: n_keys floats, n_keys + hd halves. */
-static inline void attend(const float *q, const uint16_t *k, const uint16_t *v, int n_keys, int hd, float scale,
-                          float *scores, uint16_t *half, float *out) {
-    uint16_t *qh = half, *probs = half + hd;
-    for (int d = 0; d < hd; d++) qh[d] = fp32_to_fp16(q[d]);
-    float max = -INFINITY;
-    for (int j = 0; j < n_keys; j++) {
-        scores[j] = dot_f16_f16(hd, k + (int64_t)j * hd, qh) * scale;
-        if (scores[j] > max) max = scores[j];
+/* ---------------------------------------------------------------- horizontal sums */
+
+/* The 8-lane sum of ggml_vec_dot_f16's reduction: quad = low half + high half, then
+ * (quad0 + quad1) + (quad2 + quad3). */
+static inline float sum8_adjacent(const float *v) {
+    const float q0 = v[0] + v[4], q1 = v[1] + v[5], q2 = v[2] + v[6], q3 = v[3] + v[7];
+    return (q0 + q1) + (q2 + q3);
+}
+
+/* The reference's hsum8 (tinyBLAS, the softmax): quad as above, then (quad0 + quad2) + (quad1 + quad3). */
+static inline float sum8_strided(const float *v) {
+    const float q0 = v[0] + v[4], q1 = v[1] + v[5], q2 = v[2] + v[6], q3 = v[3] + v[7];
+    return (q0 + q2) + (q1 + q3);
+}
+
+/* ggml_vec_dot_f16's reduction of its 32 lanes: octet i = (a[i] + a[16+i]) + (a[8+i] + a[24+i]),
+ * then sum8_adjacent of the octet. */
+static inline float sum32(const float *a) {
+    float octet[8];
+    for (int i = 0; i < 8; i++) octet[i] = (a[i] + a[16 + i]) + (a[8 + i] + a[24 + i]);
+    return sum8_adjacent(octet);
+}
+
+#if LAYER_SIMD
+static inline float sum8_strided_ps(__m256 v) {
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));           /* q0 + q2, q1 + q3 */
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
+
+static inline float sum8_adjacent_ps(__m256 v) {
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    q = _mm_hadd_ps(q, q);                            /* q0 + q1, q2 + q3 */
+    return _mm_cvtss_f32(_mm_hadd_ps(q, q));
+}
+
+/* quads of v[a] and v[b] side by side: low half + high half of each */
+static inline __m256 quads2(__m256 a, __m256 b) {
+    return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+
+/* sum8_adjacent (strided = 0) or sum8_strided (strided = 1) of eight vectors at once:
+ * lane i of the result sums v[i].  Two rounds of horizontal adds pair quad elements
+ * (0, 1) and (2, 3); for the strided order each quad is first reordered to 0, 2, 1, 3. */
+static inline __m256 sum8x8_ps(const __m256 *v, int strided) {
+    __m256 q[4];
+    for (int i = 0; i < 4; i++) {
+        q[i] = quads2(v[2 * i], v[2 * i + 1]);
+        if (strided) q[i] = _mm256_permute_ps(q[i], _MM_SHUFFLE(3, 1, 2, 0));
     }
-    double sum = 0.0;
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(q[0], q[1]), _mm256_hadd_ps(q[2], q[3]));  /* 0 2 4 6 | 1 3 5 7 */
+    return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+#endif
+
+/* ---------------------------------------------------------------- f16 dot products */
+
+/* ggml_vec_dot_f16's order over k values: 32 fp32 lanes fed by fused multiply-adds over
+ * steps of 32, reduced by sum32; the products past the last step are summed in double
+ * (NumPy's pairwise order, as the reference sums them) and added to that in double. */
+static inline float dot_f16_lanes32(const uint16_t *x, const uint16_t *y, int k) {
+    const int body = k - k % 32;
+    float total;
+#if LAYER_SIMD
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int c = 0; c < body; c += 32)
+        for (int l = 0; l < 4; l++)
+            acc[l] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + c + 8 * l))),
+                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(y + c + 8 * l))), acc[l]);
+    total = sum8_adjacent_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3])));
+#else
+    float acc[32] = {0};
+    for (int c = 0; c < body; c += 32)
+        for (int l = 0; l < 32; l++) acc[l] = fma_f32(fp16_to_fp32(x[c + l]), fp16_to_fp32(y[c + l]), acc[l]);
+    total = sum32(acc);
+#endif
+    if (body == k) return total;
+    double tail[32];
+    for (int i = body; i < k; i++) tail[i - body] = (double)fp16_to_fp32(x[i]) * fp16_to_fp32(y[i]);
+    return (float)((double)total + pairwise_leaf(tail, k - body));
+}
+
+/* tinyBLAS's order over k values (a multiple of 8): one 8-lane fma accumulator, then sum8_strided */
+static inline float dot_f16_lanes8(const uint16_t *x, const uint16_t *y, int k) {
+#if LAYER_SIMD
+    __m256 acc = _mm256_setzero_ps();
+    for (int c = 0; c < k; c += 8)
+        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + c))),
+                              _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(y + c))), acc);
+    return sum8_strided_ps(acc);
+#else
+    float acc[8] = {0};
+    for (int c = 0; c < k; c += 8)
+        for (int l = 0; l < 8; l++) acc[l] = fma_f32(fp16_to_fp32(x[c + l]), fp16_to_fp32(y[c + l]), acc[l]);
+    return sum8_strided(acc);
+#endif
+}
+
+/* ---------------------------------------------------------------- attention */
+
+/* scores[j] = dot(q, k_j) * scale for the m keys (rows of hd f16 values) in the order of
+ * dot_f16_lanes(lanes); qh: q rounded to f16, qf: the same values as floats. */
+static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_t *k, int m, int hd, float scale,
+                              int lanes, float *scores) {
     int j = 0;
-#if defined(__AVX2__)
-    for (; j + 8 <= n_keys; j += 8)
-        _mm256_storeu_ps(scores + j, exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + j), _mm256_set1_ps(max))));
-#endif
-    for (; j < n_keys; j++) scores[j] = expf(scores[j] - max);
-    for (j = 0; j < n_keys; j++) sum += (double)scores[j];
-    const float inv = (float)(1.0 / sum);
-    for (j = 0; j < n_keys; j++) probs[j] = fp32_to_fp16(scores[j] * inv);
-    for (int d = 0; d < hd; d++) out[d] = 0.0f;
-    for (j = 0; j < n_keys; j++) {
-        const float p = fp16_to_fp32(probs[j]);
-        const uint16_t *vj = v + (int64_t)j * hd;
-        int d = 0;
-#if defined(__AVX2__) && defined(__F16C__)
-        const __m256 pv = _mm256_set1_ps(p);
-        for (; d + 8 <= hd; d += 8)
-            _mm256_storeu_ps(out + d, _mm256_fmadd_ps(pv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vj + d))),
-                                                      _mm256_loadu_ps(out + d)));
-#endif
-        for (; d < hd; d++) out[d] += p * fp16_to_fp32(vj[d]);
+#if LAYER_SIMD
+    const __m256 sv = _mm256_set1_ps(scale);
+    if (lanes == 8) {  /* eight keys at a time: eight independent fma chains, then eight hsums at once */
+        for (; j + 8 <= m; j += 8) {
+            __m256 acc[8];
+            for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
+            for (int c = 0; c < hd; c += 8) {
+                const __m256 qv = _mm256_loadu_ps(qf + c);
+                for (int r = 0; r < 8; r++)
+                    acc[r] = _mm256_fmadd_ps(qv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + (int64_t)(j + r) * hd + c))), acc[r]);
+            }
+            _mm256_storeu_ps(scores + j, _mm256_mul_ps(sum8x8_ps(acc, 1), sv));
+        }
+    } else if (hd % 32 == 0) {  /* per key its 32 lanes folded to an octet; eight octets reduced at once */
+        for (; j + 8 <= m; j += 8) {
+            __m256 octet[8];
+            for (int r = 0; r < 8; r++) {
+                const uint16_t *kr = k + (int64_t)(j + r) * hd;
+                __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+                for (int c = 0; c < hd; c += 32)
+                    for (int l = 0; l < 4; l++)
+                        a[l] = _mm256_fmadd_ps(_mm256_loadu_ps(qf + c + 8 * l),
+                                               _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + c + 8 * l))), a[l]);
+                octet[r] = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+            }
+            _mm256_storeu_ps(scores + j, _mm256_mul_ps(sum8x8_ps(octet, 0), sv));
+        }
     }
+#else
+    (void)qf;
+#endif
+    for (; j < m; j++) {
+        const uint16_t *kj = k + (int64_t)j * hd;
+        scores[j] = (lanes == 8 ? dot_f16_lanes8(qh, kj, hd) : dot_f16_lanes32(qh, kj, hd)) * scale;
+    }
+}
+
+/* Softmax of m scores into f16 probabilities, as the reference's softmax runs over a row
+ * (ggml_vec_soft_max_f32 on AVX2): e = expf_ggml(s - max), each aligned group of 8 summed
+ * in fp32 (sum8_strided, the last group padded with zeros), the group sums added in turn
+ * in double, and e * fp32(1 / total) rounded to f16.  s is overwritten with e. */
+static inline void softmax_f16(float *s, int m, uint16_t *p) {
+    float max = -INFINITY;
+    for (int j = 0; j < m; j++) max = s[j] > max ? s[j] : max;
+    double total = 0.0;
+    int j = 0;
+#if LAYER_SIMD
+    const __m256 maxv = _mm256_set1_ps(max);
+    for (; j + 64 <= m; j += 64) {  /* eight groups, their sums taken at once and added in order */
+        __m256 e[8];
+        float sums[8];
+        for (int g = 0; g < 8; g++) {
+            e[g] = expf8_ggml(_mm256_sub_ps(_mm256_loadu_ps(s + j + 8 * g), maxv));
+            _mm256_storeu_ps(s + j + 8 * g, e[g]);
+        }
+        _mm256_storeu_ps(sums, sum8x8_ps(e, 1));
+        for (int g = 0; g < 8; g++) total += (double)sums[g];
+    }
+    for (; j + 8 <= m; j += 8) {
+        const __m256 e = expf8_ggml(_mm256_sub_ps(_mm256_loadu_ps(s + j), maxv));
+        _mm256_storeu_ps(s + j, e);
+        total += (double)sum8_strided_ps(e);
+    }
+#endif
+    for (; j < m; j += 8) {
+        float group[8] = {0};
+        for (int i = 0; i < 8 && j + i < m; i++) group[i] = s[j + i] = expf_ggml(s[j + i] - max);
+        total += (double)sum8_strided(group);
+    }
+    const float inv = (float)(1.0 / total);
+    j = 0;
+#if LAYER_SIMD
+    for (; j + 8 <= m; j += 8)
+        _mm_storeu_si128((__m128i *)(p + j),
+                         _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(s + j), _mm256_set1_ps(inv)), _MM_FROUND_TO_NEAREST_INT));
+#endif
+    for (; j < m; j++) p[j] = fp32_to_fp16(s[j] * inv);
+}
+
+/* out[d] = the reduction (sum32 for 32 lanes, sum8_strided for 8) of acc[l * hd + d] over the lanes l */
+static inline void reduce_lanes(const float *acc, int hd, int lanes, float *out) {
+    int d = 0;
+#if LAYER_SIMD
+    for (; d + 8 <= hd; d += 8) {
+        __m256 r[32];
+        for (int l = 0; l < lanes; l++) r[l] = _mm256_loadu_ps(acc + (size_t)l * hd + d);
+        if (lanes == 32)
+            for (int i = 0; i < 8; i++)
+                r[i] = _mm256_add_ps(_mm256_add_ps(r[i], r[16 + i]), _mm256_add_ps(r[8 + i], r[24 + i]));
+        const __m256 q0 = _mm256_add_ps(r[0], r[4]), q1 = _mm256_add_ps(r[1], r[5]);
+        const __m256 q2 = _mm256_add_ps(r[2], r[6]), q3 = _mm256_add_ps(r[3], r[7]);
+        _mm256_storeu_ps(out + d, lanes == 32 ? _mm256_add_ps(_mm256_add_ps(q0, q1), _mm256_add_ps(q2, q3))
+                                              : _mm256_add_ps(_mm256_add_ps(q0, q2), _mm256_add_ps(q1, q3)));
+    }
+#endif
+    for (; d < hd; d++) {
+        float lane[32];
+        for (int l = 0; l < lanes; l++) lane[l] = acc[(size_t)l * hd + d];
+        out[d] = lanes == 32 ? sum32(lane) : sum8_strided(lane);
+    }
+}
+
+#if LAYER_SIMD
+/* Lane l's sums for the nv * 8 values from d0: keys l, l + lanes, ... in turn, held in registers */
+static inline __attribute__((always_inline)) void weigh_lane(const uint16_t *p, const uint16_t *v, int m, int hd,
+                                                             int lanes, int l, int d0, const int nv, float *row) {
+    __m256 a[8];
+    for (int c = 0; c < nv; c++) a[c] = _mm256_setzero_ps();
+    for (int j = l; j < m; j += lanes) {
+        const __m256 pj = _mm256_set1_ps(fp16_to_fp32(p[j]));
+        const uint16_t *vj = v + (int64_t)j * hd + d0;
+        for (int c = 0; c < nv; c++)
+            a[c] = _mm256_fmadd_ps(pj, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vj + 8 * c))), a[c]);
+    }
+    for (int c = 0; c < nv; c++) _mm256_storeu_ps(row + d0 + 8 * c, a[c]);
+}
+#endif
+
+/* out[d] = sum over keys j < m of p[j] * v[j][d], in float_dots' order with the keys as
+ * its k axis: key j feeds lane j % lanes of each d, in turn (lanes 32: ggml_vec_dot_f16,
+ * reduced by sum32; lanes 8: tinyBLAS, reduced by sum8_strided).  acc: lanes * hd floats
+ * of scratch, lane l's sums in row l.  The zeros the reference pads the keys with add
+ * nothing, so they are left out. */
+static inline void weigh_values(const uint16_t *p, const uint16_t *v, int m, int hd, int lanes, float *acc, float *out) {
+    const int used = m < lanes ? m : lanes;
+    for (int l = 0; l < used; l++) {
+        float *row = acc + (size_t)l * hd;
+        int d = 0;
+#if LAYER_SIMD
+        for (; d + 64 <= hd; d += 64) weigh_lane(p, v, m, hd, lanes, l, d, 8, row);
+        if (d + 32 <= hd) { weigh_lane(p, v, m, hd, lanes, l, d, 4, row); d += 32; }
+        if (d + 16 <= hd) { weigh_lane(p, v, m, hd, lanes, l, d, 2, row); d += 16; }
+        if (d + 8 <= hd) { weigh_lane(p, v, m, hd, lanes, l, d, 1, row); d += 8; }
+#endif
+        for (; d < hd; d++) {
+            float a = 0.0f;
+            for (int j = l; j < m; j += lanes) a = fma_f32(fp16_to_fp32(p[j]), fp16_to_fp32(v[(int64_t)j * hd + d]), a);
+            row[d] = a;
+        }
+    }
+    memset(acc + (size_t)used * hd, 0, sizeof(float) * (size_t)(lanes - used) * hd);
+    reduce_lanes(acc, hd, lanes, out);
+}
+
+/* One query head at one position over keys [0, m) of its kv head: q rounded to f16, scores
+ * by dot_f16_lanes(qk_lanes) (8 only when hd is a multiple of 8), times scale, softmax to
+ * f16, then weigh_values(pv_lanes).  k, v: (n_ctx, hd) f16 rows.
+ * Scratch: scores m floats, half hd + m halves, acc 32 * hd floats. */
+static inline void attend(const float *q, const uint16_t *k, const uint16_t *v, int m, int hd, float scale,
+                          int qk_lanes, int pv_lanes, float *scores, uint16_t *half, float *acc, float *out) {
+    uint16_t *qh = half, *probs = half + hd;
+    float *qf = acc;  /* q as f16-rounded floats, before acc is needed for the values */
+    for (int d = 0; d < hd; d++) {
+        qh[d] = fp32_to_fp16(q[d]);
+        qf[d] = fp16_to_fp32(qh[d]);
+    }
+    score_keys(qh, qf, k, m, hd, scale, qk_lanes, scores);
+    softmax_f16(scores, m, probs);
+    weigh_values(probs, v, m, hd, pv_lanes, acc, out);
 }
 
 #endif

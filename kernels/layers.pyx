@@ -1,6 +1,7 @@
 """The per-row steps of a LLaMA layer: RMSNorm, RoPE, SwiGLU and attention over the f16 KV cache.
 
-Same shapes, dtypes and rounding points as the NumPy reference in ``engine.ggml_ops``;
+Same shapes and dtypes as the NumPy reference in ``engine.ggml_ops``, and the same bits
+(its summation orders, ggml's vector exp, the C library's cosf/sinf; see layer_ops.h);
 inputs are checked here, then the loops run on OpenMP threads without the GIL.
 """
 import numpy as np
@@ -16,10 +17,10 @@ cdef extern from "omp_compat.h" nogil:
 cdef extern from "layer_ops.h" nogil:
     void rms_norm_row(const float *x, const float *w, int64_t n, float eps, float *y)
     void rope_angles_row "rope_angles"(float pos, int n_dims, float theta_scale, float freq_scale, float *cs, float *sn)
-    void rope_head(float *x, int n_dims, const float *cs, const float *sn)
+    void rope_row(float *x, int heads, int hd, int n_dims, const float *cs, const float *sn)
     void swiglu_row(const float *g, const float *u, int64_t n, float *y)
-    void attend(const float *q, const uint16_t *k, const uint16_t *v, int n_keys, int hd, float scale,
-                float *scores, uint16_t *half, float *out)
+    void attend(const float *q, const uint16_t *k, const uint16_t *v, int m, int hd, float scale,
+                int qk_lanes, int pv_lanes, float *scores, uint16_t *half, float *acc, float *out)
 
 
 cdef enum:
@@ -60,7 +61,7 @@ def rope_angles(positions, int n_dims, float freq_base, float freq_scale=1.0):
     """cos and sin (n, n_dims / 2) of every position's angles, as ggml's rope cache builds them.
 
     The angles start at the position and are multiplied by powf(base, -2 / n_dims) once
-    per pair in float32.
+    per pair in float32; their cos and sin are the C library's cosf and sinf.
     """
     pos = np.ascontiguousarray(positions, dtype=np.int64)
     if pos.ndim != 1:
@@ -91,10 +92,10 @@ def rope(x, cos, sin, n_threads=None):
     cdef float[:, :, ::1] o = out
     cdef const float[:, ::1] cs = cos
     cdef const float[:, ::1] sn = sin
-    cdef Py_ssize_t i, h
-    for i in prange(o.shape[0], nogil=True, schedule="static", num_threads=nt):
-        for h in range(o.shape[1]):
-            rope_head(&o[i, h, 0], n_dims, &cs[i, 0], &sn[i, 0])
+    cdef Py_ssize_t i
+    if o.shape[1]:
+        for i in prange(o.shape[0], nogil=True, schedule="static", num_threads=nt):
+            rope_row(&o[i, 0, 0], o.shape[1], o.shape[2], n_dims, &cs[i, 0], &sn[i, 0])
     return out
 
 
@@ -135,6 +136,10 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None):
     if start < 0 or start + n > n_ctx:
         raise ValueError(f"attention: positions [{start}, {start + n}) exceed the cache's {n_ctx}")
     cdef int group = n_heads // n_kv, n_keys_max = start + n
+    # the lanes of the reference's float_dots: tinyBLAS's 8 for several query rows where it
+    # takes the shape (q.K: hd a multiple of 8; P.V: hd a multiple of 4), else ggml_vec_dot_f16's 32
+    cdef int qk_lanes = 8 if n > 1 and hd % 8 == 0 else 32
+    cdef int pv_lanes = 8 if n > 1 and hd % 4 == 0 else 32
     cdef int nt = team(check_threads(n_threads), q.size * n_keys_max)
     out = np.empty((n, n_heads * hd), np.float32)
     if n == 0 or hd == 0:
@@ -145,6 +150,7 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None):
     cdef float[:, ::1] o = out
     cdef float[:, ::1] scores = np.empty((nt, n_keys_max), np.float32)
     cdef uint16_t[:, ::1] half = np.empty((nt, n_keys_max + hd), np.uint16)
+    cdef float[:, ::1] acc = np.empty((nt, 32 * hd), np.float32)
     cdef Py_ssize_t task
     cdef int t, h, me
     for task in prange(n * n_heads, nogil=True, schedule="static", num_threads=nt):
@@ -152,5 +158,5 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None):
         h = task % n_heads
         me = omp_get_thread_num()
         attend(&qs[t, h, 0], &kc[h // group, 0, 0], &vc[h // group, 0, 0], start + t + 1, hd, scale,
-               &scores[me, 0], &half[me, 0], &o[t, h * hd])
+               qk_lanes, pv_lanes, &scores[me, 0], &half[me, 0], &acc[me, 0], &o[t, h * hd])
     return out

@@ -7,7 +7,7 @@ model must give the same logits on either backend; bad input must raise ValueErr
 import numpy as np
 import pytest
 
-from engine.ggml_ops import NumpyBackend, Rope, Weight
+from engine.ggml_ops import NumpyBackend, Rope, Weight, rope_cos_sin
 from engine.llama import Llama
 from engine.quants import BLOCK_LAYOUT, GGMLType, quantize_q8_0, quantize_q8_1, quantize_q8_K
 from kernels import layers, matmul
@@ -141,39 +141,87 @@ def test_regrouping_keeps_mmap_source_readable(tmp_path):
     assert_close(m.matmul(x), REF.matmul(Weight("w", T.Q4_0, 256, 32, data), x))
 
 
-# ---------------------------------------------------------------- layer steps
+# ---------------------------------------------------------------- layer steps (bit-identical)
 
-def test_rms_norm_matches_numpy():
-    rng = np.random.default_rng(8)
-    x, w = rng.standard_normal((5, 300)).astype(np.float32), rng.standard_normal(300).astype(np.float32)
-    assert_close(layers.rms_norm(x, w, 1e-5, 2), REF.rms_norm(x, w, 1e-5))
-
-
-@pytest.mark.parametrize("rope", [Rope(64, 10000.0), Rope(32, 500000.0, 0.25)])
-def test_rope_matches_numpy(rope):
-    rng = np.random.default_rng(9)
-    x = rng.standard_normal((6, 4, 64)).astype(np.float32)
-    positions = np.array([0, 1, 2, 100, 1000, 4095])
-    ours = layers.rope(x, *layers.rope_angles(positions, rope.n_dims, rope.freq_base, rope.freq_scale), 2)
-    assert_close(ours, REF.rope(x, positions, rope))
-    assert_close(CythonBackend(2).rope(x, positions, rope), REF.rope(x, positions, rope))
+def squares_summed_in_order(x):
+    """RMSNorm's sum of squares added left to right in double (ggml's order, not NumPy's pairwise one)."""
+    total = 0.0
+    for square in (x * x).astype(np.float64):
+        total += square
+    return total
 
 
-def test_swiglu_matches_numpy():
+@pytest.mark.parametrize("d", [7, 300, 2048, 5000])
+def test_rms_norm_bit_identical(d):
+    rng = np.random.default_rng(d)
+    x = (rng.standard_normal((5, d)) * np.exp(rng.uniform(-8, 8, (5, d)))).astype(np.float32)
+    w = rng.standard_normal(d).astype(np.float32)
+    for n_threads in (1, 2):
+        assert np.array_equal(layers.rms_norm(x, w, 1e-5, n_threads), REF.rms_norm(x, w, 1e-5))
+
+
+def test_rms_norm_sums_in_numpys_pairwise_order():
+    """A row whose mean of squares ties between two floats when added in order: only NumPy's
+    pairwise order keeps enough of the 252 tiny squares to round it up."""
+    x = np.full((1, 256), 2.0 ** -23, np.float32)
+    x[0, :4] = [16, -16, 2.0 ** -8, -2.0 ** -8]
+    w = np.ones(256, np.float32)
+    in_order = np.float32(squares_summed_in_order(x[0]) / 256)         # 2 + 2^-23 exactly, rounded to even: 2
+    pairwise = np.float32((x * x).astype(np.float64).sum() / 256)        # a little more: 2 + 2^-22
+    assert in_order != pairwise
+    assert np.array_equal(layers.rms_norm(x, w, 1e-5, 1), REF.rms_norm(x, w, 1e-5))
+
+
+@pytest.mark.parametrize("rope, head_dim", [(Rope(64, 10000.0), 64), (Rope(32, 500000.0, 0.25), 64),
+                                            (Rope(40, 10000.0, 0.5), 48), (Rope(128, 1e6), 128)])
+def test_rope_bit_identical(rope, head_dim):
+    """Many positions (glibc's cosf/sinf differ from rounded double cos/sin on about 1% of these
+    angles), large ones, n_dims below the head size, linear scaling."""
+    rng = np.random.default_rng(rope.n_dims)
+    positions = np.concatenate([np.arange(0, 5001, 37), [4095, 16383, 100000]])
+    x = rng.standard_normal((len(positions), 5, head_dim)).astype(np.float32)
+    ref = REF.rope(x, positions, rope)
+    angles = layers.rope_angles(positions, rope.n_dims, rope.freq_base, rope.freq_scale)
+    assert all(np.array_equal(ours, twin) for ours, twin in zip(angles, rope_cos_sin(positions, rope)))
+    for n_threads in (1, 2):
+        assert np.array_equal(layers.rope(x, *angles, n_threads), ref)
+    assert np.array_equal(CythonBackend(2).rope(x, positions, rope), ref)
+
+
+def test_swiglu_bit_identical():
+    """ggml_v_expf's paths: ordinary values, |n| > 126 (x beyond about +-87) and |n| > 192
+    (beyond about +-133, where the result is 0 or infinity), huge values; a row length
+    that is not a multiple of 8 takes the scalar tail."""
     rng = np.random.default_rng(10)
-    g, u = (5 * rng.standard_normal((3, 200))).astype(np.float32), rng.standard_normal((3, 200)).astype(np.float32)
-    assert_close(layers.swiglu(g, u, 2), REF.swiglu(g, u))
+    special = [0.0, -0.0, 87.0, 88.0, 89.0, -87.0, -88.5, -103.0, -104.0, 133.0, 134.0, -133.0, -134.0, 3e38, -3e38]
+    g = np.concatenate([5 * rng.standard_normal(4000), rng.uniform(-200, 200, 2000), rng.uniform(-1e4, 1e4, 200),
+                        special]).astype(np.float32)
+    g = np.stack([g, rng.permutation(g)])                                 # (2, 6215)
+    u = rng.standard_normal(g.shape).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref = REF.swiglu(g, u)
+    for n_threads in (1, 2):
+        assert np.array_equal(layers.swiglu(g, u, n_threads), ref)
 
 
-@pytest.mark.parametrize("n_heads, n_kv_heads, start, n", [(4, 4, 0, 5), (8, 2, 7, 3), (4, 1, 12, 1)])
-def test_attention_matches_numpy(n_heads, n_kv_heads, start, n):
-    rng = np.random.default_rng(n_heads + start)
-    hd, n_ctx = 32, 32
-    q = rng.standard_normal((n, n_heads, hd)).astype(np.float32)
-    k = rng.standard_normal((n_kv_heads, n_ctx, hd)).astype(np.float16)
-    v = rng.standard_normal((n_kv_heads, n_ctx, hd)).astype(np.float16)
-    scale = 1 / np.sqrt(np.float32(hd))
-    assert_close(layers.attention(q, k, v, start, scale, 2), REF.attention(q, k, v, start, scale))
+@pytest.mark.parametrize("n_heads, n_kv_heads, head_dim, start, n", [
+    (4, 4, 64, 0, 1), (4, 1, 32, 12, 1), (8, 2, 64, 300, 1), (4, 2, 128, 2047, 1),  # one row: ggml_vec_dot_f16
+    (4, 2, 48, 37, 1), (2, 1, 20, 20, 1),                                        # head sizes with a tail past 32
+    (4, 4, 64, 0, 5), (8, 2, 64, 7, 3), (4, 2, 64, 100, 70),                     # several rows: tinyBLAS
+    (4, 2, 12, 5, 4), (4, 2, 36, 10, 4), (2, 1, 20, 20, 3),                      # q.K by vec_dot, P.V by tinyBLAS
+    (2, 1, 10, 20, 3), (4, 2, 6, 10, 4),                                         # neither takes tinyBLAS
+])
+def test_attention_bit_identical(n_heads, n_kv_heads, head_dim, start, n):
+    """Keys (start + n) not a multiple of 8 or 32, GQA groups, the float_dots orders of every shape."""
+    rng = np.random.default_rng(n_heads * 1000 + head_dim + start + n)
+    n_ctx = start + n + 5
+    q = (3 * rng.standard_normal((n, n_heads, head_dim))).astype(np.float32)
+    k = (2 * rng.standard_normal((n_kv_heads, n_ctx, head_dim))).astype(np.float16)
+    v = rng.standard_normal((n_kv_heads, n_ctx, head_dim)).astype(np.float16)
+    scale = 1 / np.sqrt(np.float32(head_dim))
+    ref = REF.attention(q, k, v, start, scale)
+    for n_threads in (1, 2):
+        assert np.array_equal(layers.attention(q, k, v, start, scale, n_threads), ref)
 
 
 # ---------------------------------------------------------------- bad input
