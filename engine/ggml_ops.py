@@ -139,8 +139,8 @@ class NumpyBackend:
         return tuple(self.matmul(w, x) for w in ws)
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-        """x / sqrt(mean(x^2) + eps) * weight; the sum of squares in double, the scale in float."""
-        mean = ((x * x).astype(np.float64).sum(axis=-1) / x.shape[-1]).astype(np.float32)  # (n,)
+        """x / sqrt(mean(x^2) + eps) * weight; the squares summed left to right in double, the scale in float."""
+        mean = (np.cumsum((x * x).astype(np.float64), axis=-1)[:, -1] / x.shape[-1]).astype(np.float32)  # (n,)
         scale = np.float32(1.0) / np.sqrt(mean + np.float32(eps))
         return x * scale[:, None] * weight
 

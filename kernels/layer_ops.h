@@ -75,24 +75,12 @@ static inline double pairwise_leaf(const double *a, int n) {
     return res;
 }
 
-/* sum of x[i] * x[i] (each square rounded to fp32) in double, as NumPy sums a float64 row:
- * halves cut at a multiple of 8 until a piece fits one leaf */
-static inline double sum_squares(const float *x, int64_t n) {
-    if (n > PAIRWISE_BLOCK) {
-        int64_t half = n / 2;
-        half -= half % 8;
-        return sum_squares(x, half) + sum_squares(x + half, n - half);
-    }
-    double sq[PAIRWISE_BLOCK];
-    for (int i = 0; i < n; i++) sq[i] = (double)(x[i] * x[i]);
-    return pairwise_leaf(sq, (int)n);
-}
-
 /* ---------------------------------------------------------------- RMSNorm */
 
 /* y = x * (1 / sqrt(mean(x^2) + eps)) * w for one row of n; the mean rounded to fp32 */
 static inline void rms_norm_row(const float *x, const float *w, int64_t n, float eps, float *y) {
-    const double sum = 0.0 + sum_squares(x, n);  /* NumPy starts its reduction from 0 */
+    double sum = 0.0;  /* the squares rounded to fp32, added left to right in double, as ggml does */
+    for (int64_t i = 0; i < n; i++) sum += (double)(x[i] * x[i]);
     const float mean = (float)(sum / (double)n);
     const float scale = 1.0f / sqrtf(mean + eps);
     for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale * w[i];

@@ -160,16 +160,18 @@ def test_rms_norm_bit_identical(d):
         assert np.array_equal(layers.rms_norm(x, w, 1e-5, n_threads), REF.rms_norm(x, w, 1e-5))
 
 
-def test_rms_norm_sums_in_numpys_pairwise_order():
-    """A row whose mean of squares ties between two floats when added in order: only NumPy's
-    pairwise order keeps enough of the 252 tiny squares to round it up."""
+def test_rms_norm_sums_left_to_right_like_ggml():
+    """A row whose mean of squares ties between two floats when added in ggml's order; NumPy's
+    own pairwise sum keeps enough of the 252 tiny squares to round it up instead."""
     x = np.full((1, 256), 2.0 ** -23, np.float32)
     x[0, :4] = [16, -16, 2.0 ** -8, -2.0 ** -8]
     w = np.ones(256, np.float32)
     in_order = np.float32(squares_summed_in_order(x[0]) / 256)         # 2 + 2^-23 exactly, rounded to even: 2
     pairwise = np.float32((x * x).astype(np.float64).sum() / 256)        # a little more: 2 + 2^-22
     assert in_order != pairwise
-    assert np.array_equal(layers.rms_norm(x, w, 1e-5, 1), REF.rms_norm(x, w, 1e-5))
+    expected = x * (np.float32(1.0) / np.sqrt(in_order + np.float32(1e-5))) * w
+    assert np.array_equal(REF.rms_norm(x, w, 1e-5), expected)
+    assert np.array_equal(layers.rms_norm(x, w, 1e-5, 1), expected)
 
 
 @pytest.mark.parametrize("rope, head_dim", [(Rope(64, 10000.0), 64), (Rope(32, 500000.0, 0.25), 64),
