@@ -2,7 +2,7 @@
 #ifndef LLAMANP_DEQUANT_H
 #define LLAMANP_DEQUANT_H
 
-#include "kquant_rows.h"
+#include "vec_dot.h"
 
 /* y = the n weights of row x; returns 0, or -1 for a type without a compiled dequantiser. */
 static inline int dequantize_row(int type, const uint8_t *x, int64_t n, float *y) {
@@ -34,8 +34,8 @@ static inline int dequantize_row(int type, const uint8_t *x, int64_t n, float *y
                 kq_unpack(type, x, &u);
                 for (int j = 0; j < QK_K; j++) {
                     const float scale = u.d * (float)u.sc[j / 16];
-                    y[j] = u.offset_shares_d ? scale * (float)(u.q[j] - 32)
-                                             : scale * (float)u.q[j] - u.dmin * (float)u.mn[j / 16];
+                    y[j] = type == T_Q6_K ? scale * (float)(u.q[j] - 32)
+                                       : scale * (float)u.q[j] - u.dmin * (float)u.mn[j / 16];
                 }
             }
             return 0;

@@ -1,28 +1,87 @@
-/* Q4_K, Q5_K and Q6_K rows against many tokens: each weight row is unpacked once into
- * plain bytes and 16-wide integer scales, then dotted with every token's Q8_K row.
+/* K-quant rows (Q2_K..Q6_K) against Q8_K activations, in the float order of ggml's kernels.
  *
- * Per super-block the result is ggml's: d_a * (d * sum(scale * q.a) - dmin * sum(min * bsum))
- * for Q4_K/Q5_K, and d_a * d * (sum(scale * q.a) - 32 * sum(scale * bsum)) for Q6_K, whose
- * quants are stored offset by 32.  The integer parts are exact.
+ * A super-block's products are exact integers; what differs between ggml's kernels is
+ * how they are split and scaled in fp32, and the NumPy reference
+ * (engine/ggml_ops.py, _QuantDot.rows) follows each:
+ *
+ *   vec_dot_qN_K_q8_K (fewer than 8 activation rows): eight int32 lanes per
+ *     super-block, lane l holding the scaled products of weights 4l..4l+3 of each
+ *     32-weight chunk, folded in with one fma by d_y * d (kq_vec_add);
+ *   the tiled kernel (8 rows or more): S = the super-block's whole scaled sum and
+ *     M = its mins sum, r = d * S - dmin * M (fused), acc = fma(r, d_y, acc) (kq_tiled_add).
+ *
+ * Here each weight row is unpacked once into plain bytes and sixteen integer scales
+ * (kq_block) and then dotted with every activation row.  Q4_K rows that llama.cpp
+ * repacks (a multiple of 8) go through q4_Kx8.h instead.
  */
 #ifndef LLAMANP_KQUANT_ROWS_H
 #define LLAMANP_KQUANT_ROWS_H
 
 #include <stdlib.h>
 
-#include "vec_dot.h"
+#include "lanes.h"
+
+enum { KQ_TILED_MIN_ROWS = 8 };  /* activation rows from which ggml runs the tiled kernel */
+
+/* Q4_K/Q5_K: eight 6-bit scales and mins packed in 12 bytes.  Scale j < 4 is the low 6
+ * bits of byte j, min j < 4 those of byte 4 + j; scale and min 4 + j take a nibble of
+ * byte 8 + j for their low 4 bits and the top 2 bits of bytes j and 4 + j, four at a
+ * time as 32-bit words. */
+static inline void k4_scales_mins(const uint8_t *p, uint8_t *sc, uint8_t *mn) {
+    const uint32_t low6 = 0x3F3F3F3Fu, low4 = 0x0F0F0F0Fu, low2 = 0x03030303u;
+    uint32_t w[3], out[4];
+    memcpy(w, p, 12);
+    out[0] = w[0] & low6;                                        /* scales 0..3 */
+    out[1] = (w[2] & low4) | (((w[0] >> 6) & low2) << 4);        /* scales 4..7 */
+    out[2] = w[1] & low6;                                        /* mins 0..3 */
+    out[3] = ((w[2] >> 4) & low4) | (((w[1] >> 6) & low2) << 4); /* mins 4..7 */
+    memcpy(sc, out, 8);
+    memcpy(mn, out + 2, 8);
+}
+
+/* Q3_K's sixteen 6-bit scales (stored offset by 32) from 12 bytes: low nibbles in bytes 0..7, top bits in 8..11. */
+static inline int q3_K_scale(const uint8_t *p, int sub) {
+    const int lo = (p[sub % 8] >> (4 * (sub / 8))) & 0x0F;
+    const int hi = (p[8 + sub % 4] >> (2 * (sub / 4))) & 3;
+    return (lo | (hi << 4)) - 32;
+}
 
 typedef struct {
-    uint8_t q[QK_K];   /* unsigned quants: 0..15, 0..31 or 0..63 */
+    uint8_t q[QK_K];   /* unsigned quants: Q2_K 0..3, Q3_K 0..7 (offset 4), Q4_K 0..15, Q5_K 0..31, Q6_K 0..63 (offset 32) */
     int16_t sc[16];    /* integer scale of each run of 16 quants */
-    int16_t mn[16];    /* integer min (Q4_K/Q5_K) or 32 * scale (Q6_K) of each run */
+    int16_t mn[16];    /* per run of 16: the min (Q2_K; Q4_K/Q5_K: their run of 32's), 32 * scale (Q6_K), 0 (Q3_K) */
     float d, dmin;
-    int offset_shares_d; /* Q6_K: the offset is scaled by d, not by a dmin */
 } kq_block;
+
+/* 256 quants, chunk c = weights 32c..32c+31: 2-bit fields 2j of bytes 32h.. (c = 4h + j), plus bit c of hmask (Q3_K) */
+static inline void kq_unpack_crumbs(const uint8_t *qs, const uint8_t *hmask, uint8_t *q) {
+    for (int c = 0; c < 8; c++)
+        for (int i = 0; i < 32; i++) {
+            const int low = (qs[32 * (c / 4) + i] >> (2 * (c % 4))) & 3;
+            q[32 * c + i] = (uint8_t)(hmask ? low | (((hmask[i] >> c) & 1) << 2) : low);
+        }
+}
 
 static inline void kq_unpack(int type, const uint8_t *x, kq_block *u) {
     uint16_t d, dmin = 0;
-    if (type == T_Q6_K) {
+    if (type == T_Q2_K) {
+        const block_q2_K *b = (const block_q2_K *)x;
+        kq_unpack_crumbs(b->qs, 0, u->q);
+        for (int s = 0; s < 16; s++) {
+            u->sc[s] = b->scales[s] & 0x0F;
+            u->mn[s] = b->scales[s] >> 4;
+        }
+        d = b->d;
+        dmin = b->dmin;
+    } else if (type == T_Q3_K) {
+        const block_q3_K *b = (const block_q3_K *)x;
+        kq_unpack_crumbs(b->qs, b->hmask, u->q);
+        for (int s = 0; s < 16; s++) {
+            u->sc[s] = (int16_t)q3_K_scale(b->scales, s);
+            u->mn[s] = 0;
+        }
+        d = b->d;
+    } else if (type == T_Q6_K) {
         const block_q6_K *b = (const block_q6_K *)x;
         for (int h = 0; h < 2; h++)
             for (int k = 0; k < 4; k++)
@@ -57,56 +116,157 @@ static inline void kq_unpack(int type, const uint8_t *x, kq_block *u) {
     }
     u->d = fp16_to_fp32(d);
     u->dmin = fp16_to_fp32(dmin);
-    u->offset_shares_d = type == T_Q6_K;
 }
 
-static inline float kq_dot(const kq_block *u, int nb, const block_q8_K *y) {
-    float sum = 0.0f;
-    for (int i = 0; i < nb; i++) {
-        int isum, msum;
+/* A super-block's integer lanes: lane l = sum over chunks c of sc[2c + l / 4] times the
+ * products of weights 32c + 4l..4l+3 (Q3_K's quants shifted back to -4..3 in the lane,
+ * as ggml does), and min lane l = mn[2l] * bsums[2l] + mn[2l + 1] * bsums[2l + 1]. */
+static inline __attribute__((always_inline)) void kq_lanes(int type, const kq_block *u, const block_q8_K *y, lanes_i32 *lanes, lanes_i32 *minlanes) {
+    const int offset = type == T_Q3_K ? 4 : 0;
 #if defined(__AVX2__)
-        __m256i acc = _mm256_setzero_si256();
-        for (int c = 0; c < 8; c++) {
-            const __m256i p = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(u[i].q + 32 * c)),
-                                                   _mm256_loadu_si256((const __m256i *)(y[i].qs + 32 * c)));
-            const __m256i scale = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(u[i].sc[2 * c])),
-                                                          _mm_set1_epi16(u[i].sc[2 * c + 1]), 1);
-            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale));
-        }
-        isum = hsum_epi32(acc);
-        msum = hsum_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)u[i].mn),
-                                            _mm256_loadu_si256((const __m256i *)y[i].bsums)));
-#else
-        isum = msum = 0;
-        for (int s = 0; s < 16; s++) {
-            int dot = 0;
-            for (int l = 0; l < 16; l++) dot += u[i].q[16 * s + l] * y[i].qs[16 * s + l];
-            isum += u[i].sc[s] * dot;
-            msum += u[i].mn[s] * y[i].bsums[s];
-        }
-#endif
-        if (u[i].offset_shares_d)
-            sum += y[i].d * u[i].d * (float)(isum - msum);
-        else
-            sum += y[i].d * u[i].d * (float)isum - y[i].d * u[i].dmin * (float)msum;
+    const __m256i shift = _mm256_set1_epi8((char)offset);
+    __m256i acc = _mm256_setzero_si256();
+    for (int c = 0; c < 8; c++) {
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(y->qs + 32 * c));
+        __m256i p = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(u->q + 32 * c)), a);
+        if (offset) p = _mm256_sub_epi16(p, _mm256_maddubs_epi16(shift, a));
+        const __m256i scale = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(u->sc[2 * c])),
+                                                      _mm_set1_epi16(u->sc[2 * c + 1]), 1);
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale));
     }
-    return sum;
+    *lanes = acc;
+    *minlanes = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)u->mn), _mm256_loadu_si256((const __m256i *)y->bsums));
+#else
+    for (int l = 0; l < 8; l++) {
+        int sum = 0;
+        for (int c = 0; c < 8; c++) {
+            int s = 0;
+            for (int e = 0; e < 4; e++) s += (u->q[32 * c + 4 * l + e] - offset) * y->qs[32 * c + 4 * l + e];
+            sum += u->sc[2 * c + l / 4] * s;
+        }
+        lanes->v[l] = sum;
+        minlanes->v[l] = u->mn[2 * l] * y->bsums[2 * l] + u->mn[2 * l + 1] * y->bsums[2 * l + 1];
+    }
+#endif
 }
 
-/* out[t * ldo + r] for rows [r0, r1) and tokens [0, n_tok); returns 0, or -1 if out of memory. */
+/* ---------------------------------------------------------------- fewer than 8 activation rows */
+
+/* The float state of a vec_dot_qN_K_q8_K row. */
+typedef struct {
+    lanes_f32 acc;
+    float acc_min;  /* Q5_K: the mins, fma'd into a scalar */
+    double sum;     /* Q4_K: see kq_vec_add */
+} kq_vec_acc;
+
+static inline kq_vec_acc kq_vec_start(void) {
+    kq_vec_acc a = {lanes_f32_zero(), 0.0f, 0.0};
+    return a;
+}
+
+/* One super-block with scales d, dmin against an activation block of scale dy:
+ *   Q2_K: the min lanes fma'd by -(dy * dmin), then the lanes by dy * d, on one accumulator;
+ *   Q3_K: the lanes fma'd by dy * d;  Q6_K: the same after taking off the min lanes (its offset of 32);
+ *   Q5_K: the lanes fma'd by dy * d, and the whole mins sum by -(dy * dmin) into a scalar;
+ *   Q4_K: (dy * d) * S - (dy * dmin) * M in double, summed in double -- the reference's
+ *         stand-in for ggml's few-row Q4_K kernel, which llama.cpp only runs on rows it does not repack. */
+static inline __attribute__((always_inline)) void kq_vec_add(int type, kq_vec_acc *a, lanes_i32 lanes, lanes_i32 minlanes, float dy, float d, float dmin) {
+    switch (type) {
+        case T_Q2_K:
+            a->acc = lanes_fma(-(dy * dmin), minlanes, a->acc);
+            a->acc = lanes_fma(dy * d, lanes, a->acc);
+            break;
+        case T_Q3_K:
+            a->acc = lanes_fma(dy * d, lanes, a->acc);
+            break;
+        case T_Q6_K:
+            a->acc = lanes_fma(dy * d, lanes_sub(lanes, minlanes), a->acc);
+            break;
+        case T_Q5_K:
+            a->acc = lanes_fma(dy * d, lanes, a->acc);
+            a->acc_min = fmaf(-(dy * dmin), (float)lanes_isum(minlanes), a->acc_min);
+            break;
+        default:  /* T_Q4_K */
+            a->sum += (double)(dy * d) * lanes_isum(lanes) - (double)(dy * dmin) * lanes_isum(minlanes);
+            break;
+    }
+}
+
+static inline float kq_vec_result(int type, const kq_vec_acc *a) {
+    if (type == T_Q4_K) return (float)a->sum;
+    if (type == T_Q5_K) return lanes_hsum(a->acc) + a->acc_min;
+    return lanes_hsum(a->acc);
+}
+
+static inline __attribute__((always_inline)) float kq_dot_vec(int type, const kq_block *u, int nb, const block_q8_K *y) {
+    kq_vec_acc a = kq_vec_start();
+    for (int i = 0; i < nb; i++) {
+        lanes_i32 lanes, minlanes;
+        kq_lanes(type, &u[i], &y[i], &lanes, &minlanes);
+        kq_vec_add(type, &a, lanes, minlanes, y[i].d, u[i].d, u[i].dmin);
+    }
+    return kq_vec_result(type, &a);
+}
+
+/* ---------------------------------------------------------------- 8 activation rows or more */
+
+/* One super-block of the tiled kernel: r = d * S, minus dmin * M fused for the types with
+ * mins, then folded in with one fma by dy.  Q6_K's S takes off its offset (the min lanes). */
+static inline __attribute__((always_inline)) float kq_tiled_add(int type, float acc, lanes_i32 lanes, lanes_i32 minlanes, float dy, float d, float dmin) {
+    const int m = lanes_isum(minlanes);
+    const int s = lanes_isum(lanes) - (type == T_Q6_K ? m : 0);
+    float r = d * (float)s;
+    if (type == T_Q2_K || type == T_Q4_K || type == T_Q5_K) r = fmaf(-dmin, (float)m, r);
+    return fmaf(r, dy, acc);
+}
+
+static inline __attribute__((always_inline)) float kq_dot_tiled(int type, const kq_block *u, int nb, const block_q8_K *y) {
+    float acc = 0.0f;
+    for (int i = 0; i < nb; i++) {
+        lanes_i32 lanes, minlanes;
+        kq_lanes(type, &u[i], &y[i], &lanes, &minlanes);
+        acc = kq_tiled_add(type, acc, lanes, minlanes, y[i].d, u[i].d, u[i].dmin);
+    }
+    return acc;
+}
+
+/* One unpacked row against tokens [0, n_tok): out[t * ldo]; type and tiled are constants at each call. */
+static inline __attribute__((always_inline)) void kq_row(int type, int tiled, const kq_block *u, int nb,
+                                                        const uint8_t *acts, int64_t act_bytes, int64_t n_tok,
+                                                        float *out, int64_t ldo) {
+    for (int64_t t = 0; t < n_tok; t++) {
+        const block_q8_K *y = (const block_q8_K *)(acts + t * act_bytes);
+        out[t * ldo] = tiled ? kq_dot_tiled(type, u, nb, y) : kq_dot_vec(type, u, nb, y);
+    }
+}
+
+#define KQ_ROW_CASE(T) \
+    case T: tiled ? kq_row(T, 1, u, nb, acts, act_bytes, n_tok, out + r, ldo) \
+                  : kq_row(T, 0, u, nb, acts, act_bytes, n_tok, out + r, ldo); break;
+
+/* out[t * ldo + r] for rows [r0, r1) and tokens [0, n_tok), the kernel chosen by n_tok as
+ * ggml chooses it; returns 0, or -1 if out of memory. */
 static inline int kq_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
                           const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo) {
-    const int nb = n_in / QK_K;
+    const int nb = n_in / QK_K, tiled = n_tok >= KQ_TILED_MIN_ROWS;
     const size_t block_bytes = (size_t)row_bytes / (size_t)nb;
     kq_block *u = malloc(sizeof(kq_block) * (size_t)nb);
     if (!u) return -1;
     for (int64_t r = r0; r < r1; r++) {
         for (int i = 0; i < nb; i++) kq_unpack(type, w + r * row_bytes + (size_t)i * block_bytes, &u[i]);
-        for (int64_t t = 0; t < n_tok; t++)
-            out[t * ldo + r] = kq_dot(u, nb, (const block_q8_K *)(acts + t * act_bytes));
+        switch (type) {
+            KQ_ROW_CASE(T_Q2_K)
+            KQ_ROW_CASE(T_Q3_K)
+            KQ_ROW_CASE(T_Q4_K)
+            KQ_ROW_CASE(T_Q5_K)
+            KQ_ROW_CASE(T_Q6_K)
+            default: break;
+        }
     }
     free(u);
     return 0;
 }
+
+#undef KQ_ROW_CASE
 
 #endif

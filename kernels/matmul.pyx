@@ -12,7 +12,7 @@ import mmap
 
 import numpy as np
 
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uintptr_t
 from libc.stdlib cimport free, malloc
 
@@ -25,11 +25,17 @@ cdef extern from "sys/mman.h" nogil:
 cdef extern from "vec_dot.h" nogil:
     ctypedef float (*vec_dot_fn)(int n, const void *w, const void *a)
     vec_dot_fn vec_dot_for(int type, int *act_type)
+    float dot_q4_0_q8_0_repacked(int n, const void *w, const void *a)
     int64_t type_row_bytes(int type, int64_t n)
     int type_block_size(int type)
     void quantize_row(int act_type, const float *x, void *y, int64_t k, int grouped)
     enum:
-        T_F32, T_F16, T_Q4_0, T_Q4_K, T_Q5_K, T_Q6_K, T_Q8_0, T_Q8_1, T_Q8_K
+        T_F32, T_F16, T_Q4_0, T_Q2_K, T_Q4_K, T_Q6_K, T_Q8_0, T_Q8_1, T_Q8_K
+
+cdef extern from "float_rows.h" nogil:
+    bint tinyblas_accepts(int64_t n_tok, int64_t n_out, int64_t n_in)
+    void tinyblas_rows(int half, int k, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,
+                       const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo)
 
 cdef extern from "kquant_rows.h" nogil:
     int kq_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
@@ -172,7 +178,7 @@ cdef class Matrix:
 
         ``regroup`` lets Q4_0 and Q4_K weights be repacked eight rows at a time (a copy the size of
         the weight); ``release_source`` then tells the kernel to drop the mmap'd pages of
-        the original, so resident memory stays at one copy.
+        the original, so resident memory stays at one copy.  Products are the same bits either way.
         """
         self.dot = vec_dot_for(type, &self.act_type)
         if self.dot == NULL:
@@ -209,36 +215,42 @@ cdef class Matrix:
         cdef float[:, ::1] o = out
         if self.regrouped and self.type == T_Q4_0:
             self.matmul_q4_0x8(xs, o, nt)
-        elif self.regrouped:
+        elif self.type == T_Q4_K and self.n_out % 8 == 0:
             self.matmul_q4_Kx8(xs, o, nt)
         else:
             self.matmul_rows(xs, o, nt)
         return out
 
     cdef int matmul_rows(self, const float[:, ::1] x, float[:, ::1] out, int nt) except -1:
-        """Generic path: quantise the activations, then every row against every token.
+        """Generic path: quantise the activations, then every row against every token, in the
+        order of the ggml kernel that this type and number of tokens select.
 
-        K-quant rows are unpacked once for all tokens when there is more than one.
+        Float rows go through tinyBLAS's order where it takes the shape (float_rows.h), and
+        K-quant rows are unpacked once for all tokens when there is more than one (kq_rows).
         """
         cdef int64_t n = x.shape[0], act_bytes = type_row_bytes(self.act_type, self.n_in)
-        # llama.cpp repacks Q4_K with a multiple of 8 rows, and then quantises activations four rows at a time
-        cdef bint grouped = self.type == T_Q4_K and self.n_out % 8 == 0
-        cdef bint unpack_once = n > 1 and self.type in (T_Q4_K, T_Q5_K, T_Q6_K)
+        cdef bint tiny_blas = (self.type == T_F32 or self.type == T_F16) and tinyblas_accepts(n, self.n_out, self.n_in)
+        cdef bint unpack_once = n > 1 and T_Q2_K <= self.type <= T_Q6_K
+        # Q4_0 rows that llama.cpp would repack: its repacked kernels' order, one row at a time
+        cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.type == T_Q4_0 and self.n_out % 8 == 0 else self.dot
         cdef uint8_t[:, ::1] acts = np.empty((n, act_bytes), np.uint8)
         cdef Py_ssize_t chunk, n_chunks = (self.n_out + 15) // 16
         cdef int64_t r, t, r_end
         cdef int failed = 0
         with nogil:
-            quantize_into(x, self.act_type, grouped, &acts[0, 0], act_bytes, nt)
+            quantize_into(x, self.act_type, False, &acts[0, 0], act_bytes, nt)
             for chunk in prange(n_chunks, schedule="static", num_threads=nt):
                 r_end = min(chunk * 16 + 16, self.n_out)
-                if unpack_once:
+                if tiny_blas:
+                    tinyblas_rows(self.type == T_F16, <int>self.n_in, self.ptr, self.row_bytes, chunk * 16, r_end,
+                                  &acts[0, 0], act_bytes, n, &out[0, 0], self.n_out)
+                elif unpack_once:
                     failed += kq_rows(self.type, self.ptr, self.row_bytes, chunk * 16, r_end, <int>self.n_in,
                                       &acts[0, 0], act_bytes, n, &out[0, 0], self.n_out)
                 else:
                     for r in range(chunk * 16, r_end):
                         for t in range(n):
-                            out[t, r] = self.dot(<int>self.n_in, self.ptr + r * self.row_bytes, &acts[t, 0])
+                            out[t, r] = dot(<int>self.n_in, self.ptr + r * self.row_bytes, &acts[t, 0])
         if failed:
             raise MemoryError("no memory for unpacked weight rows")
         return 0
@@ -271,25 +283,37 @@ cdef class Matrix:
             free(acts)
 
     cdef void matmul_q4_Kx8(self, const float[:, ::1] x, float[:, ::1] out, int nt):
-        """Regrouped Q4_K: Q8_K activations (four rows at a time, as ggml's repacked path), 8 rows x 4 tokens."""
+        """Q4_K with a multiple of 8 rows, as ggml's repacked kernels: Q8_K activations (four rows
+        at a time, as ggml's repacked path), 8 rows x 4 tokens.
+
+        An unregrouped matrix is regrouped here a group at a time, into a buffer per thread.
+        """
         cdef int64_t n = x.shape[0], nb = self.n_in // 256, n_groups = self.n_out // 8
         cdef int64_t act_bytes = type_row_bytes(T_Q8_K, self.n_in)
         cdef uint8_t[:, ::1] acts = np.empty((n, act_bytes), np.uint8)
+        cdef uint8_t[:, ::1] scratch = None if self.regrouped else np.empty((nt, nb * GROUP_BYTES_Q4_K), np.uint8)
         cdef const block_q8_K **rows = <const block_q8_K **>malloc(n * sizeof(void *))
         if rows == NULL:
             raise MemoryError()
         cdef Py_ssize_t t, g
         cdef int64_t t0, tt, tile = TILE, n_tiles = (n + TILE - 1) // TILE
-        cdef const block_q4_Kx8 *packed = <const block_q4_Kx8 *>self.ptr
+        cdef const block_q4_Kx8 *grp
+        cdef block_q4_Kx8 *buf
         try:
             with nogil:
                 quantize_into(x, T_Q8_K, True, &acts[0, 0], act_bytes, nt)
                 for t in range(n):
                     rows[t] = <const block_q8_K *>&acts[t, 0]
                 for g in prange(n_groups, schedule="static", num_threads=nt):
+                    if self.regrouped:
+                        grp = <const block_q4_Kx8 *>self.ptr + g * nb
+                    else:
+                        buf = <block_q4_Kx8 *>&scratch[threadid(), 0]
+                        repack_q4_Kx8_group(<const block_q4_K *>self.ptr + 8 * g * nb, nb, 0, buf)
+                        grp = buf
                     for tt in range(n_tiles):
                         t0 = tt * tile
-                        q4_Kx8_dot(packed + g * nb, nb, rows + t0, <int>min(tile, n - t0), &out[t0, 8 * g], self.n_out)
+                        q4_Kx8_dot(grp, nb, rows + t0, <int>min(tile, n - t0), &out[t0, 8 * g], self.n_out)
         finally:
             free(rows)
 

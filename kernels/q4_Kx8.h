@@ -1,14 +1,18 @@
 /* Q4_K weights regrouped eight rows at a time, and their products with Q8_K activations.
  *
  * Per super-block column a group holds the eight rows' d and dmin, their eight 6-bit
- * scales and mins unpacked ([sub-block][row]), and the nibbles interleaved as in
+ * scales unpacked ([sub-block][row]), their mins unpacked with the two of a sub-block
+ * pair side by side (one madd takes both), and the nibbles interleaved as in
  * q4_0x8.h: for sub-block pair c (weights 64c..64c+63) vector i holds, at byte 4r + e,
  * row r's byte 32c + 4i + e, whose low nibble is weight 64c + 4i + e (sub-block 2c) and
  * high nibble weight 64c + 32 + 4i + e (sub-block 2c + 1).  maddubs against four
  * activations broadcast to every lane then leaves one row per 32-bit lane.
  *
- * Per row the result is ggml's d_a * (d * sum(scale * q.a) - dmin * sum(min * bsum)),
- * with exact integer parts.
+ * Per row the float steps are those of ggml's q4_K_8x8 kernels (the NumPy reference's
+ * _q4_K_repacked): the scaled sums go into one fma chain by d_a * d and the mins sums
+ * into another by d_a * dmin, and the result is their difference.  Tiles of four
+ * tokens run the gemm kernel, a part of the chains per 64 weights (sub-blocks 2p and
+ * 2p + 1); single tokens the gemv kernel, one part per super-block.
  */
 #ifndef LLAMANP_Q4_KX8_H
 #define LLAMANP_Q4_KX8_H
@@ -18,7 +22,7 @@
 typedef struct {
     uint16_t d[8], dmin[8];
     uint8_t sc[8][8];          /* [sub-block][row] */
-    uint8_t mn[8][8];
+    uint8_t mn[4][16];         /* [sub-block pair c][2 * row + sub-block - 2c] */
     uint8_t qs[4][8][32];      /* [sub-block pair][4-weight chunk][4 * row + e] */
 } block_q4_Kx8;
 
@@ -33,7 +37,7 @@ static inline void repack_q4_Kx8_group(const block_q4_K *src, int64_t nb, int64_
             out->dmin[r] = in->dmin;
             for (int s = 0; s < 8; s++) {
                 out->sc[s][r] = sc[s];
-                out->mn[s][r] = mn[s];
+                out->mn[s / 2][2 * r + s % 2] = mn[s];
             }
             for (int c = 0; c < 4; c++)
                 for (int i = 0; i < 8; i++) memcpy(&out->qs[c][i][4 * r], in->qs + 32 * c + 4 * i, 4);
@@ -54,14 +58,19 @@ static inline __m256i k8_bcast4(const int8_t *a) {
     return _mm256_set1_epi32(v);
 }
 
-/* Groups of ``nb`` super-block columns against N (1..4) tokens; N is a constant at each call. */
+/* Groups of ``nb`` super-block columns against N (1 or 4) tokens; N is a constant at each call. */
 static inline void q4_Kx8_dot_n(const block_q4_Kx8 *grp, int64_t nb, const block_q8_K *const *act, const int N,
                                 float *out, int64_t ldo) {
+    const int part = N == 4 ? 2 : 8;  /* sub-blocks per part: gemm or gemv */
     const __m256i low4 = _mm256_set1_epi8(0x0F);
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    __m256 acc[4], acc_min[4];
+    for (int t = 0; t < N; t++) acc[t] = acc_min[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const block_q4_Kx8 *blk = grp + b;
-        __m256i isum[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->d));
+        const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->dmin));
+        __m256i isum[4];
+        for (int t = 0; t < N; t++) isum[t] = _mm256_setzero_si256();
         for (int half = 0; half < 8; half++) {  /* sub-block ``half``: pair c = half / 2, low or high nibbles */
             const int c = half / 2, shift = 4 * (half % 2);
             __m256i s[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
@@ -72,23 +81,29 @@ static inline void q4_Kx8_dot_n(const block_q4_Kx8 *grp, int64_t nb, const block
             }
             const __m256i scale = k8_pairs(blk->sc[half]);
             for (int t = 0; t < N; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], scale));
-        }
-        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->d));
-        const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->dmin));
-        for (int t = 0; t < N; t++) {
-            const block_q8_K *y = act[t] + b;
-            __m256i msum = _mm256_setzero_si256();
-            for (int s = 0; s < 8; s++) {
-                const uint16_t pair = (uint16_t)(y->bsums[2 * s] + y->bsums[2 * s + 1]);
-                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)blk->mn[s])),
-                                                                _mm256_set1_epi32(pair)));
+            if ((half + 1) % part) continue;
+            for (int t = 0; t < N; t++) {  /* the end of a part */
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, _mm256_set1_ps(act[t][b].d)), acc[t]);
+                isum[t] = _mm256_setzero_si256();
             }
-            const __m256 dy = _mm256_set1_ps(y->d);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, dy), acc[t]);
-            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_mul_ps(dmin, dy), acc[t]);
+        }
+        for (int t = 0; t < N; t++) {  /* the mins: sum of activations under a sub-block pair, two 16-bit sums per lane */
+            const block_q8_K *y = act[t] + b;
+            int32_t pairs[4];
+            _mm_storeu_si128((__m128i *)pairs, _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums),
+                                                              _mm_loadu_si128((const __m128i *)(y->bsums + 8))));
+            const __m256 scale_min = _mm256_mul_ps(dmin, _mm256_set1_ps(y->d));
+            __m256i msum = _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {
+                const __m256i mins = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)blk->mn[c]));
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins, _mm256_set1_epi32(pairs[c])));
+                if ((2 * c + 2) % part) continue;
+                acc_min[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), scale_min, acc_min[t]);
+                msum = _mm256_setzero_si256();
+            }
         }
     }
-    for (int t = 0; t < N; t++) _mm256_storeu_ps(out + t * ldo, acc[t]);
+    for (int t = 0; t < N; t++) _mm256_storeu_ps(out + t * ldo, _mm256_sub_ps(acc[t], acc_min[t]));
 }
 #endif
 
@@ -102,26 +117,29 @@ static inline void q4_Kx8_dot(const block_q4_Kx8 *grp, int64_t nb, const block_q
     }
     for (int t = 0; t < n_act; t++) q4_Kx8_dot_n(grp, nb, act + t, 1, out + t * ldo, ldo);
 #else
+    const int part = n_act == 4 ? 2 : 8;
     for (int t = 0; t < n_act; t++)
         for (int r = 0; r < 8; r++) {
-            float sum = 0.0f;
+            float acc = 0.0f, acc_min = 0.0f;
             for (int64_t b = 0; b < nb; b++) {
                 const block_q8_K *y = act[t] + b;
+                const float dy = y->d;
                 int isum = 0, msum = 0;
-                for (int c = 0; c < 4; c++) {
-                    int slo = 0, shi = 0;
+                for (int half = 0; half < 8; half++) {
+                    const int c = half / 2, shift = 4 * (half % 2);
+                    int s = 0;
                     for (int i = 0; i < 8; i++)
-                        for (int e = 0; e < 4; e++) {
-                            const uint8_t q = grp[b].qs[c][i][4 * r + e];
-                            slo += (q & 0x0F) * y->qs[64 * c + 4 * i + e];
-                            shi += (q >> 4) * y->qs[64 * c + 32 + 4 * i + e];
-                        }
-                    isum += grp[b].sc[2 * c][r] * slo + grp[b].sc[2 * c + 1][r] * shi;
+                        for (int e = 0; e < 4; e++)
+                            s += ((grp[b].qs[c][i][4 * r + e] >> shift) & 0x0F) * y->qs[32 * half + 4 * i + e];
+                    isum += grp[b].sc[half][r] * s;
+                    msum += grp[b].mn[c][2 * r + half % 2] * (y->bsums[2 * half] + y->bsums[2 * half + 1]);
+                    if ((half + 1) % part) continue;
+                    acc = fmaf((float)isum, fp16_to_fp32(grp[b].d[r]) * dy, acc);
+                    acc_min = fmaf((float)msum, fp16_to_fp32(grp[b].dmin[r]) * dy, acc_min);
+                    isum = msum = 0;
                 }
-                for (int s = 0; s < 8; s++) msum += grp[b].mn[s][r] * (y->bsums[2 * s] + y->bsums[2 * s + 1]);
-                sum += y->d * fp16_to_fp32(grp[b].d[r]) * (float)isum - y->d * fp16_to_fp32(grp[b].dmin[r]) * (float)msum;
             }
-            out[t * ldo + r] = sum;
+            out[t * ldo + r] = acc - acc_min;
         }
 #endif
 }

@@ -1,0 +1,111 @@
+/* Float weight rows (F32, or F16 against activations rounded to f16) in ggml's AVX2 summation orders.
+ *
+ * One activation row runs ggml_vec_dot_f32/_f16: four 8-lane fma accumulators over steps
+ * of 32, added (0 + 2) + (1 + 3), their lanes reduced low half plus high half and then
+ * (0 + 1) + (2 + 3); the products past the last multiple of 32 are added one at a time,
+ * fused into the float sum for F32, in double for F16.  Several rows run llamafile's
+ * tinyBLAS when it accepts the shape (rows of a multiple of 8 values, a multiple of 4
+ * weight rows): one 8-lane fma accumulator per output over steps of 8, then hsum_ps.
+ * Every output has its own accumulator, so tiling rows and tokens changes no bits.
+ */
+#ifndef LLAMANP_FLOAT_ROWS_H
+#define LLAMANP_FLOAT_ROWS_H
+
+#include "lanes.h"
+
+/* value i of a row of floats or halves */
+static inline float float_at(const void *p, int64_t i, int half) {
+    return half ? fp16_to_fp32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+#if defined(__AVX2__) && defined(__F16C__)
+#define LLAMANP_FLOAT_SIMD 1
+static inline __m256 float_load8(const void *p, int64_t i, int half) {
+    return half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)))
+                : _mm256_loadu_ps((const float *)p + i);
+}
+#endif
+
+/* ggml_vec_dot_f32 (half = 0) or ggml_vec_dot_f16 (half = 1) of two rows of n values. */
+static inline float dot_float_row(int n, const void *w, const void *a, int half) {
+    const int body = n - n % 32;
+    float total;
+#if defined(LLAMANP_FLOAT_SIMD)
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int i = 0; i < body; i += 32)
+        for (int j = 0; j < 4; j++)
+            acc[j] = _mm256_fmadd_ps(float_load8(w, i + 8 * j, half), float_load8(a, i + 8 * j, half), acc[j]);
+    const __m256 octet = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+    __m128 quad = _mm_add_ps(_mm256_castps256_ps128(octet), _mm256_extractf128_ps(octet, 1));
+    quad = _mm_hadd_ps(quad, quad);
+    total = _mm_cvtss_f32(_mm_hadd_ps(quad, quad));
+#else
+    float acc[32] = {0}, quad[4];
+    for (int i = 0; i < body; i += 32)
+        for (int l = 0; l < 32; l++) acc[l] = fmaf(float_at(w, i + l, half), float_at(a, i + l, half), acc[l]);
+    for (int l = 0; l < 4; l++)
+        quad[l] = ((acc[l] + acc[16 + l]) + (acc[8 + l] + acc[24 + l])) + ((acc[4 + l] + acc[20 + l]) + (acc[12 + l] + acc[28 + l]));
+    total = (quad[0] + quad[1]) + (quad[2] + quad[3]);
+#endif
+    if (half) {
+        double sum = total;
+        for (int i = body; i < n; i++) sum += (double)(float_at(w, i, 1) * float_at(a, i, 1));
+        return (float)sum;
+    }
+    for (int i = body; i < n; i++) total = fmaf(float_at(w, i, 0), float_at(a, i, 0), total);
+    return total;
+}
+
+/* Whether tinyBLAS takes a product of n_tok activation rows with n_out weight rows of n_in values. */
+static inline int tinyblas_accepts(int64_t n_tok, int64_t n_out, int64_t n_in) {
+    return n_tok > 1 && n_in % 8 == 0 && n_out % 4 == 0;
+}
+
+/* tinyBLAS's sum for RM (<= 4) weight rows x RN (<= 3) activation rows: out[j * ldo + i]. */
+static inline __attribute__((always_inline)) void tinyblas_tile(
+        int k, int half, const uint8_t *w, int64_t w_bytes, const uint8_t *a, int64_t a_bytes,
+        const int RM, const int RN, float *out, int64_t ldo) {
+#if defined(LLAMANP_FLOAT_SIMD)
+    __m256 acc[3][4];
+    for (int j = 0; j < RN; j++)
+        for (int i = 0; i < RM; i++) acc[j][i] = _mm256_setzero_ps();
+    for (int l = 0; l < k; l += 8) {
+        __m256 av[3];
+        for (int j = 0; j < RN; j++) av[j] = float_load8(a + j * a_bytes, l, half);
+        for (int i = 0; i < RM; i++) {
+            const __m256 wv = float_load8(w + i * w_bytes, l, half);
+            for (int j = 0; j < RN; j++) acc[j][i] = _mm256_fmadd_ps(wv, av[j], acc[j][i]);
+        }
+    }
+    for (int j = 0; j < RN; j++)
+        for (int i = 0; i < RM; i++) out[j * ldo + i] = hsum_ps(acc[j][i]);
+#else
+    for (int j = 0; j < RN; j++)
+        for (int i = 0; i < RM; i++) {
+            float acc[8] = {0}, quad[4];
+            for (int l = 0; l < k; l += 8)
+                for (int e = 0; e < 8; e++)
+                    acc[e] = fmaf(float_at(w + i * w_bytes, l + e, half), float_at(a + j * a_bytes, l + e, half), acc[e]);
+            for (int e = 0; e < 4; e++) quad[e] = acc[4 + e] + acc[e];
+            out[j * ldo + i] = (quad[0] + quad[2]) + (quad[1] + quad[3]);
+        }
+#endif
+}
+
+/* Weight rows [r0, r1) (a multiple of 4 apart) against activation rows [0, n_tok) in
+ * tinyBLAS's order, in tiles of 4 weight rows x 3 activation rows: out[t * ldo + r]. */
+static inline void tinyblas_rows(int half, int k, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,
+                                 const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo) {
+    for (int64_t r = r0; r < r1; r += 4)
+        for (int64_t t = 0; t < n_tok; t += 3) {
+            const uint8_t *wr = w + r * row_bytes, *at = acts + t * act_bytes;
+            float *o = out + t * ldo + r;
+            switch (n_tok - t) {
+                case 1: tinyblas_tile(k, half, wr, row_bytes, at, act_bytes, 4, 1, o, ldo); break;
+                case 2: tinyblas_tile(k, half, wr, row_bytes, at, act_bytes, 4, 2, o, ldo); break;
+                default: tinyblas_tile(k, half, wr, row_bytes, at, act_bytes, 4, 3, o, ldo); break;
+            }
+        }
+}
+
+#endif
