@@ -143,17 +143,13 @@ GREEDY_PROMPTS = ["ROMEO:\n", "First Citizen:\nBefore we proceed", "KING RICHARD
 
 @pytest.mark.parametrize("qtype", [None, "Q8_0", "Q4_0", "Q4_K_M"])
 def test_greedy_continuations_match_llama_cpp(tmp_path_factory, qtype):
-    """A trained model's peaked logits make 64-token greedy identity a fair test on quantised files.
-
-    Run on the NumPy backend, which mirrors ggml's summation order kernel by kernel; the
-    Cython kernels agree with it to NMSE <= 1e-8 (tests/test_kernels.py) but still sum some
-    quantised blocks in another order, so their greedy path may part after tens of tokens.
-    """
+    """A trained model's peaked logits make 64-token greedy identity a fair test on quantised
+    files; both backends must keep llama.cpp's tokens."""
     path = MODEL_PATH if qtype is None else quantized_model(qtype, tmp_path_factory.mktemp("tiny"))
     ref = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, n_threads=2, verbose=False)
-    with Llama(path, n_ctx=128, backend="numpy") as ours:
+    with Llama(path, n_ctx=128, backend="numpy") as reference, Llama(path, n_ctx=128, backend="cython") as compiled:
         for prompt in GREEDY_PROMPTS:
-            tokens = ours.tokenize(prompt, add_bos=True)
+            tokens = reference.tokenize(prompt, add_bos=True)
             assert tokens == ref.tokenize(prompt.encode(), add_bos=True)
             ref.reset()
             ref.eval(tokens)
@@ -164,4 +160,5 @@ def test_greedy_continuations_match_llama_cpp(tmp_path_factory, qtype):
                     break
                 expected.append(token)
                 ref.eval([token])
-            assert list(ours.generate_tokens(tokens, sampler=greedy, max_tokens=64)) == expected, prompt
+            for ours in (reference, compiled):
+                assert list(ours.generate_tokens(tokens, sampler=greedy, max_tokens=64)) == expected, (prompt, ours.model.backend.name)
