@@ -41,6 +41,17 @@ enum {
 
 /* ---------------------------------------------------------------- f16 */
 
+/* Ask the cache for the lines of [p + PREFETCH_AHEAD, p + PREFETCH_AHEAD + bytes): the weights a
+ * product will read about 2 KiB after the ``bytes`` at p.  Streaming one token's product over a
+ * matrix from DRAM, the hardware prefetcher alone leaves the core waiting on loads (15-40% of
+ * the time here); asking this far ahead overlaps them with the arithmetic.  A prefetch never
+ * faults, so reading past the end of the weights is harmless. */
+enum { PREFETCH_AHEAD = 2048 };
+static inline void prefetch_ahead(const void *p, size_t bytes) {
+    const uintptr_t start = (uintptr_t)p + PREFETCH_AHEAD;
+    for (uintptr_t line = start & ~(uintptr_t)63; line < start + bytes; line += 64) __builtin_prefetch((const void *)line, 0, 3);
+}
+
 static inline float fp16_to_fp32(uint16_t h) {
 #if defined(__F16C__)
     return _cvtsh_ss(h);

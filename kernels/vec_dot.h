@@ -117,6 +117,7 @@ static inline float dot_block32(int type, int n, const uint8_t *x, size_t block_
     float acc_min = 0.0f;
     for (int i = 0; i < n / QK; i++, x += block_bytes, y += y_bytes) {
         uint16_t dx, dy, m, s;
+        prefetch_ahead(x, block_bytes);
         memcpy(&dx, x, 2);
         memcpy(&dy, y, 2);
         if (has_min) {
@@ -219,6 +220,7 @@ static inline __attribute__((always_inline)) float dot_kquant(int type, int n, c
     kq_vec_acc a = kq_vec_start();
     for (int i = 0; i < n / QK_K; i++, x += block_bytes) {
         lanes_i32 lanes, minlanes;
+        prefetch_ahead(x, block_bytes);
 #if defined(__AVX2__)
         if (type == T_Q6_K || type == T_Q4_K || type == T_Q5_K) {
             uint16_t d[2] = {0, 0};  /* d, and dmin for Q4_K/Q5_K */
