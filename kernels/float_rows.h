@@ -40,12 +40,10 @@ static inline float dot_float_row(int n, const void *w, const void *a, int half)
     quad = _mm_hadd_ps(quad, quad);
     total = _mm_cvtss_f32(_mm_hadd_ps(quad, quad));
 #else
-    float acc[32] = {0}, quad[4];
+    float acc[32] = {0};
     for (int i = 0; i < body; i += 32)
         for (int l = 0; l < 32; l++) acc[l] = fmaf(float_at(w, i + l, half), float_at(a, i + l, half), acc[l]);
-    for (int l = 0; l < 4; l++)
-        quad[l] = ((acc[l] + acc[16 + l]) + (acc[8 + l] + acc[24 + l])) + ((acc[4 + l] + acc[20 + l]) + (acc[12 + l] + acc[28 + l]));
-    total = (quad[0] + quad[1]) + (quad[2] + quad[3]);
+    total = sum32(acc);
 #endif
     if (half) {
         double sum = total;
@@ -82,14 +80,20 @@ static inline __attribute__((always_inline)) void tinyblas_tile(
 #else
     for (int j = 0; j < RN; j++)
         for (int i = 0; i < RM; i++) {
-            float acc[8] = {0}, quad[4];
+            float acc[8] = {0};
             for (int l = 0; l < k; l += 8)
                 for (int e = 0; e < 8; e++)
                     acc[e] = fmaf(float_at(w + i * w_bytes, l + e, half), float_at(a + j * a_bytes, l + e, half), acc[e]);
-            for (int e = 0; e < 4; e++) quad[e] = acc[4 + e] + acc[e];
-            out[j * ldo + i] = (quad[0] + quad[2]) + (quad[1] + quad[3]);
+            out[j * ldo + i] = sum8_strided(acc);
         }
 #endif
+}
+
+/* tinyBLAS's sum of one pair of rows of k values (a multiple of 8): a 1 x 1 tile */
+static inline float tinyblas_dot(int k, const void *w, const void *a, int half) {
+    float out;
+    tinyblas_tile(k, half, (const uint8_t *)w, 0, (const uint8_t *)a, 0, 1, 1, &out, 1);
+    return out;
 }
 
 /* Weight rows [r0, r1) (a multiple of 4 apart) against activation rows [0, n_tok) in

@@ -10,6 +10,23 @@
 
 #include "qblocks.h"
 
+/* The horizontal sum of 8 fp32 lanes in AVX2 order (hsum_ps; tinyBLAS, ggml's quantised
+ * dots, the softmax): quad = low half + high half, then (quad0 + quad2) + (quad1 + quad3). */
+static inline float sum8_strided(const float *v) {
+    const float q0 = v[0] + v[4], q1 = v[1] + v[5], q2 = v[2] + v[6], q3 = v[3] + v[7];
+    return (q0 + q2) + (q1 + q3);
+}
+
+/* ggml_vec_dot_f32/_f16's reduction of its four 8-lane accumulators (32 lanes):
+ * octet i = (a[i] + a[16+i]) + (a[8+i] + a[24+i]), quad = low half + high half of the
+ * octet, then (quad0 + quad1) + (quad2 + quad3). */
+static inline float sum32(const float *a) {
+    float octet[8];
+    for (int i = 0; i < 8; i++) octet[i] = (a[i] + a[16 + i]) + (a[8 + i] + a[24 + i]);
+    const float q0 = octet[0] + octet[4], q1 = octet[1] + octet[5], q2 = octet[2] + octet[6], q3 = octet[3] + octet[7];
+    return (q0 + q1) + (q2 + q3);
+}
+
 #if defined(__AVX2__)
 /* The AVX2 horizontal sum: high half plus low half, then (0 + 2) + (1 + 3). */
 static inline float hsum_ps(__m256 v) {
@@ -57,11 +74,7 @@ static inline int lanes_isum(lanes_i32 a) {
     return s;
 }
 
-static inline float lanes_hsum(lanes_f32 a) {
-    float q[4];
-    for (int l = 0; l < 4; l++) q[l] = a.v[4 + l] + a.v[l];
-    return (q[0] + q[2]) + (q[1] + q[3]);
-}
+static inline float lanes_hsum(lanes_f32 a) { return sum8_strided(a.v); }
 
 static inline lanes_f32 lanes_fma(float s, lanes_i32 v, lanes_f32 acc) {
     for (int l = 0; l < 8; l++) acc.v[l] = fmaf(s, (float)v.v[l], acc.v[l]);

@@ -1,18 +1,18 @@
 /* The non-matrix steps of a LLaMA layer, bit for bit as the NumPy reference computes them
  * (engine/ggml_ops.py, NumpyBackend), which in turn follows ggml's AVX2 CPU kernels:
- *  - RMSNorm sums the fp32 squares in double, in NumPy's pairwise order;
+ *  - RMSNorm sums the fp32 squares left to right in double, as ggml does;
  *  - RoPE takes the C library's cosf/sinf of angles built by repeated fp32 multiplication,
  *    and rotates each pair in double with one of its two products rounded to fp32 first;
  *  - SwiGLU and the softmax use ggml_v_expf (a range reduction and a degree-5 polynomial);
  *  - attention rounds q and the probabilities to f16 and sums both of its products in the
  *    order of ggml's kernels: ggml_vec_dot_f16 (32 lanes) for one query row, llamafile's
- *    tinyBLAS (8 lanes) for several.
+ *    tinyBLAS (8 lanes) for several; a single dot is float_rows.h's, as the matrix products'.
  * Every AVX2 path has a scalar twin that gives the same bits.
  */
 #ifndef LLAMANP_LAYER_OPS_H
 #define LLAMANP_LAYER_OPS_H
 
-#include "qblocks.h"
+#include "float_rows.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define LAYER_SIMD 1
@@ -38,41 +38,6 @@ static inline uint32_t f32_bits(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
     return u;
-}
-
-/* ---------------------------------------------------------------- NumPy's pairwise sum */
-
-enum { PAIRWISE_BLOCK = 128 };  /* NumPy's PW_BLOCKSIZE: longer runs are split in two */
-
-/* One leaf of NumPy's pairwise summation (n <= 128 doubles): under 8 values are added in
- * turn to -0.0; otherwise eight running sums over steps of 8, combined as
- * ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7)), then the rest added one at a time. */
-static inline double pairwise_leaf(const double *a, int n) {
-    if (n < 8) {
-        double r = -0.0;
-        for (int i = 0; i < n; i++) r += a[i];
-        return r;
-    }
-    const int body = n - n % 8;
-    int i = 8;
-#if LAYER_SIMD
-    __m256d lo = _mm256_loadu_pd(a), hi = _mm256_loadu_pd(a + 4);
-    for (; i < body; i += 8) {
-        lo = _mm256_add_pd(lo, _mm256_loadu_pd(a + i));
-        hi = _mm256_add_pd(hi, _mm256_loadu_pd(a + i + 4));
-    }
-    const __m256d pairs = _mm256_hadd_pd(lo, hi);  /* r0+r1, r4+r5 | r2+r3, r6+r7 */
-    const __m128d halves = _mm_add_pd(_mm256_castpd256_pd128(pairs), _mm256_extractf128_pd(pairs, 1));
-    double res = _mm_cvtsd_f64(halves) + _mm_cvtsd_f64(_mm_unpackhi_pd(halves, halves));
-#else
-    double r[8];
-    memcpy(r, a, sizeof r);
-    for (; i < body; i += 8)
-        for (int l = 0; l < 8; l++) r[l] += a[i + l];
-    double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-#endif
-    for (; i < n; i++) res += a[i];
-    return res;
 }
 
 /* ---------------------------------------------------------------- RMSNorm */
@@ -222,46 +187,13 @@ static inline void swiglu_row(const float *g, const float *u, int64_t n, float *
 
 /* ---------------------------------------------------------------- horizontal sums */
 
-/* The 8-lane sum of ggml_vec_dot_f16's reduction: quad = low half + high half, then
- * (quad0 + quad1) + (quad2 + quad3). */
-static inline float sum8_adjacent(const float *v) {
-    const float q0 = v[0] + v[4], q1 = v[1] + v[5], q2 = v[2] + v[6], q3 = v[3] + v[7];
-    return (q0 + q1) + (q2 + q3);
-}
-
-/* The reference's hsum8 (tinyBLAS, the softmax): quad as above, then (quad0 + quad2) + (quad1 + quad3). */
-static inline float sum8_strided(const float *v) {
-    const float q0 = v[0] + v[4], q1 = v[1] + v[5], q2 = v[2] + v[6], q3 = v[3] + v[7];
-    return (q0 + q2) + (q1 + q3);
-}
-
-/* ggml_vec_dot_f16's reduction of its 32 lanes: octet i = (a[i] + a[16+i]) + (a[8+i] + a[24+i]),
- * then sum8_adjacent of the octet. */
-static inline float sum32(const float *a) {
-    float octet[8];
-    for (int i = 0; i < 8; i++) octet[i] = (a[i] + a[16 + i]) + (a[8 + i] + a[24 + i]);
-    return sum8_adjacent(octet);
-}
-
 #if LAYER_SIMD
-static inline float sum8_strided_ps(__m256 v) {
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    q = _mm_add_ps(q, _mm_movehl_ps(q, q));           /* q0 + q2, q1 + q3 */
-    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
-}
-
-static inline float sum8_adjacent_ps(__m256 v) {
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    q = _mm_hadd_ps(q, q);                            /* q0 + q1, q2 + q3 */
-    return _mm_cvtss_f32(_mm_hadd_ps(q, q));
-}
-
 /* quads of v[a] and v[b] side by side: low half + high half of each */
 static inline __m256 quads2(__m256 a, __m256 b) {
     return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
 }
 
-/* sum8_adjacent (strided = 0) or sum8_strided (strided = 1) of eight vectors at once:
+/* sum32's last steps (strided = 0) or sum8_strided (strided = 1) of eight vectors at once:
  * lane i of the result sums v[i].  Two rounds of horizontal adds pair quad elements
  * (0, 1) and (2, 3); for the strided order each quad is first reordered to 0, 2, 1, 3. */
 static inline __m256 sum8x8_ps(const __m256 *v, int strided) {
@@ -275,53 +207,12 @@ static inline __m256 sum8x8_ps(const __m256 *v, int strided) {
 }
 #endif
 
-/* ---------------------------------------------------------------- f16 dot products */
-
-/* ggml_vec_dot_f16's order over k values: 32 fp32 lanes fed by fused multiply-adds over
- * steps of 32, reduced by sum32; the products past the last step are summed in double
- * (NumPy's pairwise order, as the reference sums them) and added to that in double. */
-static inline float dot_f16_lanes32(const uint16_t *x, const uint16_t *y, int k) {
-    const int body = k - k % 32;
-    float total;
-#if LAYER_SIMD
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int c = 0; c < body; c += 32)
-        for (int l = 0; l < 4; l++)
-            acc[l] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + c + 8 * l))),
-                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(y + c + 8 * l))), acc[l]);
-    total = sum8_adjacent_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3])));
-#else
-    float acc[32] = {0};
-    for (int c = 0; c < body; c += 32)
-        for (int l = 0; l < 32; l++) acc[l] = fma_f32(fp16_to_fp32(x[c + l]), fp16_to_fp32(y[c + l]), acc[l]);
-    total = sum32(acc);
-#endif
-    if (body == k) return total;
-    double tail[32];
-    for (int i = body; i < k; i++) tail[i - body] = (double)fp16_to_fp32(x[i]) * fp16_to_fp32(y[i]);
-    return (float)((double)total + pairwise_leaf(tail, k - body));
-}
-
-/* tinyBLAS's order over k values (a multiple of 8): one 8-lane fma accumulator, then sum8_strided */
-static inline float dot_f16_lanes8(const uint16_t *x, const uint16_t *y, int k) {
-#if LAYER_SIMD
-    __m256 acc = _mm256_setzero_ps();
-    for (int c = 0; c < k; c += 8)
-        acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + c))),
-                              _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(y + c))), acc);
-    return sum8_strided_ps(acc);
-#else
-    float acc[8] = {0};
-    for (int c = 0; c < k; c += 8)
-        for (int l = 0; l < 8; l++) acc[l] = fma_f32(fp16_to_fp32(x[c + l]), fp16_to_fp32(y[c + l]), acc[l]);
-    return sum8_strided(acc);
-#endif
-}
-
 /* ---------------------------------------------------------------- attention */
 
 /* scores[j] = dot(q, k_j) * scale for the m keys (rows of hd f16 values) in the order of
- * dot_f16_lanes(lanes); qh: q rounded to f16, qf: the same values as floats. */
+ * tinyblas_dot (lanes 8) or dot_float_row (lanes 32); qh: q rounded to f16, qf: the same
+ * values as floats.  Blocks of eight keys share one reduction; the other keys take the
+ * single-row dots of float_rows.h. */
 static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_t *k, int m, int hd, float scale,
                               int lanes, float *scores) {
     int j = 0;
@@ -358,7 +249,7 @@ static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_
 #endif
     for (; j < m; j++) {
         const uint16_t *kj = k + (int64_t)j * hd;
-        scores[j] = (lanes == 8 ? dot_f16_lanes8(qh, kj, hd) : dot_f16_lanes32(qh, kj, hd)) * scale;
+        scores[j] = (lanes == 8 ? tinyblas_dot(hd, qh, kj, 1) : dot_float_row(hd, qh, kj, 1)) * scale;
     }
 }
 
@@ -386,7 +277,7 @@ static inline void softmax_f16(float *s, int m, uint16_t *p) {
     for (; j + 8 <= m; j += 8) {
         const __m256 e = expf8_ggml(_mm256_sub_ps(_mm256_loadu_ps(s + j), maxv));
         _mm256_storeu_ps(s + j, e);
-        total += (double)sum8_strided_ps(e);
+        total += (double)hsum_ps(e);
     }
 #endif
     for (; j < m; j += 8) {
@@ -470,7 +361,7 @@ static inline void weigh_values(const uint16_t *p, const uint16_t *v, int m, int
 }
 
 /* One query head at one position over keys [0, m) of its kv head: q rounded to f16, scores
- * by dot_f16_lanes(qk_lanes) (8 only when hd is a multiple of 8), times scale, softmax to
+ * by score_keys(qk_lanes) (8 only when hd is a multiple of 8), times scale, softmax to
  * f16, then weigh_values(pv_lanes).  k, v: (n_ctx, hd) f16 rows.
  * Scratch: scores m floats, half hd + m halves, acc 32 * hd floats. */
 static inline void attend(const float *q, const uint16_t *k, const uint16_t *v, int m, int hd, float scale,
