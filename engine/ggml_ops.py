@@ -223,7 +223,10 @@ def float_dots(x: np.ndarray, w: np.ndarray, f16_tail: bool = False, n_rows: int
         return total
     tail = xs[..., body:] * ws[..., body:]                                # (..., n, m, k - body)
     if f16_tail:
-        return (total.astype(np.float64) + tail.sum(axis=-1)).astype(np.float32)
+        sum_ = total.astype(np.float64)
+        for i in range(k - body):
+            sum_ = sum_ + tail[..., i]
+        return sum_.astype(np.float32)
     for i in range(k - body):
         total = (total.astype(np.float64) + tail[..., i]).astype(np.float32)
     return total

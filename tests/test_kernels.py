@@ -258,6 +258,25 @@ def test_attention_bit_identical(n_heads, n_kv_heads, head_dim, start, n):
         assert np.array_equal(layers.attention(q, k, v, start, scale, n_threads), ref)
 
 
+def test_f16_tail_is_added_one_product_at_a_time():
+    """Past the last multiple of 32, ggml_vec_dot_f16 adds each product to its double sum in
+    turn: 64 + 2^-18 + 3 * 2^-48 keeps the tie and rounds to 64, where summing the tail first
+    rounds up.  Both the F16 product and attention's q.k take that order."""
+    row = np.zeros(36, np.float32)
+    row[0], row[32], row[33:] = 8, 2.0 ** -9, 2.0 ** -24
+    in_turn = np.float32(np.float64(64) + 2.0 ** -18 + 2.0 ** -48 + 2.0 ** -48 + 2.0 ** -48)
+    assert in_turn != np.float32(np.float64(64) + (2.0 ** -18 + 3 * 2.0 ** -48))
+    w = Weight("w", T.F16, 36, 4, np.tile(row.astype(np.float16), (4, 1)))
+    assert REF.matmul(w, row[None])[0, 0] == in_turn
+    assert matmul.Matrix(w.data, int(T.F16), 36).matmul(row[None])[0, 0] == in_turn
+    q = np.zeros((1, 1, 36), np.float32)
+    q[0, 0] = row
+    q[0, 0, 1] = 1
+    keys, values = np.zeros((1, 3, 36), np.float16), np.zeros((1, 3, 36), np.float16)
+    keys[0, 0], keys[0, 1, :2], values[0, 1] = row, (8, -2.0 ** -10), 1   # scores 64 (+ tail) and 64 - 2^-10
+    assert np.array_equal(layers.attention(q, keys, values, 1, 1024.0, 1), REF.attention(q, keys, values, 1, 1024.0))
+
+
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("call", [
