@@ -49,7 +49,7 @@ class CythonBackend:
         if entry is None:
             first = ws[0]
             stacks = len(ws) > 1 and all(w.type == first.type and w.n_in == first.n_in and w.n_out % 8 == 0 for w in ws)
-            matrix = Matrix(np.concatenate([w.data for w in ws]), int(first.type), first.n_in) if stacks else None
+            matrix = Matrix([w.data for w in ws], int(first.type), first.n_in) if stacks else None
             if matrix is not None and release_source:
                 release_file_pages([w.data for w in ws if is_file_mapping(w.data)])
             entry = (ws, matrix)

@@ -174,7 +174,8 @@ cdef class Matrix:
     cdef vec_dot_fn dot
 
     def __init__(self, data, int type, int64_t n_in, bint regroup=True, bint release_source=False):
-        """``data``: (n_out, bytes_per_row) uint8, or typed (n_out, n_in) for F32/F16, C-contiguous.
+        """``data``: (n_out, bytes_per_row) uint8, or typed (n_out, n_in) for F32/F16, C-contiguous;
+        or a list of such arrays, whose rows are stacked one after another.
 
         ``regroup`` lets Q4_0 and Q4_K weights be repacked eight rows at a time (a copy the size of
         the weight); ``release_source`` then tells the kernel to drop the mmap'd pages of
@@ -183,23 +184,32 @@ cdef class Matrix:
         self.dot = vec_dot_for(type, &self.act_type)
         if self.dot == NULL:
             raise ValueError(f"matrix products with ggml type {type} are not supported")
-        if not isinstance(data, np.ndarray) or data.ndim != 2 or not data.flags.c_contiguous:
-            raise ValueError("weight data must be a C-contiguous 2-D NumPy array")
-        expected = {T_F32: np.float32, T_F16: np.float16}.get(type, np.uint8)
-        if data.dtype != expected and data.dtype != np.uint8:
-            raise ValueError(f"weight data of ggml type {type} must be {np.dtype(expected).name} or uint8, got {data.dtype}")
         if n_in <= 0 or n_in % type_block_size(type):
             raise ValueError(f"row length {n_in} is not a positive multiple of the block size {type_block_size(type)}")
-        self.type, self.n_in, self.n_out = type, n_in, data.shape[0]
+        self.type, self.n_in = type, n_in
         self.row_bytes = type_row_bytes(type, n_in)
-        if data.shape[1] * data.itemsize != self.row_bytes:
-            raise ValueError(f"weight rows hold {data.shape[1] * data.itemsize} bytes, "
-                             f"expected {self.row_bytes} for {n_in} values of ggml type {type}")
-        raw = data.view(np.uint8)
-        self.regrouped = regroup and type in (T_Q4_0, T_Q4_K) and self.n_out % 8 == 0 and self.n_out > 0
-        self.data = regroup_rows(raw, type, n_in, release_source) if self.regrouped else raw
+        parts = [self.raw_rows(part) for part in (data if isinstance(data, list) else [data])]
+        self.n_out = sum(part.shape[0] for part in parts)
+        self.regrouped = (regroup and type in (T_Q4_0, T_Q4_K) and self.n_out > 0
+                          and all(part.shape[0] % 8 == 0 for part in parts))
+        if self.regrouped:
+            self.data = regroup_rows(parts, type, n_in, release_source)
+        else:
+            self.data = parts[0] if len(parts) == 1 else np.concatenate(parts)
         cdef const uint8_t[:, ::1] view = self.data.reshape(self.n_out, -1) if self.n_out else np.zeros((1, 1), np.uint8)
         self.ptr = &view[0, 0]
+
+    cdef object raw_rows(self, data):
+        """One array of weight rows, checked against the type and row length, as uint8 (rows, row_bytes)."""
+        if not isinstance(data, np.ndarray) or data.ndim != 2 or not data.flags.c_contiguous:
+            raise ValueError("weight data must be a C-contiguous 2-D NumPy array")
+        expected = {T_F32: np.float32, T_F16: np.float16}.get(self.type, np.uint8)
+        if data.dtype != expected and data.dtype != np.uint8:
+            raise ValueError(f"weight data of ggml type {self.type} must be {np.dtype(expected).name} or uint8, got {data.dtype}")
+        if data.shape[1] * data.itemsize != self.row_bytes:
+            raise ValueError(f"weight rows hold {data.shape[1] * data.itemsize} bytes, "
+                             f"expected {self.row_bytes} for {self.n_in} values of ggml type {self.type}")
+        return data.view(np.uint8)
 
     def matmul(self, x, n_threads=None):
         """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, with ggml's activation rounding."""
@@ -318,22 +328,29 @@ cdef class Matrix:
             free(rows)
 
 
-cdef object regroup_rows(raw, int type, int64_t n_in, bint release_source):
-    """Q4_0 or Q4_K rows (n_out, bytes) regrouped eight rows at a time (q4_0x8.h, q4_Kx8.h), as a flat uint8 array."""
-    cdef const uint8_t[:, ::1] src = raw
+cdef object regroup_rows(parts, int type, int64_t n_in, bint release_source):
+    """Q4_0 or Q4_K rows, arrays (rows, bytes) each a multiple of 8 rows, stacked and regrouped
+    eight rows at a time (q4_0x8.h, q4_Kx8.h) into one flat uint8 array."""
     cdef bint k_quant = type == T_Q4_K
-    cdef int64_t nb = n_in // (256 if k_quant else 32), n_groups = raw.shape[0] // 8
-    out = np.empty(n_groups * nb * (GROUP_BYTES_Q4_K if k_quant else GROUP_BYTES_Q4_0), np.uint8)
+    cdef int64_t nb = n_in // (256 if k_quant else 32)
+    cdef int64_t group_bytes = nb * (GROUP_BYTES_Q4_K if k_quant else GROUP_BYTES_Q4_0)
+    out = np.empty(sum(part.shape[0] for part in parts) // 8 * group_bytes, np.uint8)
     cdef uint8_t[::1] dst = out
+    cdef const uint8_t[:, ::1] src
+    cdef int64_t first = 0, n_groups
     cdef Py_ssize_t g
-    with nogil:
-        for g in prange(n_groups, schedule="static"):
-            if k_quant:
-                repack_q4_Kx8_group(<const block_q4_K *>&src[0, 0], nb, g, <block_q4_Kx8 *>&dst[0])
-            else:
-                repack_q4_0x8_group(<const block_q4_0 *>&src[0, 0], nb, g, <block_q4_0x8 *>&dst[0])
-    if release_source and is_file_mapping(raw):
-        release_pages(&src[0, 0], raw.nbytes)
+    for part in parts:
+        src = part
+        n_groups = part.shape[0] // 8
+        with nogil:
+            for g in prange(n_groups, schedule="static"):
+                if k_quant:
+                    repack_q4_Kx8_group(<const block_q4_K *>&src[0, 0], nb, g, <block_q4_Kx8 *>&dst[first * group_bytes])
+                else:
+                    repack_q4_0x8_group(<const block_q4_0 *>&src[0, 0], nb, g, <block_q4_0x8 *>&dst[first * group_bytes])
+        if release_source and is_file_mapping(part):
+            release_pages(&src[0, 0], part.nbytes)
+        first += n_groups
     return out
 
 

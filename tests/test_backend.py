@@ -47,3 +47,13 @@ def test_stacks_only_what_cannot_change_a_result():
     mixed = q4_0 + weights(rng, T.Q8_0, (16,))
     for a, w in zip(backend.matmuls(mixed, x), mixed):
         assert np.array_equal(a, CythonBackend(1).matmul(w, x))
+
+
+def test_stacked_matrix_checks_every_part():
+    from kernels.matmul import Matrix
+    rng = np.random.default_rng(1)
+    good, short = random_weights(rng, T.Q4_0, 8, 512), random_weights(rng, T.Q4_0, 8, 256)
+    with pytest.raises(ValueError, match="rows hold"):
+        Matrix([good, short], int(T.Q4_0), 512)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        Matrix([good, good[:, ::2]], int(T.Q4_0), 512)
