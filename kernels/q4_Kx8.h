@@ -72,17 +72,23 @@ static inline void q4_Kx8_dot_n(const block_q4_Kx8 *grp, int64_t nb, const block
         const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->dmin));
         __m256i isum[4];
         for (int t = 0; t < N; t++) isum[t] = _mm256_setzero_si256();
-        for (int half = 0; half < 8; half++) {  /* sub-block ``half``: pair c = half / 2, low or high nibbles */
-            const int c = half / 2, shift = 4 * (half % 2);
-            __m256i s[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int c = 0; c < 4; c++) {  /* sub-block pair c: sub-block 2c in the low nibbles, 2c + 1 in the high */
+            __m256i lo[4], hi[4];
+            for (int t = 0; t < N; t++) lo[t] = hi[t] = _mm256_setzero_si256();
             for (int i = 0; i < 8; i++) {
-                const __m256i q = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)blk->qs[c][i]), shift), low4);
-                for (int t = 0; t < N; t++)
-                    s[t] = _mm256_add_epi16(s[t], _mm256_maddubs_epi16(q, k8_bcast4(act[t][b].qs + 32 * half + 4 * i)));
+                const __m256i q = _mm256_loadu_si256((const __m256i *)blk->qs[c][i]);
+                const __m256i q_lo = _mm256_and_si256(q, low4), q_hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+                for (int t = 0; t < N; t++) {
+                    const int8_t *a = act[t][b].qs + 64 * c + 4 * i;
+                    lo[t] = _mm256_add_epi16(lo[t], _mm256_maddubs_epi16(q_lo, k8_bcast4(a)));
+                    hi[t] = _mm256_add_epi16(hi[t], _mm256_maddubs_epi16(q_hi, k8_bcast4(a + 32)));
+                }
             }
-            const __m256i scale = k8_pairs(blk->sc[half]);
-            for (int t = 0; t < N; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], scale));
-            if ((half + 1) % part) continue;
+            const __m256i scale_lo = k8_pairs(blk->sc[2 * c]), scale_hi = k8_pairs(blk->sc[2 * c + 1]);
+            for (int t = 0; t < N; t++)
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(_mm256_madd_epi16(lo[t], scale_lo),
+                                                                     _mm256_madd_epi16(hi[t], scale_hi)));
+            if ((2 * c + 2) % part) continue;
             for (int t = 0; t < N; t++) {  /* the end of a part */
                 acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, _mm256_set1_ps(act[t][b].d)), acc[t]);
                 isum[t] = _mm256_setzero_si256();
