@@ -210,7 +210,7 @@ class Model:
         hp, ops = self.hp, self.backend
         n = x.shape[0]
         h = ops.rms_norm(x, layer.attn_norm, hp.rms_eps)                   # (n, dim)
-        q, k, v = ops.matmuls(layer.qkv, h)
+        q, k, v = ops.matmuls(layer.qkv, h)                                 # (n, n_heads*hd), (n, kv_dim) x 2
         q = q.reshape(n, hp.n_heads, hp.head_dim)                          # (n, n_heads, hd)
         k = k.reshape(n, hp.n_kv_heads, hp.head_dim)                       # (n, n_kv_heads, hd)
         v = v.reshape(n, hp.n_kv_heads, hp.head_dim)                       # (n, n_kv_heads, hd)

@@ -45,7 +45,8 @@ class CythonBackend:
         a multiple of 8 rows, so every row meets the kernel and activation rounding it would
         alone; one product then quantises the input once and wakes the threads once.
         """
-        entry = self._stacks.get(tuple(map(id, ws)))
+        key = tuple(map(id, ws))
+        entry = self._stacks.get(key)
         if entry is None:
             first = ws[0]
             stacks = len(ws) > 1 and all(w.type == first.type and w.n_in == first.n_in and w.n_out % 8 == 0 for w in ws)
@@ -53,7 +54,7 @@ class CythonBackend:
             if matrix is not None and release_source:
                 release_file_pages([w.data for w in ws if is_file_mapping(w.data)])
             entry = (ws, matrix)
-            self._stacks[tuple(map(id, ws))] = entry
+            self._stacks[key] = entry
         return entry[1]
 
     def prepare(self, weights) -> None:
