@@ -71,23 +71,17 @@ static inline q4x8_nibbles q4x8_unpack(const block_q4_0x8 *blk) {
     return w;
 }
 
-static inline __m256i bcast4(const int8_t *a) {
-    int32_t v;
-    memcpy(&v, a, 4);
-    return _mm256_set1_epi32(v);
-}
-
 /* acc + (8 rows' integer block dots with token a's block b) * d_w * d_a */
 static inline __m256 q4x8_fma(const q4x8_nibbles *w, __m256 dw, const act_q8_0 *a, int64_t b, __m256 acc) {
     const int8_t *y = a->qs + b * QK;
-    __m256i s = _mm256_maddubs_epi16(w->v[0], bcast4(y));
-    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[1], bcast4(y + 4)));
-    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[2], bcast4(y + 8)));
-    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[3], bcast4(y + 12)));
-    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[4], bcast4(y + 16)));
-    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[5], bcast4(y + 20)));
-    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[6], bcast4(y + 24)));
-    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[7], bcast4(y + 28)));
+    __m256i s = _mm256_maddubs_epi16(w->v[0], broadcast_i8x4(y));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[1], broadcast_i8x4(y + 4)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[2], broadcast_i8x4(y + 8)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[3], broadcast_i8x4(y + 12)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[4], broadcast_i8x4(y + 16)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[5], broadcast_i8x4(y + 20)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[6], broadcast_i8x4(y + 24)));
+    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[7], broadcast_i8x4(y + 28)));
     const __m256i isum = _mm256_sub_epi32(_mm256_madd_epi16(s, _mm256_set1_epi16(1)), _mm256_set1_epi32(a->bias[b]));
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(a->d[b])), acc);
 }

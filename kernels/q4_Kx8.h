@@ -52,12 +52,6 @@ static inline __m256i k8_pairs(const uint8_t *v) {
     return _mm256_or_si256(x, _mm256_slli_epi32(x, 16));
 }
 
-static inline __m256i k8_bcast4(const int8_t *a) {
-    int32_t v;
-    memcpy(&v, a, 4);
-    return _mm256_set1_epi32(v);
-}
-
 /* Groups of ``nb`` super-block columns against N (1 or 4) tokens; N is a constant at each call. */
 static inline void q4_Kx8_dot_n(const block_q4_Kx8 *grp, int64_t nb, const block_q8_K *const *act, const int N,
                                 float *out, int64_t ldo) {
@@ -80,8 +74,8 @@ static inline void q4_Kx8_dot_n(const block_q4_Kx8 *grp, int64_t nb, const block
                 const __m256i q_lo = _mm256_and_si256(q, low4), q_hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
                 for (int t = 0; t < N; t++) {
                     const int8_t *a = act[t][b].qs + 64 * c + 4 * i;
-                    lo[t] = _mm256_add_epi16(lo[t], _mm256_maddubs_epi16(q_lo, k8_bcast4(a)));
-                    hi[t] = _mm256_add_epi16(hi[t], _mm256_maddubs_epi16(q_hi, k8_bcast4(a + 32)));
+                    lo[t] = _mm256_add_epi16(lo[t], _mm256_maddubs_epi16(q_lo, broadcast_i8x4(a)));
+                    hi[t] = _mm256_add_epi16(hi[t], _mm256_maddubs_epi16(q_hi, broadcast_i8x4(a + 32)));
                 }
             }
             const __m256i scale_lo = k8_pairs(blk->sc[2 * c]), scale_hi = k8_pairs(blk->sc[2 * c + 1]);

@@ -105,6 +105,15 @@ static inline int nearest_int(float x) {
     return (i & 0x007fffff) - 0x00400000;
 }
 
+#if defined(__AVX2__)
+/* Four int8 values at a, repeated in all eight 32-bit lanes.  A float broadcast from memory
+ * is a plain load on the Zen cores here; an integer set1 compiles to a load and a shuffle, and the
+ * regrouped kernels make one per 32 multiply-adds (one-token Q4_K products +17-25%). */
+static inline __m256i broadcast_i8x4(const int8_t *a) {
+    return _mm256_castps_si256(_mm256_broadcast_ss((const float *)a));
+}
+#endif
+
 /* ---------------------------------------------------------------- Q8_0 / Q8_1 */
 
 /* One block of 32: q = round_even(x * (127 / amax)); returns d = amax / 127 (before f16 rounding). */

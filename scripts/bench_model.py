@@ -10,13 +10,16 @@ token at a time after a 16-token prompt), peak RSS; and prints the ratios ours/l
 A last table times decoding on a one-layer dim-64 model, where the weights are tiny, so
 the milliseconds per token are what each engine spends around its kernels (Python,
 sampling-free bookkeeping, thread hand-offs); ``--quant`` with no types runs only that.
-Timings are wall-clock on whatever else the machine is doing, so compare within a run.
+Each engine runs ``--rounds`` times, alternating with the other, and every number is
+the median of its rounds. Timings are wall-clock on whatever else the machine is doing,
+so compare within a run.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -105,6 +108,16 @@ def peak_rss_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def measure_engines(path: Path, args, prefill: list[int], decode: int) -> dict[str, dict]:
+    """Each engine's numbers: the median over ``args.rounds`` rounds that alternate the
+    engines, so a drift in the machine's speed (a VM's memory bandwidth moves with its
+    neighbours) falls on both."""
+    rounds = [{engine: run_worker(engine, path, args, prefill, decode) for engine in args.engines}
+              for _ in range(args.rounds)]
+    return {engine: {key: statistics.median(r[engine][key] for r in rounds) for key in rounds[0][engine]}
+            for engine in args.engines}
+
+
 def run_worker(engine: str, path: Path, args, prefill: list[int], decode: int) -> dict:
     """Measure ``engine`` in a fresh interpreter and read back its JSON line."""
     cmd = [sys.executable, __file__, "--worker", engine, "--model", str(path), "--threads", str(args.threads),
@@ -128,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prefill", type=int, nargs="*", default=[64, 512])
     p.add_argument("--decode", type=int, default=32)
-    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=2, help="prefills per round (the best counts)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds alternating the engines (the median counts)")
     p.add_argument("--cache", default=str(ROOT / "tests" / ".cache" / "bench"))
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     p.add_argument("--one-layer", action=argparse.BooleanOptionalAction, default=True,
@@ -139,14 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         print(json.dumps(measure(args.worker, Path(args.model), args.threads, args.prefill, args.decode, args.repeat)))
         return
-    print(f"threads {args.threads}; prefill best of {args.repeat}; decode {args.decode} tokens", flush=True)
+    print(f"threads {args.threads}; median of {args.rounds} rounds alternating the engines; "
+          f"prefill best of {args.repeat} per round; decode {args.decode} tokens", flush=True)
     for quant in args.quant:
         path = cached_model(args.cache, TINYLLAMA, quant)
-        results = {engine: run_worker(engine, path, args, args.prefill, args.decode) for engine in args.engines}
+        results = measure_engines(path, args, args.prefill, args.decode)
         report(f"{quant} ({path.stat().st_size / 2**20:.0f} MiB)", results)
     if args.one_layer:
         path = cached_model(args.cache, ONE_LAYER, "Q8_0")
-        results = {engine: run_worker(engine, path, args, [], ONE_LAYER_DECODE) for engine in args.engines}
+        results = measure_engines(path, args, [], ONE_LAYER_DECODE)
         for numbers in results.values():
             numbers["decode_ms_per_tok"] = 1000 / numbers["decode_tok_s"]
         report("1-layer dim-64 Q8_0 model: the cost of a token outside the weight streaming", results)
