@@ -189,6 +189,8 @@ cdef class Matrix:
         self.type, self.n_in = type, n_in
         self.row_bytes = type_row_bytes(type, n_in)
         parts = [self.raw_rows(part) for part in (data if isinstance(data, list) else [data])]
+        if not parts:
+            raise ValueError("no weight rows given: an empty list of arrays")
         self.n_out = sum(part.shape[0] for part in parts)
         self.regrouped = (regroup and type in (T_Q4_0, T_Q4_K) and self.n_out > 0
                           and all(part.shape[0] % 8 == 0 for part in parts))

@@ -57,3 +57,5 @@ def test_stacked_matrix_checks_every_part():
         Matrix([good, short], int(T.Q4_0), 512)
     with pytest.raises(ValueError, match="C-contiguous"):
         Matrix([good, good[:, ::2]], int(T.Q4_0), 512)
+    with pytest.raises(ValueError, match="no weight rows"):
+        Matrix([], int(T.Q4_0), 512)
