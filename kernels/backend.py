@@ -72,8 +72,7 @@ class CythonBackend:
                 else:
                     copied += [w for w in ws if self.matrix(w, release_source=False).regrouped]
             release_file_pages([w.data for w in copied if is_file_mapping(w.data)])
-        if self.matrix(weights.output, release_source=False).regrouped and is_file_mapping(weights.output.data):
-            release_file_pages([weights.output.data])
+        self.matrix(weights.output)  # releases its own mmap'd pages if it regroups them
 
     def get_rows(self, w: Weight, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` of ``w`` as float32 (the NumPy dequantiser for the types without a compiled one)."""
