@@ -8,11 +8,12 @@
  *     super-block, lane l holding the scaled products of weights 4l..4l+3 of each
  *     32-weight chunk, folded in with one fma by d_y * d (kq_vec_add);
  *   the tiled kernel (8 rows or more): S = the super-block's whole scaled sum and
- *     M = its mins sum, r = d * S - dmin * M (fused), acc = fma(r, d_y, acc) (kq_tiled_add).
+ *     M = its mins sum, r = d * S - dmin * M (fused), acc = fma(r, dy, acc) (kq_tiled_add).
  *
- * Here each weight row is unpacked once into plain bytes and sixteen integer scales
- * (kq_block) and then dotted with every activation row.  Q4_K rows that llama.cpp
- * repacks (a multiple of 8) go through q4_Kx8.h instead.
+ * Here each weight row is unpacked into plain bytes and sixteen integer scales (kq_block):
+ * once per row for few tokens, then dotted with every token; a super-block of two rows at a
+ * time for the tiled kernel, against four tokens per pass (kq_tile_add).  Q4_K rows that
+ * llama.cpp repacks (a multiple of 8) go through q4_Kx8.h instead.
  */
 #ifndef LLAMANP_KQUANT_ROWS_H
 #define LLAMANP_KQUANT_ROWS_H
@@ -49,7 +50,9 @@ static inline int q3_K_scale(const uint8_t *p, int sub) {
 typedef struct {
     uint8_t q[QK_K];   /* unsigned quants: Q2_K 0..3, Q3_K 0..7 (offset 4), Q4_K 0..15, Q5_K 0..31, Q6_K 0..63 (offset 32) */
     int16_t sc[16];    /* integer scale of each run of 16 quants */
-    int16_t mn[16];    /* per run of 16: the min (Q2_K; Q4_K/Q5_K: their run of 32's), 32 * scale (Q6_K), 0 (Q3_K) */
+    int16_t scv[8][16];  /* per 32-quant chunk c: sc[2c] eight times, then sc[2c + 1] eight times (madd's operand) */
+    int16_t mn[16];    /* per run of 16: the min (Q2_K; Q4_K/Q5_K: their run of 32's), or the offset times the
+                        * scale (Q3_K 4 * scale, Q6_K 32 * scale) */
     float d, dmin;
 } kq_block;
 
@@ -60,6 +63,34 @@ static inline void kq_unpack_crumbs(const uint8_t *qs, const uint8_t *hmask, uin
             const int low = (qs[32 * (c / 4) + i] >> (2 * (c % 4))) & 3;
             q[32 * c + i] = (uint8_t)(hmask ? low | (((hmask[i] >> c) & 1) << 2) : low);
         }
+}
+
+/* Q6_K's 256 quants, chunk k of half h = weights 128h + 32k..: the low nibbles of ql bytes
+ * 64h.. (k = 0) and 64h + 32.. (k = 1), the high nibbles of the same (k = 2, 3), each with
+ * bits 2k, 2k + 1 of qh bytes 32h.. on top. */
+static inline void kq_unpack_q6_K(const uint8_t *ql, const uint8_t *qh, uint8_t *q) {
+    for (int h = 0; h < 2; h++) {
+#if defined(__AVX2__)
+        const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
+        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(ql + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 64 * h + 32));
+        const __m256i hb = _mm256_loadu_si256((const __m256i *)(qh + 32 * h));
+        const __m256i chunk[4] = {
+            _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), bits45)),
+            _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hb, bits45)),
+            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45)),
+        };
+        for (int k = 0; k < 4; k++) _mm256_storeu_si256((__m256i *)(q + 128 * h + 32 * k), chunk[k]);
+#else
+        for (int k = 0; k < 4; k++)
+            for (int i = 0; i < 32; i++) {
+                const uint8_t lb = ql[64 * h + 32 * (k % 2) + i];
+                const int low = k / 2 ? lb >> 4 : lb & 0x0F;
+                q[128 * h + 32 * k + i] = (uint8_t)(low | (((qh[32 * h + i] >> (2 * k)) & 3) << 4));
+            }
+#endif
+    }
 }
 
 static inline void kq_unpack(int type, const uint8_t *x, kq_block *u) {
@@ -78,18 +109,12 @@ static inline void kq_unpack(int type, const uint8_t *x, kq_block *u) {
         kq_unpack_crumbs(b->qs, b->hmask, u->q);
         for (int s = 0; s < 16; s++) {
             u->sc[s] = (int16_t)q3_K_scale(b->scales, s);
-            u->mn[s] = 0;
+            u->mn[s] = (int16_t)(4 * u->sc[s]);
         }
         d = b->d;
     } else if (type == T_Q6_K) {
         const block_q6_K *b = (const block_q6_K *)x;
-        for (int h = 0; h < 2; h++)
-            for (int k = 0; k < 4; k++)
-                for (int i = 0; i < 32; i++) {
-                    const uint8_t lb = b->ql[64 * h + 32 * (k % 2) + i];
-                    const int low = k / 2 ? lb >> 4 : lb & 0x0F;
-                    u->q[128 * h + 32 * k + i] = (uint8_t)(low | (((b->qh[32 * h + i] >> (2 * k)) & 3) << 4));
-                }
+        kq_unpack_q6_K(b->ql, b->qh, u->q);
         for (int s = 0; s < 16; s++) {
             u->sc[s] = b->scales[s];
             u->mn[s] = (int16_t)(32 * b->scales[s]);
@@ -114,6 +139,8 @@ static inline void kq_unpack(int type, const uint8_t *x, kq_block *u) {
         memcpy(&d, x, 2);
         memcpy(&dmin, x + 2, 2);
     }
+    for (int c = 0; c < 8; c++)
+        for (int i = 0; i < 16; i++) u->scv[c][i] = u->sc[2 * c + i / 8];
     u->d = fp16_to_fp32(d);
     u->dmin = fp16_to_fp32(dmin);
 }
@@ -130,9 +157,7 @@ static inline __attribute__((always_inline)) void kq_lanes(int type, const kq_bl
         const __m256i a = _mm256_loadu_si256((const __m256i *)(y->qs + 32 * c));
         __m256i p = _mm256_maddubs_epi16(_mm256_loadu_si256((const __m256i *)(u->q + 32 * c)), a);
         if (offset) p = _mm256_sub_epi16(p, _mm256_maddubs_epi16(shift, a));
-        const __m256i scale = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(u->sc[2 * c])),
-                                                      _mm_set1_epi16(u->sc[2 * c + 1]), 1);
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_loadu_si256((const __m256i *)u->scv[c])));
     }
     *lanes = acc;
     *minlanes = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)u->mn), _mm256_loadu_si256((const __m256i *)y->bsums));
@@ -210,63 +235,154 @@ static inline __attribute__((always_inline)) float kq_dot_vec(int type, const kq
 
 /* ---------------------------------------------------------------- 8 activation rows or more */
 
-/* One super-block of the tiled kernel: r = d * S, minus dmin * M fused for the types with
- * mins, then folded in with one fma by dy.  Q6_K's S takes off its offset (the min lanes). */
+static inline int kq_has_mins(int type) { return type == T_Q2_K || type == T_Q4_K || type == T_Q5_K; }
+
+/* One super-block of the tiled kernel for one row and token: r = d * S, minus dmin * M fused
+ * for the types with mins, then folded in with one fma by dy.  S is net of Q3_K's and Q6_K's
+ * offsets (Q6_K's taken off as its min lanes). */
 static inline __attribute__((always_inline)) float kq_tiled_add(int type, float acc, lanes_i32 lanes, lanes_i32 minlanes, float dy, float d, float dmin) {
     const int m = lanes_isum(minlanes);
     const int s = lanes_isum(lanes) - (type == T_Q6_K ? m : 0);
     float r = d * (float)s;
-    if (type == T_Q2_K || type == T_Q4_K || type == T_Q5_K) r = fmaf(-dmin, (float)m, r);
+    if (kq_has_mins(type)) r = fmaf(-dmin, (float)m, r);
     return fmaf(r, dy, acc);
 }
 
-static inline __attribute__((always_inline)) float kq_dot_tiled(int type, const kq_block *u, int nb, const block_q8_K *y) {
-    float acc = 0.0f;
-    for (int i = 0; i < nb; i++) {
-        lanes_i32 lanes, minlanes;
-        kq_lanes(type, &u[i], &y[i], &lanes, &minlanes);
-        acc = kq_tiled_add(type, acc, lanes, minlanes, y[i].d, u[i].d, u[i].dmin);
+#if defined(__AVX2__)
+/* lane k = the sum of v[k]'s eight lanes */
+static inline __m256i kq_sum_lanes8(const __m256i *v) {
+    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+#endif
+
+/* One super-block of rows u0, u1 against tokens y[0..n) (n <= 4) through kq_tiled_add's steps,
+ * into acc[4 * row + token].  Each weight vector serves every token and each activation vector
+ * both rows; the (row, token) sums are exact integers, S net of the offsets taken as mins
+ * (mn = offset * scale), so only their float steps need ggml's order. */
+static inline __attribute__((always_inline)) void kq_tile_add(int type, const kq_block *u0, const kq_block *u1,
+                                                             const block_q8_K *const *y, int n, float *acc) {
+#if defined(__AVX2__)
+    __m256i s[8], m[8];
+    for (int k = 0; k < 8; k++) s[k] = m[k] = _mm256_setzero_si256();
+#pragma GCC unroll 1
+    for (int c = 0; c < 8; c++) {
+        const __m256i q0 = _mm256_loadu_si256((const __m256i *)(u0->q + 32 * c));
+        const __m256i q1 = _mm256_loadu_si256((const __m256i *)(u1->q + 32 * c));
+        const __m256i sc0 = _mm256_loadu_si256((const __m256i *)u0->scv[c]);
+        const __m256i sc1 = _mm256_loadu_si256((const __m256i *)u1->scv[c]);
+#pragma GCC unroll 4
+        for (int t = 0; t < n; t++) {
+            const __m256i a = _mm256_loadu_si256((const __m256i *)(y[t]->qs + 32 * c));
+            s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q0, a), sc0));
+            s[4 + t] = _mm256_add_epi32(s[4 + t], _mm256_madd_epi16(_mm256_maddubs_epi16(q1, a), sc1));
+        }
     }
-    return acc;
+    const __m256i mn0 = _mm256_loadu_si256((const __m256i *)u0->mn), mn1 = _mm256_loadu_si256((const __m256i *)u1->mn);
+    float dy[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int t = 0; t < n; t++) {
+        const __m256i bsums = _mm256_loadu_si256((const __m256i *)y[t]->bsums);
+        m[t] = _mm256_madd_epi16(mn0, bsums);
+        m[4 + t] = _mm256_madd_epi16(mn1, bsums);
+        dy[t] = y[t]->d;
+    }
+    const __m256 d = _mm256_setr_ps(u0->d, u0->d, u0->d, u0->d, u1->d, u1->d, u1->d, u1->d);
+    __m256 r;
+    if (kq_has_mins(type)) {
+        const __m256 dmin = _mm256_setr_ps(u0->dmin, u0->dmin, u0->dmin, u0->dmin, u1->dmin, u1->dmin, u1->dmin, u1->dmin);
+        r = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_setzero_ps(), dmin), _mm256_cvtepi32_ps(kq_sum_lanes8(m)),
+                            _mm256_mul_ps(d, _mm256_cvtepi32_ps(kq_sum_lanes8(s))));
+    } else {
+        for (int k = 0; k < 8; k++) s[k] = _mm256_sub_epi32(s[k], m[k]);
+        r = _mm256_mul_ps(d, _mm256_cvtepi32_ps(kq_sum_lanes8(s)));
+    }
+    const __m256 dyv = _mm256_setr_ps(dy[0], dy[1], dy[2], dy[3], dy[0], dy[1], dy[2], dy[3]);
+    _mm256_storeu_ps(acc, _mm256_fmadd_ps(r, dyv, _mm256_loadu_ps(acc)));
+#else
+    for (int row = 0; row < 2; row++) {
+        const kq_block *u = row ? u1 : u0;
+        for (int t = 0; t < n; t++) {
+            lanes_i32 lanes, minlanes;
+            kq_lanes(type, u, y[t], &lanes, &minlanes);
+            acc[4 * row + t] = kq_tiled_add(type, acc[4 * row + t], lanes, minlanes, y[t]->d, u->d, u->dmin);
+        }
+    }
+#endif
 }
 
-/* One unpacked row against tokens [0, n_tok): out[t * ldo]; type and tiled are constants at each call. */
-static inline __attribute__((always_inline)) void kq_row(int type, int tiled, const kq_block *u, int nb,
-                                                        const uint8_t *acts, int64_t act_bytes, int64_t n_tok,
-                                                        float *out, int64_t ldo) {
-    for (int64_t t = 0; t < n_tok; t++) {
-        const block_q8_K *y = (const block_q8_K *)(acts + t * act_bytes);
-        out[t * ldo] = tiled ? kq_dot_tiled(type, u, nb, y) : kq_dot_vec(type, u, nb, y);
+enum { KQ_TILE_ROWS = 16 };  /* rows whose super-blocks are unpacked together in the tiled kernel */
+
+/* Rows [r0, r1) against n_tok tokens in the tiled kernel's order.  Sixteen rows at a time,
+ * super-block by super-block: their blocks are unpacked once, then each tile of four tokens
+ * meets every pair of rows while it is in L1.  The running sums wait in acc, eight per
+ * (pair, tile). */
+static inline __attribute__((always_inline)) void kq_rows_tiled(int type, const uint8_t *w, int64_t row_bytes, int64_t r0,
+                                                               int64_t r1, int nb, const uint8_t *acts, int64_t act_bytes,
+                                                               int64_t n_tok, kq_block *u, float *acc, float *out, int64_t ldo) {
+    const int64_t n_tiles = (n_tok + 3) / 4;
+    const size_t block_bytes = (size_t)row_bytes / (size_t)nb;
+    for (int64_t g = r0; g < r1; g += KQ_TILE_ROWS) {
+        const int rows = (int)(r1 - g < KQ_TILE_ROWS ? r1 - g : KQ_TILE_ROWS), pairs = (rows + 1) / 2;
+        memset(acc, 0, sizeof(float) * 8 * (size_t)(pairs * n_tiles));
+        for (int b = 0; b < nb; b++) {
+            for (int i = 0; i < rows; i++) kq_unpack(type, w + (g + i) * row_bytes + (size_t)b * block_bytes, &u[i]);
+            for (int64_t k = 0; k < n_tiles; k++) {
+                const int n = (int)(n_tok - 4 * k < 4 ? n_tok - 4 * k : 4);
+                const block_q8_K *y[4];
+                for (int t = 0; t < n; t++) y[t] = (const block_q8_K *)(acts + (4 * k + t) * act_bytes) + b;
+                for (int p = 0; p < pairs; p++) {
+                    const kq_block *u1 = &u[2 * p + 1 < rows ? 2 * p + 1 : 2 * p];  /* a lone last row pairs with itself */
+                    if (n == 4) kq_tile_add(type, &u[2 * p], u1, y, 4, acc + 8 * (p * n_tiles + k));
+                    else kq_tile_add(type, &u[2 * p], u1, y, n, acc + 8 * (p * n_tiles + k));
+                }
+            }
+        }
+        for (int i = 0; i < rows; i++)
+            for (int64_t t = 0; t < n_tok; t++) out[t * ldo + g + i] = acc[8 * ((i / 2) * n_tiles + t / 4) + 4 * (i % 2) + t % 4];
     }
 }
 
-#define KQ_ROW_CASE(T) \
-    case T: tiled ? kq_row(T, 1, u, nb, acts, act_bytes, n_tok, out + r, ldo) \
-                  : kq_row(T, 0, u, nb, acts, act_bytes, n_tok, out + r, ldo); break;
+/* Rows [r0, r1) against few tokens: each row unpacked once into u (nb blocks), then dotted with every token. */
+static inline __attribute__((always_inline)) void kq_rows_vec(int type, const uint8_t *w, int64_t row_bytes, int64_t r0,
+                                                             int64_t r1, int nb, const uint8_t *acts, int64_t act_bytes,
+                                                             int64_t n_tok, kq_block *u, float *out, int64_t ldo) {
+    const size_t block_bytes = (size_t)row_bytes / (size_t)nb;
+    for (int64_t r = r0; r < r1; r++) {
+        for (int i = 0; i < nb; i++) kq_unpack(type, w + r * row_bytes + (size_t)i * block_bytes, &u[i]);
+        for (int64_t t = 0; t < n_tok; t++)
+            out[t * ldo + r] = kq_dot_vec(type, u, nb, (const block_q8_K *)(acts + t * act_bytes));
+    }
+}
+
+#define KQ_ROWS_CASE(T) \
+    case T: \
+        if (tiled) kq_rows_tiled(T, w, row_bytes, r0, r1, nb, acts, act_bytes, n_tok, scratch, sums, out, ldo); \
+        else kq_rows_vec(T, w, row_bytes, r0, r1, nb, acts, act_bytes, n_tok, scratch, out, ldo); \
+        break;
 
 /* out[t * ldo + r] for rows [r0, r1) and tokens [0, n_tok), the kernel chosen by n_tok as
  * ggml chooses it; returns 0, or -1 if out of memory. */
 static inline int kq_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
                           const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo) {
     const int nb = n_in / QK_K, tiled = n_tok >= KQ_TILED_MIN_ROWS;
-    const size_t block_bytes = (size_t)row_bytes / (size_t)nb;
-    kq_block *u = malloc(sizeof(kq_block) * (size_t)nb);
-    if (!u) return -1;
-    for (int64_t r = r0; r < r1; r++) {
-        for (int i = 0; i < nb; i++) kq_unpack(type, w + r * row_bytes + (size_t)i * block_bytes, &u[i]);
-        switch (type) {
-            KQ_ROW_CASE(T_Q2_K)
-            KQ_ROW_CASE(T_Q3_K)
-            KQ_ROW_CASE(T_Q4_K)
-            KQ_ROW_CASE(T_Q5_K)
-            KQ_ROW_CASE(T_Q6_K)
-            default: break;
-        }
+    /* unpacked blocks: a row's (few tokens) or sixteen rows' one (tiled), then the tiled kernel's running sums */
+    const size_t blocks = tiled ? KQ_TILE_ROWS : (size_t)nb, n_sums = tiled ? 4 * KQ_TILE_ROWS * (size_t)((n_tok + 3) / 4) : 0;
+    kq_block *scratch = malloc(sizeof(kq_block) * blocks + sizeof(float) * n_sums);
+    if (!scratch) return -1;
+    float *sums = (float *)(scratch + blocks);
+    switch (type) {
+        KQ_ROWS_CASE(T_Q2_K)
+        KQ_ROWS_CASE(T_Q3_K)
+        KQ_ROWS_CASE(T_Q4_K)
+        KQ_ROWS_CASE(T_Q5_K)
+        KQ_ROWS_CASE(T_Q6_K)
+        default: break;
     }
-    free(u);
+    free(scratch);
     return 0;
 }
 
-#undef KQ_ROW_CASE
+#undef KQ_ROWS_CASE
 
 #endif
