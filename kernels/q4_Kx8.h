@@ -52,57 +52,81 @@ static inline __m256i k8_pairs(const uint8_t *v) {
     return _mm256_or_si256(x, _mm256_slli_epi32(x, 16));
 }
 
+/* v unchanged, but as a value gcc must have in a register at this point.  Integer adds
+ * being associative, gcc otherwise rebuilds k4_half's per-token sum chains into one
+ * tree over all of a sub-block pair's products, which needs far more than 16 ymm
+ * registers and spills: four-token products measured 20-25% slower without it. */
+static inline __m256i k4_in_register(__m256i v) {
+    __asm__("" : "+x"(v));
+    return v;
+}
+
+/* isum[t] += madd(16-bit sums of token t's products with one nibble half of a sub-block
+ * pair, scale): the low nibbles (shift 0) or the high (shift 4) of the 8 vectors at qs,
+ * against the 32 activations at a[t].  Each nibble vector is unpacked once and serves all
+ * N tokens.  Taking the halves one after the other (not both per vector) keeps the inner
+ * loop's N sums (8 x 2 x 15 x 128 fits 16 bits), nibbles, broadcast and mask, with the N
+ * isum, within the 16 ymm registers; only the float chains spill, between parts. */
+static inline void k4_half(const uint8_t (*qs)[32], int shift, const int8_t *const *a, const int N, __m256i scale,
+                           __m256i *isum) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    __m256i s[4];
+    for (int t = 0; t < N; t++) s[t] = _mm256_setzero_si256();
+    for (int i = 0; i < 8; i++) {
+        const __m256i q = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)qs[i]), shift), low4);
+        for (int t = 0; t < N; t++)
+            s[t] = k4_in_register(_mm256_add_epi16(s[t], _mm256_maddubs_epi16(q, broadcast_i8x4(a[t] + 4 * i))));
+    }
+    for (int t = 0; t < N; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], scale));
+}
+
+/* The mins chains of block column b: acc_min[t] per row, one fma per part by d_a * dmin
+ * of the mins times the sums of token t's activations under their sub-blocks. */
+static inline void k4_mins(const block_q4_Kx8 *blk, int64_t b, const block_q8_K *const *act, const int N, int part,
+                           __m256 *acc_min) {
+    const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->dmin));
+    for (int t = 0; t < N; t++) {  /* two 16-bit activation sums per lane, those of a sub-block pair */
+        const block_q8_K *y = act[t] + b;
+        int32_t pairs[4];
+        _mm_storeu_si128((__m128i *)pairs, _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums),
+                                                          _mm_loadu_si128((const __m128i *)(y->bsums + 8))));
+        const __m256 scale_min = _mm256_mul_ps(dmin, _mm256_set1_ps(y->d));
+        __m256i msum = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i mins = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)blk->mn[c]));
+            msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins, _mm256_set1_epi32(pairs[c])));
+            if ((2 * c + 2) % part) continue;
+            acc_min[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), scale_min, acc_min[t]);
+            msum = _mm256_setzero_si256();
+        }
+    }
+}
+
 /* Groups of ``nb`` super-block columns against N (1 or 4) tokens; N is a constant at each call. */
 static inline void q4_Kx8_dot_n(const block_q4_Kx8 *grp, int64_t nb, const block_q8_K *const *act, const int N,
                                 float *out, int64_t ldo) {
     const int part = N == 4 ? 2 : 8;  /* sub-blocks per part: gemm or gemv */
-    const __m256i low4 = _mm256_set1_epi8(0x0F);
     __m256 acc[4], acc_min[4];
     for (int t = 0; t < N; t++) acc[t] = acc_min[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const block_q4_Kx8 *blk = grp + b;
         prefetch_ahead(blk, sizeof(block_q4_Kx8));
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->d));
-        const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->dmin));
         __m256i isum[4];
         for (int t = 0; t < N; t++) isum[t] = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {  /* sub-block pair c: sub-block 2c in the low nibbles, 2c + 1 in the high */
-            __m256i lo[4], hi[4];
-            for (int t = 0; t < N; t++) lo[t] = hi[t] = _mm256_setzero_si256();
-            for (int i = 0; i < 8; i++) {
-                const __m256i q = _mm256_loadu_si256((const __m256i *)blk->qs[c][i]);
-                const __m256i q_lo = _mm256_and_si256(q, low4), q_hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
-                for (int t = 0; t < N; t++) {
-                    const int8_t *a = act[t][b].qs + 64 * c + 4 * i;
-                    lo[t] = _mm256_add_epi16(lo[t], _mm256_maddubs_epi16(q_lo, broadcast_i8x4(a)));
-                    hi[t] = _mm256_add_epi16(hi[t], _mm256_maddubs_epi16(q_hi, broadcast_i8x4(a + 32)));
-                }
-            }
-            const __m256i scale_lo = k8_pairs(blk->sc[2 * c]), scale_hi = k8_pairs(blk->sc[2 * c + 1]);
-            for (int t = 0; t < N; t++)
-                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(_mm256_madd_epi16(lo[t], scale_lo),
-                                                                     _mm256_madd_epi16(hi[t], scale_hi)));
+            const int8_t *a[4];
+            for (int t = 0; t < N; t++) a[t] = act[t][b].qs + 64 * c;
+            k4_half(blk->qs[c], 0, a, N, k8_pairs(blk->sc[2 * c]), isum);
+            for (int t = 0; t < N; t++) a[t] += 32;
+            k4_half(blk->qs[c], 4, a, N, k8_pairs(blk->sc[2 * c + 1]), isum);
             if ((2 * c + 2) % part) continue;
             for (int t = 0; t < N; t++) {  /* the end of a part */
                 acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, _mm256_set1_ps(act[t][b].d)), acc[t]);
                 isum[t] = _mm256_setzero_si256();
             }
         }
-        for (int t = 0; t < N; t++) {  /* the mins: sum of activations under a sub-block pair, two 16-bit sums per lane */
-            const block_q8_K *y = act[t] + b;
-            int32_t pairs[4];
-            _mm_storeu_si128((__m128i *)pairs, _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums),
-                                                              _mm_loadu_si128((const __m128i *)(y->bsums + 8))));
-            const __m256 scale_min = _mm256_mul_ps(dmin, _mm256_set1_ps(y->d));
-            __m256i msum = _mm256_setzero_si256();
-            for (int c = 0; c < 4; c++) {
-                const __m256i mins = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)blk->mn[c]));
-                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins, _mm256_set1_epi32(pairs[c])));
-                if ((2 * c + 2) % part) continue;
-                acc_min[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), scale_min, acc_min[t]);
-                msum = _mm256_setzero_si256();
-            }
-        }
+        k4_mins(blk, b, act, N, part, acc_min);
     }
     for (int t = 0; t < N; t++) _mm256_storeu_ps(out + t * ldo, _mm256_sub_ps(acc[t], acc_min[t]));
 }
