@@ -310,6 +310,7 @@ def top_k(cand: Candidates, k: int) -> None:
 
 def typical_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
     """Locally typical sampling: keep the tokens whose surprise is closest to the entropy, up to mass ``p``."""
+    p = _f32(p)  # llama.cpp keeps its parameters as floats: 1 - 1e-16 is 1
     if p >= 1:
         return
     softmax_candidates(cand, sort=True)
@@ -319,7 +320,7 @@ def typical_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
         shifted = np.abs(-log_p - entropy)
     order = sort_order(shifted)
     mass = np.cumsum(cand.p[order])
-    enough = (mass > _f32(p)) & (np.arange(cand.size) >= min_keep - 1)
+    enough = (mass > p) & (np.arange(cand.size) >= min_keep - 1)
     last = int(np.argmax(enough)) + 1 if enough.any() else cand.size
     cand.take(order[:last])
     cand.sorted = False
@@ -327,11 +328,12 @@ def typical_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
 
 def top_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
     """Nucleus sampling: keep the most likely tokens until their probability mass reaches ``p``."""
+    p = _f32(p)
     if p >= 1:
         return
     softmax_candidates(cand, sort=False)
     mass = np.cumsum(cand.p if cand.sorted else np.sort(cand.p)[::-1])
-    enough = (mass >= _f32(p)) & (np.arange(1, cand.size + 1) >= min_keep)
+    enough = (mass >= p) & (np.arange(1, cand.size + 1) >= min_keep)
     last = int(np.argmax(enough)) + 1 if enough.any() else cand.size
     if cand.sorted:
         cand.take(slice(0, last))
@@ -346,6 +348,7 @@ def top_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
 
 def min_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
     """Keep the tokens at least ``p`` times as likely as the most likely one."""
+    p = _f32(p)
     if p <= 0 or cand.size == 0:
         return
     if not cand.sorted:
@@ -362,6 +365,7 @@ def min_p(cand: Candidates, p: float, min_keep: int = 0) -> None:
 
 def temperature(cand: Candidates, t: float) -> None:
     """Divide the logits by ``t``; t <= 0 keeps only the first largest logit (all others -inf)."""
+    t = _f32(t)
     if cand.size == 0 or t == 1:
         return
     if t <= 0:
@@ -370,7 +374,7 @@ def temperature(cand: Candidates, t: float) -> None:
         cand.logits[:] = -np.inf
         cand.logits[best] = kept
         return
-    cand.logits = cand.logits / _f32(t)
+    cand.logits = cand.logits / t
 
 
 # ---------------------------------------------------------------------------
