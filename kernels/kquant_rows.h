@@ -266,15 +266,16 @@ static inline __attribute__((always_inline)) void kq_tile_add(int type, const kq
 #if defined(__AVX2__)
     __m256i s[8], m[8];
     for (int k = 0; k < 8; k++) s[k] = m[k] = _mm256_setzero_si256();
-#pragma GCC unroll 1
+#pragma GCC unroll 1  /* unrolled, gcc hoists every chunk's loads ahead and spills the sums */
     for (int c = 0; c < 8; c++) {
-        const __m256i q0 = _mm256_loadu_si256((const __m256i *)(u0->q + 32 * c));
-        const __m256i q1 = _mm256_loadu_si256((const __m256i *)(u1->q + 32 * c));
-        const __m256i sc0 = _mm256_loadu_si256((const __m256i *)u0->scv[c]);
-        const __m256i sc1 = _mm256_loadu_si256((const __m256i *)u1->scv[c]);
-#pragma GCC unroll 4
+        /* one load of each vector for all its uses (in_register), so loads stay under the multiplies */
+        const __m256i q0 = in_register(_mm256_loadu_si256((const __m256i *)(u0->q + 32 * c)));
+        const __m256i q1 = in_register(_mm256_loadu_si256((const __m256i *)(u1->q + 32 * c)));
+        const __m256i sc0 = in_register(_mm256_loadu_si256((const __m256i *)u0->scv[c]));
+        const __m256i sc1 = in_register(_mm256_loadu_si256((const __m256i *)u1->scv[c]));
+#pragma GCC unroll 4  /* each token's sums stay in their registers */
         for (int t = 0; t < n; t++) {
-            const __m256i a = _mm256_loadu_si256((const __m256i *)(y[t]->qs + 32 * c));
+            const __m256i a = in_register(_mm256_loadu_si256((const __m256i *)(y[t]->qs + 32 * c)));
             s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q0, a), sc0));
             s[4 + t] = _mm256_add_epi32(s[4 + t], _mm256_madd_epi16(_mm256_maddubs_epi16(q1, a), sc1));
         }

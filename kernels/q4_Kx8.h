@@ -52,21 +52,13 @@ static inline __m256i k8_pairs(const uint8_t *v) {
     return _mm256_or_si256(x, _mm256_slli_epi32(x, 16));
 }
 
-/* v unchanged, but as a value gcc must have in a register at this point.  Integer adds
- * being associative, gcc otherwise rebuilds k4_half's per-token sum chains into one
- * tree over all of a sub-block pair's products, which needs far more than 16 ymm
- * registers and spills: four-token products measured 20-25% slower without it. */
-static inline __m256i k4_in_register(__m256i v) {
-    __asm__("" : "+x"(v));
-    return v;
-}
-
 /* isum[t] += madd(16-bit sums of token t's products with one nibble half of a sub-block
  * pair, scale): the low nibbles (shift 0) or the high (shift 4) of the 8 vectors at qs,
  * against the 32 activations at a[t].  Each nibble vector is unpacked once and serves all
  * N tokens.  Taking the halves one after the other (not both per vector) keeps the inner
  * loop's N sums (8 x 2 x 15 x 128 fits 16 bits), nibbles, broadcast and mask, with the N
- * isum, within the 16 ymm registers; only the float chains spill, between parts. */
+ * isum, within the 16 ymm registers (in_register: without it four-token products ran 20-25%
+ * slower); only the float chains spill, between parts. */
 static inline void k4_half(const uint8_t (*qs)[32], int shift, const int8_t *const *a, const int N, __m256i scale,
                            __m256i *isum) {
     const __m256i low4 = _mm256_set1_epi8(0x0F);
@@ -75,7 +67,7 @@ static inline void k4_half(const uint8_t (*qs)[32], int shift, const int8_t *con
     for (int i = 0; i < 8; i++) {
         const __m256i q = _mm256_and_si256(_mm256_srli_epi16(_mm256_loadu_si256((const __m256i *)qs[i]), shift), low4);
         for (int t = 0; t < N; t++)
-            s[t] = k4_in_register(_mm256_add_epi16(s[t], _mm256_maddubs_epi16(q, broadcast_i8x4(a[t] + 4 * i))));
+            s[t] = in_register(_mm256_add_epi16(s[t], _mm256_maddubs_epi16(q, broadcast_i8x4(a[t] + 4 * i))));
     }
     for (int t = 0; t < N; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], scale));
 }

@@ -106,6 +106,15 @@ static inline int nearest_int(float x) {
 }
 
 #if defined(__AVX2__)
+/* v unchanged, but as a value gcc must hold in a register at this point.  Integer adds being
+ * associative, gcc may otherwise rebuild per-token sum chains into one tree over all their
+ * products, or fold one loaded vector into every instruction that uses it as a fresh load;
+ * both run out of the 16 ymm registers or of load slots in the product kernels. */
+static inline __m256i in_register(__m256i v) {
+    __asm__("" : "+x"(v));
+    return v;
+}
+
 /* Four int8 values at a, repeated in all eight 32-bit lanes.  A float broadcast from memory
  * is a plain load on the Zen cores here; an integer set1 compiles to a load and a shuffle, and the
  * regrouped kernels make one per 32 multiply-adds (one-token Q4_K products +17-25%). */
