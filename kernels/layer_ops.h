@@ -42,13 +42,28 @@ static inline uint32_t f32_bits(float f) {
 
 /* ---------------------------------------------------------------- RMSNorm */
 
-/* y = x * (1 / sqrt(mean(x^2) + eps)) * w for one row of n; the mean rounded to fp32 */
-static inline void rms_norm_row(const float *x, const float *w, int64_t n, float eps, float *y) {
-    double sum = 0.0;  /* the squares rounded to fp32, added left to right in double, as ggml does */
-    for (int64_t i = 0; i < n; i++) sum += (double)(x[i] * x[i]);
-    const float mean = (float)(sum / (double)n);
-    const float scale = 1.0f / sqrtf(mean + eps);
-    for (int64_t i = 0; i < n; i++) y[i] = x[i] * scale * w[i];
+#define RMS_NORM_ROWS 4  /* rows normalised together */
+
+/* y = x * (1 / sqrt(mean(x^2) + eps)) * w for each of `rows` (at most RMS_NORM_ROWS) rows of
+ * n, one after another in x and in y; each mean rounded to fp32.  Each row's squares, rounded
+ * to fp32, are added left to right in double, as ggml does; a full set of rows takes its sums
+ * side by side, so each add waits on the other rows' adds rather than on its own previous one. */
+static inline void rms_norm_rows(const float *x, const float *w, int rows, int64_t n, float eps, float *y) {
+    double sum[RMS_NORM_ROWS] = {0.0};
+    if (rows == RMS_NORM_ROWS)
+        for (int64_t i = 0; i < n; i++)
+            for (int r = 0; r < RMS_NORM_ROWS; r++) sum[r] += (double)(x[r * n + i] * x[r * n + i]);
+    else
+        for (int r = 0; r < rows; r++) {
+            double row_sum = 0.0;  /* in a register, not in sum[r] */
+            for (int64_t i = 0; i < n; i++) row_sum += (double)(x[r * n + i] * x[r * n + i]);
+            sum[r] = row_sum;
+        }
+    for (int r = 0; r < rows; r++) {
+        const float mean = (float)(sum[r] / (double)n);
+        const float scale = 1.0f / sqrtf(mean + eps);
+        for (int64_t i = 0; i < n; i++) y[r * n + i] = x[r * n + i] * scale * w[i];
+    }
 }
 
 /* ---------------------------------------------------------------- RoPE */

@@ -15,7 +15,8 @@ cdef extern from "omp_compat.h" nogil:
     int omp_get_thread_num()
 
 cdef extern from "layer_ops.h" nogil:
-    void rms_norm_row(const float *x, const float *w, int64_t n, float eps, float *y)
+    enum: RMS_NORM_ROWS
+    void rms_norm_rows(const float *x, const float *w, int rows, int64_t n, float eps, float *y)
     void rope_angles_row "rope_angles"(float pos, int n_dims, float theta_scale, float freq_scale, float *cs, float *sn)
     void rope_row(float *x, int heads, int hd, int n_dims, const float *cs, const float *sn)
     void swiglu_row(const float *g, const float *u, int64_t n, float *y)
@@ -32,10 +33,20 @@ cdef int team(int n_threads, Py_ssize_t work):
     return n_threads if work >= MIN_PARALLEL_WORK else 1
 
 
-cdef object f32(x, int ndim, str what):
-    x = np.ascontiguousarray(x, dtype=np.float32)
+cdef object f32(x, int ndim, str what, bint copy=False):
+    """x as a C-contiguous float32 array of ``ndim`` dimensions; a fresh one if ``copy``."""
+    x = np.array(x, dtype=np.float32, order="C") if copy else np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != ndim:
         raise ValueError(f"{what} must have {ndim} dimensions, got shape {x.shape}")
+    return x
+
+
+cdef object f32_rows(x, str what):
+    """x as float32 rows (n, d) whose values are adjacent: a view with any row stride (a column
+    slice of a wider array, say) is taken as it is, anything else is converted to C order."""
+    x = np.asarray(x)
+    if x.dtype != np.float32 or x.ndim != 2 or x.strides[1] != sizeof(float):
+        x = f32(x, 2, what)
     return x
 
 
@@ -50,10 +61,11 @@ def rms_norm(x, weight, float eps, n_threads=None):
     cdef const float[:, ::1] xs = x
     cdef const float[::1] w = weight
     cdef float[:, ::1] o = out
-    cdef Py_ssize_t i
+    cdef Py_ssize_t b, n_blocks = (xs.shape[0] + RMS_NORM_ROWS - 1) // RMS_NORM_ROWS
     if x.shape[0] and x.shape[1]:
-        for i in prange(xs.shape[0], nogil=True, schedule="static", num_threads=nt):
-            rms_norm_row(&xs[i, 0], &w[0], xs.shape[1], eps, &o[i, 0])
+        for b in prange(n_blocks, nogil=True, schedule="static", num_threads=nt):
+            rms_norm_rows(&xs[b * RMS_NORM_ROWS, 0], &w[0], min(RMS_NORM_ROWS, xs.shape[0] - b * RMS_NORM_ROWS),
+                          xs.shape[1], eps, &o[b * RMS_NORM_ROWS, 0])
     return out
 
 
@@ -82,13 +94,12 @@ def rope_angles(positions, int n_dims, float freq_base, float freq_scale=1.0):
 def rope(x, cos, sin, n_threads=None):
     """Rotate adjacent pairs of the first n_dims values of every head of x (n, heads, hd) by the angles
     whose ``cos`` and ``sin`` (n, n_dims / 2) ``rope_angles`` gives."""
-    x = f32(x, 3, "rope input")
+    out = f32(x, 3, "rope input", copy=True)  # rotated in place: one copy whatever x's layout
     cos, sin = f32(cos, 2, "rope cos"), f32(sin, 2, "rope sin")
-    if cos.shape != sin.shape or cos.shape[0] != x.shape[0] or not 0 < 2 * cos.shape[1] <= x.shape[2]:
-        raise ValueError(f"rope: angles {cos.shape} and {sin.shape} do not fit rows of shape {x.shape}")
-    cdef int nt = team(check_threads(n_threads), x.size)
+    if cos.shape != sin.shape or cos.shape[0] != out.shape[0] or not 0 < 2 * cos.shape[1] <= out.shape[2]:
+        raise ValueError(f"rope: angles {cos.shape} and {sin.shape} do not fit rows of shape {out.shape}")
+    cdef int nt = team(check_threads(n_threads), out.size)
     cdef int n_dims = 2 * cos.shape[1]
-    out = x.copy()
     cdef float[:, :, ::1] o = out
     cdef const float[:, ::1] cs = cos
     cdef const float[:, ::1] sn = sin
@@ -100,15 +111,19 @@ def rope(x, cos, sin, n_threads=None):
 
 
 def swiglu(gate, up, n_threads=None):
-    """silu(gate) * up, elementwise over (n, f)."""
-    gate = f32(gate, 2, "swiglu gate")
-    up = f32(up, 2, "swiglu up")
+    """silu(gate) * up, elementwise over (n, f).
+
+    Rows may lie at any stride, so the two halves of one stacked product's output are read in
+    place rather than copied.
+    """
+    gate = f32_rows(gate, "swiglu gate")
+    up = f32_rows(up, "swiglu up")
     if gate.shape != up.shape:
         raise ValueError(f"swiglu: gate {gate.shape} and up {up.shape} differ")
     cdef int nt = team(check_threads(n_threads), gate.size)
-    out = np.empty_like(gate)
-    cdef const float[:, ::1] g = gate
-    cdef const float[:, ::1] u = up
+    out = np.empty(gate.shape, np.float32)
+    cdef const float[:, :] g = gate  # rows at any stride, values adjacent (f32_rows)
+    cdef const float[:, :] u = up
     cdef float[:, ::1] o = out
     cdef Py_ssize_t i
     if gate.shape[1]:
@@ -153,7 +168,11 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None):
     cdef float[:, ::1] acc = np.empty((nt, 32 * hd), np.float32)
     cdef Py_ssize_t task
     cdef int t, h, me
-    for task in prange(n * n_heads, nogil=True, schedule="static", num_threads=nt):
+    # row t attends to start + t + 1 keys, so several rows are dealt to the threads in turn, a
+    # row's heads at once (each thread writes whole output rows), rather than in contiguous
+    # shares, which would give the last thread the longest rows; one row's heads are shared out
+    cdef int chunk = n_heads if n > 1 else (n_heads + nt - 1) // nt
+    for task in prange(n * n_heads, nogil=True, schedule="static", chunksize=chunk, num_threads=nt):
         t = task // n_heads
         h = task % n_heads
         me = omp_get_thread_num()

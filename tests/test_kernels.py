@@ -194,9 +194,10 @@ def test_rms_norm_bit_identical(d):
 
 def test_rms_norm_sums_left_to_right_like_ggml():
     """A row whose mean of squares ties between two floats when added in ggml's order; NumPy's
-    own pairwise sum keeps enough of the 252 tiny squares to round it up instead."""
-    x = np.full((1, 256), 2.0 ** -23, np.float32)
-    x[0, :4] = [16, -16, 2.0 ** -8, -2.0 ** -8]
+    own pairwise sum keeps enough of the 252 tiny squares to round it up instead.  Five such
+    rows: four normalised together and one alone."""
+    x = np.full((5, 256), 2.0 ** -23, np.float32)
+    x[:, :4] = [16, -16, 2.0 ** -8, -2.0 ** -8]
     w = np.ones(256, np.float32)
     in_order = np.float32(squares_summed_in_order(x[0]) / 256)         # 2 + 2^-23 exactly, rounded to even: 2
     pairwise = np.float32((x * x).astype(np.float64).sum() / 256)        # a little more: 2 + 2^-22
@@ -220,6 +221,9 @@ def test_rope_bit_identical(rope, head_dim):
     for n_threads in (1, 2):
         assert np.array_equal(layers.rope(x, *angles, n_threads), ref)
     assert np.array_equal(CythonBackend(2).rope(x, positions, rope), ref)
+    wide = np.concatenate([x, x], axis=2)                                # rows of a wider product's output
+    assert np.array_equal(layers.rope(wide[:, :, :head_dim], *angles), ref)
+    assert np.array_equal(wide[:, :, :head_dim], x)                     # rotated in a copy, never in place
 
 
 def test_swiglu_bit_identical():
@@ -236,6 +240,21 @@ def test_swiglu_bit_identical():
         ref = REF.swiglu(g, u)
     for n_threads in (1, 2):
         assert np.array_equal(layers.swiglu(g, u, n_threads), ref)
+
+
+def test_swiglu_reads_rows_at_any_stride():
+    """The gate and up halves of one stacked product's output are read in place, as are rows
+    stepped or reversed; values that are not adjacent, or not float32, are converted first."""
+    rng = np.random.default_rng(11)
+    both = (4 * rng.standard_normal((6, 2 * 37))).astype(np.float32)  # (n, gate | up)
+    gate, up = both[:, :37], both[:, 37:]
+    ref = REF.swiglu(np.ascontiguousarray(gate), np.ascontiguousarray(up))
+    for view in (slice(None), slice(None, None, 2), slice(None, None, -1)):
+        for n_threads in (1, 2):
+            assert np.array_equal(layers.swiglu(gate[view], up[view], n_threads), ref[view])
+    wide = np.repeat(both, 2, axis=1)                                   # each value twice: inner stride 2
+    assert np.array_equal(layers.swiglu(wide[:, :74:2], wide[:, 74::2]), ref)
+    assert np.array_equal(layers.swiglu(gate.astype(np.float64), up), ref)
 
 
 @pytest.mark.parametrize("n_heads, n_kv_heads, head_dim, start, n", [
@@ -300,6 +319,7 @@ def test_f16_tail_is_added_one_product_at_a_time():
     lambda: layers.rope_angles([[0]], 8, 10000.0),
     lambda: layers.rope_angles([0], 7, 10000.0),
     lambda: layers.swiglu(np.zeros((2, 8)), np.zeros((2, 9))),
+    lambda: layers.swiglu(np.zeros((2, 2, 8), np.float32), np.zeros((2, 2, 8), np.float32)),
     lambda: layers.attention(np.zeros((2, 4, 8)), np.zeros((2, 4, 8), np.float16), np.zeros((2, 4, 8), np.float16), 3, 1.0),
     lambda: layers.attention(np.zeros((1, 4, 8)), np.zeros((2, 4, 8), np.float32), np.zeros((2, 4, 8), np.float32), 0, 1.0),
     lambda: layers.attention(np.zeros((1, 3, 8)), np.zeros((2, 4, 8), np.float16), np.zeros((2, 4, 8), np.float16), 0, 1.0),
