@@ -58,38 +58,44 @@ static inline void quantize_act_q8_0(const float *x, int64_t k, int8_t *qs, floa
 }
 
 #if defined(__AVX2__)
-typedef struct { __m256i v[8]; } q4x8_nibbles;  /* a block column of 8 rows, one 4-weight chunk per vector */
-
-static inline q4x8_nibbles q4x8_unpack(const block_q4_0x8 *blk) {
+/* s[t] = token t's 16-bit sums of n * a over block column blk's 32 weights, two per row
+ * lane (8 x 2 x 15 x 128 fits 16 bits), for the N tokens at act.  Each 32-byte load is
+ * unpacked into its two nibble halves once and serves all N tokens.  in_register keeps
+ * every s[t] one add chain, so the N sums, the halves, the mask and a broadcast fit beside
+ * the N float accumulators in the 16 ymm registers (without it gcc loaded all broadcasts
+ * first and spilled the accumulators and the scales: four-token products ran 25% slower). */
+static inline void q4x8_sums(const block_q4_0x8 *blk, const act_q8_0 *act, int64_t b, const int N, __m256i *s) {
     const __m256i low4 = _mm256_set1_epi8(0x0F);
-    q4x8_nibbles w;
+    for (int t = 0; t < N; t++) s[t] = _mm256_setzero_si256();
     for (int i = 0; i < 4; i++) {
         const __m256i v = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * i));
-        w.v[2 * i] = _mm256_and_si256(v, low4);
-        w.v[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+        const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+        for (int t = 0; t < N; t++) {
+            const int8_t *y = act[t].qs + b * QK + 8 * i;
+            s[t] = in_register(_mm256_add_epi16(s[t], _mm256_maddubs_epi16(lo, broadcast_i8x4(y))));
+            s[t] = in_register(_mm256_add_epi16(s[t], _mm256_maddubs_epi16(hi, broadcast_i8x4(y + 4))));
+        }
     }
-    return w;
 }
 
-/* acc + (8 rows' integer block dots with token a's block b) * d_w * d_a */
-static inline __m256 q4x8_fma(const q4x8_nibbles *w, __m256 dw, const act_q8_0 *a, int64_t b, __m256 acc) {
-    const int8_t *y = a->qs + b * QK;
-    __m256i s = _mm256_maddubs_epi16(w->v[0], broadcast_i8x4(y));
-    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[1], broadcast_i8x4(y + 4)));
-    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[2], broadcast_i8x4(y + 8)));
-    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[3], broadcast_i8x4(y + 12)));
-    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[4], broadcast_i8x4(y + 16)));
-    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[5], broadcast_i8x4(y + 20)));
-    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[6], broadcast_i8x4(y + 24)));
-    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w->v[7], broadcast_i8x4(y + 28)));
-    const __m256i isum = _mm256_sub_epi32(_mm256_madd_epi16(s, _mm256_set1_epi16(1)), _mm256_set1_epi32(a->bias[b]));
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(a->d[b])), acc);
+/* Groups of ``nb`` block columns against N (1 or 4) tokens; N is a constant at each call.
+ * Per row and token one fma per block column: acc += (isum - bias) * (d_w * d_a). */
+static inline void q4_0x8_dot_n(const block_q4_0x8 *grp, int64_t nb, const act_q8_0 *act, const int N,
+                                float *out, int64_t ldo) {
+    __m256 acc[4];
+    for (int t = 0; t < N; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        prefetch_ahead(grp + b, sizeof(block_q4_0x8));
+        __m256i s[4];
+        q4x8_sums(grp + b, act, b, N, s);
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)grp[b].d));
+        for (int t = 0; t < N; t++) {
+            const __m256i isum = _mm256_sub_epi32(_mm256_madd_epi16(s[t], _mm256_set1_epi16(1)), _mm256_set1_epi32(act[t].bias[b]));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(act[t].d[b])), acc[t]);
+        }
+    }
+    for (int t = 0; t < N; t++) _mm256_storeu_ps(out + t * ldo, acc[t]);
 }
-
-static inline __m256 q4x8_scales(const block_q4_0x8 *blk) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->d));
-}
-
 #endif
 
 /* Eight outputs of group ``grp`` (nb blocks) against ``n_act`` activation rows (at most 4):
@@ -98,31 +104,10 @@ static inline void q4_0x8_dot(const block_q4_0x8 *grp, int64_t nb, const act_q8_
                               float *out, int64_t ldo) {
 #if defined(__AVX2__)
     if (n_act == 4) {
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-        for (int64_t b = 0; b < nb; b++) {
-            prefetch_ahead(grp + b, sizeof(block_q4_0x8));
-            const q4x8_nibbles w = q4x8_unpack(grp + b);
-            const __m256 dw = q4x8_scales(grp + b);
-            acc0 = q4x8_fma(&w, dw, act, b, acc0);
-            acc1 = q4x8_fma(&w, dw, act + 1, b, acc1);
-            acc2 = q4x8_fma(&w, dw, act + 2, b, acc2);
-            acc3 = q4x8_fma(&w, dw, act + 3, b, acc3);
-        }
-        _mm256_storeu_ps(out, acc0);
-        _mm256_storeu_ps(out + ldo, acc1);
-        _mm256_storeu_ps(out + 2 * ldo, acc2);
-        _mm256_storeu_ps(out + 3 * ldo, acc3);
+        q4_0x8_dot_n(grp, nb, act, 4, out, ldo);
         return;
     }
-    for (int t = 0; t < n_act; t++) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int64_t b = 0; b < nb; b++) {
-            prefetch_ahead(grp + b, sizeof(block_q4_0x8));
-            const q4x8_nibbles w = q4x8_unpack(grp + b);
-            acc = q4x8_fma(&w, q4x8_scales(grp + b), act + t, b, acc);
-        }
-        _mm256_storeu_ps(out + t * ldo, acc);
-    }
+    for (int t = 0; t < n_act; t++) q4_0x8_dot_n(grp, nb, act + t, 1, out + t * ldo, ldo);
 #else
     for (int t = 0; t < n_act; t++)
         for (int r = 0; r < 8; r++) {
