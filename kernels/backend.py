@@ -8,6 +8,8 @@ for a whole model up front.
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from engine.ggml_ops import NumpyBackend, Rope, Weight
@@ -87,7 +89,8 @@ class CythonBackend:
         if stacked is None:
             return tuple(self.matmul(w, x) for w in ws)
         out = stacked.matmul(x, self.n_threads)                            # (n, sum of n_out)
-        return tuple(np.split(out, np.cumsum([w.n_out for w in ws[:-1]]), axis=1))
+        ends = itertools.accumulate(w.n_out for w in ws)
+        return tuple(out[:, end - w.n_out:end] for w, end in zip(ws, ends))  # column views, no copies
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
         return layers.rms_norm(x, weight, eps, self.n_threads)
