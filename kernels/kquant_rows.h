@@ -11,9 +11,10 @@
  *     M = its mins sum, r = d * S - dmin * M (fused), acc = fma(r, dy, acc) (kq_tiled_add).
  *
  * Here each weight row is unpacked into plain bytes and sixteen integer scales (kq_block):
- * once per row for few tokens, then dotted with every token; a super-block of two rows at a
- * time for the tiled kernel, against four tokens per pass (kq_tile_add).  Q4_K rows that
- * llama.cpp repacks (a multiple of 8) go through q4_Kx8.h instead.
+ * once per row for few tokens, then dotted with every token; for the tiled kernel, one
+ * super-block of sixteen rows at a time, taken two rows against four tokens per pass
+ * (kq_tile_add).  Q4_K rows that llama.cpp repacks (a multiple of 8) go through q4_Kx8.h
+ * instead.
  */
 #ifndef LLAMANP_KQUANT_ROWS_H
 #define LLAMANP_KQUANT_ROWS_H
