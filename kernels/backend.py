@@ -9,6 +9,7 @@ for a whole model up front.
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,6 +20,14 @@ from .matmul import Matrix, get_rows, is_file_mapping, release_file_pages
 from .parallel import check_threads
 
 
+class Stack(NamedTuple):
+    """Weights multiplied together: their stacked kernel matrix (None if they do not stack) and
+    the index of each one's columns in its product."""
+    weights: tuple[Weight, ...]  # kept alive, so the ids keying the stack stay theirs
+    matrix: Matrix | None
+    columns: tuple[tuple[slice, slice], ...]
+
+
 class CythonBackend:
     """Ops on compiled kernels, ``n_threads`` OpenMP threads each (None: OpenMP's default)."""
 
@@ -27,7 +36,7 @@ class CythonBackend:
     def __init__(self, n_threads: int | None = None):
         self.n_threads = check_threads(n_threads)
         self._matrices: dict[int, tuple[Weight, Matrix]] = {}  # id(weight) -> (weight, its kernel matrix)
-        self._stacks: dict[tuple[int, ...], tuple[tuple[Weight, ...], Matrix | None]] = {}  # ids -> (weights, stacked)
+        self._stacks: dict[tuple[int, ...], Stack] = {}  # ids of the weights -> their stack
         self._reference = NumpyBackend()
         self._angles: tuple[tuple, tuple[np.ndarray, np.ndarray]] | None = None  # last positions' rope cos, sin
 
@@ -47,17 +56,21 @@ class CythonBackend:
         a multiple of 8 rows, so every row meets the kernel and activation rounding it would
         alone; one product then quantises the input once and wakes the threads once.
         """
+        return self._stack(ws, release_source).matrix
+
+    def _stack(self, ws: tuple[Weight, ...], release_source: bool = True) -> Stack:
         key = tuple(map(id, ws))
-        entry = self._stacks.get(key)
-        if entry is None:
+        stack = self._stacks.get(key)
+        if stack is None:
             first = ws[0]
             stacks = len(ws) > 1 and all(w.type == first.type and w.n_in == first.n_in and w.n_out % 8 == 0 for w in ws)
             matrix = Matrix([w.data for w in ws], int(first.type), first.n_in) if stacks else None
             if matrix is not None and release_source:
                 release_file_pages([w.data for w in ws if is_file_mapping(w.data)])
-            entry = (ws, matrix)
-            self._stacks[key] = entry
-        return entry[1]
+            ends = itertools.accumulate(w.n_out for w in ws)
+            columns = tuple((slice(None), slice(end - w.n_out, end)) for w, end in zip(ws, ends))
+            stack = self._stacks[key] = Stack(ws, matrix, columns)
+        return stack
 
     def prepare(self, weights) -> None:
         """Build the kernel matrices of a ``model.Weights`` now rather than on first use.
@@ -85,12 +98,11 @@ class CythonBackend:
         return self.matrix(w).matmul(x, self.n_threads)                     # (n, n_out)
 
     def matmuls(self, ws: tuple[Weight, ...], x: np.ndarray) -> tuple[np.ndarray, ...]:
-        stacked = self.stacked(ws)
-        if stacked is None:
+        stack = self._stack(ws)
+        if stack.matrix is None:
             return tuple(self.matmul(w, x) for w in ws)
-        out = stacked.matmul(x, self.n_threads)                            # (n, sum of n_out)
-        ends = itertools.accumulate(w.n_out for w in ws)
-        return tuple(out[:, end - w.n_out:end] for w, end in zip(ws, ends))  # column views, no copies
+        out = stack.matrix.matmul(x, self.n_threads)                       # (n, sum of n_out)
+        return tuple([out[columns] for columns in stack.columns])         # column views, no copies
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
         return layers.rms_norm(x, weight, eps, self.n_threads)

@@ -6,10 +6,16 @@ inputs are checked here, then the loops run on OpenMP threads without the GIL.
 """
 import numpy as np
 
+cimport numpy as cnp
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint16_t
+from libc.math cimport pow
+from libc.stdlib cimport free, malloc
 
+from kernels.ndarrays cimport empty, is_native, is_native_c
 from kernels.parallel import check_threads
+
+cnp.import_array()
 
 cdef extern from "omp_compat.h" nogil:
     int omp_get_thread_num()
@@ -33,39 +39,40 @@ cdef int team(int n_threads, Py_ssize_t work):
     return n_threads if work >= MIN_PARALLEL_WORK else 1
 
 
-cdef object f32(x, int ndim, str what, bint copy=False):
+cdef cnp.ndarray f32(x, int ndim, str what, bint copy=False):
     """x as a C-contiguous float32 array of ``ndim`` dimensions; a fresh one if ``copy``."""
+    if is_native_c(x, cnp.NPY_FLOAT32, ndim):  # the usual case: no conversion
+        return cnp.PyArray_NewCopy(<cnp.ndarray>x, cnp.NPY_CORDER) if copy else <cnp.ndarray>x
     x = np.array(x, dtype=np.float32, order="C") if copy else np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != ndim:
         raise ValueError(f"{what} must have {ndim} dimensions, got shape {x.shape}")
     return x
 
 
-cdef object f32_rows(x, str what):
+cdef cnp.ndarray f32_rows(x, str what):
     """x as float32 rows (n, d) whose values are adjacent: a view with any row stride (a column
     slice of a wider array, say) is taken as it is, anything else is converted to C order."""
-    x = np.asarray(x)
-    if x.dtype != np.float32 or x.ndim != 2 or x.strides[1] != sizeof(float):
-        x = f32(x, 2, what)
-    return x
+    if is_native(x, cnp.NPY_FLOAT32, 2) and cnp.PyArray_STRIDE(<cnp.ndarray>x, 1) == sizeof(float):
+        return <cnp.ndarray>x
+    return f32(x, 2, what)
 
 
 def rms_norm(x, weight, float eps, n_threads=None):
     """x / sqrt(mean(x^2) + eps) * weight for each row of x (n, d); weight (d,)."""
-    x = f32(x, 2, "rms_norm input")
-    weight = f32(weight, 1, "rms_norm weight")
-    if weight.shape[0] != x.shape[1]:
-        raise ValueError(f"rms_norm: weight of {weight.shape[0]} values for rows of {x.shape[1]}")
-    cdef int nt = team(check_threads(n_threads), x.size)
-    out = np.empty_like(x)
-    cdef const float[:, ::1] xs = x
-    cdef const float[::1] w = weight
-    cdef float[:, ::1] o = out
-    cdef Py_ssize_t b, n_blocks = (xs.shape[0] + RMS_NORM_ROWS - 1) // RMS_NORM_ROWS
-    if x.shape[0] and x.shape[1]:
+    cdef cnp.ndarray xa = f32(x, 2, "rms_norm input"), wa = f32(weight, 1, "rms_norm weight")
+    cdef Py_ssize_t n = xa.shape[0], d = xa.shape[1]
+    if wa.shape[0] != d:
+        raise ValueError(f"rms_norm: weight of {wa.shape[0]} values for rows of {d}")
+    cdef int nt = team(check_threads(n_threads), xa.size)
+    cdef cnp.ndarray out = empty(2, xa.shape, cnp.NPY_FLOAT32)
+    cdef const float *xs = <const float *>cnp.PyArray_DATA(xa)
+    cdef const float *w = <const float *>cnp.PyArray_DATA(wa)
+    cdef float *o = <float *>cnp.PyArray_DATA(out)
+    cdef Py_ssize_t b, n_blocks = (n + RMS_NORM_ROWS - 1) // RMS_NORM_ROWS
+    if n and d:
         for b in prange(n_blocks, nogil=True, schedule="static", num_threads=nt):
-            rms_norm_rows(&xs[b * RMS_NORM_ROWS, 0], &w[0], min(RMS_NORM_ROWS, xs.shape[0] - b * RMS_NORM_ROWS),
-                          xs.shape[1], eps, &o[b * RMS_NORM_ROWS, 0])
+            rms_norm_rows(xs + b * RMS_NORM_ROWS * d, w, min(RMS_NORM_ROWS, n - b * RMS_NORM_ROWS), d, eps,
+                          o + b * RMS_NORM_ROWS * d)
     return out
 
 
@@ -75,38 +82,43 @@ def rope_angles(positions, int n_dims, float freq_base, float freq_scale=1.0):
     The angles start at the position and are multiplied by powf(base, -2 / n_dims) once
     per pair in float32; their cos and sin are the C library's cosf and sinf.
     """
-    pos = np.ascontiguousarray(positions, dtype=np.int64)
-    if pos.ndim != 1:
-        raise ValueError(f"rope: positions must be 1-D, got shape {pos.shape}")
+    if not is_native_c(positions, cnp.NPY_INT64, 1):
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        if positions.ndim != 1:
+            raise ValueError(f"rope: positions must be 1-D, got shape {positions.shape}")
     if n_dims <= 0 or n_dims % 2:
         raise ValueError(f"rope: n_dims {n_dims} must be even and positive")
-    cdef float theta_scale = np.float32(np.float64(freq_base) ** np.float64(np.float32(-2.0) / np.float32(n_dims)))
-    cos, sin = np.empty((pos.shape[0], n_dims // 2), np.float32), np.empty((pos.shape[0], n_dims // 2), np.float32)
-    cdef const int64_t[::1] p = pos
-    cdef float[:, ::1] cs = cos
-    cdef float[:, ::1] sn = sin
+    # the reference's float64 power of float32 operands, rounded to float32
+    cdef float theta_scale = <float>pow(<double>freq_base, <double>(<float>-2.0 / <float>n_dims))
+    cdef cnp.ndarray pos = positions
+    cdef cnp.npy_intp shape[2]
+    shape[0], shape[1] = pos.shape[0], n_dims // 2
+    cdef cnp.ndarray cos = empty(2, shape, cnp.NPY_FLOAT32), sin = empty(2, shape, cnp.NPY_FLOAT32)
+    cdef const int64_t *p = <const int64_t *>cnp.PyArray_DATA(pos)
+    cdef float *cs = <float *>cnp.PyArray_DATA(cos)
+    cdef float *sn = <float *>cnp.PyArray_DATA(sin)
     cdef Py_ssize_t i
-    for i in range(p.shape[0]):
-        rope_angles_row(<float>p[i], n_dims, theta_scale, freq_scale, &cs[i, 0], &sn[i, 0])
+    for i in range(shape[0]):
+        rope_angles_row(<float>p[i], n_dims, theta_scale, freq_scale, cs + i * shape[1], sn + i * shape[1])
     return cos, sin
 
 
 def rope(x, cos, sin, n_threads=None):
     """Rotate adjacent pairs of the first n_dims values of every head of x (n, heads, hd) by the angles
     whose ``cos`` and ``sin`` (n, n_dims / 2) ``rope_angles`` gives."""
-    out = f32(x, 3, "rope input", copy=True)  # rotated in place: one copy whatever x's layout
-    cos, sin = f32(cos, 2, "rope cos"), f32(sin, 2, "rope sin")
-    if cos.shape != sin.shape or cos.shape[0] != out.shape[0] or not 0 < 2 * cos.shape[1] <= out.shape[2]:
-        raise ValueError(f"rope: angles {cos.shape} and {sin.shape} do not fit rows of shape {out.shape}")
+    cdef cnp.ndarray out = f32(x, 3, "rope input", copy=True)  # rotated in place: one copy whatever x's layout
+    cdef cnp.ndarray cs = f32(cos, 2, "rope cos"), sn = f32(sin, 2, "rope sin")
+    cdef Py_ssize_t n = out.shape[0], heads = out.shape[1], hd = out.shape[2], half = cs.shape[1]
+    if sn.shape[0] != cs.shape[0] or sn.shape[1] != half or cs.shape[0] != n or not 0 < 2 * half <= hd:
+        raise ValueError(f"rope: angles {np.shape(cs)} and {np.shape(sn)} do not fit rows of shape {np.shape(out)}")
     cdef int nt = team(check_threads(n_threads), out.size)
-    cdef int n_dims = 2 * cos.shape[1]
-    cdef float[:, :, ::1] o = out
-    cdef const float[:, ::1] cs = cos
-    cdef const float[:, ::1] sn = sin
+    cdef float *o = <float *>cnp.PyArray_DATA(out)
+    cdef const float *c = <const float *>cnp.PyArray_DATA(cs)
+    cdef const float *s = <const float *>cnp.PyArray_DATA(sn)
     cdef Py_ssize_t i
-    if o.shape[1]:
-        for i in prange(o.shape[0], nogil=True, schedule="static", num_threads=nt):
-            rope_row(&o[i, 0, 0], o.shape[1], o.shape[2], n_dims, &cs[i, 0], &sn[i, 0])
+    if heads:
+        for i in prange(n, nogil=True, schedule="static", num_threads=nt):
+            rope_row(o + i * heads * hd, heads, hd, 2 * half, c + i * half, s + i * half)
     return out
 
 
@@ -116,19 +128,20 @@ def swiglu(gate, up, n_threads=None):
     Rows may lie at any stride, so the two halves of one stacked product's output are read in
     place rather than copied.
     """
-    gate = f32_rows(gate, "swiglu gate")
-    up = f32_rows(up, "swiglu up")
-    if gate.shape != up.shape:
-        raise ValueError(f"swiglu: gate {gate.shape} and up {up.shape} differ")
-    cdef int nt = team(check_threads(n_threads), gate.size)
-    out = np.empty(gate.shape, np.float32)
-    cdef const float[:, :] g = gate  # rows at any stride, values adjacent (f32_rows)
-    cdef const float[:, :] u = up
-    cdef float[:, ::1] o = out
+    cdef cnp.ndarray g = f32_rows(gate, "swiglu gate"), u = f32_rows(up, "swiglu up")
+    cdef Py_ssize_t n = g.shape[0], f = g.shape[1]
+    if u.shape[0] != n or u.shape[1] != f:
+        raise ValueError(f"swiglu: gate {np.shape(g)} and up {np.shape(u)} differ")
+    cdef int nt = team(check_threads(n_threads), g.size)
+    cdef cnp.ndarray out = empty(2, g.shape, cnp.NPY_FLOAT32)
+    cdef const char *gs = cnp.PyArray_BYTES(g)  # rows at any stride, values adjacent (f32_rows)
+    cdef const char *us = cnp.PyArray_BYTES(u)
+    cdef Py_ssize_t g_stride = g.strides[0], u_stride = u.strides[0]
+    cdef float *o = <float *>cnp.PyArray_DATA(out)
     cdef Py_ssize_t i
-    if gate.shape[1]:
-        for i in prange(g.shape[0], nogil=True, schedule="static", num_threads=nt):
-            swiglu_row(&g[i, 0], &u[i, 0], g.shape[1], &o[i, 0])
+    if f:
+        for i in prange(n, nogil=True, schedule="static", num_threads=nt):
+            swiglu_row(<const float *>(gs + i * g_stride), <const float *>(us + i * u_stride), f, o + i * f)
     return out
 
 
@@ -138,16 +151,17 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None):
     ``k_cache``/``v_cache``: float16 (n_kv_heads, n_ctx, hd) holding positions [0, start + n);
     query head h reads kv head h // (n_heads / n_kv_heads).  Returns (n, n_heads * hd).
     """
-    q = f32(q, 3, "attention q")
+    cdef cnp.ndarray qa = f32(q, 3, "attention q")
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if not isinstance(c, np.ndarray) or c.dtype != np.float16 or c.ndim != 3 or not c.flags.c_contiguous:
+        if not is_native_c(c, cnp.NPY_FLOAT16, 3):
             raise ValueError(f"attention: {name} must be a C-contiguous float16 (n_kv_heads, n_ctx, hd) array")
-    if k_cache.shape != v_cache.shape:
-        raise ValueError(f"attention: k_cache {k_cache.shape} and v_cache {v_cache.shape} differ")
-    cdef int n = q.shape[0], n_heads = q.shape[1], hd = q.shape[2]
-    cdef int n_kv = k_cache.shape[0], n_ctx = k_cache.shape[1]
-    if k_cache.shape[2] != hd or n_kv == 0 or n_heads % n_kv:
-        raise ValueError(f"attention: q {q.shape} does not fit caches of shape {k_cache.shape}")
+    cdef cnp.ndarray kc = k_cache, vc = v_cache
+    if kc.shape[0] != vc.shape[0] or kc.shape[1] != vc.shape[1] or kc.shape[2] != vc.shape[2]:
+        raise ValueError(f"attention: k_cache {np.shape(kc)} and v_cache {np.shape(vc)} differ")
+    cdef int n = qa.shape[0], n_heads = qa.shape[1], hd = qa.shape[2]
+    cdef int n_kv = kc.shape[0], n_ctx = kc.shape[1]
+    if kc.shape[2] != hd or n_kv == 0 or n_heads % n_kv:
+        raise ValueError(f"attention: q {np.shape(qa)} does not fit caches of shape {np.shape(kc)}")
     if start < 0 or start + n > n_ctx:
         raise ValueError(f"attention: positions [{start}, {start + n}) exceed the cache's {n_ctx}")
     cdef int group = n_heads // n_kv, n_keys_max = start + n
@@ -155,27 +169,39 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None):
     # takes the shape (q.K: hd a multiple of 8; P.V: hd a multiple of 4), else ggml_vec_dot_f16's 32
     cdef int qk_lanes = 8 if n > 1 and hd % 8 == 0 else 32
     cdef int pv_lanes = 8 if n > 1 and hd % 4 == 0 else 32
-    cdef int nt = team(check_threads(n_threads), q.size * n_keys_max)
-    out = np.empty((n, n_heads * hd), np.float32)
+    cdef int nt = team(check_threads(n_threads), qa.size * n_keys_max)
+    cdef cnp.npy_intp shape[2]
+    shape[0], shape[1] = n, n_heads * hd
+    cdef cnp.ndarray out = empty(2, shape, cnp.NPY_FLOAT32)
     if n == 0 or hd == 0:
         return out
-    cdef const float[:, :, ::1] qs = q
-    cdef const uint16_t[:, :, ::1] kc = k_cache.view(np.uint16)
-    cdef const uint16_t[:, :, ::1] vc = v_cache.view(np.uint16)
-    cdef float[:, ::1] o = out
-    cdef float[:, ::1] scores = np.empty((nt, n_keys_max), np.float32)
-    cdef uint16_t[:, ::1] half = np.empty((nt, n_keys_max + hd), np.uint16)
-    cdef float[:, ::1] acc = np.empty((nt, 32 * hd), np.float32)
+    cdef const float *qs = <const float *>cnp.PyArray_DATA(qa)
+    cdef const uint16_t *ks = <const uint16_t *>cnp.PyArray_DATA(kc)  # f16 bits
+    cdef const uint16_t *vs = <const uint16_t *>cnp.PyArray_DATA(vc)
+    cdef float *o = <float *>cnp.PyArray_DATA(out)
+    cdef Py_ssize_t kv_stride = <Py_ssize_t>n_ctx * hd  # values per kv head
+    # scratch per thread (see attend): the scores, the query and the probabilities in f16, the value lanes
+    cdef float *scores = <float *>malloc(<size_t>nt * n_keys_max * sizeof(float))
+    cdef uint16_t *half = <uint16_t *>malloc(<size_t>nt * (n_keys_max + hd) * sizeof(uint16_t))
+    cdef float *acc = <float *>malloc(<size_t>nt * 32 * hd * sizeof(float))
     cdef Py_ssize_t task
     cdef int t, h, me
     # row t attends to start + t + 1 keys, so several rows are dealt to the threads in turn, a
     # row's heads at once (each thread writes whole output rows), rather than in contiguous
     # shares, which would give the last thread the longest rows; one row's heads are shared out
     cdef int chunk = n_heads if n > 1 else (n_heads + nt - 1) // nt
-    for task in prange(n * n_heads, nogil=True, schedule="static", chunksize=chunk, num_threads=nt):
-        t = task // n_heads
-        h = task % n_heads
-        me = omp_get_thread_num()
-        attend(&qs[t, h, 0], &kc[h // group, 0, 0], &vc[h // group, 0, 0], start + t + 1, hd, scale,
-               qk_lanes, pv_lanes, &scores[me, 0], &half[me, 0], &acc[me, 0], &o[t, h * hd])
+    try:
+        if scores == NULL or half == NULL or acc == NULL:
+            raise MemoryError("no memory for attention's scratch rows")
+        for task in prange(n * n_heads, nogil=True, schedule="static", chunksize=chunk, num_threads=nt):
+            t = task // n_heads
+            h = task % n_heads
+            me = omp_get_thread_num()
+            attend(qs + task * hd, ks + h // group * kv_stride, vs + h // group * kv_stride, start + t + 1, hd,
+                   scale, qk_lanes, pv_lanes, scores + me * n_keys_max, half + me * (n_keys_max + hd),
+                   acc + me * 32 * hd, o + task * hd)
+    finally:
+        free(scores)
+        free(half)
+        free(acc)
     return out

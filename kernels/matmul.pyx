@@ -12,11 +12,15 @@ import mmap
 
 import numpy as np
 
+cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uintptr_t
 from libc.stdlib cimport free, malloc
 
+from kernels.ndarrays cimport empty, is_native_c
 from kernels.parallel import check_threads
+
+cnp.import_array()
 
 cdef extern from "sys/mman.h" nogil:
     int madvise(void *addr, size_t length, int advice)
@@ -83,8 +87,10 @@ def activation_type(int type):
     return act
 
 
-cdef object float_rows(x, int64_t n_in, str what):
+cdef cnp.ndarray float_rows(x, int64_t n_in, str what):
     """x as a C-contiguous float32 (n, n_in) array; 1-D input becomes one row."""
+    if is_native_c(x, cnp.NPY_FLOAT32, 2) and cnp.PyArray_DIM(<cnp.ndarray>x, 1) == n_in:
+        return <cnp.ndarray>x  # the usual case: no conversion
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim == 1:
         x = x.reshape(1, -1)
@@ -110,16 +116,19 @@ def quantize(x, int act_type, bint grouped=False, n_threads=None):
     cdef const float[:, ::1] xs = np.ascontiguousarray(x.reshape(-1, k))
     out = np.empty((xs.shape[0], type_row_bytes(act_type, xs.shape[1])), np.uint8)
     cdef uint8_t[:, ::1] o = out
-    quantize_into(xs, act_type, grouped, &o[0, 0] if o.shape[0] else NULL, o.shape[1], check_threads(n_threads))
+    cdef int nt = check_threads(n_threads)
+    if xs.shape[0]:
+        quantize_into(&xs[0, 0], xs.shape[0], k, act_type, grouped, &o[0, 0], o.shape[1], nt)
     return out.reshape(*lead, out.shape[1])
 
 
-cdef void quantize_into(const float[:, ::1] x, int act_type, bint grouped, uint8_t *out, int64_t stride,
-                        int nt) noexcept nogil:
-    cdef Py_ssize_t t, n = x.shape[0]
+cdef void quantize_into(const float *x, int64_t n, int64_t k, int act_type, bint grouped, uint8_t *out,
+                        int64_t stride, int nt) noexcept nogil:
+    """Rows x (n, k) as ``act_type`` rows ``stride`` bytes apart at ``out``."""
+    cdef Py_ssize_t t
     cdef int64_t n_grouped = n - n % 4 if grouped else 0
     for t in prange(n, schedule="static", num_threads=nt if n >= MIN_PARALLEL_ROWS else 1):
-        quantize_row(act_type, &x[t, 0], out + t * stride, x.shape[1], t < n_grouped)
+        quantize_row(act_type, x + t * k, out + t * stride, k, t < n_grouped)
 
 
 def vec_dot(int type, w, a):
@@ -142,23 +151,41 @@ def get_rows(data, int type, int64_t n_in, ids):
     Bit-identical to ggml's dequantize_row_*; returns None for a type without a compiled
     dequantiser (Q2_K, Q3_K), so the caller can fall back to the NumPy one.
     """
-    if not isinstance(data, np.ndarray) or data.ndim != 2 or not data.flags.c_contiguous:
+    if not (isinstance(data, np.ndarray) and cnp.PyArray_NDIM(<cnp.ndarray>data) == 2
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>data)):
         raise ValueError("weight data must be a C-contiguous 2-D NumPy array")
-    cdef int64_t row_bytes = type_row_bytes(type, n_in)
-    if row_bytes <= 0 or n_in % type_block_size(type) or data.shape[1] * data.itemsize != row_bytes:
-        raise ValueError(f"weight rows of {data.shape[1] * data.itemsize} bytes do not hold {n_in} values of ggml type {type}")
-    rows = np.asarray(ids)
-    if rows.ndim != 1 or (rows.size and (rows.dtype.kind not in "iu" or rows.min() < 0 or rows.max() >= data.shape[0])):
-        raise ValueError(f"row ids must be a 1-D array of integers in [0, {data.shape[0]})")
-    cdef const int64_t[::1] r = np.ascontiguousarray(rows, dtype=np.int64)
-    cdef const uint8_t[:, ::1] src = data.view(np.uint8)
-    out = np.empty((rows.shape[0], n_in), np.float32)
-    cdef float[:, ::1] o = out
+    cdef cnp.ndarray w = data
+    cdef int64_t row_bytes = type_row_bytes(type, n_in), n_rows = w.shape[0]
+    if row_bytes <= 0 or n_in % type_block_size(type) or w.shape[1] * cnp.PyArray_ITEMSIZE(w) != row_bytes:
+        raise ValueError(f"weight rows of {w.shape[1] * cnp.PyArray_ITEMSIZE(w)} bytes do not hold {n_in} values of ggml type {type}")
+    cdef cnp.ndarray r = row_ids(ids, n_rows)
+    cdef const int64_t *rows = <const int64_t *>cnp.PyArray_DATA(r)
+    cdef const uint8_t *src = <const uint8_t *>cnp.PyArray_DATA(w)
+    cdef cnp.npy_intp shape[2]
+    shape[0], shape[1] = r.shape[0], n_in
+    cdef cnp.ndarray out = empty(2, shape, cnp.NPY_FLOAT32)
+    cdef float *o = <float *>cnp.PyArray_DATA(out)
     cdef Py_ssize_t i
-    for i in range(r.shape[0]):
-        if dequantize_row(type, &src[r[i], 0], n_in, &o[i, 0]) != 0:
+    for i in range(shape[0]):
+        if dequantize_row(type, src + rows[i] * row_bytes, n_in, o + i * n_in) != 0:
             return None
     return out
+
+
+cdef cnp.ndarray row_ids(ids, int64_t n_rows):
+    """ids as a C-contiguous int64 array, checked to be 1-D integers in [0, n_rows)."""
+    if not is_native_c(ids, cnp.NPY_INT64, 1):
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise ValueError(f"row ids must be a 1-D array of integers in [0, {n_rows})")
+        ids = np.ascontiguousarray(ids, dtype=np.int64)  # uint64 ids past int64's range wrap negative
+    cdef cnp.ndarray r = ids
+    cdef const int64_t *p = <const int64_t *>cnp.PyArray_DATA(r)
+    cdef Py_ssize_t i
+    for i in range(r.shape[0]):
+        if not 0 <= p[i] < n_rows:
+            raise ValueError(f"row ids must be a 1-D array of integers in [0, {n_rows})")
+    return r
 
 
 cdef class Matrix:
@@ -215,118 +242,131 @@ cdef class Matrix:
 
     def matmul(self, x, n_threads=None):
         """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, with ggml's activation rounding."""
-        x = float_rows(x, self.n_in, "matmul")
-        cdef int64_t n = x.shape[0]
+        cdef cnp.ndarray xa = float_rows(x, self.n_in, "matmul")
+        cdef int64_t n = xa.shape[0]
         cdef int nt = check_threads(n_threads)
         if n * self.n_out * self.row_bytes < MIN_PARALLEL_BYTES:
             nt = 1
-        out = np.empty((n, self.n_out), np.float32)
+        cdef cnp.npy_intp shape[2]
+        shape[0], shape[1] = n, self.n_out
+        cdef cnp.ndarray out = empty(2, shape, cnp.NPY_FLOAT32)
         if n == 0 or self.n_out == 0:
             return out
-        cdef const float[:, ::1] xs = x
-        cdef float[:, ::1] o = out
+        cdef const float *xs = <const float *>cnp.PyArray_DATA(xa)
+        cdef float *o = <float *>cnp.PyArray_DATA(out)
         if self.regrouped and self.type == T_Q4_0:
-            self.matmul_q4_0x8(xs, o, nt)
+            self.matmul_q4_0x8(xs, n, o, nt)
         elif self.type == T_Q4_K and self.n_out % 8 == 0:
-            self.matmul_q4_Kx8(xs, o, nt)
+            self.matmul_q4_Kx8(xs, n, o, nt)
         else:
-            self.matmul_rows(xs, o, nt)
+            self.matmul_rows(xs, n, o, nt)
         return out
 
-    cdef int matmul_rows(self, const float[:, ::1] x, float[:, ::1] out, int nt) except -1:
+    # The products below read x (n, n_in) and write out (n, n_out), both C-contiguous float32.
+
+    cdef int matmul_rows(self, const float *x, int64_t n, float *out, int nt) except -1:
         """Generic path: quantise the activations, then every row against every token, in the
         order of the ggml kernel that this type and number of tokens select.
 
         Float rows go through tinyBLAS's order where it takes the shape (float_rows.h), and
         K-quant rows are unpacked once for all tokens when there is more than one (kq_rows).
         """
-        cdef int64_t n = x.shape[0], act_bytes = type_row_bytes(self.act_type, self.n_in)
+        cdef int64_t act_bytes = type_row_bytes(self.act_type, self.n_in)
         cdef bint tiny_blas = (self.type == T_F32 or self.type == T_F16) and tinyblas_accepts(n, self.n_out, self.n_in)
         cdef bint unpack_once = n > 1 and T_Q2_K <= self.type <= T_Q6_K
         # Q4_0 rows that llama.cpp would repack: its repacked kernels' order, one row at a time
         cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.type == T_Q4_0 and self.n_out % 8 == 0 else self.dot
-        cdef uint8_t[:, ::1] acts = np.empty((n, act_bytes), np.uint8)
+        cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)
+        if acts == NULL:
+            raise MemoryError()
         cdef Py_ssize_t chunk, n_chunks = (self.n_out + 15) // 16
         cdef int64_t r, t, r_end
         cdef int failed = 0
         with nogil:
-            quantize_into(x, self.act_type, False, &acts[0, 0], act_bytes, nt)
+            quantize_into(x, n, self.n_in, self.act_type, False, acts, act_bytes, nt)
             for chunk in prange(n_chunks, schedule="static", num_threads=nt):
                 r_end = min(chunk * 16 + 16, self.n_out)
                 if tiny_blas:
                     tinyblas_rows(self.type == T_F16, <int>self.n_in, self.ptr, self.row_bytes, chunk * 16, r_end,
-                                  &acts[0, 0], act_bytes, n, &out[0, 0], self.n_out)
+                                  acts, act_bytes, n, out, self.n_out)
                 elif unpack_once:
                     failed += kq_rows(self.type, self.ptr, self.row_bytes, chunk * 16, r_end, <int>self.n_in,
-                                      &acts[0, 0], act_bytes, n, &out[0, 0], self.n_out)
+                                      acts, act_bytes, n, out, self.n_out)
                 else:
                     for r in range(chunk * 16, r_end):
                         for t in range(n):
-                            out[t, r] = dot(<int>self.n_in, self.ptr + r * self.row_bytes, &acts[t, 0])
+                            out[t * self.n_out + r] = dot(<int>self.n_in, self.ptr + r * self.row_bytes,
+                                                          acts + t * act_bytes)
+        free(acts)
         if failed:
             raise MemoryError("no memory for unpacked weight rows")
         return 0
 
-    cdef void matmul_q4_0x8(self, const float[:, ::1] x, float[:, ::1] out, int nt):
+    cdef void matmul_q4_0x8(self, const float *x, int64_t n, float *out, int nt):
         """Regrouped Q4_0: each group of 8 rows is read once per tile of 4 tokens."""
-        cdef int64_t n = x.shape[0], nb = self.n_in // 32, n_groups = self.n_out // 8
-        cdef int8_t[:, ::1] qs = np.empty((n, self.n_in), np.int8)
-        cdef float[:, ::1] d = np.empty((n, nb), np.float32)
-        cdef int32_t[:, ::1] bias = np.empty((n, nb), np.int32)
+        cdef int64_t nb = self.n_in // 32, n_groups = self.n_out // 8
+        cdef int8_t *qs = <int8_t *>malloc(n * self.n_in)                 # (n, n_in) quants
+        cdef float *d = <float *>malloc(n * nb * sizeof(float))            # (n, nb) block scales
+        cdef int32_t *bias = <int32_t *>malloc(n * nb * sizeof(int32_t))   # (n, nb) block sums
         cdef act_q8_0 *acts = <act_q8_0 *>malloc(n * sizeof(act_q8_0))
-        if acts == NULL:
-            raise MemoryError()
         cdef Py_ssize_t t, g
         cdef int64_t t0, tt, tile = TILE, n_tiles = (n + TILE - 1) // TILE
         cdef const block_q4_0x8 *packed = <const block_q4_0x8 *>self.ptr
         try:
+            if qs == NULL or d == NULL or bias == NULL or acts == NULL:
+                raise MemoryError()
             with nogil:
                 for t in prange(n, schedule="static", num_threads=nt if n >= MIN_PARALLEL_ROWS else 1):
-                    quantize_act_q8_0(&x[t, 0], self.n_in, &qs[t, 0], &d[t, 0], &bias[t, 0])
-                    acts[t].qs = &qs[t, 0]
-                    acts[t].d = &d[t, 0]
-                    acts[t].bias = &bias[t, 0]
+                    quantize_act_q8_0(x + t * self.n_in, self.n_in, qs + t * self.n_in, d + t * nb, bias + t * nb)
+                    acts[t].qs = qs + t * self.n_in
+                    acts[t].d = d + t * nb
+                    acts[t].bias = bias + t * nb
                 for g in prange(n_groups, schedule="static", num_threads=nt):
                     for tt in range(n_tiles):
                         t0 = tt * tile
                         q4_0x8_dot(packed + g * nb, nb, acts + t0, <int>min(tile, n - t0),
-                                   &out[t0, 8 * g], self.n_out)
+                                   out + t0 * self.n_out + 8 * g, self.n_out)
         finally:
+            free(qs)
+            free(d)
+            free(bias)
             free(acts)
 
-    cdef void matmul_q4_Kx8(self, const float[:, ::1] x, float[:, ::1] out, int nt):
+    cdef void matmul_q4_Kx8(self, const float *x, int64_t n, float *out, int nt):
         """Q4_K with a multiple of 8 rows, as ggml's repacked kernels: Q8_K activations (four rows
         at a time, as ggml's repacked path), 8 rows x 4 tokens.
 
         An unregrouped matrix is regrouped here a group at a time, into a buffer per thread.
         """
-        cdef int64_t n = x.shape[0], nb = self.n_in // 256, n_groups = self.n_out // 8
-        cdef int64_t act_bytes = type_row_bytes(T_Q8_K, self.n_in)
-        cdef uint8_t[:, ::1] acts = np.empty((n, act_bytes), np.uint8)
-        cdef uint8_t[:, ::1] scratch = None if self.regrouped else np.empty((nt, nb * GROUP_BYTES_Q4_K), np.uint8)
+        cdef int64_t nb = self.n_in // 256, n_groups = self.n_out // 8
+        cdef int64_t act_bytes = type_row_bytes(T_Q8_K, self.n_in), scratch_bytes = nb * GROUP_BYTES_Q4_K
+        cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)                                       # (n, act_bytes)
+        cdef uint8_t *scratch = NULL if self.regrouped else <uint8_t *>malloc(nt * scratch_bytes)  # a group per thread
         cdef const block_q8_K **rows = <const block_q8_K **>malloc(n * sizeof(void *))
-        if rows == NULL:
-            raise MemoryError()
         cdef Py_ssize_t t, g
         cdef int64_t t0, tt, tile = TILE, n_tiles = (n + TILE - 1) // TILE
         cdef const block_q4_Kx8 *grp
         cdef block_q4_Kx8 *buf
         try:
+            if acts == NULL or rows == NULL or (scratch == NULL and not self.regrouped):
+                raise MemoryError()
             with nogil:
-                quantize_into(x, T_Q8_K, True, &acts[0, 0], act_bytes, nt)
+                quantize_into(x, n, self.n_in, T_Q8_K, True, acts, act_bytes, nt)
                 for t in range(n):
-                    rows[t] = <const block_q8_K *>&acts[t, 0]
+                    rows[t] = <const block_q8_K *>(acts + t * act_bytes)
                 for g in prange(n_groups, schedule="static", num_threads=nt):
                     if self.regrouped:
                         grp = <const block_q4_Kx8 *>self.ptr + g * nb
                     else:
-                        buf = <block_q4_Kx8 *>&scratch[threadid(), 0]
+                        buf = <block_q4_Kx8 *>(scratch + threadid() * scratch_bytes)
                         repack_q4_Kx8_group(<const block_q4_K *>self.ptr + 8 * g * nb, nb, 0, buf)
                         grp = buf
                     for tt in range(n_tiles):
                         t0 = tt * tile
-                        q4_Kx8_dot(grp, nb, rows + t0, <int>min(tile, n - t0), &out[t0, 8 * g], self.n_out)
+                        q4_Kx8_dot(grp, nb, rows + t0, <int>min(tile, n - t0), out + t0 * self.n_out + 8 * g, self.n_out)
         finally:
+            free(acts)
+            free(scratch)
             free(rows)
 
 

@@ -323,10 +323,60 @@ def test_f16_tail_is_added_one_product_at_a_time():
     lambda: layers.attention(np.zeros((2, 4, 8)), np.zeros((2, 4, 8), np.float16), np.zeros((2, 4, 8), np.float16), 3, 1.0),
     lambda: layers.attention(np.zeros((1, 4, 8)), np.zeros((2, 4, 8), np.float32), np.zeros((2, 4, 8), np.float32), 0, 1.0),
     lambda: layers.attention(np.zeros((1, 3, 8)), np.zeros((2, 4, 8), np.float16), np.zeros((2, 4, 8), np.float16), 0, 1.0),
+    lambda: matmul.Matrix(np.zeros((8, 34), np.uint8), int(T.Q8_0), 32).matmul(np.zeros((2, 64), np.float32)),
+    lambda: layers.rope_angles(np.zeros((1, 1), np.int64), 8, 10000.0),
+    lambda: layers.attention(np.zeros((1, 4, 8), np.float32), np.zeros((2, 4, 8), ">f2"), np.zeros((2, 4, 8), ">f2"), 0, 1.0),
+    lambda: layers.attention(np.zeros((1, 4, 8), np.float32), np.zeros((2, 8, 8), np.float16)[:, ::2],
+                             np.zeros((2, 4, 8), np.float16), 0, 1.0),
+    lambda: layers.attention(np.zeros((1, 4, 8), np.float32), np.zeros((2, 4, 8), np.float16),
+                             np.zeros((2, 5, 8), np.float16), 0, 1.0),
 ], ids=lambda f: "")
 def test_bad_input_raises_value_error(call):
     with pytest.raises(ValueError):
         call()
+
+
+@pytest.mark.parametrize("ids", [np.array([4]), np.array([-1]), np.array([0, 2**40]), np.array([2**63 + 1], np.uint64),
+                                 np.array([0.0]), np.array([True]), np.array([[0]]), np.array(0), [0, -3]])
+def test_get_rows_rejects_ids_outside_the_rows(ids):
+    with pytest.raises(ValueError, match=r"row ids must be a 1-D array of integers in \[0, 4\)"):
+        matmul.get_rows(np.zeros((4, 34), np.uint8), int(T.Q8_0), 32, ids)
+
+
+def unaligned(x):
+    """A read-only copy of x whose values do not start on a 4-byte boundary."""
+    raw = np.zeros(x.nbytes + 1, np.uint8)
+    raw[1:] = np.ascontiguousarray(x).view(np.uint8).reshape(-1)
+    return np.frombuffer(raw.data, x.dtype, offset=1).reshape(x.shape)
+
+
+def test_inputs_in_any_layout_give_the_same_bits():
+    """Arrays that the kernels cannot read as they are (another byte order, dtype or alignment,
+    a subclass, a strided view, a list) are converted first: the same results as a plain array."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 32)).astype(np.float32)
+    layouts = [x.astype(">f4"), x.astype(np.float64), unaligned(x), x.view(np.matrix),
+               np.repeat(x, 2, axis=0)[::2], x.tolist()]
+    w = rng.standard_normal(32).astype(np.float32)
+    m = matmul.Matrix(random_weights(rng, T.Q8_0, 8, 32), int(T.Q8_0), 32)
+    for y in layouts:
+        assert np.array_equal(layers.rms_norm(y, w, 1e-5), layers.rms_norm(x, w, 1e-5))
+        assert np.array_equal(layers.rms_norm(x, unaligned(w), 1e-5), layers.rms_norm(x, w, 1e-5))
+        assert np.array_equal(layers.swiglu(y, y), layers.swiglu(x, x))
+        assert np.array_equal(m.matmul(y), m.matmul(x))
+    q = x.reshape(3, 4, 8)
+    cos, sin = layers.rope_angles(np.array([5, 6, 7], np.int32), 8, 10000.0)
+    assert all(np.array_equal(a, b) for a, b in zip((cos, sin), layers.rope_angles([5, 6, 7], 8, 10000.0)))
+    k, v = rng.standard_normal((2, 2, 10, 8)).astype(np.float16)
+    for y in (q.astype(">f4"), unaligned(q), np.repeat(q, 2, axis=0)[::2]):
+        assert np.array_equal(layers.rope(y, cos, sin), layers.rope(q, cos, sin))
+        assert np.array_equal(layers.rope(q, unaligned(cos), sin.astype(">f4")), layers.rope(q, cos, sin))
+        assert np.array_equal(layers.attention(y, k, v, 2, 0.3), layers.attention(q, k, v, 2, 0.3))
+    data = random_weights(rng, T.Q8_0, 6, 32)
+    rows = matmul.get_rows(data, int(T.Q8_0), 32, np.array([5, 0, 5]))
+    for ids in (np.array([5, 0, 5], np.int32), np.array([5, 0, 5], np.uint64), [5, 0, 5], np.array([5, 5, 0, 0, 5])[::2]):
+        assert np.array_equal(matmul.get_rows(data, int(T.Q8_0), 32, ids), rows)
+    assert matmul.get_rows(data, int(T.Q8_0), 32, np.array([], np.float64)).shape == (0, 32)
 
 
 def test_backend_rejects_bad_thread_count():
