@@ -293,7 +293,8 @@ static inline __attribute__((always_inline)) void kq_tile_add(int type, const kq
     __m256 r;
     if (kq_has_mins(type)) {
         const __m256 dmin = _mm256_setr_ps(u0->dmin, u0->dmin, u0->dmin, u0->dmin, u1->dmin, u1->dmin, u1->dmin, u1->dmin);
-        r = _mm256_fmadd_ps(_mm256_sub_ps(_mm256_setzero_ps(), dmin), _mm256_cvtepi32_ps(kq_sum_lanes8(m)),
+        const __m256 neg_dmin = _mm256_xor_ps(dmin, _mm256_set1_ps(-0.0f));  /* -dmin, signed zeros included */
+        r = _mm256_fmadd_ps(neg_dmin, _mm256_cvtepi32_ps(kq_sum_lanes8(m)),
                             _mm256_mul_ps(d, _mm256_cvtepi32_ps(kq_sum_lanes8(s))));
     } else {
         for (int k = 0; k < 8; k++) s[k] = _mm256_sub_epi32(s[k], m[k]);
