@@ -69,19 +69,24 @@ static inline void kq_unpack_crumbs(const uint8_t *qs, const uint8_t *hmask, uin
 /* Q6_K's 256 quants, chunk k of half h = weights 128h + 32k..: the low nibbles of ql bytes
  * 64h.. (k = 0) and 64h + 32.. (k = 1), the high nibbles of the same (k = 2, 3), each with
  * bits 2k, 2k + 1 of qh bytes 32h.. on top. */
+#if defined(__AVX2__)
+static inline void q6_K_half(const uint8_t *ql, const uint8_t *qh, int h, __m256i chunk[4]) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
+    const __m256i l0 = _mm256_loadu_si256((const __m256i *)(ql + 64 * h));
+    const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 64 * h + 32));
+    const __m256i hb = _mm256_loadu_si256((const __m256i *)(qh + 32 * h));
+    chunk[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), bits45));
+    chunk[1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45));
+    chunk[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hb, bits45));
+    chunk[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45));
+}
+#endif
+
 static inline void kq_unpack_q6_K(const uint8_t *ql, const uint8_t *qh, uint8_t *q) {
     for (int h = 0; h < 2; h++) {
 #if defined(__AVX2__)
-        const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
-        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(ql + 64 * h));
-        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(ql + 64 * h + 32));
-        const __m256i hb = _mm256_loadu_si256((const __m256i *)(qh + 32 * h));
-        const __m256i chunk[4] = {
-            _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), bits45)),
-            _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hb, bits45)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45)),
-        };
+        __m256i chunk[4];
+        q6_K_half(ql, qh, h, chunk);
         for (int k = 0; k < 4; k++) _mm256_storeu_si256((__m256i *)(q + 128 * h + 32 * k), chunk[k]);
 #else
         for (int k = 0; k < 4; k++)

@@ -187,22 +187,13 @@ static inline void k4_packed_lanes(const uint8_t *x, int has_qh, const block_q8_
 
 /* Q6_K super-block lanes straight from the packed block (kq_lanes' numbers). */
 static inline void q6_K_packed_lanes(const block_q6_K *x, const block_q8_K *y, lanes_i32 *lanes, lanes_i32 *minlanes) {
-    const __m256i low4 = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
     const __m128i sc8 = _mm_loadu_si128((const __m128i *)x->scales);
     /* the offset of 32 of every quant, through the activation sums */
     *minlanes = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), _mm256_loadu_si256((const __m256i *)y->bsums)), 5);
     __m256i acc = _mm256_setzero_si256();
     for (int h = 0; h < 2; h++) {
-        const __m256i l0 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h));
-        const __m256i l1 = _mm256_loadu_si256((const __m256i *)(x->ql + 64 * h + 32));
-        const __m256i qh = _mm256_loadu_si256((const __m256i *)(x->qh + 32 * h));
-        const __m256i q[4] = {  /* 6-bit quants of weights 128h + 32k .. + 31 */
-            _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45)),
-            _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(qh, bits45)),
-            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
-                            _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45)),
-        };
+        __m256i q[4];  /* 6-bit quants of weights 128h + 32k .. + 31 */
+        q6_K_half(x->ql, x->qh, h, q);
         for (int k = 0; k < 4; k++) {
             const __m256i p = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(y->qs + 128 * h + 32 * k)));
             const __m256i scale = _mm256_cvtepi8_epi16(
