@@ -231,8 +231,15 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--presence-penalty", type=float)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors (its subcommands' too) take one line that points at --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llamanp", description="A LLaMA inference engine in NumPy and Cython.")
+    parser = Parser(prog="llamanp", description="A LLaMA inference engine in NumPy and Cython.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("generate", help="continue a prompt, streaming to stdout")
@@ -283,13 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command; what the user can fix ends in one line on stderr and exit status 1.
+    (Ctrl-C is the caller's: ``engine.__main__.run`` turns it into exit status 130.)"""
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
     except BrokenPipeError:  # the reader went away (`llamanp info | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
-    except (LlamaError, ValueError, OSError) as e:
-        sys.exit(f"llamanp: error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except (LlamaError, ValueError, OSError, MemoryError) as e:
+        sys.exit(f"llamanp: error: {one_line(e)}")
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (a template's or a parser's may span several)."""
+    return " ".join(str(error).split()) or type(error).__name__

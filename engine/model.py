@@ -18,9 +18,15 @@ import numpy as np
 from .errors import ModelError
 from .ggml_ops import Rope, Weight
 from .gguf import GGUFFile
-from .quants import GGMLType
+from .quants import VEC_DOT_TYPE, GGMLType
 
 SUPPORTED_ARCHITECTURES = ("llama",)
+MAX_LAYERS = 512          # llama.cpp's LLAMA_MAX_LAYERS
+MAX_WIDTH = 1 << 20       # widest embedding or feed-forward accepted, 20x the largest released LLaMA's
+UINT32_MAX = 2**32 - 1    # llama.cpp holds sizes such as the training context as uint32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest positive normal float32
+MATRIX_TYPES = (GGMLType.F32, GGMLType.F16, *VEC_DOT_TYPE)  # the weight types every backend multiplies
 
 
 @dataclass(frozen=True)
@@ -46,53 +52,70 @@ class HParams:
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile) -> "HParams":
+        """Read and range-check every hyperparameter, so a bad file fails here with ModelError,
+        before anything is allocated for it."""
         meta = gguf.metadata
         arch = meta.get("general.architecture")
-        if arch not in SUPPORTED_ARCHITECTURES:
-            raise ModelError(f"{gguf.path}: architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+        if not isinstance(arch, str) or arch not in SUPPORTED_ARCHITECTURES:
+            raise ModelError(f"{gguf.path}: architecture {_describe(arch)} is not supported; "
+                             f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
 
-        def get(key: str, default=None, kind=int):
-            value = meta.get(f"{arch}.{key}", default)
+        def get(key: str, lo, hi, default=None, kind=int):
+            """Metadata ``{arch}.{key}`` (or ``default``): an integer for kind int, any real number
+            for kind float, within [lo, hi]."""
+            name = f"{arch}.{key}"
+            value = meta.get(name, default)
             if value is None:
-                raise ModelError(f"{gguf.path}: metadata {arch}.{key} is missing")
-            if isinstance(value, (list, np.ndarray)) or isinstance(value, str):
-                raise ModelError(f"{gguf.path}: metadata {arch}.{key} must be a number, got {value!r}")
+                raise ModelError(f"{gguf.path}: metadata {name} is missing")
+            allowed = int if kind is int else (int, float)
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                raise ModelError(f"{gguf.path}: metadata {name} must be {'an integer' if kind is int else 'a number'}, "
+                                 f"got {_describe(value)}")
+            if not lo <= value <= hi:  # NaN fails too
+                raise ModelError(f"{gguf.path}: metadata {name} = {value} is outside [{lo}, {hi}]")
             return kind(value)
 
         embd = gguf.tensors.get("token_embd.weight")
         if embd is None:
             raise ModelError(f"{gguf.path}: tensor 'token_embd.weight' is missing")
-        dim, n_heads = get("embedding_length"), get("attention.head_count")
-        n_kv_heads = get("attention.head_count_kv", n_heads)
-        if dim <= 0 or n_heads <= 0 or n_kv_heads <= 0 or dim % n_heads or n_heads % n_kv_heads:
+        dim = get("embedding_length", 1, MAX_WIDTH)
+        n_heads = get("attention.head_count", 1, dim)
+        n_kv_heads = get("attention.head_count_kv", 1, n_heads, default=n_heads)
+        if dim % n_heads or n_heads % n_kv_heads:
             raise ModelError(f"{gguf.path}: embedding_length {dim} must split into head_count {n_heads} heads, "
                              f"and those into head_count_kv {n_kv_heads} groups")
         head_dim = dim // n_heads
-        rope_dims = get("rope.dimension_count", head_dim)
-        if not 0 < rope_dims <= head_dim or rope_dims % 2:
-            raise ModelError(f"{gguf.path}: rope.dimension_count {rope_dims} must be even and at most the head size {head_dim}")
+        rope_dims = get("rope.dimension_count", 1, head_dim, default=head_dim)
+        if rope_dims % 2:
+            raise ModelError(f"{gguf.path}: rope.dimension_count {rope_dims} must be even")
         scaling = meta.get(f"{arch}.rope.scaling.type", "linear")
-        if scaling not in ("none", "linear"):
-            raise ModelError(f"{gguf.path}: rope scaling {scaling!r} is not supported; supported: none, linear")
+        if not isinstance(scaling, str) or scaling not in ("none", "linear"):
+            raise ModelError(f"{gguf.path}: rope scaling {_describe(scaling)} is not supported; supported: none, linear")
         # llama.cpp reads the factor whatever the type says, under the new key or the old one
-        factor = get("rope.scaling.factor", get("rope.scale_linear", 0.0, float), float)
-        if factor < 0:
-            raise ModelError(f"{gguf.path}: rope scaling factor {factor} must not be negative")
+        factor = get("rope.scaling.factor", 0.0, FLOAT32_MAX, kind=float,
+                     default=get("rope.scale_linear", 0.0, FLOAT32_MAX, default=0.0, kind=float))
         freq_scale = float(np.float32(1.0) / np.float32(factor)) if factor else 1.0
-        hp = cls(
+        return cls(
             n_vocab=embd.dims[1] if len(embd.dims) == 2 else 0,
             dim=dim,
-            n_layers=get("block_count"),
+            n_layers=get("block_count", 1, MAX_LAYERS),
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
-            ffn=get("feed_forward_length"),
-            n_ctx_train=get("context_length"),
-            rms_eps=get("attention.layer_norm_rms_epsilon", kind=float),
-            rope=Rope(rope_dims, get("rope.freq_base", 10000.0, float), freq_scale),
+            ffn=get("feed_forward_length", 1, MAX_WIDTH),
+            n_ctx_train=get("context_length", 1, UINT32_MAX),
+            rms_eps=get("attention.layer_norm_rms_epsilon", 0.0, FLOAT32_MAX, kind=float),
+            rope=Rope(rope_dims, get("rope.freq_base", FLOAT32_TINY, FLOAT32_MAX, default=10000.0, kind=float),
+                      freq_scale),
         )
-        if hp.n_layers <= 0 or hp.ffn <= 0 or hp.n_ctx_train <= 0:
-            raise ModelError(f"{gguf.path}: block_count, feed_forward_length and context_length must be positive")
-        return hp
+
+
+def _describe(value) -> str:
+    """A metadata value in an error message: its type, and the value itself unless it is an array."""
+    if value is None:
+        return "none (the key is missing)"
+    if isinstance(value, (list, np.ndarray)):
+        return f"an array of {len(value)}"
+    return f"{type(value).__name__} {value!r:.60}"
 
 
 @dataclass(frozen=True)
@@ -131,6 +154,9 @@ class Weights:
             info = _tensor_info(gguf, name)
             if info.dims != (n_in, n_out):
                 raise ModelError(f"{gguf.path}: tensor {name!r} has shape {list(info.dims)}, expected {[n_in, n_out]}")
+            if info.type not in MATRIX_TYPES:
+                raise ModelError(f"{gguf.path}: tensor {name!r} has type {info.type.name}; matrices can be "
+                                 f"{', '.join(t.name for t in MATRIX_TYPES)}")
             return Weight(name, info.type, n_in, n_out, gguf.tensor(name))
 
         def vector(name: str) -> np.ndarray:
