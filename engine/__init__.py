@@ -1,7 +1,7 @@
 """llamanp: LLaMA inference in NumPy (and Cython), with logits faithful to llama.cpp."""
 from pathlib import Path
 
-from .errors import ContextOverflowError, GGUFError, GrammarError, LlamaError, ModelError
+from .errors import ArgumentError, ContextOverflowError, GGUFError, GrammarError, LlamaError, ModelError
 
 DEFAULT_MODEL = Path(__file__).parent / "data" / "tiny-shakespeare.gguf"
 """The tiny Shakespeare model that ships with the package (see data/MODEL_CARD.md)."""
@@ -21,6 +21,7 @@ __all__ = [
     "Llama",
     "LlamaState",
     "LlamaError",
+    "ArgumentError",
     "GGUFError",
     "ModelError",
     "ContextOverflowError",
