@@ -86,17 +86,18 @@ class HParams:
                              f"and those into head_count_kv {n_kv_heads} groups")
         head_dim = dim // n_heads
         rope_dims = get("rope.dimension_count", 1, head_dim, default=head_dim)
-        if rope_dims % 2:
-            raise ModelError(f"{gguf.path}: rope.dimension_count {rope_dims} must be even")
+        if rope_dims != head_dim or rope_dims % 2:  # llama.cpp: all of a LLaMA head rotates, in pairs
+            raise ModelError(f"{gguf.path}: rope.dimension_count {rope_dims} must equal the head size {head_dim}, "
+                             "an even number")
         scaling = meta.get(f"{arch}.rope.scaling.type", "linear")
         if not isinstance(scaling, str) or scaling not in ("none", "linear"):
             raise ModelError(f"{gguf.path}: rope scaling {_describe(scaling)} is not supported; supported: none, linear")
-        # llama.cpp reads the factor whatever the type says, under the new key or the old one
+        # the factor under the new key, else the old one, as llama.cpp reads it; 0 means none
         factor = get("rope.scaling.factor", 0.0, FLOAT32_MAX, kind=float,
                      default=get("rope.scale_linear", 0.0, FLOAT32_MAX, default=0.0, kind=float))
         freq_scale = float(np.float32(1.0) / np.float32(factor)) if factor else 1.0
         return cls(
-            n_vocab=embd.dims[1] if len(embd.dims) == 2 else 0,
+            n_vocab=_n_vocab(gguf, embd),
             dim=dim,
             n_layers=get("block_count", 1, MAX_LAYERS),
             n_heads=n_heads,
@@ -107,6 +108,15 @@ class HParams:
             rope=Rope(rope_dims, get("rope.freq_base", FLOAT32_TINY, FLOAT32_MAX, default=10000.0, kind=float),
                       freq_scale),
         )
+
+
+def _n_vocab(gguf: GGUFFile, embd) -> int:
+    """The vocabulary size: the token list's length, as llama.cpp takes it (token_embd.weight must then
+    have that many rows), or for a file without a vocabulary the embedding's rows."""
+    tokens = gguf.metadata.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, list):
+        return len(tokens)
+    return embd.dims[1] if len(embd.dims) == 2 else 0
 
 
 def _describe(value) -> str:

@@ -10,7 +10,7 @@ import collections
 import gguf
 import pytest
 
-import gguf_fuzz as fuzz
+from scripts import gguf_mutations as fuzz
 from engine.errors import LlamaError
 
 N_CASES = 2000
