@@ -9,7 +9,7 @@ what reaches the loader's deeper checks, unlike random bytes.
 
     base = Doc.read(write_base_model(tmp / "base.gguf"))
     family, blob = mutate(base, seed)     # seed picks the family (round robin) and the mutation
-    exercise(path_of(blob))               # loads, evaluates, tokenizes, renders a chat; or raises
+    exercise(write_case(tmp, blob))       # loads, evaluates, generates, renders a chat; or raises
 
 Nothing here imports ``engine`` except ``exercise``, which is what is under test.
 """
@@ -503,15 +503,19 @@ def mutate(base: Doc, seed: int, families: dict | None = None) -> tuple[str, byt
 
 
 def exercise(path: str | Path) -> None:
-    """What a user does first with a model file: load it, evaluate two tokens, tokenize and
-    untokenize text, render a chat prompt. Returns, or raises what the library raised."""
+    """What a user does first with a model file: load it, tokenize text and evaluate a few of its
+    tokens and the vocabulary's last id, generate a token, untokenize, render a chat prompt.
+    Returns, or raises what the library raised."""
     from engine import Llama
     from engine.chat import Chat
 
-    with Llama(path, n_ctx=16, n_threads=1) as llm:
-        llm.update([1 % llm.n_vocab, llm.n_vocab - 1])
+    with Llama(path, n_threads=1) as llm:
+        ids = llm.tokenize("Hi the <|im_start|> \u00e9\U0001F60A", special=True)
+        llm.update(ids[:3])
+        llm.update([llm.n_vocab - 1])
         llm.logits
-        ids = llm.tokenize("Hi the <|im_start|> \u00e9\U0001F60A")
+        # a sampler of our own: the library's refuse NaN logits, which corrupt weights produce (as in llama.cpp)
+        list(llm.generate(ids[:3], sampler=lambda logits: len(logits) - 1, max_tokens=1))
         llm.untokenize(ids, special=True)
         Chat(llm, system="Be brief.").prompt_tokens([{"role": "user", "content": "Hi"}])
 
