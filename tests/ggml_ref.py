@@ -1,6 +1,6 @@
 """ggml itself as a test reference: ctypes bindings to the libggml that llama-cpp-python ships.
 
-Only what the quantisation tests need: ggml's row dequantisers, the CPU backend's
+Only what the quantisation tests need: ggml's type table and row dequantisers, the CPU backend's
 activation quantisers (the AVX2 code this machine runs) and its BF16 rounding and
 one-row BF16 dot product, and the 4-row activation quantisers of the repacked matmul
 path, de-interleaved back to plain block rows.
@@ -45,6 +45,17 @@ def _floats(x: np.ndarray) -> np.ndarray:
 
 def _c_name(type_: GGMLType) -> str:
     return type_.name.lower().replace("_k", "_K")
+
+
+def type_layout(type_: int) -> tuple[str, int, int]:
+    """ggml's name, block size and bytes per block of type id ``type_`` (ggml_type_name, _blck_size, _type_size)."""
+    base = _lib("ggml-base")
+    base.ggml_type_name.restype = ctypes.c_char_p
+    base.ggml_blck_size.restype = ctypes.c_int64
+    base.ggml_type_size.restype = ctypes.c_size_t
+    for fn in (base.ggml_type_name, base.ggml_blck_size, base.ggml_type_size):
+        fn.argtypes = [ctypes.c_int]
+    return base.ggml_type_name(type_).decode(), base.ggml_blck_size(type_), base.ggml_type_size(type_)
 
 
 def dequantize_row(raw: np.ndarray, type_: GGMLType) -> np.ndarray:
