@@ -411,7 +411,7 @@ _UNPACK = {
 def unpack(raw: np.ndarray, type_: GGMLType) -> Unpacked:
     """Integer quants and scales of every block of uint8 rows (..., bytes_per_row); see the module docstring."""
     if type_ not in _UNPACK:
-        raise ValueError(f"{GGMLType(type_).name} is not a block-quantised type")
+        raise ValueError(f"{GGMLType(type_).name} is not a block type that llamanp unpacks")
     return _UNPACK[type_](raw)
 
 
