@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ModelError
-from .ggml_ops import Rope, Weight
+from .ggml_ops import MATRIX_TYPES, Rope, Weight
 from .gguf import GGUFFile
-from .quants import VEC_DOT_TYPE, GGMLType
+from .quants import GGMLType
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 MAX_LAYERS = 512          # llama.cpp's LLAMA_MAX_LAYERS
@@ -26,7 +26,6 @@ MAX_WIDTH = 1 << 20       # widest embedding or feed-forward accepted, 20x the l
 UINT32_MAX = 2**32 - 1    # llama.cpp holds sizes such as the training context as uint32
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest positive normal float32
-MATRIX_TYPES = (GGMLType.F32, GGMLType.F16, *VEC_DOT_TYPE)  # the weight types every backend multiplies
 
 
 @dataclass(frozen=True)
@@ -165,14 +164,14 @@ class Weights:
             if info.dims != (n_in, n_out):
                 raise ModelError(f"{gguf.path}: tensor {name!r} has shape {list(info.dims)}, expected {[n_in, n_out]}")
             if info.type not in MATRIX_TYPES:
-                raise ModelError(f"{gguf.path}: tensor {name!r} has type {info.type.name}; matrices can be "
-                                 f"{', '.join(t.name for t in MATRIX_TYPES)}")
+                raise ModelError(f"{gguf.path}: tensor {name!r} is {info.type.name}, a type llamanp cannot multiply; "
+                                 f"supported: {', '.join(t.name for t in sorted(MATRIX_TYPES))}")
             return Weight(name, info.type, n_in, n_out, gguf.tensor(name))
 
         def vector(name: str) -> np.ndarray:
             info = _tensor_info(gguf, name)
             if info.dims != (hp.dim,) or info.type not in (GGMLType.F32, GGMLType.F16):
-                raise ModelError(f"{gguf.path}: tensor {name!r} must be an F32 vector of {hp.dim}, "
+                raise ModelError(f"{gguf.path}: tensor {name!r} must be an F32 or F16 vector of {hp.dim}, "
                                  f"got {info.type.name} {list(info.dims)}")
             return gguf.tensor(name).astype(np.float32)
 
