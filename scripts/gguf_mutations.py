@@ -493,11 +493,16 @@ PENDING_TOKENIZER = by_name(m_tokenizer_ids, m_tokenizer_values)
 PENDING_TEMPLATE = by_name(m_pending_chat_template)
 
 
-def mutate(base: Doc, seed: int, families: dict | None = None) -> tuple[str, bytes]:
-    """The ``seed``-th input: its family (round robin over ``families``) and its bytes."""
-    families = FAMILIES if families is None else families
+def family(seed: int, families: dict) -> str:
+    """The family of the ``seed``-th input: round robin over the names of ``families``."""
     names = sorted(families)
-    name = names[seed % len(names)]
+    return names[seed % len(names)]
+
+
+def mutate(base: Doc, seed: int, families: dict | None = None) -> tuple[str, bytes]:
+    """The ``seed``-th input: its family and its bytes."""
+    families = FAMILIES if families is None else families
+    name = family(seed, families)
     rng = random.Random(seed)
     return name, families[name](copy.deepcopy(base), rng)
 
