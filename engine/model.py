@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ModelError
 from .ggml_ops import MATRIX_TYPES, Rope, Weight
-from .gguf import GGUFFile
+from .gguf import GGUFFile, ValueType
 from .quants import GGMLType
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -54,25 +54,32 @@ class HParams:
         """Read and range-check every hyperparameter, so a bad file fails here with ModelError,
         before anything is allocated for it."""
         meta = gguf.metadata
-        arch = meta.get("general.architecture")
-        if not isinstance(arch, str) or arch not in SUPPORTED_ARCHITECTURES:
-            raise ModelError(f"{gguf.path}: architecture {_describe(arch)} is not supported; "
-                             f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
+
+        def one_of(name: str, allowed: tuple[str, ...], what: str, default: str | None = None) -> str:
+            """String metadata ``name`` (or ``default``), one of ``allowed``."""
+            value = meta.get(name, default)
+            if gguf.value_types.get(name, ValueType.STRING) != ValueType.STRING or value not in allowed:
+                raise ModelError(f"{gguf.path}: {what} {_describe(gguf, name)} is not supported; "
+                                 f"supported: {', '.join(allowed)}")
+            return value
+
+        arch = one_of("general.architecture", SUPPORTED_ARCHITECTURES, "architecture")
 
         def get(key: str, lo, hi, default=None, kind=int):
-            """Metadata ``{arch}.{key}`` (or ``default``): an integer for kind int, any real number
-            for kind float, within [lo, hi]."""
+            """Metadata ``{arch}.{key}`` (or ``default``) within [lo, hi], of the one type llama.cpp
+            reads it as: UINT32 for kind int, FLOAT32 for kind float."""
             name = f"{arch}.{key}"
-            value = meta.get(name, default)
-            if value is None:
-                raise ModelError(f"{gguf.path}: metadata {name} is missing")
-            allowed = int if kind is int else (int, float)
-            if isinstance(value, bool) or not isinstance(value, allowed):
-                raise ModelError(f"{gguf.path}: metadata {name} must be {'an integer' if kind is int else 'a number'}, "
-                                 f"got {_describe(value)}")
-            if not lo <= value <= hi:  # NaN fails too
-                raise ModelError(f"{gguf.path}: metadata {name} = {value} is outside [{lo}, {hi}]")
-            return kind(value)
+            if name not in meta:
+                if default is None:
+                    raise ModelError(f"{gguf.path}: metadata {name} is missing")
+                return default
+            expected = ValueType.UINT32 if kind is int else ValueType.FLOAT32
+            if gguf.value_types[name] != expected:
+                raise ModelError(f"{gguf.path}: metadata {name} must be {expected.name}, as llama.cpp reads it; "
+                                 f"got {_describe(gguf, name)}")
+            if not lo <= meta[name] <= hi:  # NaN fails too
+                raise ModelError(f"{gguf.path}: metadata {name} = {meta[name]} is outside [{lo}, {hi}]")
+            return kind(meta[name])
 
         embd = gguf.tensors.get("token_embd.weight")
         if embd is None:
@@ -88,9 +95,7 @@ class HParams:
         if rope_dims != head_dim or rope_dims % 2:  # llama.cpp: all of a LLaMA head rotates, in pairs
             raise ModelError(f"{gguf.path}: rope.dimension_count {rope_dims} must equal the head size {head_dim}, "
                              "an even number")
-        scaling = meta.get(f"{arch}.rope.scaling.type", "linear")
-        if not isinstance(scaling, str) or scaling not in ("none", "linear"):
-            raise ModelError(f"{gguf.path}: rope scaling {_describe(scaling)} is not supported; supported: none, linear")
+        one_of(f"{arch}.rope.scaling.type", ("none", "linear"), "rope scaling", default="linear")
         # the factor under the new key, else the old one, as llama.cpp reads it; 0 means none
         factor = get("rope.scaling.factor", 0.0, FLOAT32_MAX, kind=float,
                      default=get("rope.scale_linear", 0.0, FLOAT32_MAX, default=0.0, kind=float))
@@ -118,13 +123,14 @@ def _n_vocab(gguf: GGUFFile, embd) -> int:
     return embd.dims[1] if len(embd.dims) == 2 else 0
 
 
-def _describe(value) -> str:
-    """A metadata value in an error message: its type, and the value itself unless it is an array."""
-    if value is None:
-        return "none (the key is missing)"
-    if isinstance(value, (list, np.ndarray)):
-        return f"an array of {len(value)}"
-    return f"{type(value).__name__} {value!r:.60}"
+def _describe(gguf: GGUFFile, name: str) -> str:
+    """Metadata ``name``'s type and value for an error message; an array by its length only."""
+    vtype = gguf.value_types.get(name)
+    if vtype is None:
+        return "nothing (the key is missing)"
+    if vtype == ValueType.ARRAY:
+        return f"an array of {len(gguf.metadata[name])}"
+    return f"{vtype.name} {gguf.metadata[name]!r:.60}"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import json
 import os
 import resource
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,10 +59,8 @@ def outcome(path: Path) -> tuple[str, str]:
         return "other", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
-def worker(directory: Path, memory_mib: int, pending: bool) -> None:
+def worker(directory: Path, pending: bool) -> None:
     """Answer each seed read from stdin with a JSON line: seed, family, outcome, detail, peak RSS in KiB."""
-    limit = memory_mib << 20
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     warnings.simplefilter("ignore")  # overflow in garbage weights; not what is counted here
     import engine.llama  # noqa: F401  (imported before READY, so the first seed's timeout is its own)
 
@@ -70,7 +69,10 @@ def worker(directory: Path, memory_mib: int, pending: bool) -> None:
     print(READY, flush=True)
     for line in sys.stdin:
         seed = int(line)
-        family, blob = mutations.mutate(base, seed, chosen)
+        try:
+            family, blob = mutations.mutate(base, seed, chosen)
+        except Exception as e:  # a bug in the generator, not in llamanp: the worker dies with this in its log
+            raise SystemExit(f"the generator failed on seed {seed}: {type(e).__name__}: {e}") from e
         kind, detail = outcome(mutations.write_case(directory, blob))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps([seed, family, kind, detail, rss]), flush=True)
@@ -88,6 +90,7 @@ class Tally:
     findings: list = field(default_factory=list)  # (seed, family, kind, detail) of others, crashes and hangs
     peak_rss_kib: int = 0
     seconds: float = 0.0
+    logs: str = ""  # the workers' stderr, kept when one crashed
 
     def add(self, seed: int, family: str, kind: str, detail: str = "") -> None:
         self.inputs += 1
@@ -104,10 +107,15 @@ class Worker:
         self.directory = run_dir / f"worker{index}"
         self.directory.mkdir(exist_ok=True)
         self.log = open(run_dir / f"worker{index}.log", "ab")  # stderr: a crash's last words
+        limit = args.memory << 20
+
+        def limits() -> None:  # in the child, before it runs Python
+            os.nice(args.nice)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
         self.proc = subprocess.Popen(
-            ["nice", "-n", str(args.nice), sys.executable, __file__, "--worker", str(self.directory),
-             "--memory", str(args.memory), *(["--pending"] if args.pending else [])],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1)
+            [sys.executable, __file__, "--worker", str(self.directory), *(["--pending"] if args.pending else [])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1, preexec_fn=limits)
         self.seed: int | None = None
         self.deadline = time.monotonic() + args.start_timeout
         self.ready = False
@@ -197,6 +205,10 @@ def run(args) -> Tally:
                   file=sys.stderr, flush=True)
     tally.peak_rss_kib = max(tally.peak_rss_kib, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     tally.seconds = time.monotonic() - started
+    if tally.by_kind["crash"]:
+        tally.logs = str(run_dir)
+    else:
+        shutil.rmtree(run_dir)
     return tally
 
 
@@ -208,7 +220,7 @@ def report(tally: Tally, args) -> str:
         f"loaded and ran:    {kinds['ok']}",
         f"clean errors:      {kinds['error']}  " + ", ".join(f"{k} {v}" for k, v in tally.errors.most_common()),
         f"other exceptions:  {kinds['other']}",
-        f"crashes (signals): {kinds['crash']}",
+        f"crashes:           {kinds['crash']}  (a worker killed by a signal, or exiting)",
         f"hangs (> {args.timeout:g} s):    {kinds['hang']}",
         f"peak RSS:          {tally.peak_rss_kib / 1024:.0f} MiB (a worker; address space limited to {args.memory} MiB)",
         "",
@@ -217,6 +229,8 @@ def report(tally: Tally, args) -> str:
     if tally.findings:
         lines += ["", "to replay: python scripts/fuzz.py --replay SEED" + (" --pending" if args.pending else "")]
         lines += [f"  seed {seed} ({family}) {kind}: {detail}" for seed, family, kind, detail in tally.findings[:50]]
+    if tally.logs:
+        lines += [f"the workers' stderr: {tally.logs}/worker*.log"]
     return "\n".join(lines)
 
 
@@ -246,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        return worker(Path(args.worker), args.memory, args.pending)
+        return worker(Path(args.worker), args.pending)
     if args.replay is not None:
         return replay(args.replay, args.pending)
     tally = run(args)

@@ -224,10 +224,7 @@ def random_array(rng: random.Random, depth: int = 0) -> bytes:
 
 def nested(depth: int, innermost: bytes) -> bytes:
     """An array holding an array ... ``depth`` deep, the innermost being the encoded array ``innermost``."""
-    out = innermost
-    for _ in range(depth - 1):
-        out = struct.pack("<IQ", ARRAY, 1) + out
-    return out
+    return struct.pack("<IQ", ARRAY, 1) * (depth - 1) + innermost
 
 
 # ---- mutation families ----------------------------------------------------------------------------------
@@ -255,14 +252,15 @@ def m_header(doc: Doc, rng: random.Random) -> bytes:
 
 
 def m_hparam(doc: Doc, rng: random.Random) -> bytes:
-    """A hyperparameter (present or not) set to an edge value of an integer or float type, or anything."""
+    """A hyperparameter (present or not) set to an edge value, mostly of the type llama.cpp reads
+    (UINT32 or FLOAT32) so the range checks are reached, or to anything."""
     key = rng.choice(HPARAM_KEYS)
     roll = rng.random()
     if roll < 0.45:
-        vtype = rng.choice((UINT32, UINT32, INT32, UINT64, INT64, UINT8, INT16))
+        vtype = rng.choice((UINT32, UINT32, UINT32, UINT32, INT32, UINT64, INT64, UINT8, INT16))
         doc.set(key, vtype, encode(vtype, rng.choice(INTS)))
     elif roll < 0.7:
-        vtype = rng.choice((FLOAT32, FLOAT64))
+        vtype = rng.choice((FLOAT32, FLOAT32, FLOAT32, FLOAT64))
         doc.set(key, vtype, encode(vtype, rng.choice(FLOATS)))
     else:
         doc.set(key, *random_value(rng))
@@ -312,7 +310,7 @@ def m_array_length(doc: Doc, rng: random.Random) -> bytes:
     i = rng.choice(arrays)
     key, vtype, payload = doc.kvs[i]
     n = struct.unpack_from("<Q", payload, 4)[0]
-    count = rng.choice((0, 1, n - 1, n + 1, 2 * n, 2**31, 2**32, 2**62, 2**63, 2**64 - 1))
+    count = rng.choice((0, 1, n - 1, n + 1, 2 * n, 2**31, 2**32, 2**62, 2**63, 2**64 - 1)) % 2**64
     doc.kvs[i] = (key, vtype, payload[:4] + struct.pack("<Q", count) + payload[12:])
     return doc.encode()
 
