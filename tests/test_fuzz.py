@@ -111,7 +111,7 @@ def llama_cpp_loads(paths) -> list[bool | None]:
 STRICTER = ("metadata llama.", "rope scaling", "tensor")
 STRICTER_DETAIL = ("is outside [", "is not supported", "a type llamanp cannot multiply", "must be an F32 or F16 vector")
 # The families that change the structure or the hyperparameters, not the vocabulary, template or data.
-STRUCTURAL = {name: m for name, m in fuzz.FAMILIES.items()
+FILE_FAMILIES = {name: m for name, m in fuzz.FAMILIES.items()
               if name not in ("tokenizer_vocab", "chat_template", "tensor_data", "mixed", "bitflip")}
 
 
@@ -122,7 +122,7 @@ def test_llama_cpp_and_we_agree_on_what_loads(base, tmp_path):
     tensors, nested arrays in unused keys) we may load it: those do not change what a model computes."""
     paths, families = [], []
     for seed in range(N_LLAMA_CPP_CASES):
-        family, blob = fuzz.mutate(base, seed, STRUCTURAL)
+        family, blob = fuzz.mutate(base, seed, FILE_FAMILIES)
         paths.append(tmp_path / f"{seed}.gguf")
         paths[-1].write_bytes(blob)
         families.append(family)
