@@ -307,9 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run one command. Every failure ends in one line on stderr and exit status 1: what the user
-    can fix (a missing file, a corrupt model, a bad option) as an error, anything else as a bug.
-    (Ctrl-C is the caller's: ``engine.__main__.run`` turns it into exit status 130.)"""
+    """Run one command. A failure ends in one line on stderr and exit status 1: what the user can
+    fix (a missing file, a corrupt model, a value the library refuses) as an error, anything else
+    as a bug. (argparse's refusals exit with status 2; Ctrl-C is the caller's: ``engine.__main__.run``
+    turns it into exit status 130.)"""
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

@@ -96,9 +96,9 @@ class HParams:
             raise ModelError(f"{gguf.path}: rope.dimension_count {rope_dims} must equal the head size {head_dim}, "
                              "an even number")
         one_of(f"{arch}.rope.scaling.type", ("none", "linear"), "rope scaling", default="linear")
-        # the factor under the new key, else the old one, as llama.cpp reads it; 0 means none
-        factor = get("rope.scaling.factor", 0.0, FLOAT32_MAX, kind=float,
-                     default=get("rope.scale_linear", 0.0, FLOAT32_MAX, default=0.0, kind=float))
+        # the factor under the new key, else under the old one, as llama.cpp reads it; 0 means none
+        factor_key = "rope.scaling.factor" if f"{arch}.rope.scaling.factor" in meta else "rope.scale_linear"
+        factor = get(factor_key, 0.0, FLOAT32_MAX, default=0.0, kind=float)
         freq_scale = float(np.float32(1.0) / np.float32(factor)) if factor else 1.0
         return cls(
             n_vocab=_n_vocab(gguf, embd),
