@@ -112,7 +112,7 @@ STRICTER = ("metadata llama.", "rope scaling", "tensor")
 STRICTER_DETAIL = ("is outside [", "is not supported", "a type llamanp cannot multiply", "must be an F32 or F16 vector")
 # The families that change the structure or the hyperparameters, not the vocabulary, template or data.
 FILE_FAMILIES = {name: m for name, m in fuzz.FAMILIES.items()
-              if name not in ("tokenizer_vocab", "chat_template", "tensor_data", "mixed", "bitflip")}
+                 if name not in ("tokenizer_vocab", "chat_template", "tensor_data", "mixed", "bitflip")}
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
