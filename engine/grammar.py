@@ -105,22 +105,27 @@ class _Parser:
         return int(self.src[pos:end]), end
 
     def char(self, pos: int) -> tuple[int, int]:
-        """One code point of a literal or class, escapes decoded."""
+        """One code point of a literal or class, escapes decoded; a Unicode scalar value, since
+        input text decodes to nothing else (llama.cpp would keep an element that never matches)."""
         c = self.at(pos)
         if c == "":
             raise self.error(pos, "unexpected end of input")
         if c != "\\":
-            return ord(c), pos + 1
-        e = self.at(pos + 1)
-        if e in self.HEX_LENGTHS:
+            code, end = ord(c), pos + 1
+        else:
+            e = self.at(pos + 1)
+            if e in self.ESCAPES:
+                return ord(self.ESCAPES[e]), pos + 2
+            if e not in self.HEX_LENGTHS:
+                raise self.error(pos, "unknown escape")
             n = self.HEX_LENGTHS[e]
             digits = self.src[pos + 2:pos + 2 + n]
             if len(digits) != n or any(d not in "0123456789abcdefABCDEF" for d in digits):
                 raise self.error(pos, f"expected {n} hex digits after \\{e}")
-            return int(digits, 16), pos + 2 + n
-        if e in self.ESCAPES:
-            return ord(self.ESCAPES[e]), pos + 2
-        raise self.error(pos, "unknown escape")
+            code, end = int(digits, 16), pos + 2 + n
+        if code > MAX_CODE_POINT or 0xD800 <= code <= 0xDFFF:
+            raise self.error(pos, f"U+{code:04X} is not a Unicode character (a surrogate, or beyond U+10FFFF)")
+        return code, end
 
     def token(self, pos: int) -> tuple[int, int]:
         """A token reference: <[id]>, or <text> naming a token whose piece is exactly that text."""
