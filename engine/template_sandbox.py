@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Collection, Mapping
 from contextvars import ContextVar
 from functools import update_wrapper, wraps
 from typing import Any, Callable, Iterable, Iterator
@@ -53,9 +54,10 @@ LEFT_OUT_METHODS = frozenset({"translate", "to_bytes", "encode"})
 class Budget:
     """What one render has spent (steps, time), and the sizes it has measured.
 
-    Measured lists, tuples and dicts are kept alive in ``sizes`` so that their
-    ids stay theirs for the render; the sandbox lets no template change one, so a
-    size once measured stays true. Namespaces can change and are measured afresh.
+    Measured collections (lists, tuples, dicts and their views, ranges) are kept
+    alive in ``sizes`` so that their ids stay theirs for the render; the sandbox
+    lets no template change one, so a size once measured stays true. Namespaces
+    can change and are measured afresh.
     """
 
     def __init__(self):
@@ -79,11 +81,11 @@ class Budget:
             return 1 + value.bit_length() // 3  # at least its decimal digits
         if isinstance(value, Namespace):
             return self.items_size(value._Namespace__attrs.items())
-        if not isinstance(value, (list, tuple, dict)):
+        if not isinstance(value, Collection):
             return 1
         known = self.sizes.get(id(value))
         if known is None:
-            known = self.remember(value, self.items_size(value.items() if isinstance(value, dict) else value))
+            known = self.remember(value, self.items_size(value.items() if isinstance(value, Mapping) else value))
         return known[0]
 
     def items_size(self, items: Iterable) -> int:

@@ -53,6 +53,7 @@ def doubling(step: str, start: str = "'a'", times: int = 64) -> str:
     (doubling("(ns.x, ns.x)", start="(1,)") + "{{ {ns.x: 1} }}", SIZE),
     (doubling("(ns.x, ns.x)", start="(1,)") + "{{ ns.x in [1] }}", SIZE),
     (doubling("[ns.x, ns.x]|join(ns.x)", times=40), SIZE),
+    (doubling("{'a': ns.x, 'b': ns.x}", start="{}") + "{{ ns.x.items() }}", SIZE),
     ("{{ [2 ** 2000 * 2 ** 2000] * 1000000 }}", SIZE),
     ("{{ '%0999999999d' % 1 }}", SIZE),
     ("{{ '%*d' % (10**9, 1) }}", SIZE),
