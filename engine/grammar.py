@@ -377,16 +377,32 @@ def _check_left_recursion(rules: list[list[Element]], names: dict[int, str]) -> 
 
 
 def _productive_rules(rules: list[list[Element]]) -> set[int]:
-    """The rules that match at least one string: some alternative refers only to such rules."""
+    """The rules that match at least one string: some alternative refers only to such rules.
+
+    Worked from the rules known productive to the alternatives waiting on them, so a
+    long chain of rules takes one pass, not one pass per link.
+    """
+    waiting: dict[tuple[int, int], set[int]] = {}  # (rule, alternative) -> the rules it still waits on
+    waiters: dict[int, list[tuple[int, int]]] = {}  # rule -> the alternatives waiting on it
+    ready: list[int] = []
+    for rule_id, rule in enumerate(rules):
+        for i, alt in enumerate(_alternatives(rule)):
+            refs = {value for kind, value in alt if kind == Gre.RULE_REF}
+            waiting[rule_id, i] = refs
+            for ref in refs:
+                waiters.setdefault(ref, []).append((rule_id, i))
+            if not refs:
+                ready.append(rule_id)
     known: set[int] = set()
-    changed = True
-    while changed:
-        changed = False
-        for rule_id, rule in enumerate(rules):
-            if rule_id not in known and any(all(k != Gre.RULE_REF or v in known for k, v in alt)
-                                            for alt in _alternatives(rule)):
-                known.add(rule_id)
-                changed = True
+    while ready:
+        rule_id = ready.pop()
+        if rule_id in known:
+            continue
+        known.add(rule_id)
+        for waiter in waiters.get(rule_id, ()):
+            waiting[waiter].discard(rule_id)
+            if not waiting[waiter]:
+                ready.append(waiter[0])
     return known
 
 
