@@ -14,6 +14,11 @@ spells the string's content ('"' in the pattern is '\\"' in the output), and
 a pattern we cannot convert is an error instead of llama.cpp's silent "any
 string". Any other keyword that constrains values raises GrammarError naming
 it, rather than being silently loosened.
+
+A schema is untrusted input: one nested past ``MAX_DEPTH``, with more than
+``MAX_OPTIONAL_PROPERTIES`` optional properties in an object, with integer
+bounds outside int64 (or infinite), or with bounds no value meets (minLength
+above maxLength...) is a GrammarError too.
 """
 from __future__ import annotations
 
