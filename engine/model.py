@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ModelError
-from .ggml_ops import Rope, Weight
+from .ggml_ops import MATRIX_TYPES, Rope, Weight
 from .gguf import GGUFFile
 from .quants import GGMLType
 
@@ -131,12 +131,15 @@ class Weights:
             info = _tensor_info(gguf, name)
             if info.dims != (n_in, n_out):
                 raise ModelError(f"{gguf.path}: tensor {name!r} has shape {list(info.dims)}, expected {[n_in, n_out]}")
+            if info.type not in MATRIX_TYPES:
+                raise ModelError(f"{gguf.path}: tensor {name!r} is {info.type.name}, a type llamanp cannot multiply; "
+                                 f"supported: {', '.join(t.name for t in sorted(MATRIX_TYPES))}")
             return Weight(name, info.type, n_in, n_out, gguf.tensor(name))
 
         def vector(name: str) -> np.ndarray:
             info = _tensor_info(gguf, name)
             if info.dims != (hp.dim,) or info.type not in (GGMLType.F32, GGMLType.F16):
-                raise ModelError(f"{gguf.path}: tensor {name!r} must be an F32 vector of {hp.dim}, "
+                raise ModelError(f"{gguf.path}: tensor {name!r} must be an F32 or F16 vector of {hp.dim}, "
                                  f"got {info.type.name} {list(info.dims)}")
             return gguf.tensor(name).astype(np.float32)
 
