@@ -141,10 +141,8 @@ def cmd_chat(args) -> None:
 
 
 def cmd_top(args) -> None:
-    from .arguments import check_int
     from .sampling import softmax
 
-    check_int(args.k, "-k (tokens to list)", 1)
     with open_model(args) as llm:
         llm.update(read_text(args.prompt))
         p = softmax(llm.logits)

@@ -301,5 +301,5 @@ def test_numpy_integers_are_counts(llm):
 def test_cli_top_refuses_a_negative_count():
     out = subprocess.run([sys.executable, "-m", "engine", "top", "-k", "-1", "hello"],
                          capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and out.stdout == ""
-    assert out.stderr.strip() == "llamanp: error: -k (tokens to list) must be an integer >= 1, got -1"
+    assert out.returncode == 2 and out.stdout == ""  # argparse's status for a refused option
+    assert out.stderr.strip() == "llamanp top: error: argument -k: must be at least 1, got -1 (see llamanp top --help)"
