@@ -40,7 +40,7 @@ READY = "ready"
 
 
 def families(pending: bool) -> dict:
-    return {**mutations.FAMILIES, **mutations.PENDING_TOKENIZER, **mutations.PENDING_TEMPLATE} if pending \
+    return {**mutations.FAMILIES, **mutations.PENDING_TOKENIZER} if pending \
         else mutations.FAMILIES
 
 

@@ -446,10 +446,7 @@ TEMPLATES = [
     "{% for i in range(1000000000) %}{% endfor %}", "{{ range(10) | list | tojson }}",
     "{{ 1 / 0 }}", "{{ messages[0]['content'] | int }}", "{% include 'other.html' %}",
     "{% extends 'base.html' %}", "{% import 'macros' as m %}",
-]
-# TODO(templates): these wait for the render limits (steps, time, output size) being added to engine/chat.py
-# on another branch; until then each runs for minutes or recurses past the stack in the parser.
-PENDING_TEMPLATES = [
+    # work and depth without bound: the sandbox's budget stops them
     "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}",
     "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
     "{{ " + "(" * 2000 + "1" + ")" * 2000 + " }}",
@@ -457,17 +454,13 @@ PENDING_TEMPLATES = [
 ]
 
 
-def m_chat_template(doc: Doc, rng: random.Random, templates=TEMPLATES) -> bytes:
-    """tokenizer.chat_template replaced by one of ``templates``, or by a value that is not text."""
+def m_chat_template(doc: Doc, rng: random.Random) -> bytes:
+    """tokenizer.chat_template replaced by one of ``TEMPLATES``, or by a value that is not text."""
     if rng.random() < 0.85:
-        doc.set(b"tokenizer.chat_template", STRING, encode(STRING, rng.choice(templates)))
+        doc.set(b"tokenizer.chat_template", STRING, encode(STRING, rng.choice(TEMPLATES)))
     else:
         doc.set(b"tokenizer.chat_template", *random_value(rng))
     return doc.encode()
-
-
-def m_pending_chat_template(doc: Doc, rng: random.Random) -> bytes:
-    return m_chat_template(doc, rng, PENDING_TEMPLATES)
 
 
 def m_mixed(doc: Doc, rng: random.Random) -> bytes:
@@ -487,8 +480,6 @@ FAMILIES = by_name(*STRUCTURAL, m_truncate, m_bitflip, m_tokenizer_vocab, m_chat
 # TODO(tokenizer): families that still end in TypeError/ValueError from engine/tokenizer.py, whose metadata
 # validation lands from another branch; move them into FAMILIES once tests/test_fuzz.py reports them passing.
 PENDING_TOKENIZER = by_name(m_tokenizer_ids, m_tokenizer_values)
-# TODO(templates): render limits, as PENDING_TEMPLATES says; these can run for minutes, so only scripts/fuzz.py runs them.
-PENDING_TEMPLATE = by_name(m_pending_chat_template)
 
 
 def family(seed: int, families: dict) -> str:
