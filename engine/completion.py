@@ -170,7 +170,7 @@ def create_completion(llm: "Llama", prompt: str | Sequence[int], suffix: str | N
         seed=llm.seed if seed is None else seed), end_tokens)
     generation = steps(llm, tokens, sampler, max_tokens=max_tokens, stop=stop or (),
                        logit_bias=_logit_bias(logit_bias), grammar=_grammar(grammar), top_logprobs=top_logprobs)
-    prompt_text = prompt if isinstance(prompt, str) else llm.untokenize(tokens)
+    prompt_text = prompt if isinstance(prompt, str) else llm.untokenize(tokens[tokens[0] == llm.bos:])
     head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
             "model": llm.path if model is None else model}
     run = _Completion(llm, generation, sampler, max_tokens, logprobs is not None, len(prompt_text))
