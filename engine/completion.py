@@ -26,7 +26,7 @@ from .chat import Chat
 from .errors import ArgumentError, ContextOverflowError
 from .generate import Step, end_of_generation_tokens, steps
 from .grammar import Grammar
-from .sampling import Candidates, Chain, Dist, MirostatV1, MirostatV2, Penalties, _check_range
+from .sampling import Candidates, Chain, Dist, MirostatV1, MirostatV2, Penalties, _check_range, check_chain_options
 
 if TYPE_CHECKING:
     from .llama import Llama
@@ -64,6 +64,7 @@ def completion_sampler(n_vocab: int, *, temperature: float, top_p: float, top_k:
     grammar are applied before it by ``steps``): penalties over the last 64 tokens, then greedy for
     temperature 0, a plain draw below 0, Mirostat 1 or 2 if asked, else top-k, typical-p, top-p,
     min-p (each keeping at least one token), temperature and a seeded draw."""
+    check_chain_options(top_k=top_k, typical_p=typical_p, top_p=top_p, min_p=min_p)  # checked in every mode
     _check_range("temperature", temperature, None, None, "a finite number")
     mirostat_mode = check_int(mirostat_mode, "mirostat_mode (0 off, 1 or 2)", 0, 2)
     penalties = Penalties(PENALTY_LAST_N, repeat_penalty, frequency_penalty, presence_penalty)
