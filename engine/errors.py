@@ -23,3 +23,7 @@ class GrammarError(LlamaError, ValueError):
 
 class TokenizerError(LlamaError, ValueError):
     """Text or token ids that the tokenizer cannot handle: lone surrogates, ids outside the vocabulary."""
+
+
+class PullError(LlamaError, OSError):
+    """A named model cannot be downloaded or verified, is unknown, or is not pulled yet."""

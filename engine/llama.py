@@ -20,6 +20,7 @@ from .ggml_ops import BACKENDS
 from .generate import Step, steps
 from .gguf import read_gguf
 from .model import KVCache, Model
+from .models import resolve
 
 BATCH = 512  # tokens evaluated per forward pass, like llama.cpp's default micro-batch
 
@@ -76,6 +77,7 @@ class Llama:
                  seed: int | None = None, backend: str = "auto"):
         if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
             raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
+        path = resolve(path)  # a pulled model's name stands for its file
         self._gguf = read_gguf(path)
         try:
             self.model = Model(self._gguf, make_backend(backend, n_threads))

@@ -74,11 +74,14 @@ class HParams:
         scaling = meta.get(f"{arch}.rope.scaling.type", "linear")
         if scaling not in ("none", "linear"):
             raise ModelError(f"{gguf.path}: rope scaling {scaling!r} is not supported; supported: none, linear")
-        # llama.cpp reads the factor whatever the type says, under the new key or the old one
+        # llama.cpp reads the factor whatever the type says, under the new key or the old one; "none" ignores it
         factor = get("rope.scaling.factor", get("rope.scale_linear", 0.0, float), float)
         if factor < 0:
             raise ModelError(f"{gguf.path}: rope scaling factor {factor} must not be negative")
-        freq_scale = float(np.float32(1.0) / np.float32(factor)) if factor else 1.0
+        freq_scale = float(np.float32(1.0) / np.float32(factor)) if factor and scaling == "linear" else 1.0
+        attn_factor = get("rope.scaling.attn_factor", 1.0, float)
+        if attn_factor != 1.0:  # it would scale every cos and sin
+            raise ModelError(f"{gguf.path}: rope.scaling.attn_factor {attn_factor} is not supported; supported: 1")
         hp = cls(
             n_vocab=embd.dims[1] if len(embd.dims) == 2 else 0,
             dim=dim,
@@ -88,11 +91,25 @@ class HParams:
             ffn=get("feed_forward_length"),
             n_ctx_train=get("context_length"),
             rms_eps=get("attention.layer_norm_rms_epsilon", kind=float),
-            rope=Rope(rope_dims, get("rope.freq_base", 10000.0, float), freq_scale),
+            rope=Rope(rope_dims, get("rope.freq_base", 10000.0, float), freq_scale, _rope_freq_factors(gguf, rope_dims)),
         )
         if hp.n_layers <= 0 or hp.ffn <= 0 or hp.n_ctx_train <= 0:
             raise ModelError(f"{gguf.path}: block_count, feed_forward_length and context_length must be positive")
         return hp
+
+
+def _rope_freq_factors(gguf: GGUFFile, rope_dims: int) -> tuple[float, ...] | None:
+    """Llama 3's per-pair rope frequency factors (the ``rope_freqs.weight`` tensor), if the file has them."""
+    info = gguf.tensors.get("rope_freqs.weight")
+    if info is None:
+        return None
+    if info.dims != (rope_dims // 2,) or info.type not in (GGMLType.F32, GGMLType.F16):
+        raise ModelError(f"{gguf.path}: tensor 'rope_freqs.weight' must be an F32 vector of {rope_dims // 2}, "
+                         f"got {info.type.name} {list(info.dims)}")
+    factors = gguf.tensor("rope_freqs.weight").astype(np.float32)          # (rope_dims/2,)
+    if not np.all(np.isfinite(factors) & (factors > 0)):
+        raise ModelError(f"{gguf.path}: tensor 'rope_freqs.weight' must hold positive finite factors")
+    return tuple(float(f) for f in factors)
 
 
 @dataclass(frozen=True)
