@@ -1,7 +1,7 @@
 """llamanp: LLaMA inference in NumPy (and Cython), with logits faithful to llama.cpp."""
 from pathlib import Path
 
-from .errors import ContextOverflowError, GGUFError, GrammarError, LlamaError, ModelError
+from .errors import ArgumentError, ContextOverflowError, GGUFError, GrammarError, LlamaError, ModelError
 from .llama import Llama, LlamaState
 
 DEFAULT_MODEL = Path(__file__).parent / "data" / "tiny-shakespeare.gguf"
@@ -12,6 +12,7 @@ __all__ = [
     "Llama",
     "LlamaState",
     "LlamaError",
+    "ArgumentError",
     "GGUFError",
     "ModelError",
     "ContextOverflowError",

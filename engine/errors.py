@@ -25,5 +25,9 @@ class TokenizerError(LlamaError, ValueError):
     """Text or token ids that the tokenizer cannot handle: lone surrogates, ids outside the vocabulary."""
 
 
+class ArgumentError(LlamaError, ValueError):
+    """An argument outside what the API accepts: a thread count, seed, context size or cache position."""
+
+
 class PullError(LlamaError, OSError):
     """A named model cannot be downloaded or verified, is unknown, or is not pulled yet."""

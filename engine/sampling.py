@@ -12,7 +12,7 @@ stateful sampler may also define
 
 Samplers never accept their own picks.  Whoever runs generation calls
 ``check_token(token_id, n_vocab)`` on every pick, so a custom sampler returning
-an id outside the vocabulary fails with a ValueError that names it.
+an id outside the vocabulary fails with a TokenizerError (a ValueError) that names it.
 
 ``MirostatV2`` (the default), ``MirostatV1`` and ``Chain`` (llama.cpp's common
 sampler: logit bias, penalties, top-k, typical-p, top-p, min-p, temperature,
@@ -37,6 +37,7 @@ from collections import Counter, deque
 import numpy as np
 
 from engine import libm
+from engine.errors import ArgumentError, TokenizerError
 from engine.libstdcxx import MT19937, discrete_distribution, generate_canonical, partial_sort_order, sort_order
 
 DEFAULT_SEED = 0xFFFFFFFF
@@ -80,11 +81,11 @@ def greedy(logits) -> int:
 
 
 def check_token(token_id, n_vocab: int) -> int:
-    """``token_id`` as an int if it is a token of an ``n_vocab``-token vocabulary, else ValueError naming it."""
+    """``token_id`` as an int if it is a token of an ``n_vocab``-token vocabulary, else TokenizerError naming it."""
     if isinstance(token_id, (bool, np.bool_)) or not isinstance(token_id, (int, np.integer)):
-        raise ValueError(f"sampler returned {token_id!r}, which is not a token id (an int)")
+        raise TokenizerError(f"{token_id!r} is not a token id (an int)")
     if not 0 <= token_id < n_vocab:
-        raise ValueError(f"sampler returned token id {int(token_id)}, outside the vocabulary [0, {n_vocab})")
+        raise TokenizerError(f"token id {int(token_id)} is out of range for a vocabulary of {n_vocab} ids")
     return int(token_id)
 
 
@@ -381,13 +382,19 @@ def temperature(cand: Candidates, t: float) -> None:
 # Final stages: seeded draws
 
 
+def check_seed(seed) -> int | None:
+    """``seed`` as an int in [0, 2**32) (DEFAULT_SEED among them) or None, else ArgumentError."""
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= DEFAULT_SEED:
+        raise ArgumentError(f"seed must be None or an int in [0, 2**32), got {seed!r}")
+    return int(seed)
+
+
 def resolve_seed(seed) -> int:
     """The 32-bit seed to use: ``seed`` itself, or a fresh random one for None / DEFAULT_SEED."""
-    if seed is None or seed == DEFAULT_SEED:
-        return secrets.randbits(32)
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= DEFAULT_SEED:
-        raise ValueError(f"seed must be None or an int in [0, 2**32), got {seed!r}")
-    return int(seed)
+    seed = check_seed(seed)
+    return secrets.randbits(32) if seed is None or seed == DEFAULT_SEED else seed
 
 
 class _Seeded:
