@@ -1,7 +1,7 @@
 """Model speed, ours against llama.cpp on the same file and thread count.
 
     python scripts/bench.py model [--quant Q4_0 Q4_K_M] [--threads 2] [--cache DIR]
-    python scripts/bench.py model --model smollm2-135m-instruct   # any GGUF file or pulled model
+    python scripts/bench.py model --model smollm2-135m-instruct other.gguf   # GGUF files or pulled models
 
 Builds (once, into the cache dir) a TinyLlama-1.1B-shaped synthetic model (dim 2048,
 22 layers, 32 heads, 4 kv heads, ffn 5632) quantised by llama.cpp, then runs each
@@ -13,8 +13,8 @@ the milliseconds per token are what each engine spends around its kernels (Pytho
 sampling-free bookkeeping, thread hand-offs); ``--quant`` with no types runs only that.
 Each engine runs ``--rounds`` times, alternating with the other, and every number is
 the median of its rounds. Timings are wall-clock on whatever else the machine is doing,
-so compare within a run.  ``--model`` times that one file instead (a path or the name
-of a pulled model), with prompts of random ids from its own vocabulary.
+so compare within a run.  ``--model`` times those files instead (paths or names of
+pulled models), with prompts of random ids from each one's own vocabulary.
 """
 from __future__ import annotations
 
@@ -118,14 +118,15 @@ def measure_engines(path: Path, args, prefill: list[int], decode: int) -> dict[s
     """Each engine's numbers: the median over ``args.rounds`` rounds that alternate the
     engines, so a drift in the machine's speed (a VM's memory bandwidth moves with its
     neighbours) falls on both."""
-    rounds = [{engine: run_worker(engine, path, args, prefill, decode) for engine in args.engines}
-              for _ in range(args.rounds)]
+    rounds = [{engine: run_worker(engine, path, args, prefill, decode, f"round {i + 1}/{args.rounds}")
+               for engine in args.engines} for i in range(args.rounds)]
     return {engine: {key: statistics.median(r[engine][key] for r in rounds) for key in rounds[0][engine]}
             for engine in args.engines}
 
 
-def run_worker(engine: str, path: Path, args, prefill: list[int], decode: int) -> dict:
+def run_worker(engine: str, path: Path, args, prefill: list[int], decode: int, progress: str) -> dict:
     """Measure ``engine`` in a fresh interpreter and read back its JSON line."""
+    print(f"bench: {path.name}, {engine}, {progress}", file=sys.stderr, flush=True)
     cmd = [sys.executable, __file__, "--worker", engine, "--model", str(path), "--threads", str(args.threads),
            "--prefill", *map(str, prefill), "--decode", str(decode), "--repeat", str(args.repeat)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
@@ -154,16 +155,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--one-layer", action=argparse.BooleanOptionalAction, default=True,
                    help="also time decoding on a 1-layer dim-64 model (per-token overhead)")
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
-    p.add_argument("--model", help="time this GGUF file or pulled model name instead of the synthetic ones")
+    p.add_argument("--model", nargs="+", help="time these GGUF files or pulled model names instead of the synthetic ones")
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(measure(args.worker, Path(args.model), args.threads, args.prefill, args.decode, args.repeat)))
+        print(json.dumps(measure(args.worker, Path(args.model[0]), args.threads, args.prefill, args.decode, args.repeat)))
         return
     print(f"threads {args.threads}; median of {args.rounds} rounds alternating the engines; "
           f"prefill best of {args.repeat} per round; decode {args.decode} tokens", flush=True)
     if args.model:
-        path = Path(resolve(args.model))
-        report(f"{path.name} ({path.stat().st_size / 2**20:.0f} MiB)", measure_engines(path, args, args.prefill, args.decode))
+        for model in args.model:
+            path = Path(resolve(model))
+            report(f"{path.name} ({path.stat().st_size / 2**20:.0f} MiB)", measure_engines(path, args, args.prefill, args.decode))
         return
     for quant in args.quant:
         path = cached_model(args.cache, TINYLLAMA, quant)
