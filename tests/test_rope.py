@@ -2,9 +2,10 @@
 
 A Llama 3.1 file carries ``rope_freqs.weight``, one divisor per rotated pair, which
 llama.cpp applies to every angle; a synthetic model with that tensor gives llama.cpp's
-logits bit for bit on both backends. The scalings the engine does not implement (YaRN,
-LongRoPE, an attention factor on cos and sin) are refused when the file is loaded,
-never run with the wrong angles.
+logits bit for bit on both backends, and so does a file whose scaling type "none"
+overrides its factor. The scalings the engine does not implement (YaRN, LongRoPE, an
+attention factor on cos and sin) are refused when the file is loaded, never run with the
+wrong angles.
 """
 import llama_cpp  # the reference: a missing llama_cpp fails this module, it does not skip it
 import numpy as np
@@ -14,6 +15,7 @@ from engine import Llama
 from engine.errors import ModelError
 from scripts.make_model import _quiet_llama_cpp
 from tests.test_llama import write_tiny
+from tests.test_model import with_metadata
 
 N_CTX = 64
 
@@ -43,6 +45,16 @@ def test_llama3_rope_factors_equal_llama_cpp(make_model, tokens):
             assert np.array_equal(llm.eval_logits(tokens), ref), backend
     # the factors matter: the same weights without them give other logits
     assert not np.array_equal(ref_logits(make_model(n_layers=1), tokens), ref)
+
+
+def test_scaling_type_none_ignores_the_factor_like_llama_cpp(make_model, tokens, tmp_path):
+    plain = make_model(n_layers=1)
+    none = with_metadata(plain, tmp_path / "none.gguf", {"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 4.0})
+    ref = ref_logits(none, tokens)
+    assert np.array_equal(ref, ref_logits(plain, tokens))
+    with Llama(none, n_ctx=N_CTX, backend="cython") as llm:
+        assert llm.hparams.rope.freq_scale == 1.0
+        assert np.array_equal(llm.eval_logits(tokens), ref)
 
 
 @pytest.mark.parametrize("metadata, message", [
