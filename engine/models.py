@@ -55,14 +55,13 @@ def cache_dir() -> Path:
 
 
 def resolve(model: str | os.PathLike, cache: str | os.PathLike | None = None) -> str | os.PathLike:
-    """The file behind ``model``: an existing path as it is, a known name as its pulled file
-    (an error telling how to pull it when it is not there), anything else unchanged."""
-    if os.path.exists(model) or os.fspath(model) not in KNOWN_MODELS:
+    """The file behind ``model``: a known name (a str naming no existing file) as its pulled
+    file, an error telling how to pull it when it is not there; anything else unchanged."""
+    if not isinstance(model, str) or model not in KNOWN_MODELS or os.path.exists(model):
         return model
-    name = os.fspath(model)
-    path = _cached(name, cache)
+    path = _cached(model, cache)
     if path is None:
-        raise PullError(f"model {name!r} is not pulled yet: run `llamanp pull {name}`")
+        raise PullError(f"model {model!r} is not pulled yet: run `llamanp pull {model}`")
     return path
 
 
