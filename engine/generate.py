@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .arguments import check_int
 from .errors import ContextOverflowError
 from .sampling import MirostatV2, check_token, log_softmax
 from .tokenizer import StreamDecoder
@@ -74,17 +75,15 @@ def steps(llm: "Llama", prompt: str | Sequence[int], sampler: Sampler | None = N
     sampler: any callable ``logits -> token id``, given its own copy of the logits
     (default: ``MirostatV2(seed=seed)``).
     seed: seeds the default sampler (default: ``llm.seed``); seed your own sampler yourself.
-    logit_bias: {token id: amount added to its logit}; ``-inf`` bans a token.
+    logit_bias: {token id: amount added to its logit}; ``-inf`` bans a token, ``+inf`` forces it.
     grammar: constrain the output to a ``Grammar`` (see ``engine.grammar``).
     stop_at_context_end: end quietly when the context is full instead of raising
     ``ContextOverflowError``.
 
     The generation holds ``llm.serial`` from its first step until it ends, is closed or collected.
     """
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0):
-        raise ValueError(f"max_tokens must be a non-negative integer or None, got {max_tokens!r}")
-    if not isinstance(top_logprobs, int) or top_logprobs < 0:
-        raise ValueError(f"top_logprobs must be a non-negative integer, got {top_logprobs!r}")
+    max_tokens = None if max_tokens is None else check_int(max_tokens, "max_tokens", 0)
+    top_logprobs = check_int(top_logprobs, "top_logprobs", 0)
     if sampler is None:
         sampler = MirostatV2(seed=llm.seed if seed is None else seed)
     elif seed is not None:

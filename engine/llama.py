@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from .arguments import check_int
 from .errors import ArgumentError, ContextOverflowError, LlamaError
 from .ggml_ops import BACKENDS
 from .generate import Step, steps
@@ -66,13 +67,6 @@ def _check_cache_fits(hp, n_ctx: int) -> None:
                          f"more than this machine's {memory / 2**30:.1f} GiB of memory")
 
 
-def _count(value, name: str, low: int, high: int) -> int:
-    """``value`` as an int in [low, high]: Python and NumPy integers pass, bools and floats do not."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
-        raise ArgumentError(f"{name} must be an integer from {low} to {high}, got {value!r}")
-    return int(value)
-
-
 def _frozen(logits: np.ndarray) -> np.ndarray:
     """A read-only float32 copy: ``Llama.logits`` hands it out, and no caller can write through it."""
     logits = np.array(logits, dtype=np.float32)
@@ -115,15 +109,15 @@ class Llama:
                  seed: int | None = None, backend: str = "auto"):
         n_threads = check_threads(n_threads)
         if n_ctx is not None:
-            n_ctx = _count(n_ctx, "n_ctx", 1, 2**31 - 1)
+            n_ctx = check_int(n_ctx, "n_ctx", 1, 2**31 - 1)
         self.seed = check_seed(seed)
         path = resolve(path)  # a pulled model's name stands for its file
         self._gguf = read_gguf(path)
         try:
             self.model = Model(self._gguf, make_backend(backend, n_threads))
             self.hparams = self.model.hp
-            self.n_ctx = _count(min(self.hparams.n_ctx_train, DEFAULT_N_CTX) if n_ctx is None else n_ctx,
-                                "n_ctx", 1, 2**31 - 1)
+            self.n_ctx = check_int(min(self.hparams.n_ctx_train, DEFAULT_N_CTX) if n_ctx is None else n_ctx,
+                                   "n_ctx", 1, 2**31 - 1)
             _check_cache_fits(self.model.hp, self.n_ctx)
             self.cache = KVCache(self.model.hp, self.n_ctx)
         except BaseException:
@@ -243,7 +237,7 @@ class Llama:
 
     def _position(self, n_past) -> int:
         """``n_past`` checked as a cache position to rewind to: an integer from 0 to the cached tokens."""
-        return _count(n_past, "n_past", 0, self.n_past)
+        return check_int(n_past, "n_past", 0, self.n_past)
 
     def _tokens(self, text_or_tokens: str | Sequence[int], add_bos: bool) -> list[int]:
         """Token ids, checked against the vocabulary; text is tokenized."""

@@ -1,9 +1,7 @@
 """Thread counts: the bound llama.cpp puts on them, and the check every entry point applies."""
 from __future__ import annotations
 
-import numpy as np
-
-from .errors import ArgumentError
+from .arguments import check_int
 
 MAX_THREADS = 512
 """llama.cpp's GGML_MAX_N_THREADS. No CPU comes near it, and past it OpenMP fails the process
@@ -12,9 +10,4 @@ itself (libgomp aborts near 50,000 threads and asks for 481 GB at 2**31 - 1), so
 
 def check_threads(n_threads) -> int | None:
     """``n_threads`` as an int from 1 to ``MAX_THREADS``, or None (the backend's default); ArgumentError otherwise."""
-    if n_threads is None:
-        return None
-    if isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, (int, np.integer)) \
-            or not 1 <= n_threads <= MAX_THREADS:
-        raise ArgumentError(f"n_threads must be an integer from 1 to {MAX_THREADS}, got {n_threads!r}")
-    return int(n_threads)
+    return None if n_threads is None else check_int(n_threads, "n_threads", 1, MAX_THREADS)

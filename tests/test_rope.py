@@ -58,11 +58,11 @@ def test_scaling_type_none_ignores_the_factor_like_llama_cpp(make_model, tokens,
 
 
 @pytest.mark.parametrize("metadata, message", [
-    ({"llama.rope.scaling.type": "yarn"}, "rope scaling 'yarn' is not supported"),
-    ({"llama.rope.scaling.type": "longrope"}, "rope scaling 'longrope' is not supported"),
-    ({"llama.rope.scaling.type": "ntk"}, "rope scaling 'ntk' is not supported"),
+    ({"llama.rope.scaling.type": "yarn"}, "rope scaling STRING 'yarn' is not supported; supported: none, linear"),
+    ({"llama.rope.scaling.type": "longrope"}, "rope scaling STRING 'longrope' is not supported"),
+    ({"llama.rope.scaling.type": "ntk"}, "rope scaling STRING 'ntk' is not supported"),
     ({"llama.rope.scaling.attn_factor": 0.5}, "attn_factor 0.5 is not supported"),
-    ({"llama.rope.scaling.factor": -2.0}, "factor -2.0 must not be negative"),
+    ({"llama.rope.scaling.factor": -2.0}, r"rope.scaling.factor = -2.0 is outside \[0.0, "),
 ])
 def test_unsupported_rope_scaling_is_refused_at_load(tmp_path, metadata, message):
     path = write_tiny(tmp_path / "scaled.gguf", metadata=metadata)
@@ -71,8 +71,8 @@ def test_unsupported_rope_scaling_is_refused_at_load(tmp_path, metadata, message
 
 
 @pytest.mark.parametrize("factors, message", [
-    (np.ones(3, np.float32), r"vector of 4 F32, got F32 \[3\]"),
-    (np.ones(4, np.float16), r"vector of 4 F32, got F16 \[4\]"),
+    (np.ones(3, np.float32), r"an F32 vector of 4, got F32 \[3\]"),
+    (np.ones(4, np.float16), r"an F32 vector of 4, got F16 \[4\]"),
     (np.float32([1, 2, 0, 8]), "positive finite factors"),
     (np.float32([1, 2, np.inf, 8]), "positive finite factors"),
 ])
