@@ -206,10 +206,8 @@ def write_tiny(path, arch="llama", drop=(), shapes=None, metadata=None, extra_te
     writer.add_layer_norm_rms_eps(1e-5)
     for key, value in (metadata or {}).items():
         writer.add_key_value(key, value, gguf.GGUFValueType.STRING if isinstance(value, str) else gguf.GGUFValueType.FLOAT32)
-    for name, shape in tensors.items():
-        if name not in drop:
-            writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
-    for name, data in (extra_tensors or {}).items():
+    arrays = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in tensors.items() if name not in drop}
+    for name, data in (arrays | (extra_tensors or {})).items():
         writer.add_tensor(name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
