@@ -21,6 +21,7 @@ from .ggml_ops import BACKENDS
 from .generate import Step, steps
 from .gguf import read_gguf
 from .model import KVCache, Model
+from .models import resolve
 from .sampling import check_seed, check_token
 from .serial import SerialLock
 from .threads import check_threads
@@ -110,6 +111,7 @@ class Llama:
         if n_ctx is not None:
             n_ctx = check_int(n_ctx, "n_ctx", 1, 2**31 - 1)
         self.seed = check_seed(seed)
+        path = resolve(path)  # a pulled model's name stands for its file
         self._gguf = read_gguf(path)
         try:
             self.model = Model(self._gguf, make_backend(backend, n_threads))
