@@ -226,6 +226,14 @@ def count(text: str) -> int:
     return value
 
 
+def non_negative(text: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 SAMPLER_OPTIONS = {
     "greedy": [],
     "mirostat_v2": ["tau", "eta"],
@@ -233,6 +241,14 @@ SAMPLER_OPTIONS = {
     "chain": ["temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "penalty_last_n",
               "frequency_penalty", "presence_penalty"],
 }
+
+
+def cmd_serve(args) -> None:
+    from .server import serve
+
+    note(f"serving {args.model} on http://{args.host}:{args.port}/v1 ({args.parallel} slots, queue {args.queue})")
+    serve(args.model, host=args.host, port=args.port, parallel=args.parallel, queue_size=args.queue,
+          api_key=args.api_key, n_ctx=args.ctx, n_threads=args.threads, pooling=args.pooling)
 
 
 MODEL_HELP = "GGUF file, or the name of a pulled model (default: the embedded model)"
@@ -322,6 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-prompt", type=count, default=64)
     p.add_argument("--n-gen", type=count, default=32)
     p.set_defaults(run=cmd_bench)
+
+    p = commands.add_parser("serve", help="an OpenAI-compatible HTTP server (needs llamanp[server])")
+    add_model_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--parallel", type=count, default=1, help="requests served at once, each with its own KV cache")
+    p.add_argument("--queue", type=non_negative, default=8, help="requests that may wait for a slot; more get 503")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests")
+    p.add_argument("--pooling", choices=["mean", "last", "cls"], help="embedding pooling (default: the model's, "
+                   "else mean)")
+    p.set_defaults(run=cmd_serve)
 
     p = commands.add_parser("pull", help="download a known model into the cache ($LLAMANP_CACHE or ~/.cache/llamanp)")
     p.add_argument("name", help=f"one of: {', '.join(KNOWN_MODELS)}")

@@ -255,16 +255,21 @@ class Model:
 
     def forward(self, tokens: np.ndarray, start: int, cache: KVCache, all_logits: bool) -> np.ndarray:
         """Evaluate ``tokens`` at positions [start, start + n) into ``cache``; logits of every position, or the last."""
+        x = self.hidden(tokens, start, cache, all_rows=all_logits)         # (n or 1, dim)
+        return self.backend.matmul(self.weights.output, x)                 # (n or 1, n_vocab)
+
+    def hidden(self, tokens: np.ndarray, start: int, cache: KVCache, all_rows: bool) -> np.ndarray:
+        """The final hidden state (after the output norm) of every position, or of the last: what the
+        output matrix turns into logits, and what llama.cpp hands out as embeddings."""
         hp, w, ops = self.hp, self.weights, self.backend
         positions = np.arange(start, start + len(tokens))                  # (n,)
         x = ops.get_rows(w.token_embd, tokens)                              # (n, dim)
         for i, layer in enumerate(w.layers):
             x = x + self.attention(layer, i, x, positions, cache)           # (n, dim)
             x = x + self.feed_forward(layer, x)                             # (n, dim)
-        if not all_logits:
+        if not all_rows:
             x = x[-1:]                                                       # (1, dim)
-        x = ops.rms_norm(x, w.output_norm, hp.rms_eps)
-        return ops.matmul(w.output, x)                                      # (n or 1, n_vocab)
+        return ops.rms_norm(x, w.output_norm, hp.rms_eps)                  # (n or 1, dim)
 
     def attention(self, layer: Layer, index: int, x: np.ndarray, positions: np.ndarray, cache: KVCache) -> np.ndarray:
         """Self-attention over the cache, after writing this batch's keys and values into it."""
