@@ -19,19 +19,8 @@ come out bit-identical to llama.cpp's in our tests, and so do Q4_1, Q5_0, Q5_1, 
 and Q3_K_M ones.  Only few-row products with a Q4_K matrix that llama.cpp does not
 repack (rows not a multiple of 8) still sum their exact integers in plain double.
 
-``NumpyBackend`` is the reference; a compiled backend offers the same methods with the
-same shapes and dtypes (all activations float32, C-contiguous):
-
-    prepare(weights)                       a model.Weights, once at load
-    get_rows(w, ids)                       (n,) int       -> (n, w.n_in)
-    matmul(w, x)                           (n, w.n_in)    -> (n, w.n_out)
-    matmuls(ws, x)                         (n, n_in)      -> one (n, w.n_out) per w, all sharing n_in
-    rms_norm(x, weight, eps)               (n, d), (d,)   -> (n, d)
-    rope(x, positions, rope)               (n, heads, hd) -> (n, heads, hd)
-    attention(q, k_cache, v_cache, start, scale)
-        q (n, n_heads, hd), caches float16 (n_kv_heads, n_ctx, hd) already holding
-        positions [0, start + n)           -> (n, n_heads * hd)
-    swiglu(gate, up)                       (n, f), (n, f) -> (n, f)
+``NumpyBackend`` is the exact reference of the ops contract ``engine.backends.Backend``;
+``engine.plain`` computes the same ops the textbook way.
 """
 from __future__ import annotations
 
@@ -530,4 +519,3 @@ def repacked(w: Weight) -> bool:
     """
     return w.type in (GGMLType.Q4_0, GGMLType.Q4_K) and w.n_out % 8 == 0
 
-BACKENDS = {"numpy": NumpyBackend}

@@ -16,8 +16,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .arguments import check_int
+from .backends import make_backend
 from .errors import ArgumentError, ContextOverflowError, LlamaError
-from .ggml_ops import BACKENDS
 from .generate import Step, steps
 from .gguf import read_gguf
 from .model import KVCache, Model
@@ -43,21 +43,6 @@ class LlamaState:
         return len(self.tokens)
 
 
-def make_backend(name: str, n_threads: int | None):
-    """The op backend called ``name``: "numpy", "cython" (compiled kernels) or "auto" (cython when built)."""
-    if name == "auto":
-        name = "cython" if _cython_backend() is not None else "numpy"
-    if name == "cython":
-        backend = _cython_backend()
-        if backend is None:
-            raise LlamaError("the cython backend is not built (run `pip install -e . --no-build-isolation`); "
-                             "use backend='numpy'")
-        return backend(n_threads)
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose from auto, cython, numpy")
-    return BACKENDS[name](n_threads)
-
-
 def _check_cache_fits(hp, n_ctx: int) -> None:
     """Refuse a KV cache larger than the machine's memory, rather than fail or swap later."""
     cache_bytes = 2 * hp.n_layers * hp.kv_dim * n_ctx * np.dtype(np.float16).itemsize
@@ -74,14 +59,6 @@ def _frozen(logits: np.ndarray) -> np.ndarray:
     return logits
 
 
-def _cython_backend():
-    try:
-        from kernels.backend import CythonBackend
-    except ImportError:
-        return None
-    return CythonBackend
-
-
 class Llama:
     """A LLaMA model with a KV cache: feed tokens or text, read the next token's logits.
 
@@ -89,6 +66,8 @@ class Llama:
     n_threads: threads per op, 1 to 512 (llama.cpp's bound; default: OpenMP's choice).
     seed: the seed of the sampler ``generate*`` makes when given neither a sampler nor a seed,
     so every such generation from a seeded ``Llama`` draws the same way; None draws afresh.
+    backend: "auto" (the compiled exact backend when built, else "numpy"), "numpy", "cython", or
+    "plain", the textbook path, close to llama.cpp's logits but not equal (see ``engine.backends``).
 
     One ``Llama`` serves one caller at a time, so threads sharing it get the results each
     would get alone. ``update``, ``get_logits``, ``eval_logits``, ``save_state``,
