@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.models import resolve  # noqa: E402
-from scripts.make_model import QUANT_TYPES, ModelSpec, cached_model  # noqa: E402
+from tests.model_files import QUANT_TYPES, ModelSpec, cached_model  # noqa: E402
 
 TINYLLAMA = ModelSpec(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn=5632, n_ctx=2048, ftype="f16")
 # one narrow layer: decoding it costs little beyond what each engine spends per token around the kernels

@@ -8,32 +8,15 @@ a product; SmolLM2's outlier channels make that rounding move its logits by NMSE
 float arithmetic on the same weights (its logits on llama.cpp's own F32 dequantisation of the
 file are that far from the Q4_1 file's), so there the stated tolerance is 1e-2.
 """
-import llama_cpp  # the reference: a missing llama_cpp fails this module, it does not skip it
 import numpy as np
 import pytest
 
 from engine import Llama
 from engine.sampling import greedy
-from scripts.make_model import _quiet_llama_cpp
-from scripts.tiny_shakespeare import MODEL_PATH as TINY
+from tests.helpers import llama_cpp_logits, nmse
+from tests.tiny_shakespeare import MODEL_PATH as TINY
 
 N_CTX = 64
-
-
-def nmse(ref: np.ndarray, ours: np.ndarray) -> float:
-    ref = ref.astype(np.float64)
-    return float(np.mean((ref - ours) ** 2) / np.var(ref))
-
-
-def ref_logits(path, tokens: list[int]) -> np.ndarray:
-    """llama.cpp's logits of every position: (len(tokens), n_vocab)."""
-    _quiet_llama_cpp()
-    ref = llama_cpp.Llama(str(path), n_ctx=N_CTX, logits_all=True, n_threads=1, n_threads_batch=1, verbose=False)
-    try:
-        ref.eval(tokens)
-        return np.array(ref.scores[:len(tokens)], dtype=np.float32)
-    finally:
-        ref.close()
 
 
 def plain_logits(path, tokens: list[int]) -> np.ndarray:
@@ -44,7 +27,7 @@ def plain_logits(path, tokens: list[int]) -> np.ndarray:
 def test_tiny_model_logits_and_greedy_text_match_llama_cpp():
     with Llama(TINY, n_ctx=N_CTX, backend="plain") as llm:
         tokens = llm.tokenize("ROMEO: But soft, what light through yonder window breaks?")
-        assert nmse(ref_logits(TINY, tokens), llm.eval_logits(tokens)) <= 1e-3
+        assert nmse(llama_cpp_logits(TINY, tokens, N_CTX), llm.eval_logits(tokens)) <= 1e-3
         ours = list(llm.generate_tokens(tokens, sampler=greedy, max_tokens=16))
     with Llama(TINY, n_ctx=N_CTX, backend="numpy") as exact:  # llama.cpp's greedy tokens (test_tiny_model)
         assert ours == list(exact.generate_tokens(tokens, sampler=greedy, max_tokens=16))
@@ -53,7 +36,7 @@ def test_tiny_model_logits_and_greedy_text_match_llama_cpp():
 def test_llama3_rope_factors_match_llama_cpp(make_model):
     path = make_model(n_layers=1, rope_freqs=True)
     tokens = [1] + np.random.default_rng(3).integers(300, 32000, 20).tolist()
-    assert nmse(ref_logits(path, tokens), plain_logits(path, tokens)) <= 1e-3
+    assert nmse(llama_cpp_logits(path, tokens, N_CTX), plain_logits(path, tokens)) <= 1e-3
 
 
 SMOLLM2_PROMPT = [1, 504, 2365, 6354, 16438, 27003]
@@ -65,4 +48,4 @@ SMOLLM2_PROMPT = [1, 504, 2365, 6354, 16438, 27003]
 ])
 def test_smollm2_logits_match_llama_cpp(smollm2, quant, tolerance, tokens):
     path = smollm2(quant)
-    assert nmse(ref_logits(path, tokens), plain_logits(path, tokens)) <= tolerance
+    assert nmse(llama_cpp_logits(path, tokens, N_CTX), plain_logits(path, tokens)) <= tolerance

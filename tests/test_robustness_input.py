@@ -11,7 +11,6 @@ import llama_cpp as lc
 import numpy as np
 import pytest
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-from test_sampling import llama, random_logits, ref_chain  # noqa: F401 (llama: a fixture)
 
 from engine import sampling as S
 from engine.chat import ChatTemplateError, jinja_format
@@ -19,6 +18,7 @@ from engine.errors import ArgumentError, GrammarError
 from engine.grammar import Grammar
 from engine.json_schema import json_schema_to_gbnf
 from engine.llama import Llama
+from tests.sampler_reference import random_logits, ref_chain
 
 HI = [{"role": "user", "content": "hi"}]
 STEPS = r"more than \d+ steps|longer than"

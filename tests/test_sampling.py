@@ -2,7 +2,6 @@
 side with llama.cpp's samplers (through llama_cpp's C API, on candidate arrays we build with ctypes) and
 must agree exactly: same candidates in the same order, bit-identical logits and probabilities, same picks.
 """
-import ctypes
 
 import llama_cpp as lc
 import numpy as np
@@ -11,60 +10,7 @@ from hypothesis import example, given, settings, strategies as st
 
 from engine import libstdcxx
 from engine import sampling as S
-
-TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
-
-
-class Ref:
-    """A llama.cpp sampler, applied to copies of our Candidates."""
-
-    def __init__(self, ptr):
-        assert ptr, "llama.cpp returned no sampler"
-        self.ptr = ptr
-
-    def apply(self, cand: S.Candidates) -> S.Candidates:
-        data = np.zeros(cand.size, dtype=TOKEN_DATA)
-        data["id"], data["logit"], data["p"] = cand.ids, cand.logits, cand.p
-        arr = lc.llama_token_data_array(data=data.ctypes.data_as(lc.llama_token_data_p), size=cand.size,
-                                        selected=-1, sorted=cand.sorted)
-        lc.llama_sampler_apply(self.ptr, ctypes.byref(arr))
-        assert ctypes.cast(arr.data, ctypes.c_void_p).value == data.ctypes.data
-        out = data[:arr.size]
-        result = S.Candidates(out["id"], out["logit"], out["p"], sorted=bool(arr.sorted))
-        result.selected = arr.selected
-        return result
-
-    def pick(self, logits) -> int:
-        return self.apply(S.Candidates.from_logits(logits)).token
-
-    def accept(self, token: int) -> None:
-        lc.llama_sampler_accept(self.ptr, token)
-
-    def reset(self) -> None:
-        lc.llama_sampler_reset(self.ptr)
-
-
-@pytest.fixture
-def llama():
-    """``llama(init, *args)`` makes a llama.cpp sampler, freed after the test."""
-    made = []
-
-    def make(init, *args):
-        made.append(Ref(init(*args)))
-        return made[-1]
-
-    yield make
-    for ref in made:
-        lc.llama_sampler_free(ref.ptr)
-
-
-def ref_chain(llama, *stages):
-    """A llama.cpp sampler chain owning ``stages`` (each a (init, *args) tuple)."""
-    chain = llama(lc.llama_sampler_chain_init, lc.llama_sampler_chain_default_params())
-    for init, *args in stages:
-        lc.llama_sampler_chain_add(chain.ptr, init(*args))
-    return chain
-
+from tests.sampler_reference import Ref, random_logits, ref_chain
 
 def ref_logit_bias(n_vocab, bias: dict):
     entries = (lc.llama_logit_bias * len(bias))(*[lc.llama_logit_bias(t, b) for t, b in bias.items()])
@@ -81,12 +27,6 @@ def assert_same(ours: S.Candidates, ref: S.Candidates):
 
 def copy(cand: S.Candidates) -> S.Candidates:
     return S.Candidates(cand.ids.copy(), cand.logits.copy(), cand.p.copy(), cand.sorted)
-
-
-def random_logits(seed: int, n: int, ties: bool = False, scale: float = 3.0) -> np.ndarray:
-    """Normal logits; with ``ties``, rounded to a coarse grid so that many are equal."""
-    logits = np.random.default_rng(seed).standard_normal(n) * scale
-    return (np.round(logits * 4) / 4 if ties else logits).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------

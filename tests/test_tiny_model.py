@@ -17,7 +17,7 @@ from engine import Llama
 from engine.gguf import read_gguf
 from engine.quants import GGMLType
 from engine.sampling import greedy
-from scripts.tiny_shakespeare import (MODEL_PATH, TOKENIZER_PATH, chunks, llama_cpp_nll, next_token_nll,
+from tests.tiny_shakespeare import (MODEL_PATH, TOKENIZER_PATH, chunks, llama_cpp_nll, next_token_nll,
                                       quantized_model, split_corpus, unigram_nll)
 
 CORPUS = Path(__file__).parent / "data" / "tinyshakespeare.txt"
