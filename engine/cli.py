@@ -142,11 +142,11 @@ def cmd_chat(args) -> None:
 
 
 def cmd_top(args) -> None:
-    from .sampling import softmax
+    from .sampling import probabilities
 
     with open_model(args) as llm:
         llm.update(read_prompt(args))
-        p = softmax(llm.logits)
+        p = probabilities(llm.logits)
         order = np.argsort(-p, kind="stable")
         rows = [("most likely", order[:args.k]), ("least likely", order[::-1][:args.k])]
         for title, ids in rows:

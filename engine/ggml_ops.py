@@ -24,14 +24,12 @@ repack (rows not a multiple of 8) still sum their exact integers in plain double
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from . import quants
+from . import libm, quants
 from .errors import ModelError
 from .quants import GGMLType
 
@@ -91,20 +89,9 @@ def _rope_row(position: int, rope: Rope) -> tuple[np.ndarray, np.ndarray]:
     cos, sin = np.empty(rope.n_dims // 2, np.float32), np.empty(rope.n_dims // 2, np.float32)
     for i in range(rope.n_dims // 2):
         angle = float(np.float32(rope.freq_scale) * (theta / factors[i]))
-        cos[i], sin[i] = _LIBM.cosf(angle), _LIBM.sinf(angle)
+        cos[i], sin[i] = libm.cosf(angle), libm.sinf(angle)
         theta = theta * theta_scale
     return cos, sin
-
-
-def _libm() -> ctypes.CDLL:
-    libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
-    for name in ("cosf", "sinf"):
-        getattr(libm, name).restype = ctypes.c_float
-        getattr(libm, name).argtypes = [ctypes.c_float]
-    return libm
-
-
-_LIBM = _libm()
 
 
 class NumpyBackend:

@@ -15,14 +15,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .arguments import check_int
+from .arguments import check_int, check_token
 from .backends import make_backend
 from .errors import ArgumentError, ContextOverflowError, LlamaError
-from .generate import Step, steps
 from .gguf import read_gguf
 from .model import KVCache, Model
 from .models import resolve
-from .sampling import check_seed, check_token
+from .sampling import check_seed
 from .serial import SerialLock
 from .threads import check_threads
 
@@ -236,27 +235,22 @@ class Llama:
             return self.tokenize(text_or_tokens, add_bos=add_bos and self.tokenizer.add_bos)
         if isinstance(text_or_tokens, (bytes, bytearray)):
             raise TypeError("pass text as str or tokens as a sequence of ints, not bytes")
-        return [self._token(t) for t in text_or_tokens]
-
-    def _token(self, t) -> int:
-        """An id given as input: TypeError unless an integer, TokenizerError unless in the vocabulary."""
-        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
-            raise TypeError(f"tokens must be integers, got {t!r}")
-        return check_token(t, self.n_vocab)
+        return [check_token(t, self.n_vocab) for t in text_or_tokens]
 
     # -- generation (see engine.generate for the options)
 
-    def steps(self, prompt: str | Sequence[int], sampler=None, **options) -> Iterator[Step]:
-        """Generate from ``prompt``: one ``Step`` (token, text, logprob, top) per generated token."""
+    def steps(self, prompt: str | Sequence[int], sampler=None, **options) -> Iterator:
+        """Generate from ``prompt``: one ``generate.Step`` (token, text, logprob, top) per generated token."""
+        from .generate import steps  # generate builds on Llama, not the other way round
         return steps(self, prompt, sampler, **options)
 
     def generate_tokens(self, prompt: str | Sequence[int], sampler=None, **options) -> Iterator[int]:
         """Generated token ids; EOS ends generation and is not emitted."""
-        return (step.token for step in steps(self, prompt, sampler, **options) if step.complete)
+        return (step.token for step in self.steps(prompt, sampler, **options) if step.complete)
 
     def generate(self, prompt: str | Sequence[int], sampler=None, **options) -> Iterator[str]:
         """Generated text in pieces, each released once its UTF-8 characters are complete."""
-        return (step.text for step in steps(self, prompt, sampler, **options) if step.text)
+        return (step.text for step in self.steps(prompt, sampler, **options) if step.text)
 
     def generate_string(self, prompt: str | Sequence[int], sampler=None, **options) -> str:
         """The whole generated text."""
@@ -305,7 +299,7 @@ class Llama:
             raise TypeError(f"load_state expects a LlamaState, got {type(state).__name__}")
         with self.serial:
             self._check_open()
-            tokens = [self._token(t) for t in state.tokens]
+            tokens = [check_token(t, self.n_vocab) for t in state.tokens]
             self._check_state(state)
             self.cache.k[:, :, :state.n_past] = state.k
             self.cache.v[:, :, :state.n_past] = state.v

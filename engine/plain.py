@@ -77,7 +77,8 @@ class PlainBackend:
         out[..., 1:rope.n_dims:2] = even * sin + odd * cos                   # (n, heads, d/2)
         return out
 
-    def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float) -> np.ndarray:
+    def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int,
+                  scale: float) -> np.ndarray:
         """softmax(q · kᵀ · scale + mask) · v for the n queries at positions [start, start + n).
 
         The cache holds every position up to start + n; query head h reads kv head h // group

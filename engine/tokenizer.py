@@ -43,13 +43,13 @@ from __future__ import annotations
 
 import codecs
 import heapq
-import operator
 import os
 import re
 from collections.abc import Iterable
 from enum import IntEnum
 from functools import cached_property
 
+from .arguments import check_token
 from .errors import ModelError, TokenizerError
 from .gguf import read_gguf
 
@@ -268,7 +268,7 @@ class Tokenizer:
 
     def token_to_piece(self, token: int, special: bool = False) -> bytes:
         """The bytes token ``token`` stands for; control and unknown tokens are b'' unless ``special``."""
-        token = self._checked(token)
+        token = check_token(token, self.n_vocab)
         if not special and self.token_types[token] in HIDDEN_UNLESS_SPECIAL:
             return b""
         return self.pieces[token]
@@ -281,15 +281,6 @@ class Tokenizer:
         """
         decoder = StreamDecoder(self, special=special)
         return "".join([decoder.feed(token) for token in tokens]) + decoder.flush()
-
-    def _checked(self, token: int) -> int:
-        try:
-            token = operator.index(token)
-        except TypeError:
-            raise TypeError(f"token ids must be integers, got {type(token).__name__}") from None
-        if not 0 <= token < self.n_vocab:
-            raise TokenizerError(f"token id {token} is outside the vocabulary (0..{self.n_vocab - 1})")
-        return token
 
 
 class StreamDecoder:

@@ -53,7 +53,8 @@ class ModelSpec:
 def random_weights(spec: ModelSpec, n_vocab: int) -> dict[str, np.ndarray]:
     """Seeded weights in NumPy shape order (out_features, in_features), scaled so activations stay O(1)."""
     if spec.dim % spec.n_heads or spec.n_heads % spec.n_kv_heads:
-        raise ValueError(f"dim {spec.dim} must split into {spec.n_heads} heads, and those into {spec.n_kv_heads} kv groups")
+        raise ValueError(f"dim {spec.dim} must split into {spec.n_heads} heads, "
+                         f"and those into {spec.n_kv_heads} kv groups")
     rng = np.random.default_rng(spec.seed)
     head_dim = spec.dim // spec.n_heads
     kv_dim = head_dim * spec.n_kv_heads
@@ -140,7 +141,8 @@ def write_model(path: str | os.PathLike, spec: ModelSpec = ModelSpec()) -> Path:
 
 def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, qtype: str, n_threads: int = 2,
                    allow_requantize: bool = False) -> Path:
-    """Quantise ``src`` with llama.cpp's own ``llama_model_quantize`` (``qtype`` as in llama-quantize: Q4_0, Q4_K_M, ...;
+    """Quantise ``src`` with llama.cpp's own ``llama_model_quantize`` (``qtype`` as in llama-quantize:
+    Q4_0, Q4_K_M, ...;
     F16 and BF16 round every matrix to half precision or bfloat16).
 
     ``allow_requantize`` lets an already quantised ``src`` through (llama.cpp dequantises it first).
@@ -228,8 +230,9 @@ def write_tiny(path, arch="llama", drop=(), shapes=None, metadata=None, extra_te
     writer.add_head_count_kv(4)
     writer.add_layer_norm_rms_eps(1e-5)
     for key, value in (metadata or {}).items():
-        writer.add_key_value(key, value, gguf.GGUFValueType.STRING if isinstance(value, str) else gguf.GGUFValueType.FLOAT32)
-    arrays = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in tensors.items() if name not in drop}
+        add_value(writer, key, value)
+    arrays = {name: rng.standard_normal(shape).astype(np.float32)
+              for name, shape in tensors.items() if name not in drop}
     for name, data in (arrays | (extra_tensors or {})).items():
         writer.add_tensor(name, data)
     save(writer)
@@ -246,11 +249,17 @@ def with_metadata(src, dst, extra: dict):
         sub_type = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(name, field.contents(), field.types[0], sub_type)
     for name, value in extra.items():
-        writer.add_key_value(name, value, gguf.GGUFValueType.STRING if isinstance(value, str) else gguf.GGUFValueType.FLOAT32)
+        add_value(writer, name, value)
     for tensor in reader.tensors:
         writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
     save(writer)
     return dst
+
+
+def add_value(writer, key: str, value: str | float) -> None:
+    """Metadata ``key`` as a STRING for a str, else as a FLOAT32."""
+    kind = gguf.GGUFValueType.STRING if isinstance(value, str) else gguf.GGUFValueType.FLOAT32
+    writer.add_key_value(key, value, kind)
 
 
 def save(writer) -> None:

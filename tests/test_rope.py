@@ -36,7 +36,8 @@ def test_llama3_rope_factors_equal_llama_cpp(make_model, tokens):
 
 def test_scaling_type_none_ignores_the_factor_like_llama_cpp(make_model, tokens, tmp_path):
     plain = make_model(n_layers=1)
-    none = with_metadata(plain, tmp_path / "none.gguf", {"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 4.0})
+    none = with_metadata(plain, tmp_path / "none.gguf",
+                         {"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 4.0})
     ref = llama_cpp_logits(none, tokens)
     assert np.array_equal(ref, llama_cpp_logits(plain, tokens))
     with Llama(none, n_ctx=N_CTX, backend="cython") as llm:

@@ -10,6 +10,8 @@ from hypothesis import example, given, settings, strategies as st
 
 from engine import libstdcxx
 from engine import sampling as S
+from engine.arguments import check_token
+from engine.errors import TokenizerError
 from tests.sampler_reference import Ref, random_logits, ref_chain
 
 def ref_logit_bias(n_vocab, bias: dict):
@@ -338,19 +340,19 @@ def test_greedy_matches_llama_cpp_including_ties(llama):
 
 def test_softmax_and_log_softmax_match_llama_cpp():
     logits = random_logits(0, 1000, scale=8)
-    probs = S.softmax(logits)
+    probs = S.probabilities(logits)
     drawn = apply_once(lc.llama_sampler_init_dist(1), S.Candidates.from_logits(logits))
     np.testing.assert_allclose(probs, drawn.p, rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(S.log_softmax(logits), lc.Llama.logits_to_logprobs(logits), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.exp(S.log_softmax(logits)), probs, rtol=1e-12)
 
 
-def test_softmax_is_stable_and_works_on_batches():
+def test_probabilities_are_stable_and_work_on_batches():
     huge = np.array([[1000.0, 1001.0, 999.0], [-1e4, -1e4, -1e4]])
-    probs, logprobs = S.softmax(huge), S.log_softmax(huge)
+    probs, logprobs = S.probabilities(huge), S.log_softmax(huge)
     assert np.all(np.isfinite(probs)) and np.all(np.isfinite(logprobs))
     np.testing.assert_allclose(probs.sum(axis=-1), 1.0)
-    np.testing.assert_allclose(probs[0], S.softmax([0.0, 1.0, -1.0]))
+    np.testing.assert_allclose(probs[0], S.probabilities([0.0, 1.0, -1.0]))
     np.testing.assert_allclose(logprobs[1], np.log(1 / 3))
 
 
@@ -358,16 +360,16 @@ def test_any_callable_is_a_sampler_and_check_token_names_bad_ids():
     def always_seven(logits):
         return 7
 
-    assert S.check_token(always_seven(np.zeros(10)), 10) == 7
-    assert S.check_token(np.int64(3), 10) == 3
-    with pytest.raises(ValueError, match="token id 12"):
-        S.check_token(12, 10)
-    with pytest.raises(ValueError, match="token id -1"):
-        S.check_token(-1, 10)
-    with pytest.raises(ValueError, match="'a'"):
-        S.check_token("a", 10)
-    with pytest.raises(ValueError, match="2.0"):
-        S.check_token(2.0, 10)
+    assert check_token(always_seven(np.zeros(10)), 10) == 7
+    assert check_token(np.int64(3), 10) == 3
+    with pytest.raises(TokenizerError, match="token id 12"):
+        check_token(12, 10)
+    with pytest.raises(TokenizerError, match="token id -1"):
+        check_token(-1, 10)
+    with pytest.raises(TypeError, match="'a'"):  # not an id at all: a TypeError, as for every token id argument
+        check_token("a", 10)
+    with pytest.raises(TypeError, match="2.0"):
+        check_token(2.0, 10)
 
 
 # ---------------------------------------------------------------------------

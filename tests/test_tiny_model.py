@@ -161,4 +161,5 @@ def test_greedy_continuations_match_llama_cpp(tmp_path_factory, qtype):
                 expected.append(token)
                 ref.eval([token])
             for ours in (reference, compiled):
-                assert list(ours.generate_tokens(tokens, sampler=greedy, max_tokens=64)) == expected, (prompt, ours.model.backend.name)
+                generated = list(ours.generate_tokens(tokens, sampler=greedy, max_tokens=64))
+                assert generated == expected, (prompt, ours.model.backend.name)
