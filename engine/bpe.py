@@ -19,6 +19,8 @@ Decoding maps a piece's characters back to bytes through the byte map.
 """
 from __future__ import annotations
 
+from itertools import chain
+
 from .pair_merge import merge_pairs
 from .pretokenize import LLAMA3_NAMES, pre_tokenizer
 
@@ -70,24 +72,22 @@ class ByteLevelBPE:
 
     def encode(self, text: str, after_special: bool = False) -> list[int]:
         """Token ids of a fragment of plain text (``after_special`` does not matter: no space prefix here)."""
-        ids: list[int] = []
+        words = self.words(text)
         cache = self.cache
-        for word in self.words(text):
-            word_ids = cache.get(word)
-            if word_ids is None:
-                if len(cache) >= CACHE_LIMIT:
-                    cache.clear()
-                word_ids = cache[word] = self._encode_word(word)
-            ids += word_ids
-        return ids
+        new = set(words).difference(cache)
+        if len(cache) + len(new) > CACHE_LIMIT:
+            cache.clear()
+            new = set(words)
+        for word in new:
+            cache[word] = self._encode_word(word)
+        return list(chain.from_iterable(map(cache.__getitem__, words)))
 
     def _encode_word(self, word: str) -> list[int]:
         encoded = byte_encode(word)
         if self.whole_words and encoded in self.ids:
             return [self.ids[encoded]]
-        ranks = self.ranks
         ids = []
-        for symbol in merge_pairs(list(encoded), lambda left, right: ranks.get((left, right))):
+        for symbol in merge_pairs(list(encoded), self.ranks):
             token = self.ids.get(symbol)
             if token is not None:
                 ids.append(token)

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import heapq
-from typing import Callable
 
 
-def merge_pairs(symbols: list[str], priority: Callable[[str, str], float | None]) -> list[str]:
+def merge_pairs(symbols: list[str], priority: dict[tuple[str, str], float]) -> list[str]:
     """Repeatedly join the adjacent pair of symbols that ``priority`` ranks first (lowest value;
-    the leftmost pair on a tie) until no adjacent pair has a priority (``None``); the symbols left.
+    the leftmost pair on a tie) until no adjacent pair is in ``priority``; the symbols left.
 
     A heap of candidate pairs makes this O(n log n). Symbol i starts at input symbol i
     and only ever grows rightwards, so a queued pair whose two sides no longer have
@@ -23,7 +22,7 @@ def merge_pairs(symbols: list[str], priority: Callable[[str, str], float | None]
 
     def push(left: int, right: int) -> None:
         if left >= 0 and right >= 0:
-            rank = priority(piece[left], piece[right])
+            rank = priority.get((piece[left], piece[right]))
             if rank is not None:
                 heapq.heappush(heap, (rank, left, right, len(piece[left]) + len(piece[right])))
 

@@ -32,7 +32,8 @@ class SentencePiece:
 
     def __init__(self, ids: dict[str, int], scores: list[float], add_space_prefix: bool):
         self.ids = ids
-        self.scores = scores
+        # every way to write a token as two parts -> minus its score: the pairs that merge, best first
+        self.priority = {(text[:k], text[k:]): -scores[i] for text, i in ids.items() for k in range(1, len(text))}
         self.add_space_prefix = add_space_prefix
         self.byte_tokens = [ids.get(f"<0x{b:02X}>", ids.get(chr(b)) if b < 0x80 else None) for b in range(256)]
         self.words = word_pattern(list(ids))
@@ -51,15 +52,9 @@ class SentencePiece:
         return ids
 
     def _encode_word(self, word: str) -> list[int]:
-        ids, scores = self.ids, self.scores
-
-        def priority(left: str, right: str) -> float | None:
-            token = ids.get(left + right)
-            return None if token is None else -scores[token]
-
         out = []
-        for symbol in merge_pairs(list(word), priority):
-            token = ids.get(symbol)
+        for symbol in merge_pairs(list(word), self.priority):
+            token = self.ids.get(symbol)
             out += [token] if token is not None else [self._byte_token(b) for b in symbol.encode()]
         return out
 

@@ -44,6 +44,7 @@ from enum import IntEnum
 from functools import cached_property
 
 import numpy as np
+import regex
 
 from .bpe import ByteLevelBPE
 from .errors import ModelError, TokenizerError
@@ -62,7 +63,7 @@ class TokenType(IntEnum):
     BYTE = 6
 
 
-KNOWN_TYPES = frozenset(TokenType)
+TYPE_OF = {int(t): t for t in TokenType}
 HIDDEN_UNLESS_SPECIAL = (TokenType.CONTROL, TokenType.UNKNOWN)
 SPECIAL_TYPES = (TokenType.CONTROL, TokenType.UNKNOWN, TokenType.USER_DEFINED)
 C_SPACES = " \t\n\v\f\r"  # what C's isspace() calls white space: lstrip/rstrip remove these
@@ -90,15 +91,40 @@ EOG_TEXTS = frozenset([
 USER_DEFINED_TEXTS = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")  # gpt-oss: always user-defined
 
 
+class SpecialTokenIndex:
+    """Which special tokens a text contains, found in one pass over it.
+
+    A regex alternation of the special texts, longest first, run at every
+    position (``overlapped``) gives the longest special text starting there; the
+    special texts that start there are that one's prefixes among them.
+    """
+
+    def __init__(self, texts: dict[int, str]):
+        """texts: id -> text of each special token, in the order tokens are to be tried."""
+        ids = {text: token for token, text in texts.items()}
+        self.order = {token: rank for rank, token in enumerate(texts)}
+        self.first_chars = frozenset(text[0] for text in ids)
+        self.pattern = regex.compile("|".join(map(regex.escape, sorted(ids, key=len, reverse=True))))
+        self.prefixes = {text: [ids[text[:k]] for k in range(1, len(text) + 1) if text[:k] in ids] for text in ids}
+
+    def within(self, text: str) -> list[int]:
+        """The special tokens that occur in ``text``, in the order given."""
+        if self.first_chars.isdisjoint(text):
+            return []
+        longest = {m.group() for m in self.pattern.finditer(text, overlapped=True)}
+        found = {token for match in longest for token in self.prefixes[match]}
+        return sorted(found, key=self.order.__getitem__)
+
+
 class Tokenizer:
     """A GGUF vocabulary: text -> token ids -> text, as llama.cpp does it."""
 
     def __init__(self, tokens: list[str], token_types: list[TokenType], encoder: SentencePiece | ByteLevelBPE, *,
                  bos: int | None, eos: int | None, add_bos: bool, add_eos: bool, eog: Iterable[int] = (),
-                 rstrip: Iterable[int] = ()):
+                 lstrip: Iterable[int] = (), rstrip: Iterable[int] = ()):
         """tokens: every token's text, index = id, distinct; token_types: their types as llama.cpp
         settles them; encoder: the algorithm for plain text; eog: the end-of-generation ids;
-        rstrip: special tokens that swallow the white space after them."""
+        lstrip, rstrip: special tokens that swallow the white space before, after them."""
         self.tokens = tokens
         self.token_types = token_types
         self.ids = encoder.ids
@@ -107,10 +133,12 @@ class Tokenizer:
         self.add_bos, self.add_eos = add_bos, add_eos
         self.add_space_prefix = getattr(encoder, "add_space_prefix", False)
         self.eog = frozenset(eog)
-        self.rstrip = frozenset(rstrip)
-        # longest first, so a special token containing another wins (ties: lower id first)
+        self.lstrip, self.rstrip = frozenset(lstrip), frozenset(rstrip)
+        # longest UTF-8 first, as llama.cpp orders them, so a special token containing another wins
+        # (ties: lower id first)
         self.special_tokens = sorted((i for i, t in enumerate(token_types) if t in SPECIAL_TYPES),
-                                     key=lambda i: -len(tokens[i]))
+                                     key=lambda i: -len(tokens[i].encode()))
+        self.special_index = SpecialTokenIndex({i: tokens[i] for i in self.special_tokens})
         self.byte_tokens = [encoder.byte_token(b) for b in range(256)]
 
     @classmethod
@@ -175,9 +203,14 @@ class Tokenizer:
         return token
 
     def _split_special(self, text: str, special: bool) -> list[str | int]:
-        """``text`` cut at every special token: plain strings between special token ids."""
+        """``text`` cut at every special token: plain strings between special token ids.
+
+        As llama.cpp: one special token at a time, longest first, each cutting every
+        plain fragment left at each of its occurrences (left to right); only the
+        special tokens that occur in ``text`` at all are tried.
+        """
         fragments: list[str | int] = [text] if text else []
-        for token in self.special_tokens:
+        for token in self.special_index.within(text):
             if not special and self.token_types[token] in HIDDEN_UNLESS_SPECIAL:
                 continue
             needle = self.tokens[token]
@@ -186,14 +219,15 @@ class Tokenizer:
                 if isinstance(fragment, int) or needle not in fragment:
                     cut.append(fragment)
                     continue
-                for i, part in enumerate(fragment.split(needle)):
-                    if i:
-                        cut.append(token)
-                        if token in self.rstrip:
-                            part = part.lstrip(C_SPACES)
-                    if part:
-                        cut.append(part)
-            fragments = cut
+                start = 0
+                while (match := fragment.find(needle, start)) >= 0:
+                    left = fragment[start:match]
+                    cut += [left.rstrip(C_SPACES) if token in self.lstrip else left, token]
+                    start = match + len(needle)
+                    if token in self.rstrip:
+                        start = len(fragment) - len(fragment[start:].lstrip(C_SPACES))
+                cut.append(fragment[start:])
+            fragments = [f for f in cut if f != ""]
         return fragments
 
     # ---- ids -> text ------------------------------------------------------------------------
@@ -263,6 +297,7 @@ class _VocabularyReader:
         if model not in ("llama", "gpt2"):
             raise ModelError(f"tokenizer model {model!r} is not supported: "
                              "only SentencePiece ('llama') and byte-level BPE ('gpt2')")
+        pre = self.string("tokenizer.ggml.pre") or ""
         tokens = self.tokens()
         n = len(tokens)
         types = self.token_types(n)
@@ -274,8 +309,7 @@ class _VocabularyReader:
             defaults = {"bos": 1, "eos": 2}
             add_bos = True
         else:
-            pre = self.string("tokenizer.ggml.pre")
-            pre = "default" if pre is None else pre
+            pre = pre or "default"  # absent or empty: llama.cpp's default
             encoder = ByteLevelBPE(ids, self.merges(), pre)
             defaults = {"bos": 11, "eos": 11}
             add_bos = pre in LLAMA3_NAMES
@@ -284,14 +318,25 @@ class _VocabularyReader:
         for name, legacy in (("fim_pre", "prefix"), ("fim_suf", "suffix"), ("fim_mid", "middle")):
             special[name] = self.token_id(f"{legacy}_token_id", special[name], n)
         eog = _settle_types(tokens, ids, types, special)
-        rstrip = ()
-        name = self.string("general.name") or ""
-        if "phi-3" in name.lower() or "phi3" in name.lower():  # llama.cpp's Phi-3 rule, by model name
-            rstrip = {i for i, t in enumerate(types) if t in SPECIAL_TYPES} | {ids[t] for t in ["</s>"] if t in ids}
-            rstrip -= {ids[text] for text in ("<unk>", "<s>", "<|endoftext|>") if text in ids}
+        lstrip, rstrip = self.strip_rules(ids, types, pre)
         return Tokenizer(tokens, types, encoder, bos=special["bos"], eos=special["eos"],
                          add_bos=self.flag("add_bos_token", add_bos), add_eos=self.flag("add_eos_token", False),
-                         eog=eog, rstrip=rstrip)
+                         eog=eog, lstrip=lstrip, rstrip=rstrip)
+
+    def strip_rules(self, ids: dict[str, int], types: list[TokenType], pre: str) -> tuple[set[int], set[int]]:
+        """The special tokens that swallow the white space before them and after them: llama.cpp
+        sets these by model name, tokenizer.ggml.pre and architecture, whichever rule comes first."""
+        name = (self.string("general.name") or "").encode().lower().decode()  # ASCII lower case, as C's tolower
+        arch = self.string("general.architecture") or ""
+        if any(s in pre for s in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) or \
+                any(s in arch for s in ("nomic-bert-moe", "jina-bert-v3")):
+            return {ids[t] for t in ["<mask>"] if t in ids}, set()
+        if "phi-3" in name or "phi3" in name:
+            rstrip = {i for i, t in enumerate(types) if t in SPECIAL_TYPES} | {ids[t] for t in ["</s>"] if t in ids}
+            return set(), rstrip - {ids[t] for t in ("<unk>", "<s>", "<|endoftext|>") if t in ids}
+        if "modern-bert" in name:
+            return {ids[t] for t in ["[MASK]"] if t in ids}, set()
+        return set(), set()
 
     def _wrong(self, key: str, what: str):
         return ModelError(f"{key} must be {what}, got {type(self.metadata[key]).__name__}")
@@ -356,7 +401,7 @@ class _VocabularyReader:
         types = self.numbers("token_type", n, integers=True)
         if types is None:
             return [TokenType.NORMAL] * n
-        return [TokenType(t) if t in KNOWN_TYPES else TokenType.UNDEFINED for t in types]
+        return [TYPE_OF.get(t, TokenType.UNDEFINED) for t in types]
 
     def merges(self) -> list[str]:
         merges = self.metadata.get("tokenizer.ggml.merges")

@@ -5,8 +5,10 @@ variants, quantised by llama.cpp itself; they are cached in ``tests/.cache``
 (or ``$LLAMANP_TEST_CACHE``) keyed by their spec, so a session builds each once.
 """
 import os
+import subprocess
 import sys
-from pathlib import Path
+import tarfile
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -27,6 +29,32 @@ def data_dir() -> Path:
 def vocab_path() -> Path:
     """The llama2 vocabulary as a vocab-only GGUF (llama.cpp's models/ggml-vocab-llama-spm.gguf)."""
     return DATA / "ggml-vocab-llama-spm.gguf"
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_vocabs() -> Path:
+    """The folder of llama.cpp's vocabulary test files (models/ggml-vocab-*.gguf, .inp, .out).
+
+    They come from the pinned llama-cpp-python 0.3.36 sdist, fetched once into the
+    cache with pip and unpacked once; without them the tests fail, never skip.
+    """
+    folder = CACHE / "ggml-vocab-0.3.36"
+    complete = folder / ".complete"
+    if not complete.exists():
+        sdists = CACHE / "sdist"
+        pip = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                              "llama-cpp-python==0.3.36", "-d", str(sdists)], capture_output=True, text=True)
+        if pip.returncode != 0:
+            pytest.fail(f"pip could not download the llama-cpp-python 0.3.36 sdist:\n{pip.stderr[-2000:]}")
+        folder.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(sdists / "llama_cpp_python-0.3.36.tar.gz") as tar:
+            for member in tar:
+                path = PurePosixPath(member.name)
+                if (member.isfile() and path.name.startswith("ggml-vocab-")
+                        and path.parent.as_posix() == "llama_cpp_python-0.3.36/vendor/llama.cpp/models"):
+                    (folder / path.name).write_bytes(tar.extractfile(member).read())  # the bare name: no paths
+        complete.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
