@@ -71,8 +71,8 @@ def read_vectors(folder, name):
 
 
 @pytest.mark.parametrize("name", BPE_VOCABS + ["phi-3"])
-def test_llama_cpp_vectors(llama_cpp_vocabs, name):
-    tok = Tokenizer.from_gguf(llama_cpp_vocabs / f"ggml-vocab-{name}.gguf")
+def test_llama_cpp_vectors(llama_cpp_vocabs, vocab, name):
+    tok, _ = vocab(name)
     for text, ids in read_vectors(llama_cpp_vocabs, name):
         assert tok.tokenize(text) == ids, text
 
@@ -126,7 +126,8 @@ def test_random_text_matches_llama_cpp(vocab, name):
 
 @pytest.mark.parametrize("name", BPE_VOCABS)
 def test_vocabulary_matches_llama_cpp(vocab, name):
-    """Every id's piece (llama.cpp's test-tokenizer-1-bpe round trip), type and end-of-generation flag."""
+    """Every id's piece, type and end-of-generation flag; and llama.cpp's test-tokenizer-1-bpe
+    round trip (a token's text tokenizes back to that text) on a seeded sample of 2,000 tokens."""
     tok, ref = vocab(name)
     assert tok.n_vocab == ref.llm.n_vocab()
     assert (tok.bos, tok.eos, tok.add_bos) == (ref.llm.token_bos(), ref.llm.token_eos(),
@@ -137,11 +138,14 @@ def test_vocabulary_matches_llama_cpp(vocab, name):
     assert [t in tok.special_tokens for t in range(tok.n_vocab)] == [bool(a & SPECIAL) for a in attrs]
     assert tok.eog == {t for t in range(tok.n_vocab) if llama_cpp.llama_vocab_is_eog(ref.vocab, t)}
     for token in range(tok.n_vocab):
-        piece = ref.piece(token, special=True)
-        assert tok.pieces[token] == tok.token_to_piece(token, special=True) == piece, token
-        if tok.token_types[token] == TokenType.NORMAL:
-            text = piece.decode("utf-8", errors="replace")
-            assert tok.untokenize(tok.tokenize(text)) == text, token
+        assert tok.pieces[token] == tok.token_to_piece(token, special=True) == ref.piece(token, True), token
+        assert tok.token_to_piece(token) == ref.piece(token, False), token
+    normal = [t for t in range(tok.n_vocab) if tok.token_types[t] == TokenType.NORMAL]
+    for token in random.Random(name).sample(normal, 2000):
+        text = tok.pieces[token].decode("utf-8", errors="replace")
+        ids = tok.tokenize(text)
+        assert ids == ref.tokenize(text, False), token
+        assert tok.untokenize(ids) == text, token
 
 
 def test_seed_examples(vocab):
