@@ -14,14 +14,12 @@ Text becomes tokens in three steps, after the special tokens are cut out
    that is a token as a whole is that token, merges unused (llama.cpp's
    ``ignore_merges``).
 
-A word's ids are cached: text repeats its words, so most words are merged once.
-Decoding maps a piece's characters back to bytes through the byte map.
+Each distinct word of a text is merged once. Decoding maps a piece's characters
+back to bytes through the byte map.
 """
 from __future__ import annotations
 
-from itertools import chain
-
-from .pair_merge import merge_pairs
+from .pair_merge import encode_words, merge_pairs
 from .pretokenize import LLAMA3_NAMES, pre_tokenizer
 
 # GPT-2's byte map: bytes that print as themselves keep their code point, the rest
@@ -31,8 +29,6 @@ _OTHERS = [b for b in range(256) if b not in _SELF]
 BYTE_CHARS = "".join(chr(b) if b in _SELF else chr(0x100 + _OTHERS.index(b)) for b in range(256))
 BYTE_OF_CHAR = {char: byte for byte, char in enumerate(BYTE_CHARS)}
 LATIN1_TO_BYTE_CHARS = str.maketrans(dict(enumerate(BYTE_CHARS)))
-
-CACHE_LIMIT = 1 << 17  # cached words before the cache starts afresh
 
 
 def byte_encode(text: str) -> str:
@@ -68,19 +64,10 @@ class ByteLevelBPE:
                 self.ranks.setdefault((merge[0] + left, right), rank)
         self.words = pre_tokenizer(pre)
         self.whole_words = pre in LLAMA3_NAMES
-        self.cache: dict[str, list[int]] = {}
 
     def encode(self, text: str, after_special: bool = False) -> list[int]:
         """Token ids of a fragment of plain text (``after_special`` does not matter: no space prefix here)."""
-        words = self.words(text)
-        cache = self.cache
-        new = set(words).difference(cache)
-        if len(cache) + len(new) > CACHE_LIMIT:
-            cache.clear()
-            new = set(words)
-        for word in new:
-            cache[word] = self._encode_word(word)
-        return list(chain.from_iterable(map(cache.__getitem__, words)))
+        return encode_words(self.words(text), self._encode_word)
 
     def _encode_word(self, word: str) -> list[int]:
         encoded = byte_encode(word)

@@ -1,7 +1,18 @@
-"""The merge loop of BPE, shared by SentencePiece BPE (engine.spm) and byte-level BPE (engine.bpe)."""
+"""What SentencePiece BPE (engine.spm) and byte-level BPE (engine.bpe) share: the merge loop,
+and encoding text word by word."""
 from __future__ import annotations
 
 import heapq
+from itertools import chain
+from typing import Callable
+
+
+def encode_words(words: list[str], encode_word: Callable[[str], list[int]]) -> list[int]:
+    """The ids of ``words`` in order, each distinct word encoded once: text repeats its words,
+    so most of a long text is looked up, not merged. The memo lives for one call, so
+    tokenizing shares nothing between calls (or threads) and holds no memory after."""
+    ids_of = {word: encode_word(word) for word in set(words)}
+    return list(chain.from_iterable(map(ids_of.__getitem__, words)))
 
 
 def merge_pairs(symbols: list[str], priority: dict[tuple[str, str], float]) -> list[str]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 
 from .errors import ModelError
-from .pair_merge import merge_pairs
+from .pair_merge import encode_words, merge_pairs
 
 SPACE = "\u2581"  # ▁, how SentencePiece writes a space inside a token
 
@@ -42,14 +42,7 @@ class SentencePiece:
         """Token ids of a fragment; ``after_special``: it starts the text or follows a special token."""
         if self.add_space_prefix and after_special:
             text = " " + text
-        ids: list[int] = []
-        seen: dict[str, list[int]] = {}  # word by word: the same result, with repeats merged once
-        for word in self.words.findall(text.replace(" ", SPACE)):
-            word_ids = seen.get(word)
-            if word_ids is None:
-                word_ids = seen[word] = self._encode_word(word)
-            ids += word_ids
-        return ids
+        return encode_words(self.words.findall(text.replace(" ", SPACE)), self._encode_word)
 
     def _encode_word(self, word: str) -> list[int]:
         out = []

@@ -5,10 +5,8 @@ variants, quantised by llama.cpp itself; they are cached in ``tests/.cache``
 (or ``$LLAMANP_TEST_CACHE``) keyed by their spec, so a session builds each once.
 """
 import os
-import subprocess
 import sys
-import tarfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +15,7 @@ DATA = ROOT / "tests" / "data"
 CACHE = Path(os.environ.get("LLAMANP_TEST_CACHE", ROOT / "tests" / ".cache"))
 sys.path.insert(0, str(ROOT))
 
+from scripts.llama_cpp_vocabs import vocab_folder  # noqa: E402
 from scripts.make_model import ModelSpec, cached_model  # noqa: E402
 
 
@@ -36,25 +35,13 @@ def llama_cpp_vocabs() -> Path:
     """The folder of llama.cpp's vocabulary test files (models/ggml-vocab-*.gguf, .inp, .out).
 
     They come from the pinned llama-cpp-python 0.3.36 sdist, fetched once into the
-    cache with pip and unpacked once; without them the tests fail, never skip.
+    cache with pip and unpacked once (scripts/llama_cpp_vocabs.py); without them the
+    tests fail, never skip.
     """
-    folder = CACHE / "ggml-vocab-0.3.36"
-    complete = folder / ".complete"
-    if not complete.exists():
-        sdists = CACHE / "sdist"
-        pip = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                              "llama-cpp-python==0.3.36", "-d", str(sdists)], capture_output=True, text=True)
-        if pip.returncode != 0:
-            pytest.fail(f"pip could not download the llama-cpp-python 0.3.36 sdist:\n{pip.stderr[-2000:]}")
-        folder.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(sdists / "llama_cpp_python-0.3.36.tar.gz") as tar:
-            for member in tar:
-                path = PurePosixPath(member.name)
-                if (member.isfile() and path.name.startswith("ggml-vocab-")
-                        and path.parent.as_posix() == "llama_cpp_python-0.3.36/vendor/llama.cpp/models"):
-                    (folder / path.name).write_bytes(tar.extractfile(member).read())  # the bare name: no paths
-        complete.touch()
-    return folder
+    try:
+        return vocab_folder(CACHE)
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")
