@@ -61,12 +61,13 @@ def cmd_info(args) -> None:
 
 
 def cmd_tokenize(args) -> None:
-    from .tokenizer import Tokenizer
+    """Each token: its id and, between quotes, the text it stands for (see tokenizer.readable)."""
+    from .tokenizer import Tokenizer, readable
 
     tok = Tokenizer.from_gguf(args.model)
     ids = tok.tokenize(read_text(args.text), add_bos=args.bos, special=args.special)
     for i in ids:
-        print(f"{i:>8}  {tok.token_to_piece(i, special=True)!r}")
+        print(f"{i:>8}  '{readable(tok.token_to_piece(i, special=True))}'")
     note(f"{len(ids)} tokens")
 
 
@@ -141,6 +142,7 @@ def cmd_chat(args) -> None:
 
 def cmd_top(args) -> None:
     from .sampling import softmax
+    from .tokenizer import readable
 
     with open_model(args) as llm:
         llm.update(read_text(args.prompt))
@@ -150,7 +152,8 @@ def cmd_top(args) -> None:
         for title, ids in rows:
             print(f"{title}:")
             for i in ids:
-                print(f"  {int(i):>7}  {llm.tokenizer.token_to_piece(int(i), special=True)!r:<24} {p[i]:.6g}")
+                shown = f"'{readable(llm.tokenizer.token_to_piece(int(i), special=True))}'"
+                print(f"  {int(i):>7}  {shown:<24} {p[i]:.6g}")
 
 
 def cmd_perplexity(args) -> None:

@@ -445,6 +445,28 @@ def _settle_types(tokens: list[str], ids: dict[str, int], types: list[TokenType]
     return eog
 
 
+ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
+
+
+def readable(piece: bytes) -> str:
+    """A token's bytes written for people to read: its characters as they are, but
+    ``\\n``, ``\\t``, ``\\r``, a doubled backslash, ``\\uXXXX`` for other invisible
+    characters, and ``\\xNN`` for each byte that is not part of a whole UTF-8 character
+    in the piece (a byte-level token may hold part of one, as may an ``<0xNN>`` token)."""
+    out = []
+    for char in piece.decode("utf-8", errors="surrogateescape"):  # a stray byte b -> U+DC00 + b
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char in ESCAPES:
+            out.append(ESCAPES[char])
+        elif char.isprintable():
+            out.append(char)
+        else:
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+    return "".join(out)
+
+
 def check_text(text: str) -> None:
     """Reject what cannot be tokenized: non-strings, and strings that are not valid Unicode."""
     if not isinstance(text, str):

@@ -4,7 +4,6 @@ The vocabularies and their test vectors are llama.cpp's own (models/ggml-vocab-*
 from the pinned llama-cpp-python sdist (see the ``llama_cpp_vocabs`` fixture); the
 live reference is llama.cpp through llama_cpp.
 """
-import ctypes
 import random
 
 import gguf
@@ -15,6 +14,7 @@ import pytest
 from engine.errors import ModelError
 from engine.gguf import read_gguf
 from engine.tokenizer import StreamDecoder, Tokenizer, TokenType
+from llama_cpp_vocab import LlamaCppVocab
 
 BPE_VOCABS = ["llama-bpe", "qwen2", "qwen35", "gpt-2", "deepseek-llm", "deepseek-coder", "falcon", "starcoder",
               "refact", "mpt", "command-r"]
@@ -24,38 +24,15 @@ HIDDEN = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
 SPECIAL = HIDDEN | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
 
 
-class Reference:
-    """llama.cpp's view of one vocabulary."""
-
-    def __init__(self, path):
-        self.llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-        self.buffer = ctypes.create_string_buffer(256)
-
-    def tokenize(self, text: str, special: bool) -> list[int]:
-        return self.llm.tokenize(text.encode(), add_bos=False, special=special)
-
-    def piece(self, token: int, special: bool) -> bytes:
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, self.buffer, len(self.buffer), 0, special)
-        if n < 0:  # the buffer is -n bytes short of the piece
-            self.buffer = ctypes.create_string_buffer(-n)
-            return self.piece(token, special)
-        return self.buffer.raw[:n]
-
-    def detokenize(self, ids: list[int], special: bool) -> str:
-        """The pieces joined, as llama.cpp's streaming output (Llama.detokenize without its BOS tweak)."""
-        return b"".join(self.piece(t, special) for t in ids).decode("utf-8", errors="replace")
-
-
 @pytest.fixture(scope="module")
 def vocab(llama_cpp_vocabs):
     """``vocab(name)`` -> (ours, llama.cpp's), each built once per module."""
     built = {}
 
-    def get(name: str) -> tuple[Tokenizer, Reference]:
+    def get(name: str) -> tuple[Tokenizer, LlamaCppVocab]:
         if name not in built:
             path = llama_cpp_vocabs / f"ggml-vocab-{name}.gguf"
-            built[name] = Tokenizer.from_gguf(path), Reference(path)
+            built[name] = Tokenizer.from_gguf(path), LlamaCppVocab(path)
         return built[name]
     return get
 
@@ -120,8 +97,8 @@ def test_random_text_matches_llama_cpp(vocab, name):
     for text in random_texts(tok, N_TEXTS, seed=BPE_VOCABS.index(name)):
         for special in (False, True):
             ids = tok.tokenize(text, special=special)
-            assert ids == ref.tokenize(text, special), (text, special)
-            assert tok.untokenize(ids, special) == ref.detokenize(ids, special), (text, special)
+            assert ids == ref.tokenize(text, special=special), (text, special)
+            assert tok.untokenize(ids, special) == ref.pieces_text(ids, special), (text, special)
 
 
 @pytest.mark.parametrize("name", BPE_VOCABS)
@@ -138,24 +115,24 @@ def test_vocabulary_matches_llama_cpp(vocab, name):
     assert [t in tok.special_tokens for t in range(tok.n_vocab)] == [bool(a & SPECIAL) for a in attrs]
     assert tok.eog == {t for t in range(tok.n_vocab) if llama_cpp.llama_vocab_is_eog(ref.vocab, t)}
     for token in range(tok.n_vocab):
-        assert tok.pieces[token] == tok.token_to_piece(token, special=True) == ref.piece(token, True), token
-        assert tok.token_to_piece(token) == ref.piece(token, False), token
+        assert tok.pieces[token] == tok.token_to_piece(token, special=True) == ref.token_to_piece(token, True), token
+        assert tok.token_to_piece(token) == ref.token_to_piece(token, False), token
     normal = [t for t in range(tok.n_vocab) if tok.token_types[t] == TokenType.NORMAL]
     for token in random.Random(name).sample(normal, 2000):
         text = tok.pieces[token].decode("utf-8", errors="replace")
         ids = tok.tokenize(text)
-        assert ids == ref.tokenize(text, False), token
+        assert ids == ref.tokenize(text), token
         assert tok.untokenize(ids) == text, token
 
 
 def test_seed_examples(vocab):
     tok, ref = vocab("llama-bpe")
     text = "Hello world! It's 2024 — 12345 ducks\n\n  🦙"
-    assert tok.tokenize(text) == ref.tokenize(text, False)
-    assert tok.tokenize(text, add_bos=True) == ref.llm.tokenize(text.encode(), add_bos=True)  # Llama 3 adds BOS
+    assert tok.tokenize(text) == ref.tokenize(text)
+    assert tok.tokenize(text, add_bos=True) == ref.tokenize(text, add_bos=True)  # Llama 3 adds BOS
     eot = tok.ids["<|eot_id|>"]
-    assert tok.tokenize("<|eot_id|>", special=True) == ref.tokenize("<|eot_id|>", True) == [eot]
-    assert tok.tokenize("<|eot_id|>") == ref.tokenize("<|eot_id|>", False) != [eot]
+    assert tok.tokenize("<|eot_id|>", special=True) == ref.tokenize("<|eot_id|>", special=True) == [eot]
+    assert tok.tokenize("<|eot_id|>") == ref.tokenize("<|eot_id|>") != [eot]
     assert tok.untokenize(tok.tokenize(text)) == text
     decoder = StreamDecoder(tok)
     llama = tok.tokenize("🦙")
@@ -187,9 +164,9 @@ def write_vocab(src, dst, pre: str):
 def test_smollm_pre_matches_llama_cpp(llama_cpp_vocabs, tmp_path):
     """SmolLM2's ``tokenizer.ggml.pre``, on the StarCoder vocabulary it shares."""
     path = write_vocab(llama_cpp_vocabs / "ggml-vocab-starcoder.gguf", tmp_path / "smollm.gguf", "smollm")
-    tok, ref = Tokenizer.from_gguf(path), Reference(path)
+    tok, ref = Tokenizer.from_gguf(path), LlamaCppVocab(path)
     for text in random_texts(tok, 300, seed=99):
-        assert tok.tokenize(text, special=True) == ref.tokenize(text, True), text
+        assert tok.tokenize(text, special=True) == ref.tokenize(text, special=True), text
 
 
 GPT2 = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.tokens": ["a", "b", "ab"],
