@@ -10,7 +10,7 @@ Text becomes tokens in three steps, after the special tokens are cut out
    the other 68 bytes for U+0100 onwards), the alphabet the vocabulary is in.
 3. Merge: start from the word's characters and repeatedly join the adjacent pair
    that comes first in ``tokenizer.ggml.merges`` (leftmost on a tie) until no
-   pair is a merge; each symbol left is a token. For the Llama 3 family a word
+   pair is a merge; each symbol left is a token. For the Llama 3 and GLM-4 families a word
    that is a token as a whole is that token, merges unused (llama.cpp's
    ``ignore_merges``).
 
@@ -20,7 +20,7 @@ back to bytes through the byte map.
 from __future__ import annotations
 
 from .pair_merge import encode_words, merge_pairs
-from .pretokenize import LLAMA3_NAMES, pre_tokenizer
+from .pretokenize import IGNORE_MERGES, pre_tokenizer
 
 # GPT-2's byte map: bytes that print as themselves keep their code point, the rest
 # (controls, space, DEL, NBSP, soft hyphen...) take U+0100, U+0101, ... in byte order
@@ -63,7 +63,7 @@ class ByteLevelBPE:
             if space:
                 self.ranks.setdefault((merge[0] + left, right), rank)
         self.words = pre_tokenizer(pre)
-        self.whole_words = pre in LLAMA3_NAMES
+        self.whole_words = pre in IGNORE_MERGES
 
     def encode(self, text: str, after_special: bool = False) -> list[int]:
         """Token ids of a fragment of plain text (``after_special`` does not matter: no space prefix here)."""

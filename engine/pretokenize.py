@@ -115,9 +115,9 @@ def _stages(kind: str) -> list[str]:
 KINDS = {
     "default": "default",
     **dict.fromkeys(["llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
-                     "jina-v5-nano", "dbrx", "smaug-bpe"], "llama3"),
+                     "jina-v5-nano", "dbrx", "smaug-bpe", "chatglm-bpe", "glm4", "glm5"], "llama3"),
     **dict.fromkeys(["qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan",
-                     "solar-open"], "qwen2"),
+                     "solar-open", "grok-2"], "qwen2"),
     "qwen35": "qwen35",
     **dict.fromkeys(["gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0",
                      "mellum", "modern-bert", "jina-v1-en", "jina-v2-code", "roberta-bpe", "exaone4", "mpt", "olmo",
@@ -129,9 +129,13 @@ KINDS = {
     "deepseek-coder": "deepseek-coder",
 }
 
-# names for which llama.cpp looks a whole word up in the vocabulary before merging
-# (ignore_merges) and adds BOS unless the GGUF says otherwise
-LLAMA3_NAMES = frozenset(name for name, kind in KINDS.items() if kind == "llama3") - {"dbrx", "smaug-bpe"}
+# names for which llama.cpp adds BOS unless the GGUF says otherwise (add_bos)
+ADD_BOS = frozenset(name for name, kind in KINDS.items() if kind == "llama3") - {"dbrx", "smaug-bpe", "chatglm-bpe",
+                                                                                 "glm4", "glm5"}
+# names for which llama.cpp looks a whole word up in the vocabulary before merging (ignore_merges)
+IGNORE_MERGES = ADD_BOS | {"glm4", "glm5"}
+# names whose vocabulary has no BOS token unless the GGUF names one (others: id 11, as GPT-2's)
+NO_BOS = frozenset({"chatglm-bpe", "glm4", "glm5"})
 
 
 @lru_cache(maxsize=None)

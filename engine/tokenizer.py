@@ -49,7 +49,7 @@ import regex
 from .bpe import ByteLevelBPE
 from .errors import ModelError, TokenizerError
 from .gguf import read_gguf
-from .pretokenize import LLAMA3_NAMES
+from .pretokenize import ADD_BOS, NO_BOS
 from .spm import SPACE, SentencePiece
 
 class TokenType(IntEnum):
@@ -311,8 +311,8 @@ class _VocabularyReader:
         else:
             pre = pre or "default"  # absent or empty: llama.cpp's default
             encoder = ByteLevelBPE(ids, self.merges(), pre)
-            defaults = {"bos": 11, "eos": 11}
-            add_bos = pre in LLAMA3_NAMES
+            defaults = {"bos": None if pre in NO_BOS else 11, "eos": 11}
+            add_bos = pre in ADD_BOS
         special = {name: self.token_id(f"{name}_token_id", defaults.get(name), n)
                    for name in ("bos", "eos", "eot", "eom", *FIM_TEXTS)}
         for name, legacy in (("fim_pre", "prefix"), ("fim_suf", "suffix"), ("fim_mid", "middle")):

@@ -57,7 +57,8 @@ def test_llama_cpp_vectors(llama_cpp_vocabs, vocab, name):
 SCRIPTS = ["Hello", "world", "ÀÉÎõü", "straße", "Привет", "мир", "Γειά", "σου", "שלום", "مرحبا", "नमस्ते",
            "สวัสดี", "こんにちは", "カタカナ", "我想在apple工作", "안녕하세요", "ᚠᛇᚻ", "𝔘𝔫𝔦", "ǅungla", "İstanbul",
            "e\u0301", "a\u0308\u0323", "\u0897x", "\U0001E030", "\u2ffc", "\U000323b0", "\ufdd0", "\U0010ffff",
-           "\ue000", "\U000e0001", "ﬁ", "Ａｂｃ", "ⅷ", "µ", "Ω", "K"]
+           "\ue000", "\U000e0001", "ﬁ", "Ａｂｃ", "ⅷ", "µ", "Ω", "K",
+           "việc", "nhiều", "jeho", "mektedir", "değiş", "використ"]  # Llama 3 tokens its merges do not rebuild
 EMOJI = ["😊", "🦙", "👍🏽", "👨‍👩‍👧‍👦", "🏳️‍🌈", "😶‍🌫️", "🇫🇷🇯🇵", "❤️", "\u200d", "\ufe0f"]
 DIGITS = ["1", "12", "123", "1234", "12345", "3.14159", "1,000,000", "٣٤٥", "３４", "²³", "①", "〇", "0x1F"]
 CONTRACTIONS = ["'s", "'S", "'t", "'T", "'re", "'RE", "'rE", "'ve", "'VE", "'m", "'M", "'ll", "'LL", "'lL", "'d",
@@ -140,8 +141,9 @@ def test_seed_examples(vocab):
     assert {eot, tok.eos} <= tok.eog
 
 
-def write_vocab(src, dst, pre: str):
-    """A copy of the vocab-only GGUF ``src`` with another tokenizer.ggml.pre, written by the gguf package."""
+def write_vocab(src, dst, pre: str, bos: bool = True):
+    """A copy of the vocab-only GGUF ``src`` with another tokenizer.ggml.pre (and without
+    tokenizer.ggml.bos_token_id unless ``bos``), written by the gguf package."""
     metadata = read_gguf(src).metadata
     arch = metadata["general.architecture"]
     writer = gguf.GGUFWriter(str(dst), arch)
@@ -153,7 +155,8 @@ def write_vocab(src, dst, pre: str):
     writer.add_token_list(metadata["tokenizer.ggml.tokens"])
     writer.add_token_types(metadata["tokenizer.ggml.token_type"].tolist())
     writer.add_token_merges(metadata["tokenizer.ggml.merges"])
-    writer.add_bos_token_id(metadata["tokenizer.ggml.bos_token_id"])
+    if bos:
+        writer.add_bos_token_id(metadata["tokenizer.ggml.bos_token_id"])
     writer.add_eos_token_id(metadata["tokenizer.ggml.eos_token_id"])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -161,12 +164,21 @@ def write_vocab(src, dst, pre: str):
     return dst
 
 
-def test_smollm_pre_matches_llama_cpp(llama_cpp_vocabs, tmp_path):
-    """SmolLM2's ``tokenizer.ggml.pre``, on the StarCoder vocabulary it shares."""
-    path = write_vocab(llama_cpp_vocabs / "ggml-vocab-starcoder.gguf", tmp_path / "smollm.gguf", "smollm")
+@pytest.mark.parametrize("name, pre, bos", [
+    ("starcoder", "smollm", True),       # SmolLM2's, on the StarCoder vocabulary it shares
+    ("qwen2", "grok-2", True),           # Qwen2's split under another name
+    ("llama-bpe", "glm4", False),        # Llama 3's split, whole words first, no BOS by default
+    ("llama-bpe", "dbrx", True),         # Llama 3's split, merges always, no BOS added
+    ("gpt-2", "", True),                 # empty: llama.cpp's default split
+])
+def test_other_pre_tokenizers_match_llama_cpp(llama_cpp_vocabs, tmp_path, name, pre, bos):
+    path = write_vocab(llama_cpp_vocabs / f"ggml-vocab-{name}.gguf", tmp_path / "vocab.gguf", pre, bos)
     tok, ref = Tokenizer.from_gguf(path), LlamaCppVocab(path)
-    for text in random_texts(tok, 300, seed=99):
-        assert tok.tokenize(text, special=True) == ref.tokenize(text, special=True), text
+    assert (-1 if tok.bos is None else tok.bos, tok.add_bos) == (ref.llm.token_bos(),
+                                                                 llama_cpp.llama_vocab_get_add_bos(ref.vocab))
+    for i, text in enumerate(random_texts(tok, 300, seed=99)):
+        assert tok.tokenize(text, add_bos=i % 2 == 0, special=True) == \
+            ref.tokenize(text, add_bos=i % 2 == 0, special=True), text
 
 
 GPT2 = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.tokens": ["a", "b", "ab"],
