@@ -84,6 +84,9 @@ DEEPSEEK_LETTERS = ("[A-Za-z\u00B5\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u01BA\u01BC-
                     "\uFB13-\uFB17\uFF21-\uFF3A\uFF41-\uFF5A\U00010400-\U0001044F\U000104B0-\U000104D3"
                     "\U000104D8-\U000104FB\U00010C80-\U00010CB2\U00010CC0-\U00010CF2\U000118A0-\U000118DF"
                     "\U0001E900-\U0001E943]")
+# \s+$, tried only where a run of white space starts: the same match, but a long run that
+# does not end the piece is scanned once rather than once from each of its characters
+TRAILING_SPACE = "(?<!\\s)\\s+\\Z"
 DEEPSEEK_PUNCTUATION = "[!-/:-~\uFF01-\uFF0F\uFF1A-\uFF5E\u2018-\u201F\u3001-\u3002]"  # \u3000 is white space
 
 
@@ -105,7 +108,7 @@ def _stages(kind: str) -> list[str]:
         "qwen35": [llama3_like(L + M, N)],
         "starcoder": [N, gpt2],
         "falcon": [f"[{P}$+<=>^~|`]+", gpt2, "[0-9][0-9][0-9]"],
-        "deepseek-llm": ["[\\r\\n]", f"\\s?{DEEPSEEK_LETTERS}+", f"\\s?{DEEPSEEK_PUNCTUATION}+", "\\s+\\Z", CJK,
+        "deepseek-llm": ["[\\r\\n]", f"\\s?{DEEPSEEK_LETTERS}+", f"\\s?{DEEPSEEK_PUNCTUATION}+", TRAILING_SPACE, CJK,
                          f"{N}+"],
         "deepseek-coder": ["[\\r\\n]", f"\\s?{L}+", f"\\s?{P}+", CJK, N],
     }[kind]
