@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import jinja2
 import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 
 from .errors import LlamaError
 from .generate import steps
+from .template_sandbox import BoundedSandbox, check_widths, join_bounded, render_within_budget
 
 if TYPE_CHECKING:
     from .llama import Llama
@@ -224,36 +225,21 @@ BUILTIN_FORMATS = {f.name: f for f in (
 
 # ---- the model's own Jinja template ----------------------------------------------------------------------
 
-MAX_REPEAT = 1 << 20    # longest string or list a template may build with `*`
-MAX_POWER_BITS = 4096   # largest integer a template may build with `**`
-
-
-class TemplateSandbox(ImmutableSandboxedEnvironment):
+class TemplateSandbox(BoundedSandbox):
     """Hugging Face's chat-template environment, as a sandbox that fails loudly.
 
-    The sandbox blocks private attributes (``__class__``...), changes to the
-    messages, and ``range`` beyond 100 000 items; here an unsafe attribute is an
-    error rather than a silent blank, and runaway `*` and `**` are refused too.
+    The sandbox blocks private attributes (``__class__``...) and changes to the
+    messages, and bounds the work and memory of a render (``engine.template_sandbox``);
+    here an unsafe attribute is an error rather than a silent blank.
     """
-    intercepted_binops = frozenset({"*", "**"})
 
     def __init__(self):
-        super().__init__(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-        self.filters["tojson"] = tojson
-        self.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+        super().__init__(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols],
+                         filters={"tojson": tojson},
+                         globals={"raise_exception": raise_exception, "strftime_now": strftime_now})
 
     def unsafe_undefined(self, obj: Any, attribute: str):
         raise SecurityError(f"the template reads {type(obj).__name__}.{attribute}, which is unsafe")
-
-    def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_REPEAT:
-                    raise SecurityError(f"the template repeats a sequence of {len(seq)} items {n} times")
-        if operator == "**" and isinstance(left, int) and isinstance(right, int) \
-                and abs(left) > 1 and left.bit_length() * right > MAX_POWER_BITS:
-            raise SecurityError(f"the template raises {left} to the power {right}")
-        return super().call_binop(context, operator, left, right)
 
 
 def raise_exception(message: str):
@@ -262,14 +248,17 @@ def raise_exception(message: str):
 
 
 def strftime_now(format: str) -> str:
-    """Today's date for templates that print it (LLaMA-3.1's)."""
+    """Today's date for templates that print it (LLaMA-3.1's); the format's widths are checked first."""
+    check_widths(format)
     return datetime.now().strftime(format)
 
 
 def tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
-    """JSON as Hugging Face templates expect it: plain UTF-8, no HTML escaping."""
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    """JSON as Hugging Face templates expect it: plain UTF-8, no HTML escaping (built piece by piece
+    within the sandbox's size bound, as an indent can multiply the text)."""
+    encoder = json.JSONEncoder(ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    return join_bounded(encoder.iterencode(value))
 
 
 def jinja_format(source: str, bos_token: str, eos_token: str) -> ChatFormat:
@@ -280,11 +269,13 @@ def jinja_format(source: str, bos_token: str, eos_token: str) -> ChatFormat:
         template = TemplateSandbox().from_string(source)
     except jinja2.TemplateError as e:
         raise ChatTemplateError(f"the chat template does not compile: {e}") from None
+    except (RecursionError, SyntaxError) as e:  # nested deeper than Jinja's parser or Python's compiler go
+        raise ChatTemplateError(f"the chat template does not compile: {type(e).__name__}: {e}") from None
 
     def render(messages: list[Message], add_generation_prompt: bool) -> str:
         try:
-            return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                   bos_token=bos_token, eos_token=eos_token, tools=None)
+            return render_within_budget(template, messages=messages, add_generation_prompt=add_generation_prompt,
+                                        bos_token=bos_token, eos_token=eos_token, tools=None)
         except ChatTemplateError:
             raise
         except Exception as e:  # the template is untrusted input: whatever it trips over is its error

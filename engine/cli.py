@@ -1,9 +1,10 @@
 """The ``llamanp`` command line: one subcommand per thing a user does with a model.
 
 Every command takes ``--model`` (default: the tiny Shakespeare model that ships
-with the package). Errors the user can fix (a missing file, a corrupt model, a
-bad option) end in a one-line message and exit status 1, never a traceback;
-progress on long work goes to stderr so stdout stays clean for the result.
+with the package). Every failure ends in a one-line message on stderr, never a
+traceback, and a non-zero exit status: 2 for an option argparse refuses, 130 for
+Ctrl-C, else 1 (a missing file, a corrupt model, a value the library refuses).
+Progress on long work goes to stderr so stdout stays clean for the result.
 """
 from __future__ import annotations
 
@@ -88,10 +89,10 @@ def load_grammar(args):
     if args.grammar and args.json_schema:
         raise LlamaError("give --grammar or --json-schema, not both")
     if args.grammar:
-        return Grammar.from_string(Path(args.grammar).read_text())
+        return Grammar.from_string(read_file(args.grammar))
     if args.json_schema:
         try:
-            schema = json.loads(Path(args.json_schema).read_text())
+            schema = json.loads(read_file(args.json_schema))
         except json.JSONDecodeError as e:
             raise LlamaError(f"{args.json_schema}: not valid JSON ({e})") from None
         return Grammar.from_json_schema(schema)
@@ -161,7 +162,7 @@ def cmd_perplexity(args) -> None:
     scored on their second half."""
     from .sampling import log_softmax
 
-    text = Path(args.file).read_text(encoding="utf-8")
+    text = read_file(args.file)
     with open_model(args) as llm:
         tokens = llm.tokenize(text, add_bos=True)
         n_ctx = llm.n_ctx
@@ -202,6 +203,22 @@ def read_text(value: str | None) -> str:
     return sys.stdin.read() if value in (None, "-") else value
 
 
+def read_file(path: str) -> str:
+    """A UTF-8 text file's contents."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LlamaError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def count(text: str) -> int:
+    """An argparse type: an integer of at least 1 (its name is argparse's "invalid count value")."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 SAMPLER_OPTIONS = {
     "greedy": [],
     "mirostat_v2": ["tau", "eta"],
@@ -234,8 +251,15 @@ def add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--presence-penalty", type=float)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors (its subcommands' too) take one line that points at --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llamanp", description="A LLaMA inference engine in NumPy and Cython.")
+    parser = Parser(prog="llamanp", description="A LLaMA inference engine in NumPy and Cython.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("generate", help="continue a prompt, streaming to stdout")
@@ -264,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("top", help="the k most and least likely next tokens after a prompt")
     add_model_options(p)
     p.add_argument("prompt", nargs="?", help="prompt text ('-' or absent: read standard input)")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=count, default=10)
     p.set_defaults(run=cmd_top)
 
     p = commands.add_parser("info", help="a model's metadata and tensor table")
@@ -274,25 +298,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("perplexity", help="perplexity of a text file, like llama-perplexity")
     add_model_options(p)
     p.add_argument("-f", "--file", required=True, help="UTF-8 text file")
-    p.add_argument("--chunks", type=int, help="score at most this many windows")
+    p.add_argument("--chunks", type=count, help="score at most this many windows")
     p.set_defaults(run=cmd_perplexity)
 
     p = commands.add_parser("bench", help="prefill and decode speed of this engine")
     add_model_options(p)
-    p.add_argument("--n-prompt", type=int, default=64)
-    p.add_argument("--n-gen", type=int, default=32)
+    p.add_argument("--n-prompt", type=count, default=64)
+    p.add_argument("--n-gen", type=count, default=32)
     p.set_defaults(run=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command. A failure ends in one line on stderr and exit status 1: what the user can
+    fix (a missing file, a corrupt model, a value the library refuses) as an error, anything else
+    as a bug. (argparse's refusals exit with status 2; Ctrl-C is the caller's: ``engine.__main__.run``
+    turns it into exit status 130.)"""
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
     except BrokenPipeError:  # the reader went away (`llamanp info | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
-    except (LlamaError, ValueError, OSError) as e:
-        sys.exit(f"llamanp: error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except (LlamaError, ValueError, OSError, MemoryError) as e:
+        sys.exit(f"llamanp: error: {one_line(e)}")
+    except Exception as e:
+        sys.exit(f"llamanp: internal error (a bug; please report it): {type(e).__name__}: {one_line(e)}")
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (a template's or a parser's may span several)."""
+    return " ".join(str(error).split()) or type(error).__name__

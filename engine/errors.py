@@ -23,3 +23,7 @@ class GrammarError(LlamaError, ValueError):
 
 class TokenizerError(LlamaError, ValueError):
     """Text or token ids that the tokenizer cannot handle: lone surrogates, ids outside the vocabulary."""
+
+
+class ArgumentError(LlamaError, ValueError):
+    """An argument outside what the API accepts: a thread count, seed, context size or cache position."""

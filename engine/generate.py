@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .arguments import check_int
 from .errors import ContextOverflowError
 from .sampling import MirostatV2, check_token, log_softmax
 from .tokenizer import StreamDecoder
@@ -65,19 +66,20 @@ def steps(llm: "Llama", prompt: str | Sequence[int], sampler: Sampler | None = N
           top_logprobs: int = 0, stop_at_context_end: bool = False) -> Iterator[Step]:
     """Generate from ``prompt``; the engine behind ``generate_tokens``, ``generate`` and ``generate_string``.
 
-    sampler: any callable ``logits -> token id`` (default: ``MirostatV2(seed=seed)``).
-    seed: seeds the default sampler; seed your own sampler yourself.
-    logit_bias: {token id: amount added to its logit}; ``-inf`` bans a token.
+    sampler: any callable ``logits -> token id``, given its own copy of the logits
+    (default: ``MirostatV2(seed=seed)``).
+    seed: seeds the default sampler (default: ``llm.seed``); seed your own sampler yourself.
+    logit_bias: {token id: amount added to its logit}; ``-inf`` bans a token, ``+inf`` forces it.
     grammar: constrain the output to a ``Grammar`` (see ``engine.grammar``).
     stop_at_context_end: end quietly when the context is full instead of raising
     ``ContextOverflowError``.
+
+    The generation holds ``llm.serial`` from its first step until it ends, is closed or collected.
     """
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0):
-        raise ValueError(f"max_tokens must be a non-negative integer or None, got {max_tokens!r}")
-    if not isinstance(top_logprobs, int) or top_logprobs < 0:
-        raise ValueError(f"top_logprobs must be a non-negative integer, got {top_logprobs!r}")
+    max_tokens = None if max_tokens is None else check_int(max_tokens, "max_tokens", 0)
+    top_logprobs = check_int(top_logprobs, "top_logprobs", 0)
     if sampler is None:
-        sampler = MirostatV2(seed=seed)
+        sampler = MirostatV2(seed=llm.seed if seed is None else seed)
     elif seed is not None:
         raise ValueError("seed seeds the default sampler; seed the sampler you pass yourself")
     stops = _stop_strings(stop)
@@ -87,27 +89,29 @@ def steps(llm: "Llama", prompt: str | Sequence[int], sampler: Sampler | None = N
         from .grammar_sampler import GrammarSampler
         sampler = GrammarSampler(grammar, llm.tokenizer.pieces, end_tokens, sampler)
 
-    prepare(llm, prompt)
-    out = _Outbox(StreamDecoder(llm.tokenizer, at_start=False), stops)
-    for n_generated in range(max_tokens if max_tokens is not None else llm.n_ctx + 1):
-        if n_generated:
-            if llm.n_past >= llm.n_ctx:
-                if stop_at_context_end:
-                    break
-                raise ContextOverflowError(f"the context is full (n_ctx={llm.n_ctx}) after {n_generated} "
-                                           "generated tokens; pass stop_at_context_end=True to end quietly")
-            llm.update([out.last_token])
-        logits = llm.logits                                                   # (n_vocab,)
-        token = check_token(sampler(logits if bias is None else logits + bias), llm.n_vocab)
-        if hasattr(sampler, "accept"):
-            sampler.accept(token)
-        if token in end_tokens:
-            break
-        logprobs = log_softmax(logits)                                        # (n_vocab,)
-        yield from out.add(token, float(logprobs[token]), _top(logprobs, top_logprobs))
-        if out.stopped:
-            return
-    yield from out.finish()
+    with llm.serial:
+        prepare(llm, prompt)
+        out = _Outbox(StreamDecoder(llm.tokenizer, at_start=False), stops)
+        for n_generated in range(max_tokens if max_tokens is not None else llm.n_ctx + 1):
+            if n_generated:
+                if llm.n_past >= llm.n_ctx:
+                    if stop_at_context_end:
+                        break
+                    raise ContextOverflowError(f"the context is full (n_ctx={llm.n_ctx}) after {n_generated} "
+                                               "generated tokens; pass stop_at_context_end=True to end quietly")
+                llm.serial.adopt()  # resumed, perhaps on another thread (a server's pool): the hold moves here
+                llm.update([out.last_token])
+            logits = llm.logits                                               # (n_vocab,), read-only
+            token = check_token(sampler(logits.copy() if bias is None else logits + bias), llm.n_vocab)
+            if hasattr(sampler, "accept"):
+                sampler.accept(token)
+            if token in end_tokens:
+                break
+            logprobs = log_softmax(logits)                                    # (n_vocab,)
+            yield from out.add(token, float(logprobs[token]), _top(logprobs, top_logprobs))
+            if out.stopped:
+                return
+        yield from out.finish()
 
 
 class _Outbox:
@@ -199,17 +203,18 @@ def continuation_logprobs(llm: "Llama", prefix: str | Sequence[int],
     tokenized on its own, without BOS: "happy" becomes "▁happy", the word as it
     reads after a space.
     """
-    prefix_tokens = prepare(llm, prefix)
-    start = len(prefix_tokens)
-    first = log_softmax(llm.logits)                                           # (n_vocab,)
-    scores = []
-    for continuation in continuations:
-        ids = llm.tokenize(continuation, add_bos=False) if isinstance(continuation, str) else list(continuation)
-        if not ids:
-            raise ValueError("a continuation must have at least one token")
-        total = float(first[check_token(ids[0], llm.n_vocab)])
-        if len(ids) > 1:
-            later = llm.eval_logits(ids[:-1], n_past=start)                  # (len(ids) - 1, n_vocab)
-            total += float(sum(log_softmax(row)[t] for row, t in zip(later, ids[1:])))
-        scores.append(total)
-    return scores
+    with llm.serial:
+        prefix_tokens = prepare(llm, prefix)
+        start = len(prefix_tokens)
+        first = log_softmax(llm.logits)                                       # (n_vocab,)
+        scores = []
+        for continuation in continuations:
+            ids = llm.tokenize(continuation, add_bos=False) if isinstance(continuation, str) else list(continuation)
+            if not ids:
+                raise ValueError("a continuation must have at least one token")
+            total = float(first[check_token(ids[0], llm.n_vocab)])
+            if len(ids) > 1:
+                later = llm.eval_logits(ids[:-1], n_past=start)              # (len(ids) - 1, n_vocab)
+                total += float(sum(log_softmax(row)[t] for row, t in zip(later, ids[1:])))
+            scores.append(total)
+        return scores

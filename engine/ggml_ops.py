@@ -1,20 +1,20 @@
 """The numerical operations of a LLaMA forward pass, computed the way ggml's CPU backend computes them.
 
 Each op mirrors ggml's rounding where it decides the result: matrix products quantise
-their activations to the weight type's ``vec_dot_type`` (f16 for F16 weights, Q8_0 or
-Q8_1 for the 32-weight quants, Q8_K for the K-quants) and take integer block dot
+their activations to the weight type's ``vec_dot_type`` (f16 for F16 weights, bf16 for
+BF16 weights, Q8_0 or Q8_1 for the 32-weight quants, Q8_K for the K-quants) and take integer block dot
 products with fp32 scaling; the attention rounds q and the softmax probabilities to
 f16 before multiplying them with the f16 KV cache; RMSNorm sums squares in double.
 
 Beyond that, the fp32 steps follow the kernels llama.cpp runs on an AVX2 CPU, since a
 one-ulp difference can flip the f16 rounding of a cached key or an F16 model's next
 activations, and flips add up over a prompt: float products sum in the order of
-ggml_vec_dot_f32/_f16 (one activation row) or llamafile's tinyBLAS (several rows);
+ggml_vec_dot_f32/_f16/_bf16 (one activation row) or llamafile's tinyBLAS (several rows);
 quantised products accumulate their exact integer block sums with the fused
 multiply-adds of the kernel that type and batch size select (vec_dot, tinyBLAS, the
 repacked Q4_0/Q4_K kernels, the tiled K-quant kernel); RoPE calls the C library's
 cosf/sinf and fuses its rotation like the compiled code; softmax and SwiGLU use ggml's
-vector exp.  With these, logits on F32, F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M and Q6_K files
+vector exp.  With these, logits on F32, F16, BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M and Q6_K files
 come out bit-identical to llama.cpp's in our tests, and so do Q4_1, Q5_0, Q5_1, Q2_K
 and Q3_K_M ones.  Only few-row products with a Q4_K matrix that llama.cpp does not
 repack (rows not a multiple of 8) still sum their exact integers in plain double.
@@ -43,6 +43,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import quants
+from .errors import ModelError
 from .quants import GGMLType
 
 CHUNK_ELEMENTS = 1 << 22  # bound on weight rows x activation rows x sub-blocks per step
@@ -56,7 +57,7 @@ class Weight:
     type: GGMLType
     n_in: int    # row length (ggml ne0)
     n_out: int   # number of rows (ggml ne1)
-    data: np.ndarray  # F32/F16: (n_out, n_in) typed; quantised: (n_out, bytes_per_row) uint8
+    data: np.ndarray  # F32/F16: (n_out, n_in) typed; BF16 and quantised: (n_out, bytes_per_row) uint8
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,16 @@ class Rope:
 def to_f16(x: np.ndarray) -> np.ndarray:
     """Round to half precision (nearest-even, as F16C does) and widen back to float32."""
     return x.astype(np.float16).astype(np.float32)
+
+
+def to_bf16(x: np.ndarray) -> np.ndarray:
+    """Round to bfloat16 and widen back to float32, as ggml's GGML_FP32_TO_BF16 rounds:
+    the top 16 bits, rounded to nearest with ties to even by an integer add (so values
+    past the largest bf16 become infinity); a NaN keeps its top bits and is made quiet."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    rounded = np.where(nan, (bits >> 16) | 64, (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16)
+    return (rounded.astype(np.uint32) << 16).view(np.float32)
 
 
 def rope_cos_sin(positions: np.ndarray, rope: Rope) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +137,7 @@ class NumpyBackend:
         """``x @ w.T`` with ggml's activation rounding and block arithmetic for ``w``'s type."""
         dot = _DOTS.get(w.type)
         if dot is None:
-            raise NotImplementedError(f"{w.name}: matrix products with {w.type.name} weights are not supported")
+            raise ModelError(f"{w.name}: matrix products with {w.type.name} weights are not supported")
         xq = dot.prepare(x, repacked=True) if repacked(w) else dot.prepare(x)
         out = np.empty((x.shape[0], w.n_out), np.float32)                  # (n, n_out)
         chunk = min(MAX_CHUNK_ROWS, max(8, CHUNK_ELEMENTS // (x.shape[0] * max(1, w.n_in // 16))))
@@ -174,14 +185,14 @@ class NumpyBackend:
         values = v_cache[:, None, :n_keys].astype(np.float32)                # (n_kv_heads, 1, n_keys, hd)
         values = np.pad(values, ((0, 0), (0, 0), (0, pad), (0, 0)))          # (n_kv_heads, 1, n_keys+pad, hd)
         qg = to_f16(q).transpose(1, 0, 2).reshape(n_kv_heads, group, n, head_dim)  # (n_kv_heads, group, n, hd)
-        scores = float_dots(qg, keys, f16_tail=True)[..., :n_keys]            # (n_kv_heads, group, n, n_keys)
+        scores = float_dots(qg, keys, GGMLType.F16)[..., :n_keys]            # (n_kv_heads, group, n, n_keys)
         scores = scores.reshape(n_heads, n, n_keys) * np.float32(scale)      # (n_heads, n, n_keys)
         future = np.arange(n_keys)[None, :] > (start + np.arange(n))[:, None]  # (n, n_keys)
         scores[:, future] = -np.inf
         probs = to_f16(softmax(scores))                                        # (n_heads, n, n_keys)
         probs = np.pad(probs, ((0, 0), (0, 0), (0, pad)))                     # (n_heads, n, n_keys+pad)
         pg = probs.reshape(n_kv_heads, group, n, n_keys + pad)
-        out = float_dots(pg, values.swapaxes(-1, -2), f16_tail=True)          # (n_kv_heads, group, n, hd)
+        out = float_dots(pg, values.swapaxes(-1, -2), GGMLType.F16)          # (n_kv_heads, group, n, hd)
         out = out.reshape(n_heads, n, head_dim).transpose(1, 0, 2)            # (n, n_heads, hd)
         return np.ascontiguousarray(out).reshape(n, n_heads * head_dim)       # (n, n_heads*hd)
 
@@ -190,19 +201,19 @@ class NumpyBackend:
         return gate / (np.float32(1.0) + ggml_expf(np.float32(0.0) - gate)) * up
 
 
-def float_dots(x: np.ndarray, w: np.ndarray, f16_tail: bool = False, n_rows: int | None = None) -> np.ndarray:
+def float_dots(x: np.ndarray, w: np.ndarray, type_: GGMLType = GGMLType.F32, n_rows: int | None = None) -> np.ndarray:
     """x @ w.T in fp32 with the summation order of ggml's AVX2 kernels: (..., n, k) x (..., m, k) -> (..., n, m).
 
+    ``type_`` (F32, F16 or BF16) is what ggml multiplies, and picks its one-row kernel;
     ``n_rows``: the rows of the whole weight when ``w`` is a slice of it (tinyBLAS decides
     on the whole matrix).
 
     One activation row (n == 1), or a shape tinyBLAS declines, goes through
-    ggml_vec_dot_f32/_f16: four 8-lane FMA
-    accumulators over steps of 32, added pairwise, then the 8 lanes in a fixed tree; a
-    tail past the last multiple of 32 is added one product at a time (in double for
-    f16 data).  Several rows go through llamafile's tinyBLAS: one 8-lane FMA
-    accumulator over steps of 8, then its horizontal sum.  Fused multiply-adds are
-    computed in double and rounded once to fp32.
+    ggml_vec_dot_f32/_f16/_bf16: four 8-lane FMA accumulators over steps of 32, added
+    pairwise, then the 8 lanes in a fixed tree (bf16: hsum8's); a tail past the last
+    multiple of 32 is added one product at a time (in double for f16 and bf16 data).  Several rows go through
+    llamafile's tinyBLAS: one 8-lane FMA accumulator over steps of 8, then its horizontal
+    sum.  Fused multiply-adds are computed in double and rounded once to fp32.
     """
     n, k = x.shape[-2], x.shape[-1]
     tiny_blas = n > 1 and k % 8 == 0 and (w.shape[-2] if n_rows is None else n_rows) % 4 == 0  # what tinyBLAS accepts
@@ -217,12 +228,15 @@ def float_dots(x: np.ndarray, w: np.ndarray, f16_tail: bool = False, n_rows: int
     if tiny_blas:
         return hsum8(acc)
     octet = (acc[..., 0:8] + acc[..., 16:24]) + (acc[..., 8:16] + acc[..., 24:32])  # (..., n, m, 8)
-    quad = octet[..., :4] + octet[..., 4:]
-    total = (quad[..., 0] + quad[..., 1]) + (quad[..., 2] + quad[..., 3])  # (..., n, m)
+    if type_ == GGMLType.BF16:
+        total = hsum8(octet)                                              # (..., n, m)
+    else:
+        quad = octet[..., :4] + octet[..., 4:]
+        total = (quad[..., 0] + quad[..., 1]) + (quad[..., 2] + quad[..., 3])  # (..., n, m)
     if body == k:
         return total
     tail = xs[..., body:] * ws[..., body:]                                # (..., n, m, k - body)
-    if f16_tail:
+    if type_ != GGMLType.F32:
         sum_ = total.astype(np.float64)
         for i in range(k - body):
             sum_ = sum_ + tail[..., i]
@@ -301,20 +315,21 @@ _EXP_C5 = np.float32(float.fromhex("0x1.0e4020p-7"))
 
 
 class _FloatDot:
-    """F32 weights: fp32 products; F16 weights: activations rounded to f16 first.
+    """F32 weights: fp32 products; F16 and BF16 weights: activations rounded to the weights' type first.
 
-    Both sum in ggml's own order (``float_dots``), because one ulp here can flip the f16
+    All sum in ggml's own order (``float_dots``), because one ulp here can flip the f16
     rounding of an F16 model's next activations or of a cached key, and such flips add up.
     """
 
-    def __init__(self, round_to_f16: bool):
-        self.round_to_f16 = round_to_f16
+    def __init__(self, type_: GGMLType, round_activations):
+        self.type = type_
+        self.round_activations = round_activations
 
     def prepare(self, x: np.ndarray, repacked: bool = False) -> np.ndarray:
-        return to_f16(x) if self.round_to_f16 else x
+        return self.round_activations(x)
 
     def rows(self, data: np.ndarray, w: Weight, x: np.ndarray) -> np.ndarray:
-        return float_dots(x, data.astype(np.float32, copy=False), self.round_to_f16, w.n_out)  # (n, rows)
+        return float_dots(x, quants.dequantize(data, self.type), self.type, w.n_out)  # (n, rows)
 
 
 class _QuantDot:
@@ -484,8 +499,9 @@ _Q8_K = _QuantDot(GGMLType.Q8_K, quants.quantize_q8_K)
 
 # each weight type's dot product, keyed like ggml's type_traits_cpu[type].vec_dot_type
 _DOTS: dict[GGMLType, object] = {
-    GGMLType.F32: _FloatDot(round_to_f16=False),
-    GGMLType.F16: _FloatDot(round_to_f16=True),
+    GGMLType.F32: _FloatDot(GGMLType.F32, lambda x: x),
+    GGMLType.F16: _FloatDot(GGMLType.F16, to_f16),
+    GGMLType.BF16: _FloatDot(GGMLType.BF16, to_bf16),
     GGMLType.Q4_0: _Q8_0,
     GGMLType.Q5_0: _Q8_0,
     GGMLType.Q8_0: _Q8_0,
@@ -497,6 +513,9 @@ _DOTS: dict[GGMLType, object] = {
     GGMLType.Q5_K: _Q8_K,
     GGMLType.Q6_K: _Q8_K,
 }
+
+# the weight types whose matrix products llamanp computes (model.py rejects the others at load)
+MATRIX_TYPES = frozenset(_DOTS)
 
 
 def repacked(w: Weight) -> bool:

@@ -30,6 +30,9 @@ from .quants import BLOCK_LAYOUT, GGMLType
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
+# How deep arrays may nest in metadata: llama.cpp reads no nested arrays at all, gguf-py writes
+# them to any depth; a few levels cover every real file and keep a crafted one from exhausting the stack.
+MAX_ARRAY_DEPTH = 8
 
 
 class ValueType(IntEnum):
@@ -179,7 +182,8 @@ class _Cursor:
             raise self.fail(f"{what}: count {n} needs more bytes than the file has left")
         return n
 
-    def value(self, vtype: int, what: str) -> Any:
+    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
+        """A metadata value of type tag ``vtype``; ``depth`` counts the arrays it sits in."""
         try:
             vtype = ValueType(vtype)
         except ValueError:
@@ -187,14 +191,16 @@ class _Cursor:
         if vtype == ValueType.STRING:
             return self.string(what)
         if vtype == ValueType.ARRAY:
-            return self.array(what)
+            return self.array(what, depth + 1)
         dtype = SCALAR_DTYPES[vtype]
         start = self.take(dtype.itemsize, what)
         value = np.frombuffer(self.buf, dtype=dtype, count=1, offset=start)[0].item()
         return bool(value) if vtype == ValueType.BOOL else value
 
-    def array(self, what: str) -> Any:
+    def array(self, what: str, depth: int) -> Any:
         """Numeric arrays become 1-D NumPy arrays; string and nested arrays become lists."""
+        if depth > MAX_ARRAY_DEPTH:
+            raise self.fail(f"{what} nests arrays more than {MAX_ARRAY_DEPTH} deep")
         etype_raw = self.u32(f"the element type of {what}")
         try:
             etype = ValueType(etype_raw)
@@ -210,7 +216,7 @@ class _Cursor:
         n = self.count(what, min_bytes)
         if etype == ValueType.STRING:
             return self.strings(n, what)
-        return [self.value(etype, f"{what}[{i}]") for i in range(n)]
+        return [self.value(etype, f"{what}[{i}]", depth) for i in range(n)]
 
     def strings(self, n: int, what: str) -> list[str]:
         """``n`` strings in a row, as ``string`` reads them but in one tight loop: vocabularies
@@ -259,12 +265,14 @@ def read_gguf(path: str | os.PathLike) -> GGUFFile:
     value_types: dict[str, ValueType] = {}
     for i in range(n_kv):
         key = cur.string(f"metadata key #{i}")
+        if key in metadata:
+            raise GGUFError(f"{path}: metadata key {key!r} appears twice")
         vtype = cur.u32(f"the type of metadata {key!r}")
         metadata[key] = cur.value(vtype, f"metadata {key!r}")
         value_types[key] = ValueType(vtype)
 
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+    if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise GGUFError(f"{path}: general.alignment must be a positive power of two, got {alignment!r}")
 
     infos = [_tensor_info(cur, i) for i in range(n_tensors)]

@@ -105,22 +105,27 @@ class _Parser:
         return int(self.src[pos:end]), end
 
     def char(self, pos: int) -> tuple[int, int]:
-        """One code point of a literal or class, escapes decoded."""
+        """One code point of a literal or class, escapes decoded; a Unicode scalar value, since
+        input text decodes to nothing else (llama.cpp would keep an element that never matches)."""
         c = self.at(pos)
         if c == "":
             raise self.error(pos, "unexpected end of input")
         if c != "\\":
-            return ord(c), pos + 1
-        e = self.at(pos + 1)
-        if e in self.HEX_LENGTHS:
+            code, end = ord(c), pos + 1
+        else:
+            e = self.at(pos + 1)
+            if e in self.ESCAPES:
+                return ord(self.ESCAPES[e]), pos + 2
+            if e not in self.HEX_LENGTHS:
+                raise self.error(pos, "unknown escape")
             n = self.HEX_LENGTHS[e]
             digits = self.src[pos + 2:pos + 2 + n]
             if len(digits) != n or any(d not in "0123456789abcdefABCDEF" for d in digits):
                 raise self.error(pos, f"expected {n} hex digits after \\{e}")
-            return int(digits, 16), pos + 2 + n
-        if e in self.ESCAPES:
-            return ord(self.ESCAPES[e]), pos + 2
-        raise self.error(pos, "unknown escape")
+            code, end = int(digits, 16), pos + 2 + n
+        if code > MAX_CODE_POINT or 0xD800 <= code <= 0xDFFF:
+            raise self.error(pos, f"U+{code:04X} is not a Unicode character (a surrogate, or beyond U+10FFFF)")
+        return code, end
 
     def token(self, pos: int) -> tuple[int, int]:
         """A token reference: <[id]>, or <text> naming a token whose piece is exactly that text."""
@@ -372,16 +377,32 @@ def _check_left_recursion(rules: list[list[Element]], names: dict[int, str]) -> 
 
 
 def _productive_rules(rules: list[list[Element]]) -> set[int]:
-    """The rules that match at least one string: some alternative refers only to such rules."""
+    """The rules that match at least one string: some alternative refers only to such rules.
+
+    Worked from the rules known productive to the alternatives waiting on them, so a
+    long chain of rules takes one pass, not one pass per link.
+    """
+    waiting: dict[tuple[int, int], set[int]] = {}  # (rule, alternative) -> the rules it still waits on
+    waiters: dict[int, list[tuple[int, int]]] = {}  # rule -> the alternatives waiting on it
+    ready: list[int] = []
+    for rule_id, rule in enumerate(rules):
+        for i, alt in enumerate(_alternatives(rule)):
+            refs = {value for kind, value in alt if kind == Gre.RULE_REF}
+            waiting[rule_id, i] = refs
+            for ref in refs:
+                waiters.setdefault(ref, []).append((rule_id, i))
+            if not refs:
+                ready.append(rule_id)
     known: set[int] = set()
-    changed = True
-    while changed:
-        changed = False
-        for rule_id, rule in enumerate(rules):
-            if rule_id not in known and any(all(k != Gre.RULE_REF or v in known for k, v in alt)
-                                            for alt in _alternatives(rule)):
-                known.add(rule_id)
-                changed = True
+    while ready:
+        rule_id = ready.pop()
+        if rule_id in known:
+            continue
+        known.add(rule_id)
+        for waiter in waiters.get(rule_id, ()):
+            waiting[waiter].discard(rule_id)
+            if not waiting[waiter]:
+                ready.append(waiter[0])
     return known
 
 

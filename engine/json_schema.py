@@ -14,6 +14,11 @@ spells the string's content ('"' in the pattern is '\\"' in the output), and
 a pattern we cannot convert is an error instead of llama.cpp's silent "any
 string". Any other keyword that constrains values raises GrammarError naming
 it, rather than being silently loosened.
+
+A schema is untrusted input: one nested past ``MAX_DEPTH``, with more than
+``MAX_OPTIONAL_PROPERTIES`` optional properties in an object, with integer
+bounds outside int64 (or infinite), or with bounds no value meets (minLength
+above maxLength...) is a GrammarError too.
 """
 from __future__ import annotations
 
@@ -58,6 +63,10 @@ STRING_FORMATS: dict[str, tuple[str, tuple[str, ...]]] = {
 PRIMITIVES.update(STRING_FORMATS)
 
 INTEGER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+INT64 = (-2 ** 63, 2 ** 63 - 1)  # the integer bounds llama.cpp can hold
+
+MAX_DEPTH = 128                 # schemas nested in schemas, $refs followed included
+MAX_OPTIONAL_PROPERTIES = 256   # an object's optional properties: llama.cpp chains them, one rule each
 
 # keywords that restrict values in ways this converter does not implement -> the types they restrict
 # (a keyword for another type than the schema's does not apply, as in JSON Schema itself)
@@ -114,6 +123,7 @@ class _Converter:
         self.root_schema = root_schema
         self.rules: dict[str, str] = {"space": SPACE_RULE}
         self.refs_in_progress: set[str] = set()
+        self.depth = 0
 
     # -- rules ----------------------------------------------------------------------------
 
@@ -142,6 +152,16 @@ class _Converter:
     # -- schemas --------------------------------------------------------------------------
 
     def visit(self, schema, name: str, path: str) -> str:
+        """The rule for ``schema``, at most MAX_DEPTH schemas deep."""
+        if self.depth == MAX_DEPTH:
+            raise GrammarError(f"JSON schema at {path}: schemas nest more than {MAX_DEPTH} deep")
+        self.depth += 1
+        try:
+            return self.visit_schema(schema, name, path)
+        finally:
+            self.depth -= 1
+
+    def visit_schema(self, schema, name: str, path: str) -> str:
         if schema is True:
             schema = {}
         if not isinstance(schema, dict):
@@ -217,8 +237,7 @@ class _Converter:
             if fmt == "uuid":
                 return self.visit_primitive(rule_name, "uuid")
             return self.add_rule(rule_name, self.add_primitive(f"{fmt}-string", f"{fmt}-string"))
-        min_len = _count(schema, "minLength", path, 0)
-        max_len = _count(schema, "maxLength", path, None)
+        min_len, max_len = _count_range(schema, "minLength", "maxLength", path)
         if min_len > 0 or max_len is not None:
             char = self.add_primitive("char", "char")
             return self.add_rule(rule_name, '"\\"" ' + build_repetition(char, min_len, max_len) + ' "\\""')
@@ -233,8 +252,7 @@ class _Converter:
         if isinstance(items, list):
             names = [self.visit(item, f"{sub_name}tuple-{i}", f"{path}/{key}/{i}") for i, item in enumerate(items)]
             return self.add_rule(rule_name, '"[" space ' + ' "," space '.join(names) + ' space "]"')
-        min_items = _count(schema, "minItems", path, 0)
-        max_items = _count(schema, "maxItems", path, None)
+        min_items, max_items = _count_range(schema, "minItems", "maxItems", path)
         if items in ({}, True) and min_items == 0 and max_items is None:
             return self.visit_primitive(rule_name, "array")
         item = self.visit(items, f"{sub_name}item", f"{path}/{key}")
@@ -312,6 +330,8 @@ class _Converter:
             optional_props.append("*")
         if not required_props and not optional_props:
             return '"{" space "}"'
+        if len(optional_props) > MAX_OPTIONAL_PROPERTIES:
+            raise GrammarError(f"JSON schema at {path}: more than {MAX_OPTIONAL_PROPERTIES} optional properties")
 
         rule = '"{" space ' + ' "," space '.join(kv_names[p] for p in required_props)
         if optional_props:
@@ -401,17 +421,26 @@ def _count(schema: dict, key: str, path: str, default):
     value = schema.get(key, default)
     if value is default:
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != int(value):
+    if isinstance(value, bool) or not (isinstance(value, int) or isinstance(value, float) and value.is_integer()) \
+            or value < 0:
         raise GrammarError(f"JSON schema at {path}/{key}: must be a non-negative integer")
     return int(value)
+
+
+def _count_range(schema: dict, min_key: str, max_key: str, path: str) -> tuple[int, int | None]:
+    """(min, max or None) of a length or item count; a min above the max matches nothing, an error."""
+    low, high = _count(schema, min_key, path, 0), _count(schema, max_key, path, None)
+    if high is not None and low > high:
+        raise GrammarError(f"JSON schema at {path}: {min_key} {low} is above {max_key} {high}, so nothing matches")
+    return low, high
 
 
 def _integer_bounds(schema: dict, path: str) -> tuple[int | None, int | None]:
     """The inclusive integer range of minimum/exclusiveMinimum and maximum/exclusiveMaximum."""
     def bound(key: str) -> float:
         value = schema[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise GrammarError(f"JSON schema at {path}/{key}: must be a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not INT64[0] <= value <= INT64[1]:
+            raise GrammarError(f"JSON schema at {path}/{key}: must be a number in [-2**63, 2**63)")
         return value
     low = high = None
     if "minimum" in schema:
@@ -422,6 +451,9 @@ def _integer_bounds(schema: dict, path: str) -> tuple[int | None, int | None]:
         high = math.floor(bound("maximum"))
     elif "exclusiveMaximum" in schema:
         high = math.ceil(bound("exclusiveMaximum")) - 1
+    if low is not None and high is not None and low > high:
+        raise GrammarError(f"JSON schema at {path}: no integer lies between the lower bound {low} "
+                           f"and the upper bound {high}")
     return low, high
 
 
@@ -517,10 +549,13 @@ def json_schema_to_gbnf(schema: dict | bool | str) -> str:
     if isinstance(schema, str):
         try:
             schema = json.loads(schema)
-        except json.JSONDecodeError as e:
-            raise GrammarError(f"JSON schema is not valid JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # ValueError: bad JSON, or an integer of over 4300 digits
+            raise GrammarError(f"JSON schema is not valid JSON: {type(e).__name__}: {e}") from None
     converter = _Converter(schema)
-    converter.visit(schema, "", "#")
+    try:
+        converter.visit(schema, "", "#")
+    except RecursionError:  # a pattern's groups, or a property name spelled out character by character
+        raise GrammarError("JSON schema nests too deeply to convert") from None
     return converter.grammar()
 
 
@@ -679,7 +714,10 @@ class _PatternParser:
             if len(digits) != n or not all(d in "0123456789abcdefABCDEF" for d in digits):
                 raise self.error(f"expected {n} hex digits after \\{c}")
             self.pos += n
-            return [(int(digits, 16),) * 2]
+            code = int(digits, 16)
+            if 0xD800 <= code <= 0xDFFF:
+                raise self.error(f"\\{c}{digits} is a UTF-16 surrogate, not a character")
+            return [(code, code)]
         if c.isalnum():
             raise self.error(f"escape \\{c} is not supported")
         return [(ord(c), ord(c))]

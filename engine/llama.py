@@ -15,13 +15,18 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ContextOverflowError, LlamaError
+from .arguments import check_int
+from .errors import ArgumentError, ContextOverflowError, LlamaError
 from .ggml_ops import BACKENDS
 from .generate import Step, steps
 from .gguf import read_gguf
 from .model import KVCache, Model
+from .sampling import check_seed, check_token
+from .serial import SerialLock
+from .threads import check_threads
 
 BATCH = 512  # tokens evaluated per forward pass, like llama.cpp's default micro-batch
+DEFAULT_N_CTX = 4096  # the context llama.cpp's tools default to; a file's training context may be far larger
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,15 @@ def _check_cache_fits(hp, n_ctx: int) -> None:
     cache_bytes = 2 * hp.n_layers * hp.kv_dim * n_ctx * np.dtype(np.float16).itemsize
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if cache_bytes > memory:
-        raise ValueError(f"n_ctx={n_ctx} needs a {cache_bytes / 2**30:.1f} GiB KV cache, "
+        raise ArgumentError(f"n_ctx={n_ctx} needs a {cache_bytes / 2**30:.1f} GiB KV cache, "
                          f"more than this machine's {memory / 2**30:.1f} GiB of memory")
+
+
+def _frozen(logits: np.ndarray) -> np.ndarray:
+    """A read-only float32 copy: ``Llama.logits`` hands it out, and no caller can write through it."""
+    logits = np.array(logits, dtype=np.float32)
+    logits.flags.writeable = False
+    return logits
 
 
 def _cython_backend():
@@ -70,19 +82,40 @@ def _cython_backend():
 
 
 class Llama:
-    """A LLaMA model with a KV cache: feed tokens or text, read the next token's logits."""
+    """A LLaMA model with a KV cache: feed tokens or text, read the next token's logits.
+
+    n_ctx: the context size (default: the file's training context, at most ``DEFAULT_N_CTX``).
+    n_threads: threads per op, 1 to 512 (llama.cpp's bound; default: OpenMP's choice).
+    seed: the seed of the sampler ``generate*`` makes when given neither a sampler nor a seed,
+    so every such generation from a seeded ``Llama`` draws the same way; None draws afresh.
+
+    One ``Llama`` serves one caller at a time, so threads sharing it get the results each
+    would get alone. ``update``, ``get_logits``, ``eval_logits``, ``save_state``,
+    ``load_state`` and ``close`` each hold the lock ``serial``; a generation (``steps``,
+    ``generate*``) holds it from its first step until it is exhausted, closed or garbage
+    collected, and other threads wait for it. The thread holding it may call back in (a
+    sampler, ``Chat``). Hold ``serial`` yourself to keep several calls together
+    (``with llm.serial: llm.update(...); llm.logits``), and close a generation you stop
+    reading early, or other threads wait until it is collected.
+
+    After an exception in an evaluation, even a KeyboardInterrupt inside the forward pass,
+    ``n_past``, ``cached_tokens`` and ``logits`` describe what the cache holds: the positions
+    before the batch that failed. After ``close`` every evaluation, generation and state
+    call raises ``LlamaError``.
+    """
 
     def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, n_threads: int | None = None,
                  seed: int | None = None, backend: str = "auto"):
-        if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
-            raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
+        n_threads = check_threads(n_threads)
+        if n_ctx is not None:
+            n_ctx = check_int(n_ctx, "n_ctx", 1, 2**31 - 1)
+        self.seed = check_seed(seed)
         self._gguf = read_gguf(path)
         try:
             self.model = Model(self._gguf, make_backend(backend, n_threads))
             self.hparams = self.model.hp
-            self.n_ctx = self.model.hp.n_ctx_train if n_ctx is None else n_ctx
-            if isinstance(self.n_ctx, bool) or not isinstance(self.n_ctx, int) or self.n_ctx < 1:
-                raise ValueError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+            self.n_ctx = check_int(min(self.hparams.n_ctx_train, DEFAULT_N_CTX) if n_ctx is None else n_ctx,
+                                   "n_ctx", 1, 2**31 - 1)
             _check_cache_fits(self.model.hp, self.n_ctx)
             self.cache = KVCache(self.model.hp, self.n_ctx)
         except BaseException:
@@ -90,7 +123,7 @@ class Llama:
             raise
         self.path = os.fspath(path)
         self.n_threads = n_threads
-        self.seed = seed
+        self.serial = SerialLock()
         self.n_past = 0
         self._cached: list[int] = []  # the token ids in the cache, len n_past
         self.n_evaluated = 0  # tokens run through the model since loading, across every call
@@ -129,37 +162,38 @@ class Llama:
 
     @property
     def logits(self) -> np.ndarray:
-        """The logits after the last evaluated token, float32 (n_vocab,)."""
+        """The logits after the last cached token, float32 (n_vocab,), read-only."""
+        self._check_open()
         if self._logits is None:
-            raise LlamaError("no logits yet: call update() with at least one token first")
+            raise LlamaError("no logits for the last cached position: call update() with at least one token")
         return self._logits
 
     def update(self, text_or_tokens: str | Sequence[int], n_past: int | None = None) -> None:
         """Append tokens (or text, tokenized; BOS only at position 0) to the cache, after rewinding it to ``n_past``."""
-        start = self.n_past if n_past is None else n_past
-        if not isinstance(start, (int, np.integer)) or not 0 <= start <= self.n_past:
-            raise ValueError(f"n_past must be between 0 and the {self.n_past} cached tokens, got {n_past!r}")
-        tokens = self._tokens(text_or_tokens, add_bos=start == 0)
-        if not tokens:
-            if n_past is not None and start != self.n_past:
-                raise ValueError("rewinding needs at least one token to evaluate, so there are logits to read")
-            return
-        self._evaluate(tokens, int(start), all_logits=False)
+        with self.serial:
+            start = self.n_past if n_past is None else self._position(n_past)
+            tokens = self._tokens(text_or_tokens, add_bos=start == 0)
+            if not tokens:
+                if start != self.n_past:
+                    raise ArgumentError("rewinding needs at least one token to evaluate, so there are logits to read")
+                return
+            self._evaluate(tokens, start, all_logits=False)
 
     def get_logits(self, text_or_tokens: str | Sequence[int]) -> np.ndarray:
-        """A fresh evaluation from position 0; the last position's logits."""
-        self.update(text_or_tokens, n_past=0)
-        return self.logits
+        """A fresh evaluation from position 0; the last position's logits (read-only)."""
+        with self.serial:
+            self.update(text_or_tokens, n_past=0)
+            return self.logits
 
     def eval_logits(self, tokens: Sequence[int], n_past: int = 0) -> np.ndarray:
         """Evaluate ``tokens`` after the first ``n_past`` cached ones (default: afresh from position 0);
         the logits of every position, (len(tokens), n_vocab)."""
-        if not isinstance(n_past, (int, np.integer)) or not 0 <= n_past <= self.n_past:
-            raise ValueError(f"n_past must be between 0 and the {self.n_past} cached tokens, got {n_past!r}")
-        tokens = self._tokens(tokens, add_bos=False)
-        if not tokens:
-            raise ValueError("eval_logits needs at least one token")
-        return self._evaluate(tokens, int(n_past), all_logits=True)
+        with self.serial:
+            start = self._position(n_past)
+            tokens = self._tokens(tokens, add_bos=False)
+            if not tokens:
+                raise ArgumentError("eval_logits needs at least one token")
+            return self._evaluate(tokens, start, all_logits=True)
 
     @property
     def cached_tokens(self) -> list[int]:
@@ -167,24 +201,41 @@ class Llama:
         return list(self._cached)
 
     def _evaluate(self, tokens: list[int], start: int, all_logits: bool) -> np.ndarray:
-        if self.model is None:
-            raise LlamaError(f"{self.path}: this Llama is closed")
+        """Run ``tokens`` through the model at positions [start, start + n), a batch at a time;
+        the logits of every position, or of the last, (n or 1, n_vocab).
+
+        A batch overwrites its cache rows layer by layer, so when one fails (any exception,
+        KeyboardInterrupt included) only the positions before it are intact: the bookkeeping
+        is then cut back there, with the logits of the last completed batch, or none when
+        the failed batch was the first and ``start`` rewound past the logits there were.
+        """
+        self._check_open()
         if start + len(tokens) > self.n_ctx:
             raise ContextOverflowError(f"{start} cached + {len(tokens)} new tokens do not fit in n_ctx={self.n_ctx}")
         ids = np.asarray(tokens, dtype=np.int64)                            # (n,)
         chunks = []
-        for b in range(0, len(ids), BATCH):
-            batch = ids[b:b + BATCH]
-            last = b + BATCH >= len(ids)
-            out = self.model.forward(batch, start + b, self.cache, all_logits)  # (n or 1, n_vocab)
-            self.n_past = start + b + len(batch)
-            self._cached[start + b:] = batch.tolist()
-            self.n_evaluated += len(batch)
-            if all_logits or last:
+        done = (0, self._logits if start == self.n_past else None)  # (tokens cached, the logits after them)
+        try:
+            for b in range(0, len(ids), BATCH):
+                batch = ids[b:b + BATCH]
+                out = self.model.forward(batch, start + b, self.cache, all_logits)  # (n or 1, n_vocab)
+                done = (b + len(batch), out[-1])  # one assignment, so an interrupt sees all of it or none
                 chunks.append(out)
-        logits = np.concatenate(chunks) if all_logits else chunks[-1]       # (n or 1, n_vocab)
-        self._logits = logits[-1].copy()
-        return logits
+        finally:
+            n_done, logits = done
+            self.n_past = start + n_done
+            self._cached[start:] = tokens[:n_done]
+            self.n_evaluated += n_done
+            self._logits = None if logits is None else _frozen(logits)
+        return np.concatenate(chunks) if all_logits else chunks[-1]         # (n or 1, n_vocab)
+
+    def _check_open(self) -> None:
+        if self.model is None:
+            raise LlamaError(f"{self.path}: this Llama is closed")
+
+    def _position(self, n_past) -> int:
+        """``n_past`` checked as a cache position to rewind to: an integer from 0 to the cached tokens."""
+        return check_int(n_past, "n_past", 0, self.n_past)
 
     def _tokens(self, text_or_tokens: str | Sequence[int], add_bos: bool) -> list[int]:
         """Token ids, checked against the vocabulary; text is tokenized."""
@@ -192,14 +243,13 @@ class Llama:
             return self.tokenize(text_or_tokens, add_bos=add_bos and self.tokenizer.add_bos)
         if isinstance(text_or_tokens, (bytes, bytearray)):
             raise TypeError("pass text as str or tokens as a sequence of ints, not bytes")
-        tokens = []
-        for t in text_or_tokens:
-            if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
-                raise TypeError(f"tokens must be integers, got {t!r}")
-            if not 0 <= t < self.n_vocab:
-                raise ValueError(f"token id {t} is out of range for a vocabulary of {self.n_vocab}")
-            tokens.append(int(t))
-        return tokens
+        return [self._token(t) for t in text_or_tokens]
+
+    def _token(self, t) -> int:
+        """An id given as input: TypeError unless an integer, TokenizerError unless in the vocabulary."""
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+            raise TypeError(f"tokens must be integers, got {t!r}")
+        return check_token(t, self.n_vocab)
 
     # -- generation (see engine.generate for the options)
 
@@ -223,32 +273,56 @@ class Llama:
 
     def save_state(self) -> LlamaState:
         """A copy of the cached positions and the current logits."""
-        n = self.n_past
-        return LlamaState(tuple(self._cached), self.cache.k[:, :, :n].copy(), self.cache.v[:, :, :n].copy(),
-                          None if self._logits is None else self._logits.copy())
+        with self.serial:
+            self._check_open()
+            n = self.n_past
+            return LlamaState(tuple(self._cached), self.cache.k[:, :, :n].copy(), self.cache.v[:, :, :n].copy(),
+                              None if self._logits is None else self._logits.copy())
 
     def load_state(self, state: LlamaState) -> None:
-        """Restore a ``save_state`` snapshot taken from a model of the same shape."""
+        """Restore a ``save_state`` snapshot taken from a model of the same shape; a state that
+        could not have come from one is refused and leaves this ``Llama`` as it was."""
         if not isinstance(state, LlamaState):
             raise TypeError(f"load_state expects a LlamaState, got {type(state).__name__}")
-        expected = self.cache.k.shape[:2] + (state.n_past,) + self.cache.k.shape[3:]
-        if state.k.shape != expected or state.v.shape != expected:
-            raise ValueError(f"state has cache shape {state.k.shape}, this model needs {expected}")
+        with self.serial:
+            self._check_open()
+            tokens = [self._token(t) for t in state.tokens]
+            self._check_state(state)
+            self.cache.k[:, :, :state.n_past] = state.k
+            self.cache.v[:, :, :state.n_past] = state.v
+            self.n_past = state.n_past
+            self._cached = tokens
+            self._logits = None if state.logits is None else _frozen(state.logits)
+
+    def _check_state(self, state: LlamaState) -> None:
+        """Refuse a cache or logits of the wrong shape or dtype, or a cache holding NaN or infinity."""
         if state.n_past > self.n_ctx:
             raise ContextOverflowError(f"state holds {state.n_past} tokens, more than n_ctx={self.n_ctx}")
-        self.cache.k[:, :, :state.n_past] = state.k
-        self.cache.v[:, :, :state.n_past] = state.v
-        self.n_past = state.n_past
-        self._cached = list(state.tokens)
-        self._logits = None if state.logits is None else state.logits.copy()
+        expected = self.cache.k.shape[:2] + (state.n_past,) + self.cache.k.shape[3:]
+        for name, cache in (("k", state.k), ("v", state.v)):
+            if not isinstance(cache, np.ndarray) or cache.shape != expected or cache.dtype != np.float16:
+                raise ArgumentError(f"state's {name} cache shape {getattr(cache, 'shape', None)} and dtype "
+                                    f"{getattr(cache, 'dtype', type(cache).__name__)} do not fit this model's "
+                                    f"{expected} float16")
+            if not np.isfinite(cache).all():
+                raise ArgumentError(f"state's {name} cache holds NaN or infinity")
+        if state.logits is not None and (not isinstance(state.logits, np.ndarray) or state.logits.dtype != np.float32
+                                         or state.logits.shape != (self.n_vocab,) or state.n_past == 0):
+            raise ArgumentError(f"state's logits must be float32 of shape ({self.n_vocab},) after at least one "
+                                f"token, got {getattr(state.logits, 'dtype', type(state.logits).__name__)} "
+                                f"of shape {getattr(state.logits, 'shape', None)} after {state.n_past}")
 
     # -- lifetime
 
     def close(self) -> None:
-        """Drop the weights and cache and release the file's mmap."""
-        self.model = None
-        self.cache = None
-        self._gguf.close()
+        """Drop the weights and cache and release the file's mmap (waiting for a generation in progress)."""
+        with self.serial:
+            self.model = None
+            self.cache = None
+            self.n_past = 0
+            self._cached = []
+            self._logits = None
+            self._gguf.close()
 
     def __enter__(self) -> "Llama":
         return self

@@ -16,11 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ModelError
-from .ggml_ops import Rope, Weight
-from .gguf import GGUFFile
+from .ggml_ops import MATRIX_TYPES, Rope, Weight
+from .gguf import GGUFFile, ValueType
 from .quants import GGMLType
 
 SUPPORTED_ARCHITECTURES = ("llama",)
+MAX_LAYERS = 512          # llama.cpp's LLAMA_MAX_LAYERS
+MAX_WIDTH = 1 << 20       # widest embedding or feed-forward accepted, 20x the largest released LLaMA's
+UINT32_MAX = 2**32 - 1    # llama.cpp holds sizes such as the training context as uint32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest positive normal float32
 
 
 @dataclass(frozen=True)
@@ -46,53 +51,86 @@ class HParams:
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile) -> "HParams":
+        """Read and range-check every hyperparameter, so a bad file fails here with ModelError,
+        before anything is allocated for it."""
         meta = gguf.metadata
-        arch = meta.get("general.architecture")
-        if arch not in SUPPORTED_ARCHITECTURES:
-            raise ModelError(f"{gguf.path}: architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
 
-        def get(key: str, default=None, kind=int):
-            value = meta.get(f"{arch}.{key}", default)
-            if value is None:
-                raise ModelError(f"{gguf.path}: metadata {arch}.{key} is missing")
-            if isinstance(value, (list, np.ndarray)) or isinstance(value, str):
-                raise ModelError(f"{gguf.path}: metadata {arch}.{key} must be a number, got {value!r}")
-            return kind(value)
+        def one_of(name: str, allowed: tuple[str, ...], what: str, default: str | None = None) -> str:
+            """String metadata ``name`` (or ``default``), one of ``allowed``."""
+            value = meta.get(name, default)
+            if gguf.value_types.get(name, ValueType.STRING) != ValueType.STRING or value not in allowed:
+                raise ModelError(f"{gguf.path}: {what} {_describe(gguf, name)} is not supported; "
+                                 f"supported: {', '.join(allowed)}")
+            return value
+
+        arch = one_of("general.architecture", SUPPORTED_ARCHITECTURES, "architecture")
+
+        def get(key: str, lo, hi, default=None, kind=int):
+            """Metadata ``{arch}.{key}`` (or ``default``) within [lo, hi], of the one type llama.cpp
+            reads it as: UINT32 for kind int, FLOAT32 for kind float."""
+            name = f"{arch}.{key}"
+            if name not in meta:
+                if default is None:
+                    raise ModelError(f"{gguf.path}: metadata {name} is missing")
+                return default
+            expected = ValueType.UINT32 if kind is int else ValueType.FLOAT32
+            if gguf.value_types[name] != expected:
+                raise ModelError(f"{gguf.path}: metadata {name} must be {expected.name}, as llama.cpp reads it; "
+                                 f"got {_describe(gguf, name)}")
+            if not lo <= meta[name] <= hi:  # NaN fails too
+                raise ModelError(f"{gguf.path}: metadata {name} = {meta[name]} is outside [{lo}, {hi}]")
+            return kind(meta[name])
 
         embd = gguf.tensors.get("token_embd.weight")
         if embd is None:
             raise ModelError(f"{gguf.path}: tensor 'token_embd.weight' is missing")
-        dim, n_heads = get("embedding_length"), get("attention.head_count")
-        n_kv_heads = get("attention.head_count_kv", n_heads)
-        if dim <= 0 or n_heads <= 0 or n_kv_heads <= 0 or dim % n_heads or n_heads % n_kv_heads:
+        dim = get("embedding_length", 1, MAX_WIDTH)
+        n_heads = get("attention.head_count", 1, dim)
+        n_kv_heads = get("attention.head_count_kv", 1, n_heads, default=n_heads)
+        if dim % n_heads or n_heads % n_kv_heads:
             raise ModelError(f"{gguf.path}: embedding_length {dim} must split into head_count {n_heads} heads, "
                              f"and those into head_count_kv {n_kv_heads} groups")
         head_dim = dim // n_heads
-        rope_dims = get("rope.dimension_count", head_dim)
-        if not 0 < rope_dims <= head_dim or rope_dims % 2:
-            raise ModelError(f"{gguf.path}: rope.dimension_count {rope_dims} must be even and at most the head size {head_dim}")
-        scaling = meta.get(f"{arch}.rope.scaling.type", "linear")
-        if scaling not in ("none", "linear"):
-            raise ModelError(f"{gguf.path}: rope scaling {scaling!r} is not supported; supported: none, linear")
-        # llama.cpp reads the factor whatever the type says, under the new key or the old one
-        factor = get("rope.scaling.factor", get("rope.scale_linear", 0.0, float), float)
-        if factor < 0:
-            raise ModelError(f"{gguf.path}: rope scaling factor {factor} must not be negative")
+        rope_dims = get("rope.dimension_count", 1, head_dim, default=head_dim)
+        if rope_dims != head_dim or rope_dims % 2:  # llama.cpp: all of a LLaMA head rotates, in pairs
+            raise ModelError(f"{gguf.path}: rope.dimension_count {rope_dims} must equal the head size {head_dim}, "
+                             "an even number")
+        one_of(f"{arch}.rope.scaling.type", ("none", "linear"), "rope scaling", default="linear")
+        # the factor under the new key, else under the old one, as llama.cpp reads it; 0 means none
+        factor_key = "rope.scaling.factor" if f"{arch}.rope.scaling.factor" in meta else "rope.scale_linear"
+        factor = get(factor_key, 0.0, FLOAT32_MAX, default=0.0, kind=float)
         freq_scale = float(np.float32(1.0) / np.float32(factor)) if factor else 1.0
-        hp = cls(
-            n_vocab=embd.dims[1] if len(embd.dims) == 2 else 0,
+        return cls(
+            n_vocab=_n_vocab(gguf, embd),
             dim=dim,
-            n_layers=get("block_count"),
+            n_layers=get("block_count", 1, MAX_LAYERS),
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
-            ffn=get("feed_forward_length"),
-            n_ctx_train=get("context_length"),
-            rms_eps=get("attention.layer_norm_rms_epsilon", kind=float),
-            rope=Rope(rope_dims, get("rope.freq_base", 10000.0, float), freq_scale),
+            ffn=get("feed_forward_length", 1, MAX_WIDTH),
+            n_ctx_train=get("context_length", 1, UINT32_MAX),
+            rms_eps=get("attention.layer_norm_rms_epsilon", 0.0, FLOAT32_MAX, kind=float),
+            rope=Rope(rope_dims, get("rope.freq_base", FLOAT32_TINY, FLOAT32_MAX, default=10000.0, kind=float),
+                      freq_scale),
         )
-        if hp.n_layers <= 0 or hp.ffn <= 0 or hp.n_ctx_train <= 0:
-            raise ModelError(f"{gguf.path}: block_count, feed_forward_length and context_length must be positive")
-        return hp
+
+
+def _n_vocab(gguf: GGUFFile, embd) -> int:
+    """The vocabulary size: the token list's length, as llama.cpp takes it (token_embd.weight must then
+    have that many rows), or for a file without a vocabulary the embedding's rows."""
+    tokens = gguf.metadata.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, list):
+        return len(tokens)
+    return embd.dims[1] if len(embd.dims) == 2 else 0
+
+
+def _describe(gguf: GGUFFile, name: str) -> str:
+    """Metadata ``name``'s type and value for an error message; an array by its length only."""
+    vtype = gguf.value_types.get(name)
+    if vtype is None:
+        return "nothing (the key is missing)"
+    if vtype == ValueType.ARRAY:
+        return f"an array of {len(gguf.metadata[name])}"
+    return f"{vtype.name} {gguf.metadata[name]!r:.60}"
 
 
 @dataclass(frozen=True)
@@ -131,12 +169,15 @@ class Weights:
             info = _tensor_info(gguf, name)
             if info.dims != (n_in, n_out):
                 raise ModelError(f"{gguf.path}: tensor {name!r} has shape {list(info.dims)}, expected {[n_in, n_out]}")
+            if info.type not in MATRIX_TYPES:
+                raise ModelError(f"{gguf.path}: tensor {name!r} is {info.type.name}, a type llamanp cannot multiply; "
+                                 f"supported: {', '.join(t.name for t in sorted(MATRIX_TYPES))}")
             return Weight(name, info.type, n_in, n_out, gguf.tensor(name))
 
         def vector(name: str) -> np.ndarray:
             info = _tensor_info(gguf, name)
             if info.dims != (hp.dim,) or info.type not in (GGMLType.F32, GGMLType.F16):
-                raise ModelError(f"{gguf.path}: tensor {name!r} must be an F32 vector of {hp.dim}, "
+                raise ModelError(f"{gguf.path}: tensor {name!r} must be an F32 or F16 vector of {hp.dim}, "
                                  f"got {info.type.name} {list(info.dims)}")
             return gguf.tensor(name).astype(np.float32)
 

@@ -53,7 +53,7 @@ import numpy as np
 
 
 class GGMLType(IntEnum):
-    """ggml's type ids, as stored in GGUF tensor infos."""
+    """ggml's type ids, as stored in GGUF tensor infos (ggml.h; the gaps are types ggml retired)."""
     F32 = 0
     F16 = 1
     Q4_0 = 2
@@ -68,7 +68,27 @@ class GGMLType(IntEnum):
     Q5_K = 13
     Q6_K = 14
     Q8_K = 15
+    IQ2_XXS = 16
+    IQ2_XS = 17
+    IQ3_XXS = 18
+    IQ1_S = 19
+    IQ4_NL = 20
+    IQ3_S = 21
+    IQ2_S = 22
+    IQ4_XS = 23
+    I8 = 24
+    I16 = 25
+    I32 = 26
+    I64 = 27
+    F64 = 28
+    IQ1_M = 29
     BF16 = 30
+    TQ1_0 = 34
+    TQ2_0 = 35
+    MXFP4 = 39
+    NVFP4 = 40
+    Q1_0 = 41
+    Q2_0 = 42
 
 
 QK = 32    # weights per block of the classic quants
@@ -91,6 +111,27 @@ BLOCK_LAYOUT: dict[GGMLType, tuple[int, int]] = {
     GGMLType.Q5_K: (QK_K, 4 + 12 + QK_K // 8 + QK_K // 2),  # d, dmin, scales, high bits, low nibbles
     GGMLType.Q6_K: (QK_K, QK_K // 2 + QK_K // 4 + QK_K // 16 + 2),  # low 4, high 2, scales, d
     GGMLType.Q8_K: (QK_K, 4 + QK_K + QK_K // 16 * 2),       # f32 d, int8 quants, block sums
+    # types a file may hold but the engine does not compute with (model.py rejects them at load)
+    GGMLType.IQ2_XXS: (QK_K, 2 + QK_K // 4),
+    GGMLType.IQ2_XS: (QK_K, 2 + QK_K // 4 + QK_K // 32),
+    GGMLType.IQ3_XXS: (QK_K, 2 + 3 * QK_K // 8),
+    GGMLType.IQ1_S: (QK_K, 2 + QK_K // 8 + QK_K // 16),
+    GGMLType.IQ4_NL: (QK, 2 + QK // 2),
+    GGMLType.IQ3_S: (QK_K, 2 + 13 * QK_K // 32 + QK_K // 64),
+    GGMLType.IQ2_S: (QK_K, 2 + QK_K // 4 + QK_K // 16),
+    GGMLType.IQ4_XS: (QK_K, 4 + QK_K // 64 + QK_K // 2),
+    GGMLType.I8: (1, 1),
+    GGMLType.I16: (1, 2),
+    GGMLType.I32: (1, 4),
+    GGMLType.I64: (1, 8),
+    GGMLType.F64: (1, 8),
+    GGMLType.IQ1_M: (QK_K, QK_K // 8 + QK_K // 16 + QK_K // 32),
+    GGMLType.TQ1_0: (QK_K, 2 + QK_K // 64 + (QK_K - 4 * QK_K // 64) // 5),
+    GGMLType.TQ2_0: (QK_K, 2 + QK_K // 4),
+    GGMLType.MXFP4: (QK, 1 + QK // 2),
+    GGMLType.NVFP4: (64, 4 + 32),
+    GGMLType.Q1_0: (128, 2 + 128 // 8),
+    GGMLType.Q2_0: (64, 2 + 64 // 4),
 }
 
 FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
@@ -370,7 +411,7 @@ _UNPACK = {
 def unpack(raw: np.ndarray, type_: GGMLType) -> Unpacked:
     """Integer quants and scales of every block of uint8 rows (..., bytes_per_row); see the module docstring."""
     if type_ not in _UNPACK:
-        raise ValueError(f"{GGMLType(type_).name} is not a block-quantised type")
+        raise ValueError(f"{GGMLType(type_).name} is not a block type that llamanp unpacks")
     return _UNPACK[type_](raw)
 
 

@@ -12,7 +12,7 @@ stateful sampler may also define
 
 Samplers never accept their own picks.  Whoever runs generation calls
 ``check_token(token_id, n_vocab)`` on every pick, so a custom sampler returning
-an id outside the vocabulary fails with a ValueError that names it.
+an id outside the vocabulary fails with a TokenizerError (a ValueError) that names it.
 
 ``MirostatV2`` (the default), ``MirostatV1`` and ``Chain`` (llama.cpp's common
 sampler: logit bias, penalties, top-k, typical-p, top-p, min-p, temperature,
@@ -37,6 +37,8 @@ from collections import Counter, deque
 import numpy as np
 
 from engine import libm
+from engine.arguments import check_int
+from engine.errors import ArgumentError, TokenizerError
 from engine.libstdcxx import MT19937, discrete_distribution, generate_canonical, partial_sort_order, sort_order
 
 DEFAULT_SEED = 0xFFFFFFFF
@@ -47,44 +49,65 @@ DEFAULT_SEED = 0xFFFFFFFF
 
 
 def _as_logits(logits) -> np.ndarray:
-    """The logits as a non-empty 1-D array without NaN, or ValueError."""
+    """The logits as a non-empty 1-D array without NaN, or ArgumentError."""
     logits = np.asarray(logits)
     if logits.ndim != 1 or logits.size == 0 or not np.issubdtype(logits.dtype, np.number):
-        raise ValueError(f"logits must be a non-empty 1-D numeric array, got shape {logits.shape} "
-                         f"and dtype {logits.dtype}")
+        raise ArgumentError(f"logits must be a non-empty 1-D numeric array, got shape {logits.shape} "
+                            f"and dtype {logits.dtype}")
     if np.isnan(logits).any():
-        raise ValueError(f"logits contain NaN (at token id {int(np.flatnonzero(np.isnan(logits))[0])})")
+        raise ArgumentError(f"logits contain NaN (at token id {int(np.flatnonzero(np.isnan(logits))[0])})")
     return logits
+
+
+def _check_some_token_left(best_logit) -> None:
+    """ArgumentError if the largest logit is -inf: every token is banned, none can be picked
+    (llama.cpp would pick one of them all the same)."""
+    if best_logit == -np.inf:
+        raise ArgumentError("every logit is -inf (every token banned): there is no token to pick")
+
+
+def _shifted(logits) -> np.ndarray:
+    """The logits (float64) less their maximum along the last axis, where +inf logits are
+    their limit: the +inf ones equal (0), the rest impossible (-inf)."""
+    x = np.asarray(logits, dtype=np.float64)
+    top = x.max(axis=-1, keepdims=True)
+    _check_some_token_left(top.min(initial=np.inf))
+    infinite = top == np.inf
+    return np.where(infinite, np.where(x == np.inf, 0.0, -np.inf), x - np.where(infinite, 0.0, top))
 
 
 def softmax(logits) -> np.ndarray:
     """Probabilities exp(x_i) / sum_j exp(x_j) along the last axis, in float64.
 
-    The maximum is subtracted first, so large logits cannot overflow.
+    The maximum is subtracted first, so large logits cannot overflow; +inf logits
+    share all the probability, and logits all -inf are an ArgumentError.
     """
-    x = np.asarray(logits, dtype=np.float64)
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    e = np.exp(_shifted(logits))
     return e / e.sum(axis=-1, keepdims=True)
 
 
 def log_softmax(logits) -> np.ndarray:
-    """Log-probabilities x_i - log(sum_j exp(x_j)) along the last axis, in float64 (stable)."""
-    x = np.asarray(logits, dtype=np.float64)
-    shifted = x - x.max(axis=-1, keepdims=True)
+    """Log-probabilities x_i - log(sum_j exp(x_j)) along the last axis, in float64 (stable, and
+    +inf and -inf as ``softmax`` takes them)."""
+    shifted = _shifted(logits)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def greedy(logits) -> int:
-    """The id of the largest logit; ties go to the lowest id (as llama.cpp's greedy sampler)."""
-    return int(np.argmax(_as_logits(logits)))
+    """The id of the largest logit; ties go to the lowest id (as llama.cpp's greedy sampler).
+    Logits all -inf are an ArgumentError."""
+    logits = _as_logits(logits)
+    best = int(np.argmax(logits))
+    _check_some_token_left(logits[best])
+    return best
 
 
 def check_token(token_id, n_vocab: int) -> int:
-    """``token_id`` as an int if it is a token of an ``n_vocab``-token vocabulary, else ValueError naming it."""
+    """``token_id`` as an int if it is a token of an ``n_vocab``-token vocabulary, else TokenizerError naming it."""
     if isinstance(token_id, (bool, np.bool_)) or not isinstance(token_id, (int, np.integer)):
-        raise ValueError(f"sampler returned {token_id!r}, which is not a token id (an int)")
+        raise TokenizerError(f"{token_id!r} is not a token id (an int)")
     if not 0 <= token_id < n_vocab:
-        raise ValueError(f"sampler returned token id {int(token_id)}, outside the vocabulary [0, {n_vocab})")
+        raise TokenizerError(f"token id {int(token_id)} is out of range for a vocabulary of {n_vocab} ids")
     return int(token_id)
 
 
@@ -144,6 +167,16 @@ class Candidates:
     def take(self, index) -> None:
         """Keep only the entries at ``index`` (a slice or positions), in that order."""
         self.ids, self.logits, self.p = self.ids[index], self.logits[index], self.p[index]
+
+    def force_infinite(self) -> None:
+        """Keep only the first candidate of logit +inf, if there is one, with a finite logit: a
+        logit_bias of +inf forces its token. (llama.cpp's softmax turns +inf into NaN, and its
+        stages then keep and pick tokens by accident.) Logits all -inf are an ArgumentError."""
+        best = int(np.argmax(self.logits))
+        _check_some_token_left(self.logits[best])
+        if self.logits[best] == np.inf:
+            self.take([best])
+            self.logits[0] = 0
 
     def sort_descending(self, n: int) -> None:
         """Keep the ``n`` largest logits, largest first (llama_token_data_array_partial_sort_inplace:
@@ -259,11 +292,10 @@ class Penalties:
     """
 
     def __init__(self, last_n: int = 64, repeat: float = 1.0, frequency: float = 0.0, presence: float = 0.0):
-        if last_n < 0:
-            raise ValueError(f"penalty_last_n must be >= 0, got {last_n}")
-        if not repeat > 0:
-            raise ValueError(f"repeat_penalty must be > 0, got {repeat}")
-        self.last_n = last_n
+        self.last_n = check_int(last_n, "penalty_last_n", 0)
+        _check_range("repeat_penalty", repeat, 0, None, "a finite number > 0", low_open=True)
+        _check_range("frequency_penalty", frequency, None, None, "a finite number")
+        _check_range("presence_penalty", presence, None, None, "a finite number")
         self.repeat, self.frequency, self.presence = _f32(repeat), _f32(frequency), _f32(presence)
         self.reset()
 
@@ -381,13 +413,15 @@ def temperature(cand: Candidates, t: float) -> None:
 # Final stages: seeded draws
 
 
+def check_seed(seed) -> int | None:
+    """``seed`` as an int in [0, 2**32) (DEFAULT_SEED among them) or None, else ArgumentError."""
+    return None if seed is None else check_int(seed, "seed", 0, DEFAULT_SEED)
+
+
 def resolve_seed(seed) -> int:
     """The 32-bit seed to use: ``seed`` itself, or a fresh random one for None / DEFAULT_SEED."""
-    if seed is None or seed == DEFAULT_SEED:
-        return secrets.randbits(32)
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= DEFAULT_SEED:
-        raise ValueError(f"seed must be None or an int in [0, 2**32), got {seed!r}")
-    return int(seed)
+    seed = check_seed(seed)
+    return secrets.randbits(32) if seed is None or seed == DEFAULT_SEED else seed
 
 
 class _Seeded:
@@ -437,10 +471,8 @@ class Dist(_Seeded):
 
 
 def _check_mirostat(tau: float, eta: float) -> None:
-    if not tau > 0 or not math.isfinite(tau):
-        raise ValueError(f"mirostat tau (target surprise) must be a finite number > 0, got {tau}")
-    if not eta >= 0 or not math.isfinite(eta):
-        raise ValueError(f"mirostat eta (learning rate) must be a finite number >= 0, got {eta}")
+    _check_range("mirostat tau (target surprise)", tau, 0, None, "a finite number > 0", low_open=True)
+    _check_range("mirostat eta (learning rate)", eta, 0, None, "a finite number >= 0")
 
 
 class _Mirostat(_Seeded):
@@ -482,6 +514,7 @@ class MirostatV2(_Mirostat):
 
     def apply(self, cand: Candidates) -> int:
         """Pick from ``cand`` (setting ``cand.selected``) and return the token id."""
+        cand.force_infinite()
         _sort_softmax_keep(cand, self._n_unsurprising)
         return self._draw_and_learn(cand)
 
@@ -507,15 +540,13 @@ class MirostatV1(_Mirostat):
     """
 
     def __init__(self, n_vocab: int, tau: float = 5.0, eta: float = 0.1, m: int = 100, seed=None):
-        if n_vocab < 1:
-            raise ValueError(f"n_vocab must be >= 1, got {n_vocab}")
-        if m < 2:
-            raise ValueError(f"mirostat m (tokens used to estimate s) must be >= 2, got {m}")
-        self.n_vocab, self.m = n_vocab, m
+        self.n_vocab = check_int(n_vocab, "n_vocab", 1)
+        self.m = check_int(m, "mirostat m (tokens used to estimate s)", 2)
         super().__init__(tau, eta, seed)
 
     def apply(self, cand: Candidates) -> int:
         """Pick from ``cand`` (setting ``cand.selected``) and return the token id."""
+        cand.force_infinite()
         _sort_softmax_keep(cand, self._zipf_top_k)
         return self._draw_and_learn(cand)
 
@@ -539,20 +570,20 @@ class Chain:
     min-p, temperature, then a seeded draw (``Dist``).  Defaults are llama.cpp's.
 
     ``logit_bias`` maps token ids to amounts added to their logits (-inf bans a
-    token).  Call ``accept(token)`` with each token appended to the sequence so
-    the penalties see it.
+    token, +inf forces it).  Call ``accept(token)`` with each token appended to
+    the sequence so the penalties see it.
     """
 
     def __init__(self, *, seed=None, logit_bias=None, penalty_last_n: int = 64, repeat_penalty: float = 1.0,
                  frequency_penalty: float = 0.0, presence_penalty: float = 0.0, top_k: int = 40,
                  typical_p: float = 1.0, top_p: float = 0.95, min_p: float = 0.05, temperature: float = 0.8,
                  min_keep: int = 0):
-        _check_range("top_k", top_k, 0, None, "an int >= 0 (0 keeps every token)", integer=True)
+        check_int(top_k, "top_k (0 keeps every token)", 0)
         _check_range("typical_p", typical_p, 0, 1, "in (0, 1]", low_open=True)
         _check_range("top_p", top_p, 0, 1, "in (0, 1]", low_open=True)
         _check_range("min_p", min_p, 0, 1, "in [0, 1]")
         _check_range("temperature", temperature, 0, None, "a number >= 0 (0 is greedy)")
-        _check_range("min_keep", min_keep, 0, None, "an int >= 0", integer=True)
+        check_int(min_keep, "min_keep", 0)
         self.logit_bias = _check_bias(logit_bias or {})
         self.penalties = Penalties(penalty_last_n, repeat_penalty, frequency_penalty, presence_penalty)
         self.top_k, self.typical_p, self.top_p, self.min_p = top_k, typical_p, top_p, min_p
@@ -573,6 +604,7 @@ class Chain:
     def apply(self, cand: Candidates) -> int:
         """Run every stage on ``cand`` (setting ``cand.selected``) and return the token id."""
         apply_logit_bias(cand, self.logit_bias)
+        cand.force_infinite()
         self.penalties(cand)
         top_k(cand, self.top_k)
         typical_p(cand, self.typical_p, self.min_keep)
@@ -586,24 +618,25 @@ class Chain:
         cand = Candidates.from_logits(logits)
         outside = [token for token in self.logit_bias if token >= cand.size]
         if outside:
-            raise ValueError(f"logit_bias names token id {outside[0]}, outside the vocabulary [0, {cand.size})")
+            raise ArgumentError(f"logit_bias names token id {outside[0]}, outside the vocabulary [0, {cand.size})")
         return self.apply(cand)
 
 
-def _check_range(name, value, low, high, wanted, *, low_open=False, integer=False) -> None:
-    ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.number))
-    ok = ok and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
+def _check_range(name, value, low, high, wanted, *, low_open=False) -> None:
+    """ArgumentError unless ``value`` is a finite number above ``low`` (or equal, unless ``low_open``)
+    and at most ``high`` (None: no bound)."""
+    ok = isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+    ok = ok and (low is None or (value > low if low_open else value >= low)) and (high is None or value <= high)
     if not ok:
-        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+        raise ArgumentError(f"{name} must be {wanted}, got {value!r}")
 
 
 def _check_bias(bias: dict) -> dict:
     for token, b in bias.items():
         if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or token < 0:
-            raise ValueError(f"logit_bias keys must be token ids (ints >= 0), got {token!r}")
-        if not isinstance(b, (int, float, np.number)) or math.isnan(b):
-            raise ValueError(f"logit_bias[{token}] must be a number, got {b!r}")
+            raise ArgumentError(f"logit_bias keys must be token ids (ints >= 0), got {token!r}")
+        if isinstance(b, bool) or not isinstance(b, (int, float, np.number)) or math.isnan(b):
+            raise ArgumentError(f"logit_bias[{token}] must be a number, got {b!r}")
     return {int(t): float(b) for t, b in bias.items()}
 
 
@@ -613,16 +646,16 @@ SAMPLER_CLASSES = {"mirostat_v2": MirostatV2, "mirostat_v1": MirostatV1, "chain"
 def make_sampler(kind: str = "mirostat_v2", **options):
     """A sampler by name: "greedy", "mirostat_v2" (the default), "mirostat_v1" or "chain", with options.
 
-    Unknown kinds, unknown options and bad values raise ValueError.
+    Unknown kinds, unknown options and bad values raise ArgumentError (a ValueError).
     """
     if kind == "greedy":
         if options:
-            raise ValueError(f"the greedy sampler takes no options, got {', '.join(options)}")
+            raise ArgumentError(f"the greedy sampler takes no options, got {', '.join(options)}")
         return greedy
     if kind not in SAMPLER_CLASSES:
-        raise ValueError(f"unknown sampler {kind!r}; choose one of greedy, {', '.join(SAMPLER_CLASSES)}")
+        raise ArgumentError(f"unknown sampler {kind!r}; choose one of greedy, {', '.join(SAMPLER_CLASSES)}")
     known = list(inspect.signature(SAMPLER_CLASSES[kind]).parameters)
     unknown = [name for name in options if name not in known]
     if unknown:
-        raise ValueError(f"unknown option {unknown[0]!r} for sampler {kind!r}; it takes {', '.join(known)}")
+        raise ArgumentError(f"unknown option {unknown[0]!r} for sampler {kind!r}; it takes {', '.join(known)}")
     return SAMPLER_CLASSES[kind](**options)

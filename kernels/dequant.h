@@ -13,6 +13,11 @@ static inline int dequantize_row(int type, const uint8_t *x, int64_t n, float *y
             for (int64_t i = 0; i < n; i++) y[i] = fp16_to_fp32(h[i]);
             return 0;
         }
+        case T_BF16: {
+            const uint16_t *h = (const uint16_t *)x;
+            for (int64_t i = 0; i < n; i++) y[i] = bf16_to_fp32(h[i]);
+            return 0;
+        }
         case T_Q4_0: case T_Q4_1: case T_Q5_0: case T_Q5_1: case T_Q8_0: {
             const int has_min = type == T_Q4_1 || type == T_Q5_1;
             const int64_t block_bytes = type_row_bytes(type, QK);

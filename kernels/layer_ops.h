@@ -28,18 +28,6 @@
  * inputs (checked exhaustively against each other). */
 static inline float fma_f32(float a, float b, float c) { return (float)((double)a * b + c); }
 
-static inline float f32_from_bits(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint32_t f32_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
 /* ---------------------------------------------------------------- RMSNorm */
 
 #define RMS_NORM_ROWS 4  /* rows normalised together */
@@ -264,7 +252,7 @@ static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_
 #endif
     for (; j < m; j++) {
         const uint16_t *kj = k + (int64_t)j * hd;
-        scores[j] = (lanes == 8 ? tinyblas_dot(hd, qh, kj, 1) : dot_float_row(hd, qh, kj, 1)) * scale;
+        scores[j] = (lanes == 8 ? tinyblas_dot(hd, qh, kj, T_F16) : dot_float_row(hd, qh, kj, T_F16)) * scale;
     }
 }
 

@@ -34,11 +34,11 @@ cdef extern from "vec_dot.h" nogil:
     int type_block_size(int type)
     void quantize_row(int act_type, const float *x, void *y, int64_t k, int grouped)
     enum:
-        T_F32, T_F16, T_Q4_0, T_Q2_K, T_Q4_K, T_Q6_K, T_Q8_0, T_Q8_1, T_Q8_K
+        T_F32, T_F16, T_BF16, T_Q4_0, T_Q2_K, T_Q4_K, T_Q6_K, T_Q8_0, T_Q8_1, T_Q8_K
 
 cdef extern from "float_rows.h" nogil:
     bint tinyblas_accepts(int64_t n_tok, int64_t n_out, int64_t n_in)
-    void tinyblas_rows(int half, int k, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,
+    void tinyblas_rows(int type, int k, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,
                        const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo)
 
 cdef extern from "kquant_rows.h" nogil:
@@ -102,10 +102,10 @@ cdef cnp.ndarray float_rows(x, int64_t n_in, str what):
 def quantize(x, int act_type, bint grouped=False, n_threads=None):
     """Rows of f32 activations (n, k) as raw ``act_type`` rows (n, row_bytes), uint8.
 
-    ``act_type`` is F32, F16, Q8_0, Q8_1 or Q8_K; for Q8_K, ``grouped`` quantises the
+    ``act_type`` is F32, F16, BF16, Q8_0, Q8_1 or Q8_K; for Q8_K, ``grouped`` quantises the
     first n - n % 4 rows as ggml_quantize_mat_q8_K_4x8 does (see qblocks.h).
     """
-    if act_type not in (T_F32, T_F16, T_Q8_0, T_Q8_1, T_Q8_K):
+    if act_type not in (T_F32, T_F16, T_BF16, T_Q8_0, T_Q8_1, T_Q8_K):
         raise ValueError(f"ggml type {act_type} is not an activation type")
     cdef int bs = type_block_size(act_type)
     x = np.asarray(x, dtype=np.float32)
@@ -201,7 +201,7 @@ cdef class Matrix:
     cdef vec_dot_fn dot
 
     def __init__(self, data, int type, int64_t n_in, bint regroup=True, bint release_source=False):
-        """``data``: (n_out, bytes_per_row) uint8, or typed (n_out, n_in) for F32/F16, C-contiguous;
+        """``data``: (n_out, bytes_per_row) uint8, or typed (n_out, n_in) for F32/F16/BF16 (uint16), C-contiguous;
         or a list of such arrays, whose rows are stacked one after another.
 
         ``regroup`` lets Q4_0 and Q4_K weights be repacked eight rows at a time (a copy the size of
@@ -232,7 +232,7 @@ cdef class Matrix:
         """One array of weight rows, checked against the type and row length, as uint8 (rows, row_bytes)."""
         if not isinstance(data, np.ndarray) or data.ndim != 2 or not data.flags.c_contiguous:
             raise ValueError("weight data must be a C-contiguous 2-D NumPy array")
-        expected = {T_F32: np.float32, T_F16: np.float16}.get(self.type, np.uint8)
+        expected = {T_F32: np.float32, T_F16: np.float16, T_BF16: np.uint16}.get(self.type, np.uint8)
         if data.dtype != expected and data.dtype != np.uint8:
             raise ValueError(f"weight data of ggml type {self.type} must be {np.dtype(expected).name} or uint8, got {data.dtype}")
         if data.shape[1] * data.itemsize != self.row_bytes:
@@ -272,7 +272,7 @@ cdef class Matrix:
         K-quant rows are unpacked once for all tokens when there is more than one (kq_rows).
         """
         cdef int64_t act_bytes = type_row_bytes(self.act_type, self.n_in)
-        cdef bint tiny_blas = (self.type == T_F32 or self.type == T_F16) and tinyblas_accepts(n, self.n_out, self.n_in)
+        cdef bint tiny_blas = self.type in (T_F32, T_F16, T_BF16) and tinyblas_accepts(n, self.n_out, self.n_in)
         cdef bint unpack_once = n > 1 and T_Q2_K <= self.type <= T_Q6_K
         # Q4_0 rows that llama.cpp would repack: its repacked kernels' order, one row at a time
         cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.type == T_Q4_0 and self.n_out % 8 == 0 else self.dot
@@ -287,7 +287,7 @@ cdef class Matrix:
             for chunk in prange(n_chunks, schedule="static", num_threads=nt):
                 r_end = min(chunk * 16 + 16, self.n_out)
                 if tiny_blas:
-                    tinyblas_rows(self.type == T_F16, <int>self.n_in, self.ptr, self.row_bytes, chunk * 16, r_end,
+                    tinyblas_rows(self.type, <int>self.n_in, self.ptr, self.row_bytes, chunk * 16, r_end,
                                   acts, act_bytes, n, out, self.n_out)
                 elif unpack_once:
                     failed += kq_rows(self.type, self.ptr, self.row_bytes, chunk * 16, r_end, <int>self.n_in,

@@ -1,5 +1,8 @@
 """OpenMP plumbing: whether the build has it, and a tiny kernel that proves a thread count is honoured."""
 import numpy as np
+
+from engine import threads
+from engine.threads import MAX_THREADS
 from cython.parallel cimport prange, parallel
 
 cdef extern from "omp_compat.h" nogil:
@@ -19,12 +22,13 @@ def max_threads() -> int:
 
 
 def check_threads(n_threads) -> int:
-    """Validate a thread count at the Python boundary: a positive int, or None for OpenMP's default."""
+    """A thread count at the Python boundary: ``engine.threads.check_threads``'s (an int from 1 to
+    MAX_THREADS, else ArgumentError), or for None OpenMP's default within the same bound."""
+    if type(n_threads) is int and 1 <= n_threads <= MAX_THREADS:  # the common case, without a call
+        return n_threads
     if n_threads is None:
-        return omp_get_max_threads()
-    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 1:
-        raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
-    return n_threads
+        return min(omp_get_max_threads(), MAX_THREADS)
+    return threads.check_threads(n_threads)
 
 
 def parallel_sum(x, n_threads=None):

@@ -1,4 +1,4 @@
-/* ggml's block layouts, f16 conversion, and the Q8 activation quantisers.
+/* ggml's block layouts, f16 and bf16 conversion, and the Q8 activation quantisers.
  *
  * The quantisers reproduce what ggml's x86 backend computes, value for value:
  * Q8_0/Q8_1 scale by 127/amax and round half to even (quantize_row_q8_0/_q8_1 on
@@ -36,7 +36,7 @@ typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_
 /* ggml type ids */
 enum {
     T_F32 = 0, T_F16 = 1, T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q8_1 = 9,
-    T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_Q8_K = 15,
+    T_Q2_K = 10, T_Q3_K = 11, T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14, T_Q8_K = 15, T_BF16 = 30,
 };
 
 /* ---------------------------------------------------------------- f16 */
@@ -203,9 +203,35 @@ static inline void quantize_row_q8_K(const float *x, block_q8_K *y, int64_t k, i
     }
 }
 
+/* ---------------------------------------------------------------- bf16 */
+
+/* the bits of a float32 and back */
+static inline float f32_from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* bfloat16 is the top half of a float32: widening is exact */
+static inline float bf16_to_fp32(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
+
+/* GGML_FP32_TO_BF16: round to nearest, ties to even, by an integer add on the bits (past
+ * the largest bf16 that gives infinity); a NaN keeps its top bits and is made quiet. */
+static inline uint16_t fp32_to_bf16(float f) {
+    const uint32_t bits = f32_bits(f);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((bits >> 16) | 64);
+    return (uint16_t)((bits + (0x7FFFu + ((bits >> 16) & 1))) >> 16);
+}
+
 /* ---------------------------------------------------------------- any activation type */
 
-/* One row of k activations as ``act_type`` (F32, F16, Q8_0, Q8_1 or Q8_K). */
+/* One row of k activations as ``act_type`` (F32, F16, BF16, Q8_0, Q8_1 or Q8_K). */
 static inline void quantize_row(int act_type, const float *x, void *y, int64_t k, int grouped) {
     switch (act_type) {
         case T_F32: memcpy(y, x, (size_t)k * sizeof(float)); break;
@@ -217,6 +243,11 @@ static inline void quantize_row(int act_type, const float *x, void *y, int64_t k
                 _mm_storeu_si128((__m128i *)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
 #endif
             for (; i < k; i++) h[i] = fp32_to_fp16(x[i]);
+            break;
+        }
+        case T_BF16: {
+            uint16_t *h = y;
+            for (int64_t i = 0; i < k; i++) h[i] = fp32_to_bf16(x[i]);
             break;
         }
         case T_Q8_0: quantize_row_q8_0(x, y, k); break;

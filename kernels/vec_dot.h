@@ -1,6 +1,6 @@
 /* Dot products of one weight row with one quantised activation row, ggml's pairing:
- * Q4_0/Q5_0/Q8_0 with Q8_0, Q4_1/Q5_1 with Q8_1, the K-quants with Q8_K, F16 with F16
- * and F32 with F32 -- in the float order of ggml's AVX2 vec_dot kernels, as the NumPy
+ * Q4_0/Q5_0/Q8_0 with Q8_0, Q4_1/Q5_1 with Q8_1, the K-quants with Q8_K, F16 with F16,
+ * BF16 with BF16 and F32 with F32 -- in the float order of ggml's AVX2 vec_dot kernels, as the NumPy
  * reference (engine/ggml_ops.py) states it:
  *
  *   32-weight blocks: eight int32 lanes of four products each, folded into eight float
@@ -26,6 +26,7 @@ static inline int64_t type_row_bytes(int type, int64_t n) {
     switch (type) {
         case T_F32:  return 4 * n;
         case T_F16:  return 2 * n;
+        case T_BF16: return 2 * n;
         case T_Q4_0: return n / QK * (int64_t)sizeof(block_q4_0);
         case T_Q4_1: return n / QK * (int64_t)sizeof(block_q4_1);
         case T_Q5_0: return n / QK * (int64_t)sizeof(block_q5_0);
@@ -43,7 +44,7 @@ static inline int64_t type_row_bytes(int type, int64_t n) {
 }
 
 static inline int type_block_size(int type) {
-    if (type == T_F32 || type == T_F16) return 1;
+    if (type == T_F32 || type == T_F16 || type == T_BF16) return 1;
     if (type >= T_Q2_K && type <= T_Q8_K) return QK_K;
     return QK;
 }
@@ -242,8 +243,9 @@ static inline float dot_q6_K_q8_K(int n, const void *x, const void *y) { return 
 
 /* ---------------------------------------------------------------- float rows */
 
-static inline float dot_f32_f32(int n, const void *x, const void *y) { return dot_float_row(n, x, y, 0); }
-static inline float dot_f16_f16(int n, const void *x, const void *y) { return dot_float_row(n, x, y, 1); }
+static inline float dot_f32_f32(int n, const void *x, const void *y) { return dot_float_row(n, x, y, T_F32); }
+static inline float dot_f16_f16(int n, const void *x, const void *y) { return dot_float_row(n, x, y, T_F16); }
+static inline float dot_bf16_bf16(int n, const void *x, const void *y) { return dot_float_row(n, x, y, T_BF16); }
 
 /* ---------------------------------------------------------------- dispatch */
 
@@ -254,6 +256,7 @@ static inline vec_dot_fn vec_dot_for(int type, int *act_type) {
     switch (type) {
         case T_F32:  *act_type = T_F32;  return dot_f32_f32;
         case T_F16:  *act_type = T_F16;  return dot_f16_f16;
+        case T_BF16: *act_type = T_BF16; return dot_bf16_bf16;
         case T_Q4_0: *act_type = T_Q8_0; return dot_q4_0_q8_0;
         case T_Q4_1: *act_type = T_Q8_1; return dot_q4_1_q8_1;
         case T_Q5_0: *act_type = T_Q8_0; return dot_q5_0_q8_0;

@@ -1,9 +1,10 @@
 """Model speed, ours against llama.cpp on the same file and thread count.
 
-    python scripts/bench.py model [--quant Q4_0 Q4_K_M] [--threads 2] [--cache DIR]
+    python scripts/bench.py model [--quant Q4_0 Q4_K_M BF16] [--threads 2] [--cache DIR]
 
 Builds (once, into the cache dir) a TinyLlama-1.1B-shaped synthetic model (dim 2048,
-22 layers, 32 heads, 4 kv heads, ffn 5632) quantised by llama.cpp, then runs each
+22 layers, 32 heads, 4 kv heads, ffn 5632) quantised by llama.cpp (any of
+make_model's QUANT_TYPES, BF16 included), then runs each
 engine in its own process so peak RSS is its own: load time, prefill tok/s for a
 64- and a 512-token prompt (fresh cache, best of ``--repeat``), decode tok/s (one
 token at a time after a 16-token prompt), peak RSS; and prints the ratios ours/llama.cpp.
@@ -28,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.make_model import ModelSpec, cached_model  # noqa: E402
+from scripts.make_model import QUANT_TYPES, ModelSpec, cached_model  # noqa: E402
 
 TINYLLAMA = ModelSpec(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn=5632, n_ctx=2048, ftype="f16")
 # one narrow layer: decoding it costs little beyond what each engine spends per token around the kernels
@@ -137,7 +138,7 @@ def table(title: str, results: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quant", nargs="*", default=["Q4_0", "Q4_K_M"])
+    p.add_argument("--quant", nargs="*", default=["Q4_0", "Q4_K_M"], choices=QUANT_TYPES)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prefill", type=int, nargs="*", default=[64, 512])
     p.add_argument("--decode", type=int, default=32)

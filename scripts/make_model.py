@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.gguf import read_gguf  # noqa: E402
 
-QUANT_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K")
+QUANT_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "BF16")
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,8 @@ def write_model(path: str | os.PathLike, spec: ModelSpec = ModelSpec()) -> Path:
 
 def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, qtype: str, n_threads: int = 2,
                    allow_requantize: bool = False) -> Path:
-    """Quantise ``src`` with llama.cpp's own ``llama_model_quantize`` (``qtype`` as in llama-quantize: Q4_0, Q4_K_M, ...).
+    """Quantise ``src`` with llama.cpp's own ``llama_model_quantize`` (``qtype`` as in llama-quantize: Q4_0, Q4_K_M, ...;
+    BF16 rounds every matrix to bfloat16).
 
     ``allow_requantize`` lets an already quantised ``src`` through (llama.cpp dequantises it first).
     """

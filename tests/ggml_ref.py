@@ -1,8 +1,9 @@
 """ggml itself as a test reference: ctypes bindings to the libggml that llama-cpp-python ships.
 
-Only what the quantisation tests need: ggml's row dequantisers, the CPU backend's
-activation quantisers (the AVX2 code this machine runs), and the 4-row activation
-quantisers of the repacked matmul path, de-interleaved back to plain block rows.
+Only what the quantisation tests need: ggml's type table and row dequantisers, the CPU backend's
+activation quantisers (the AVX2 code this machine runs) and its BF16 rounding and
+one-row BF16 dot product, and the 4-row activation quantisers of the repacked matmul
+path, de-interleaved back to plain block rows.
 Importing this module fails (it does not skip) when llama_cpp is missing.
 """
 import ctypes
@@ -46,6 +47,17 @@ def _c_name(type_: GGMLType) -> str:
     return type_.name.lower().replace("_k", "_K")
 
 
+def type_layout(type_: int) -> tuple[str, int, int]:
+    """ggml's name, block size and bytes per block of type id ``type_`` (ggml_type_name, _blck_size, _type_size)."""
+    base = _lib("ggml-base")
+    base.ggml_type_name.restype = ctypes.c_char_p
+    base.ggml_blck_size.restype = ctypes.c_int64
+    base.ggml_type_size.restype = ctypes.c_size_t
+    for fn in (base.ggml_type_name, base.ggml_blck_size, base.ggml_type_size):
+        fn.argtypes = [ctypes.c_int]
+    return base.ggml_type_name(type_).decode(), base.ggml_blck_size(type_), base.ggml_type_size(type_)
+
+
 def dequantize_row(raw: np.ndarray, type_: GGMLType) -> np.ndarray:
     """ggml's conversion of one row of raw bytes to f32 (libggml-base): dequantize_row_<type>,
     or ggml_fp16_to_fp32_row / ggml_bf16_to_fp32_row for the 16-bit float types."""
@@ -67,6 +79,27 @@ def quantize_row(x: np.ndarray, type_: GGMLType) -> np.ndarray:
     for row_in, row_out in zip(x.reshape(-1, x.shape[-1]), out.reshape(-1, out.shape[-1])):
         fn(row_in.ctypes.data, row_out.ctypes.data, row_in.size)
     return out
+
+
+def fp32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """The CPU backend's BF16 from_float (ggml_cpu_fp32_to_bf16) on every value of x: uint16 bits."""
+    x = _floats(x)
+    out = np.zeros(x.shape, dtype=np.uint16)
+    _function(_cpu(), "ggml_cpu_fp32_to_bf16")(x.ctypes.data, out.ctypes.data, x.size)
+    return out
+
+
+def vec_dot_bf16(w: np.ndarray, a: np.ndarray) -> np.float32:
+    """ggml_vec_dot_bf16 (the CPU backend's one-row BF16 product) of two rows of bf16 bits (uint16)."""
+    w, a = np.ascontiguousarray(w, dtype=np.uint16), np.ascontiguousarray(a, dtype=np.uint16)
+    assert w.shape == a.shape and w.ndim == 1
+    fn = _cpu().ggml_vec_dot_bf16
+    fn.restype = None
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+                   ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    out = np.zeros(1, dtype=np.float32)
+    fn(w.size, out.ctypes.data, 0, w.ctypes.data, 0, a.ctypes.data, 0, 1)
+    return out[0]
 
 
 def quantize_mat_4x8(x: np.ndarray, type_: GGMLType) -> np.ndarray:

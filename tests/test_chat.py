@@ -114,7 +114,8 @@ def test_malformed_messages_are_type_errors(bad):
 
 # ---- Jinja templates vs llama-cpp-python ------------------------------------------------------------------
 
-TEMPLATES = ["llama-2-chat", "chatml", "zephyr", "mistral-instruct", "gemma-it", "llama-3-instruct", "tool-json"]
+TEMPLATES = ["llama-2-chat", "chatml", "zephyr", "mistral-instruct", "gemma-it", "llama-3-instruct", "tool-json",
+             "phi-3", "qwen2", "command-r"]  # the last three as llama.cpp's ggml-vocab-*.gguf carry them
 JINJA_CONVERSATIONS = [c for c in CONVERSATIONS if c] + [[user('say "hi" <b>&</b>'), assistant("{'x': 1}"), user("\\n")]]
 
 

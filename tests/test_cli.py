@@ -1,4 +1,5 @@
 """The llamanp command line, run as a user runs it: a subprocess, stdout, stderr and exit status."""
+import collections
 import math
 import re
 import subprocess
@@ -8,8 +9,11 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from engine import Llama
+import engine.__main__ as engine_main
+from engine import Llama, cli
+from engine.cli import main
 from engine.sampling import greedy
+from scripts import gguf_mutations as mutations
 from llama_cpp_vocab import LlamaCppVocab
 
 SMALL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, n_ctx=64)
@@ -129,3 +133,91 @@ def test_not_a_gguf_file(tmp_path):
     path.write_text("not a model")
     out = llamanp("info", "--model", path)
     assert out.returncode == 1 and "not a GGUF file" in out.stderr and "Traceback" not in out.stderr
+
+
+# ---- failures end in one line, in this process (main(argv) as the console script runs it) ----------------
+
+def run_main(argv, capsys) -> tuple[int, str]:
+    """``main(argv)``'s exit status and stderr as the interpreter would leave them."""
+    try:
+        main([str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    if isinstance(code, str):  # sys.exit(message): the interpreter prints it and exits with status 1
+        return 1, err + code + "\n"
+    return code or 0, err
+
+
+def assert_one_line(err: str) -> None:
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
+def not_utf8(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "latin1.txt"
+    path.write_bytes("café au lait, crème brûlée\n".encode("latin-1") * 50)
+    return path
+
+
+@pytest.mark.parametrize("args, status, message", [
+    (["top", "-k", "0", "x"], 2, "argument -k: must be at least 1, got 0"),
+    (["top", "-k", "many", "x"], 2, "argument -k: invalid count value: 'many'"),
+    (["perplexity", "--file", "{text}", "--chunks", "-1"], 2, "argument --chunks: must be at least 1"),
+    (["bench", "--n-prompt", "0"], 2, "argument --n-prompt: must be at least 1"),
+    (["bench", "--n-gen", "-2"], 2, "argument --n-gen: must be at least 1"),
+    (["generate", "--bogus"], 2, "unrecognized arguments: --bogus"),
+    (["perplexity", "--file", "{text}"], 1, "not UTF-8 text (invalid continuation byte at byte 3)"),
+    (["generate", "-p", "x", "--grammar", "{text}"], 1, "not UTF-8 text"),
+    (["generate", "-p", "x", "--ctx", "0"], 1, "n_ctx must be an integer from 1"),
+    (["info", "--model", "{text}"], 1, "not a GGUF file"),
+])
+def test_bad_arguments_end_in_one_line(args, status, message, not_utf8, capsys):
+    code, err = run_main([a.format(text=not_utf8) for a in args], capsys)
+    assert code == status and message in err
+    assert_one_line(err)
+
+
+def test_a_bug_ends_in_one_line_too(monkeypatch, capsys):
+    """An exception that is not the user's still ends in one line, named as a bug."""
+    def broken(args):
+        raise TypeError("unexpected")
+    monkeypatch.setattr(cli, "cmd_info", broken)
+    code, err = run_main(["info"], capsys)
+    assert code == 1 and "internal error" in err and "TypeError: unexpected" in err
+    assert_one_line(err)
+
+
+def test_ctrl_c_ends_in_one_line_and_status_130(monkeypatch, capsys):
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "main", interrupted)
+    with pytest.raises(SystemExit) as exit:
+        engine_main.run()
+    assert exit.value.code == 130 and capsys.readouterr().err == "llamanp: interrupted\n"
+
+
+@pytest.fixture(scope="module")
+def mutated(tmp_path_factory):
+    """The fuzz test's base model and a directory for the inputs made from it."""
+    directory = tmp_path_factory.mktemp("mutated")
+    return mutations.Doc.read(mutations.write_base_model(directory / "base.gguf")), directory
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # garbage weights overflow
+@pytest.mark.parametrize("command", [["info"], ["tokenize", "Hi the"], ["top", "-k", "2", "Hi"],
+                                     ["generate", "-p", "Hi", "-n", "2", "--sampler", "greedy"]])
+def test_corrupt_models_end_in_one_line(command, mutated, capsys):
+    """Inputs of every fuzz family: each command either succeeds or fails in one line as the user's error."""
+    base, directory = mutated
+    outcomes = collections.Counter()
+    for seed in range(150):
+        _, blob = mutations.mutate(base, seed)
+        path = mutations.write_case(directory, blob)
+        code, err = run_main([command[0], "--model", path, *command[1:]], capsys)
+        outcomes[code] += 1
+        if code:
+            assert code == 1 and err.startswith("llamanp: error:"), f"seed {seed}: {err}"
+            assert_one_line(err)
+    assert outcomes[0] and outcomes[1]  # both sides reached

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.errors import GGUFError
-from engine.gguf import ValueType, read_gguf
+from engine.gguf import MAX_ARRAY_DEPTH, ValueType, read_gguf
 from engine.quants import GGMLType
 
 QUANTS = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K"]
@@ -246,3 +246,25 @@ def test_bad_alignment(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(GGUFError, match="cannot open"):
         read_gguf(tmp_path / "nope.gguf")
+
+
+def nested_array(depth: int) -> bytes:
+    """An array holding one array ... ``depth`` arrays deep, the innermost holding the uint32s 1 and 2."""
+    return struct.pack("<IQ", 9, 1) * (depth - 1) + struct.pack("<IQII", 4, 2, 1, 2)
+
+
+def test_nesting_to_the_limit_reads_as_the_gguf_package_reads_it(tmp_path):
+    ours = read_bytes(tmp_path, build(kvs=[(b"k", 9, nested_array(MAX_ARRAY_DEPTH))]))
+    assert_same_metadata(ours, gguf.GGUFReader(tmp_path / "bad.gguf"))
+
+
+@pytest.mark.parametrize("depth", [MAX_ARRAY_DEPTH + 1, 335, 100_000])
+def test_deeper_nesting_is_refused_before_the_stack_runs_out(tmp_path, depth):
+    with pytest.raises(GGUFError, match=f"nests arrays more than {MAX_ARRAY_DEPTH} deep"):
+        read_bytes(tmp_path, build(kvs=[(b"k", 9, nested_array(depth))]))
+
+
+def test_duplicate_key(tmp_path):
+    kv = (b"general.name", 8, gguf_string(b"x"))
+    with pytest.raises(GGUFError, match="'general.name' appears twice"):
+        read_bytes(tmp_path, build(kvs=[kv, kv]))

@@ -7,7 +7,7 @@ the same logits, bit for bit, on either backend; bad input must raise ValueError
 import numpy as np
 import pytest
 
-from engine.ggml_ops import NumpyBackend, Rope, Weight, rope_cos_sin
+from engine.ggml_ops import NumpyBackend, Rope, Weight, rope_cos_sin, to_bf16
 from engine.llama import Llama
 from engine.quants import BLOCK_LAYOUT, GGMLType, quantize_q8_0, quantize_q8_1, quantize_q8_K
 from kernels import layers, matmul
@@ -36,12 +36,19 @@ def activations(rng, n, k):
 QK_K = 256
 
 
+def bf16_bits(x):
+    """x rounded to bfloat16 as ggml rounds activations, as the uint16 bits a BF16 tensor stores."""
+    return (to_bf16(x).view(np.uint32) >> 16).astype(np.uint16)
+
+
 def random_weights(rng, type_, n_out, n_in):
     """Random bytes as blocks of ``type_`` (every bit pattern is a valid block) with finite, modest scales."""
     if type_ == T.F32:
         return rng.standard_normal((n_out, n_in)).astype(np.float32)
     if type_ == T.F16:
         return rng.standard_normal((n_out, n_in)).astype(np.float16)
+    if type_ == T.BF16:
+        return bf16_bits(rng.standard_normal((n_out, n_in)))
     block, size = BLOCK_LAYOUT[type_]
     blocks = rng.integers(0, 256, (n_out, n_in // block, size), dtype=np.uint8)
     for off in F16_FIELDS[type_]:
@@ -64,6 +71,14 @@ def test_q8_K_quantiser_byte_identical(grouped):
     assert np.array_equal(matmul.quantize(x, T.Q8_K, grouped=grouped), quantize_q8_K(x, repacked=grouped))
 
 
+def test_bf16_rounding_byte_identical():
+    """Ties both ways, the largest bf16 and past it (infinity), infinities, NaNs of either sign."""
+    x = activations(np.random.default_rng(3), 3, 512)
+    x[2, :8] = np.array([0x3F808000, 0x3F818000, 0x7F7F7FFF, 0x7F7F8000, 0x7F800000, 0xFF800000, 0x7F800001,
+                         0xFFC12345], np.uint32).view(np.float32)
+    assert np.array_equal(matmul.quantize(x, T.BF16).view(np.uint16), bf16_bits(x))
+
+
 def test_q8_K_grouping_changes_only_the_sign_choice():
     x = np.zeros((4, 256), np.float32)
     x[:, 0], x[:, 1] = -2.0, 2.0  # -amax first: the row quantiser and the grouped one pick opposite signs
@@ -74,7 +89,7 @@ def test_q8_K_grouping_changes_only_the_sign_choice():
 
 # ---------------------------------------------------------------- matrix products
 
-PRODUCT_TYPES = [T.F32, T.F16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+PRODUCT_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 # one and several activation rows: the vec_dot kernels (1), tinyBLAS and the few-row K-quant
 # kernels (2..7), the tiled K-quant kernel (8+); whole groups of four and remainders for the repacked ones
 TOKEN_COUNTS = [1, 2, 3, 4, 5, 8, 9, 17]
@@ -92,7 +107,7 @@ def test_matmul_bit_identical_to_numpy(type_, n_out):
         assert np.array_equal(m.matmul(x, n_threads=2), REF.matmul(w, x)), n
 
 
-@pytest.mark.parametrize("type_", [T.F32, T.F16], ids=lambda t: t.name)
+@pytest.mark.parametrize("type_", [T.F32, T.F16, T.BF16], ids=lambda t: t.name)
 @pytest.mark.parametrize("n_in", [3, 8, 40, 264, 515])  # tails past the last multiple of 32; rows tinyBLAS declines
 def test_float_matmul_bit_identical_for_any_row_length(type_, n_in):
     rng = np.random.default_rng(n_in)
@@ -143,6 +158,8 @@ def raw_activations(type_, x):
     """x as the raw activation row that weights of ``type_`` pair with in ggml."""
     if type_ in (T.F32, T.F16):
         return x.astype(np.float32 if type_ == T.F32 else np.float16)
+    if type_ == T.BF16:
+        return bf16_bits(x)
     return {T.Q4_1: quantize_q8_1, T.Q5_1: quantize_q8_1}.get(
         type_, quantize_q8_K if type_ >= T.Q2_K else quantize_q8_0)(x)
 
