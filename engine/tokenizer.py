@@ -52,6 +52,7 @@ from .gguf import read_gguf
 from .pretokenize import ADD_BOS, NO_BOS
 from .spm import SPACE, SentencePiece
 
+
 class TokenType(IntEnum):
     """``tokenizer.ggml.token_type`` values (llama.cpp's llama_token_type)."""
     UNDEFINED = 0
