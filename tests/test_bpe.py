@@ -108,8 +108,9 @@ def test_vocabulary_matches_llama_cpp(vocab, name):
     round trip (a token's text tokenizes back to that text) on a seeded sample of 2,000 tokens."""
     tok, ref = vocab(name)
     assert tok.n_vocab == ref.llm.n_vocab()
-    assert (tok.bos, tok.eos, tok.add_bos) == (ref.llm.token_bos(), ref.llm.token_eos(),
-                                              llama_cpp.llama_vocab_get_add_bos(ref.vocab))
+    assert (tok.bos, tok.eos, tok.add_bos, tok.add_eos) == (ref.llm.token_bos(), ref.llm.token_eos(),
+                                                           llama_cpp.llama_vocab_get_add_bos(ref.vocab),
+                                                           llama_cpp.llama_vocab_get_add_eos(ref.vocab))
     attrs = [llama_cpp.llama_vocab_get_attr(ref.vocab, t) for t in range(tok.n_vocab)]
     assert [tok.token_types[t] in (TokenType.CONTROL, TokenType.UNKNOWN) for t in range(tok.n_vocab)] == \
         [bool(a & HIDDEN) for a in attrs]
@@ -141,9 +142,10 @@ def test_seed_examples(vocab):
     assert {eot, tok.eos} <= tok.eog
 
 
-def write_vocab(src, dst, pre: str, bos: bool = True):
-    """A copy of the vocab-only GGUF ``src`` with another tokenizer.ggml.pre (and without
-    tokenizer.ggml.bos_token_id unless ``bos``), written by the gguf package."""
+def write_vocab(src, dst, pre: str, bos: bool = True, add: bool | None = None):
+    """A copy of the vocab-only GGUF ``src`` with another tokenizer.ggml.pre, without
+    tokenizer.ggml.bos_token_id unless ``bos``, and add_bos_token = add_eos_token = ``add``
+    unless None (absent); written by the gguf package."""
     metadata = read_gguf(src).metadata
     arch = metadata["general.architecture"]
     writer = gguf.GGUFWriter(str(dst), arch)
@@ -158,24 +160,28 @@ def write_vocab(src, dst, pre: str, bos: bool = True):
     if bos:
         writer.add_bos_token_id(metadata["tokenizer.ggml.bos_token_id"])
     writer.add_eos_token_id(metadata["tokenizer.ggml.eos_token_id"])
+    if add is not None:
+        writer.add_add_bos_token(add)
+        writer.add_add_eos_token(add)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.close()
     return dst
 
 
-@pytest.mark.parametrize("name, pre, bos", [
-    ("starcoder", "smollm", True),       # SmolLM2's, on the StarCoder vocabulary it shares
-    ("qwen2", "grok-2", True),           # Qwen2's split under another name
-    ("llama-bpe", "glm4", False),        # Llama 3's split, whole words first, no BOS by default
-    ("llama-bpe", "dbrx", True),         # Llama 3's split, merges always, no BOS added
-    ("gpt-2", "", True),                 # empty: llama.cpp's default split
+@pytest.mark.parametrize("name, pre, bos, add", [
+    ("starcoder", "smollm", True, None),   # SmolLM2's, on the StarCoder vocabulary it shares
+    ("qwen2", "grok-2", True, None),       # Qwen2's split under another name
+    ("llama-bpe", "glm4", False, None),    # Llama 3's split, whole words first, no BOS by default
+    ("llama-bpe", "dbrx", True, None),     # Llama 3's split, merges always, no BOS added
+    ("llama-bpe", "llama-bpe", True, False),  # the GGUF's add_bos_token overrides Llama 3's default
+    ("gpt-2", "", True, True),             # empty: llama.cpp's default split; BOS and EOS added as the GGUF says
 ])
-def test_other_pre_tokenizers_match_llama_cpp(llama_cpp_vocabs, tmp_path, name, pre, bos):
-    path = write_vocab(llama_cpp_vocabs / f"ggml-vocab-{name}.gguf", tmp_path / "vocab.gguf", pre, bos)
+def test_other_pre_tokenizers_match_llama_cpp(llama_cpp_vocabs, tmp_path, name, pre, bos, add):
+    path = write_vocab(llama_cpp_vocabs / f"ggml-vocab-{name}.gguf", tmp_path / "vocab.gguf", pre, bos, add)
     tok, ref = Tokenizer.from_gguf(path), LlamaCppVocab(path)
-    assert (-1 if tok.bos is None else tok.bos, tok.add_bos) == (ref.llm.token_bos(),
-                                                                 llama_cpp.llama_vocab_get_add_bos(ref.vocab))
+    assert (-1 if tok.bos is None else tok.bos, tok.add_bos, tok.add_eos) == \
+        (ref.llm.token_bos(), llama_cpp.llama_vocab_get_add_bos(ref.vocab), llama_cpp.llama_vocab_get_add_eos(ref.vocab))
     for i, text in enumerate(random_texts(tok, 300, seed=99)):
         assert tok.tokenize(text, add_bos=i % 2 == 0, special=True) == \
             ref.tokenize(text, add_bos=i % 2 == 0, special=True), text
