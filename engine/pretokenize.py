@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 from functools import lru_cache
+from itertools import accumulate
 from importlib import resources
 from typing import Callable
 
@@ -60,7 +61,7 @@ def as_unicode_15_1(text: str) -> str:
     unassigned = [char for char in set(text) if _in_ranges(ord(char), firsts, lasts)]
     if not unassigned:
         return text
-    return regex.sub(f"[{''.join(map(regex.escape, unassigned))}]", PLACEHOLDER, text)
+    return text.translate(dict.fromkeys(map(ord, unassigned), PLACEHOLDER))
 
 
 def _in_ranges(code_point: int, firsts: list[int], lasts: list[int]) -> bool:
@@ -162,8 +163,5 @@ def pre_tokenizer(pre: str) -> Callable[[str], list[str]]:
 
 def _same_spans(text: str, pieces: list[str]) -> list[str]:
     """The pieces of ``text`` as long as ``pieces`` (which cut a same-length copy of it)."""
-    out, start = [], 0
-    for piece in pieces:
-        out.append(text[start:start + len(piece)])
-        start += len(piece)
-    return out
+    ends = list(accumulate(map(len, pieces)))
+    return [text[start:end] for start, end in zip([0] + ends, ends)]
