@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from engine import Llama
+from engine.backends import EXACT
 from engine.errors import ModelError
 from tests.helpers import llama_cpp_logits
 from tests.model_files import with_metadata, write_tiny
@@ -26,7 +27,7 @@ def tokens() -> list[int]:
 def test_llama3_rope_factors_equal_llama_cpp(make_model, tokens):
     path = make_model(n_layers=1, rope_freqs=True)
     ref = llama_cpp_logits(path, tokens)
-    for backend in ("numpy", "cython"):
+    for backend in EXACT:
         with Llama(path, n_ctx=N_CTX, backend=backend) as llm:
             assert llm.hparams.rope.freq_factors is not None
             assert np.array_equal(llm.eval_logits(tokens), ref), backend

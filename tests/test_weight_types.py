@@ -14,6 +14,7 @@ import pytest
 from tests import ggml_ref
 import llama_cpp  # the reference: a missing llama_cpp fails this module, it does not skip it
 from engine import Llama
+from engine.backends import EXACT
 from engine.errors import ModelError
 from engine.ggml_ops import float_dots
 from engine.quants import BLOCK_LAYOUT, GGMLType
@@ -84,7 +85,7 @@ def ref_logits(ref, tokens, reset=True):
     return np.array(ref.scores[start:start + len(tokens)], np.float32)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cython"])
+@pytest.mark.parametrize("backend", EXACT)
 def test_bf16_logits_identical_to_llama_cpp(bf16_model, backend):
     """Two-token prompts and a 40-token prompt (tinyBLAS, several rows), then decoding one token
     at a time (ggml_vec_dot_bf16, one row): every logit the same bits as llama.cpp's."""
@@ -107,7 +108,7 @@ def test_tied_bf16_embedding_identical_to_llama_cpp(make_model):
     ref = llama_cpp.Llama(str(path), n_ctx=N_CTX, logits_all=True, flash_attn=False, verbose=False, n_threads=1)
     prompts = [[BOS, 300], [BOS, 17000, 9]]
     try:
-        for backend in ("numpy", "cython"):
+        for backend in EXACT:
             with Llama(path, n_ctx=N_CTX, backend=backend) as ours:
                 assert ours.model.weights.output is ours.model.weights.token_embd
                 assert ours.model.weights.token_embd.type == T.BF16
