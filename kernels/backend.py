@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.ggml_ops import NumpyBackend, Rope, Weight
+from engine.ggml_ops import NumpyBackend, Rope, Weight, gelu_table
 
 from . import layers
 from .matmul import Matrix, get_rows, is_file_mapping, release_file_pages
@@ -113,10 +113,14 @@ class CythonBackend:
         if self._angles is None or self._angles[0] != key:
             angles = layers.rope_angles(positions, rope.n_dims, rope.freq_base, rope.freq_scale, rope.freq_factors)
             self._angles = key, angles
-        return layers.rope(x, *self._angles[1], self.n_threads)
+        return layers.rope(x, *self._angles[1], self.n_threads, rope.neox)
 
-    def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float) -> np.ndarray:
-        return layers.attention(q, k_cache, v_cache, start, scale, self.n_threads)  # (n, n_heads*hd)
+    def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float,
+                  window: int = 0) -> np.ndarray:
+        return layers.attention(q, k_cache, v_cache, start, scale, self.n_threads, window)  # (n, n_heads*hd)
 
     def swiglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         return layers.swiglu(gate, up, self.n_threads)
+
+    def geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        return layers.geglu(gate, up, gelu_table(), self.n_threads)
