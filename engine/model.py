@@ -87,6 +87,19 @@ class HParams:
     def layer_rope(self, layer: int) -> Rope:
         return self.rope_swa if self.window(layer) else self.rope
 
+    def switches(self) -> str:
+        """The family and what its switches make of this model, in words (for ``llamanp info``)."""
+        f = self.family
+        words = [f"{'neox' if f.neox else 'norm'} rope (base {self.rope.freq_base:g})",
+                 f"{'gelu' if f.gelu else 'silu'} gate", f"head size {self.head_dim}"]
+        words += ["q/k norm"] * f.qk_norm + ["post-attention and post-ffn norms"] * f.post_norms
+        words += ["embeddings x sqrt(dim), q x attention scale"] * f.embed_scale
+        n_windowed = sum(w > 0 for w in self.windows)
+        if n_windowed:
+            words.append(f"sliding window {max(self.windows)} on {n_windowed} of {self.n_layers} layers "
+                         f"(rope base {self.rope_swa.freq_base:g})")
+        return f"{self.arch}: {', '.join(words)}"
+
     @classmethod
     def from_gguf(cls, gguf: GGUFFile) -> "HParams":
         """Read and range-check every hyperparameter, so a bad file fails here with ModelError,
