@@ -38,7 +38,7 @@ class CythonBackend:
         self._matrices: dict[int, tuple[Weight, Matrix]] = {}  # id(weight) -> (weight, its kernel matrix)
         self._stacks: dict[tuple[int, ...], Stack] = {}  # ids of the weights -> their stack
         self._reference = NumpyBackend()
-        self._angles: tuple[tuple, tuple[np.ndarray, np.ndarray]] | None = None  # last positions' rope cos, sin
+        self._angles: dict[Rope, tuple[bytes, tuple[np.ndarray, np.ndarray]]] = {}  # per rope: last positions, cos, sin
 
     def matrix(self, w: Weight, release_source: bool = True) -> Matrix:
         """The kernel matrix of ``w``, built on first use."""
@@ -108,12 +108,13 @@ class CythonBackend:
         return layers.rms_norm(x, weight, eps, self.n_threads)
 
     def rope(self, x: np.ndarray, positions: np.ndarray, rope: Rope) -> np.ndarray:
-        """Every layer rotates q and k at the same positions, so the angles are computed once per batch."""
-        key = (rope, positions.tobytes())
-        if self._angles is None or self._angles[0] != key:
+        """Every layer rotates q and k at the same positions, so the angles are computed once per batch
+        (per rope: Gemma's windowed layers have their own)."""
+        entry = self._angles.get(rope)
+        if entry is None or entry[0] != positions.tobytes():
             angles = layers.rope_angles(positions, rope.n_dims, rope.freq_base, rope.freq_scale, rope.freq_factors)
-            self._angles = key, angles
-        return layers.rope(x, *self._angles[1], self.n_threads, rope.neox)
+            entry = self._angles[rope] = positions.tobytes(), angles
+        return layers.rope(x, *entry[1], self.n_threads, rope.neox)
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float,
                   window: int = 0) -> np.ndarray:
