@@ -11,7 +11,11 @@ each one's switches side by side, and the one decoder below consults them:
 
     family   rope   gate  q/k norm  post norms  embed x sqrt(dim)  sliding window
     llama    norm   silu  no        no          no                 no
+    qwen2    neox   silu  no        no          no                 no
+    qwen3    neox   silu  yes       no          no                 no
     gemma3   neox   gelu  yes       yes         yes                5 of 6 layers
+
+Biases on q, k and v (Qwen2's) are added wherever the file has them, as llama.cpp adds them.
 
 Every op comes from a backend (``engine.ggml_ops``) so a compiled one can stand in for
 the NumPy reference; the KV cache is stored in float16 as llama.cpp stores it.
@@ -42,6 +46,8 @@ class Family:
 
 FAMILIES = {
     "llama": Family(neox=False, gelu=False, qk_norm=False, post_norms=False, embed_scale=False, swa_period=0),
+    "qwen2": Family(neox=True, gelu=False, qk_norm=False, post_norms=False, embed_scale=False, swa_period=0),
+    "qwen3": Family(neox=True, gelu=False, qk_norm=True, post_norms=False, embed_scale=False, swa_period=0),
     "gemma3": Family(neox=True, gelu=True, qk_norm=True, post_norms=True, embed_scale=True, swa_period=6),
 }
 SUPPORTED_ARCHITECTURES = tuple(FAMILIES)
@@ -232,6 +238,9 @@ class Layer:
     w_gate: Weight         # dim -> ffn
     w_up: Weight           # dim -> ffn
     w_down: Weight         # ffn -> dim
+    q_bias: np.ndarray | None = None          # (n_heads * head_dim,), where the file has them
+    k_bias: np.ndarray | None = None          # (kv_dim,)
+    v_bias: np.ndarray | None = None          # (kv_dim,)
     q_norm: np.ndarray | None = None          # (head_dim,), with Family.qk_norm
     k_norm: np.ndarray | None = None          # (head_dim,)
     attn_post_norm: np.ndarray | None = None  # (dim,), with Family.post_norms
@@ -241,6 +250,10 @@ class Layer:
     def qkv(self) -> tuple[Weight, Weight, Weight]:
         """The three products attention takes of the same normed input."""
         return self.wq, self.wk, self.wv
+
+    @property
+    def qkv_bias(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        return self.q_bias, self.k_bias, self.v_bias
 
     @property
     def gate_up(self) -> tuple[Weight, Weight]:
@@ -270,13 +283,16 @@ class Weights:
             return _vector(gguf, name, n)
 
         def extras(i: int) -> dict:
-            """The family's extra norms of layer i."""
+            """Layer i's q, k and v biases where the file has them, and the family's extra norms."""
             family, blk = hp.family, f"blk.{i}."
+            sizes = dict(q=hp.n_heads * hp.head_dim, k=hp.kv_dim, v=hp.kv_dim)
+            biases = {f"{x}_bias": vector(f"{blk}attn_{x}.bias", n) for x, n in sizes.items()
+                      if f"{blk}attn_{x}.bias" in gguf.tensors}
             qk = dict(q_norm=vector(blk + "attn_q_norm.weight", hp.head_dim),
                       k_norm=vector(blk + "attn_k_norm.weight", hp.head_dim)) if family.qk_norm else {}
             post = dict(attn_post_norm=vector(blk + "post_attention_norm.weight"),
                         ffn_post_norm=vector(blk + "post_ffw_norm.weight")) if family.post_norms else {}
-            return qk | post
+            return biases | qk | post
 
         q_dim = hp.n_heads * hp.head_dim
         layers = tuple(
@@ -294,6 +310,9 @@ class Weights:
             )
             for i in range(hp.n_layers)
         )
+        for unsupported in ("output.bias", "blk.0.attn_qkv.weight", "blk.0.attn_output.bias"):
+            if unsupported in gguf.tensors:
+                raise ModelError(f"{gguf.path}: tensor {unsupported!r} is not supported")
         token_embd = matrix("token_embd.weight", hp.dim, hp.n_vocab)
         output = matrix("output.weight", hp.dim, hp.n_vocab) if "output.weight" in gguf.tensors else token_embd
         return cls(token_embd, layers, vector("output_norm.weight"), output)
@@ -369,7 +388,8 @@ class Model:
         hp, ops = self.hp, self.backend
         n = x.shape[0]
         h = ops.rms_norm(x, layer.attn_norm, hp.rms_eps)                   # (n, dim)
-        q, k, v = ops.matmuls(layer.qkv, h)                                 # (n, n_heads*hd), (n, kv_dim) x 2
+        q, k, v = (y if b is None else y + b                                # (n, n_heads*hd), (n, kv_dim) x 2
+                   for y, b in zip(ops.matmuls(layer.qkv, h), layer.qkv_bias))
         if layer.q_norm is not None:                                        # each head's q and k normed
             q = ops.rms_norm(q.reshape(n * hp.n_heads, hp.head_dim), layer.q_norm, hp.rms_eps)
             k = ops.rms_norm(k.reshape(n * hp.n_kv_heads, hp.head_dim), layer.k_norm, hp.rms_eps)

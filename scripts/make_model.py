@@ -1,7 +1,7 @@
 """Synthetic models of each supported family for tests and benchmarks.
 
 ``write_model`` writes a GGUF file with seeded random weights, any shape and family
-(llama, gemma3), and the real llama2 vocabulary; ``quantize_model`` hands it to llama.cpp's own quantiser so
+(llama, qwen2, qwen3, gemma3), and the real llama2 vocabulary; ``quantize_model`` hands it to llama.cpp's own quantiser so
 the result carries llama.cpp's real tensor-type mixtures (a Q4_0 file keeps a Q6_K
 output tensor, Q4_K_M mixes Q4_K and Q6_K, ...).
 
@@ -32,7 +32,7 @@ QUANT_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_M", "Q4_K_M
 @dataclass(frozen=True)
 class ModelSpec:
     """The shape and seed of a synthetic model; ``ftype`` is how the unquantised file stores matrices."""
-    arch: str = "llama"  # or "gemma3": q/k norms, post norms, GELU, a sliding window
+    arch: str = "llama"  # or "qwen2" (q, k, v biases), "qwen3" (q/k norms), "gemma3" (q/k norms, post norms, GELU, a window)
     dim: int = 256
     n_layers: int = 2
     n_heads: int = 4
@@ -84,9 +84,13 @@ def random_weights(spec: ModelSpec, n_vocab: int) -> dict[str, np.ndarray]:
         weights[blk + "ffn_gate.weight"] = matrix(spec.ffn, spec.dim)
         weights[blk + "ffn_up.weight"] = matrix(spec.ffn, spec.dim)
         weights[blk + "ffn_down.weight"] = matrix(spec.dim, spec.ffn)
-        if spec.arch == "gemma3":
+        if spec.arch == "qwen2":
+            for name, n in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
+                weights[blk + name + ".bias"] = (0.5 * rng.standard_normal(n)).astype(np.float32)
+        if spec.arch in ("qwen3", "gemma3"):
             weights[blk + "attn_q_norm.weight"] = norm(head_dim)
             weights[blk + "attn_k_norm.weight"] = norm(head_dim)
+        if spec.arch == "gemma3":
             weights[blk + "post_attention_norm.weight"] = norm()
             weights[blk + "post_ffw_norm.weight"] = norm()
     weights["output_norm.weight"] = norm()

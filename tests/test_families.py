@@ -1,10 +1,11 @@
 """Model families other than LLaMA against llama.cpp (llama-cpp-python 0.3.36) on the same ids.
 
-Synthetic Gemma 3 models (seeded weights written with gguf's writer, quantised by llama.cpp
-itself) with GQA, a head size apart from dim / heads (attention.key_length) and a 64-token
-sliding window on all but every sixth layer: logits of every position bit-identical to
+Synthetic Gemma 3, Qwen2 and Qwen3 models (seeded weights written with gguf's writer,
+quantised by llama.cpp itself) with GQA; Gemma 3 and Qwen3 with a head size apart from
+dim / heads (attention.key_length), Gemma 3 with a 64-token sliding window on all but every
+sixth layer, Qwen2 with q, k and v biases: logits of every position bit-identical to
 llama.cpp's for 2 and 40 tokens on F32, F16, Q8_0, Q4_0, Q4_K_M and Q6_K files, and for a
-700-token prompt, where the window matters.  The real Gemma 3 270M (fetched by the pinned
+700-token Gemma 3 prompt, where the window matters.  The real Gemma 3 270M (fetched by the pinned
 download ``llamanp pull`` uses): a 600-token prompt, longer than its 512-token window, and 128
 greedy tokens.  Both engines run one thread, as in test_smollm2.
 """
@@ -29,33 +30,42 @@ from tests.test_rope import ref_logits
 N_CTX = 1024
 GEMMA3 = dict(arch="gemma3", dim=128, n_layers=7, n_heads=4, n_kv_heads=2, head_dim=64, ffn=256, n_ctx=N_CTX,
               rms_eps=1e-6, rope_base=1e6, tied=True, window=64)
+SPECS = {
+    "gemma3": GEMMA3,
+    "qwen2": dict(arch="qwen2", dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn=256, n_ctx=N_CTX, rms_eps=1e-6,
+                  rope_base=1e6),
+    "qwen3": dict(arch="qwen3", dim=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=64, ffn=256, n_ctx=N_CTX,
+                  rms_eps=1e-6, rope_base=1e6, tied=True),
+}
 FILES = ["F32", "F16", "Q8_0", "Q4_0", "Q4_K_M", "Q6_K"]
 
 
-def gemma3_file(make_model, kind: str) -> Path:
+def family_file(make_model, arch: str, kind: str) -> Path:
     if kind in ("F32", "F16"):
-        return make_model(**GEMMA3, ftype=kind.lower())
-    return make_model(kind, **GEMMA3)
+        return make_model(**SPECS[arch], ftype=kind.lower())
+    return make_model(kind, **SPECS[arch])
 
 
+@pytest.mark.parametrize("arch", SPECS)
 @pytest.mark.parametrize("kind", FILES)
-def test_gemma3_logits_equal_llama_cpp(make_model, kind):
-    path = gemma3_file(make_model, kind)
+def test_logits_equal_llama_cpp(make_model, arch, kind):
+    path = family_file(make_model, arch, kind)
     with Llama(path, n_ctx=N_CTX, n_threads=1, backend="cython") as ours:
         for n in (2, 40):
             tokens = random_tokens(0, n)
             assert np.array_equal(ours.eval_logits(tokens), ref_logits(path, tokens, N_CTX)), n
 
 
-def test_gemma3_numpy_reference_equals_llama_cpp(make_model):
-    path = gemma3_file(make_model, "Q4_K_M")
+@pytest.mark.parametrize("arch", SPECS)
+def test_numpy_reference_equals_llama_cpp(make_model, arch):
+    path = family_file(make_model, arch, "Q4_K_M")
     tokens = random_tokens(0, 40)
     with Llama(path, n_ctx=64, backend="numpy") as reference:
         assert np.array_equal(reference.eval_logits(tokens), ref_logits(path, tokens, N_CTX))
 
 
 def test_gemma3_prompt_past_the_window_equals_llama_cpp(make_model):
-    path = gemma3_file(make_model, "F32")
+    path = family_file(make_model, "gemma3", "F32")
     tokens = random_tokens(0, 700)
     with Llama(path, n_ctx=N_CTX, n_threads=1, backend="cython") as ours:
         assert np.array_equal(ours.eval_logits(tokens), ref_logits(path, tokens, N_CTX))
@@ -115,6 +125,7 @@ def test_gemma3_270m_hyperparameters(gemma3_270m):
 @pytest.mark.parametrize("drop, extra, message", [
     (("blk.0.attn_q_norm.weight",), {}, "attn_q_norm.weight' is missing"),
     (("blk.1.post_ffw_norm.weight",), {}, "post_ffw_norm.weight' is missing"),
+    ((), {"gemma3.attention.head_count_kv": 3}, "must split into head_count_kv"),
     ((), {"gemma3.final_logit_softcapping": 30.0}, "final_logit_softcapping is not supported"),
     ((), {"gemma3.attention.sliding_window_pattern": [True, False]}, "sliding_window_pattern must be UINT32"),
     ((), {"gemma3.attention.value_length": 32}, "value_length must equal"),
