@@ -68,12 +68,13 @@ def cmd_info(args) -> None:
 
 
 def cmd_tokenize(args) -> None:
-    from .tokenizer import Tokenizer
+    """Each token: its id and, between quotes, the text it stands for (see tokenizer.readable)."""
+    from .tokenizer import Tokenizer, readable
 
     tok = Tokenizer.from_gguf(resolve(args.model))
     ids = tok.tokenize(read_prompt(args), add_bos=args.bos, special=args.special)
     for i in ids:
-        print(f"{i:>8}  {tok.token_to_piece(i, special=True)!r}")
+        print(f"{i:>8}  '{readable(tok.token_to_piece(i, special=True))}'")
     note(f"{len(ids)} tokens")
 
 
@@ -148,6 +149,7 @@ def cmd_chat(args) -> None:
 
 def cmd_top(args) -> None:
     from .sampling import softmax
+    from .tokenizer import readable
 
     with open_model(args) as llm:
         llm.update(read_prompt(args))
@@ -157,7 +159,8 @@ def cmd_top(args) -> None:
         for title, ids in rows:
             print(f"{title}:")
             for i in ids:
-                print(f"  {int(i):>7}  {llm.tokenizer.token_to_piece(int(i), special=True)!r:<24} {p[i]:.6g}")
+                shown = f"'{readable(llm.tokenizer.token_to_piece(int(i), special=True))}'"
+                print(f"  {int(i):>7}  {shown:<24} {p[i]:.6g}")
 
 
 def cmd_perplexity(args) -> None:

@@ -47,12 +47,6 @@ class Step:
     complete: bool = True  # False only for a token cut short by a stop string
 
 
-def end_of_generation_tokens(llm: "Llama") -> frozenset[int]:
-    """EOS plus the end-of-turn / end-of-message tokens a vocabulary may declare."""
-    keys = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
-    return frozenset(llm.metadata[k] for k in keys if k in llm.metadata)
-
-
 def prepare(llm: "Llama", prompt: str | Sequence[int]) -> list[int]:
     """Evaluate ``prompt`` (text gets BOS), reusing the longest cached prefix; returns its tokens."""
     tokens = llm.tokenize(prompt, add_bos=True) if isinstance(prompt, str) else list(prompt)
@@ -90,7 +84,7 @@ def steps(llm: "Llama", prompt: str | Sequence[int], sampler: Sampler | None = N
         raise ValueError("seed seeds the default sampler; seed the sampler you pass yourself")
     stops = _stop_strings(stop)
     bias = _bias_vector(logit_bias, llm.n_vocab)
-    end_tokens = end_of_generation_tokens(llm)
+    end_tokens = llm.tokenizer.eog  # as llama_vocab_is_eog decides
     if grammar is not None:
         from .grammar_sampler import GrammarSampler
         sampler = GrammarSampler(grammar, llm.tokenizer.pieces, end_tokens, sampler)

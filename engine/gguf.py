@@ -214,7 +214,27 @@ class _Cursor:
             return values.astype(bool) if etype == ValueType.BOOL else values
         min_bytes = 8 if etype == ValueType.STRING else 12  # a length, or a type and a count
         n = self.count(what, min_bytes)
+        if etype == ValueType.STRING:
+            return self.strings(n, what)
         return [self.value(etype, f"{what}[{i}]", depth) for i in range(n)]
+
+    def strings(self, n: int, what: str) -> list[str]:
+        """``n`` strings in a row, as ``string`` reads them but in one tight loop: vocabularies
+        hold 100,000s. At the first one that is cut off or not UTF-8, ``string`` takes over
+        and names the fault."""
+        buf, pos, size, out = self.buf, self.pos, self.size, []
+        try:
+            for _ in range(n):
+                (length,) = struct.unpack_from("<Q", buf, pos)
+                end = pos + 8 + length
+                if end > size:
+                    break
+                out.append(str(buf[pos + 8:end], "utf-8"))
+                pos = end
+        except (struct.error, UnicodeDecodeError):
+            pass
+        self.pos = pos
+        return out + [self.string(f"{what}[{i}]") for i in range(len(out), n)]
 
 
 def read_gguf(path: str | os.PathLike) -> GGUFFile:

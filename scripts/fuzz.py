@@ -8,7 +8,6 @@ loads, clean errors (the library's own exceptions), other exceptions, crashes, h
 and the workers' peak resident memory, and names the seeds to replay.
 
     python scripts/fuzz.py -n 100000 --jobs 2         # the families tests/test_fuzz.py checks
-    python scripts/fuzz.py -n 10000 --pending         # with those waiting for fixes on other branches
     python scripts/fuzz.py --replay 1234              # one seed in this process, with its traceback
 
 Exit status 0 when every input loaded or raised a library error, 1 otherwise.
@@ -39,11 +38,6 @@ from scripts import gguf_mutations as mutations  # noqa: E402
 READY = "ready"
 
 
-def families(pending: bool) -> dict:
-    return {**mutations.FAMILIES, **mutations.PENDING_TOKENIZER} if pending \
-        else mutations.FAMILIES
-
-
 # ---- the worker: one process, many inputs ---------------------------------------------------------------
 
 def outcome(path: Path) -> tuple[str, str]:
@@ -59,18 +53,17 @@ def outcome(path: Path) -> tuple[str, str]:
         return "other", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
-def worker(directory: Path, pending: bool) -> None:
+def worker(directory: Path) -> None:
     """Answer each seed read from stdin with a JSON line: seed, family, outcome, detail, peak RSS in KiB."""
     warnings.simplefilter("ignore")  # overflow in garbage weights; not what is counted here
     import engine.llama  # noqa: F401  (imported before READY, so the first seed's timeout is its own)
 
     base = mutations.Doc.read(mutations.write_base_model(directory / "base.gguf"))
-    chosen = families(pending)
     print(READY, flush=True)
     for line in sys.stdin:
         seed = int(line)
         try:
-            family, blob = mutations.mutate(base, seed, chosen)
+            family, blob = mutations.mutate(base, seed)
         except Exception as e:  # a bug in the generator, not in llamanp: the worker dies with this in its log
             raise SystemExit(f"the generator failed on seed {seed}: {type(e).__name__}: {e}") from e
         kind, detail = outcome(mutations.write_case(directory, blob))
@@ -114,7 +107,7 @@ class Worker:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", str(self.directory), *(["--pending"] if args.pending else [])],
+            [sys.executable, __file__, "--worker", str(self.directory)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, bufsize=1, preexec_fn=limits)
         self.seed: int | None = None
         self.deadline = time.monotonic() + args.start_timeout
@@ -139,7 +132,6 @@ def death(status: int) -> str:
 
 def run(args) -> Tally:
     tally = Tally()
-    chosen = families(args.pending)
     seeds = iter(range(args.start, args.start + args.n))
     selector = selectors.DefaultSelector()
     run_dir = Path(tempfile.mkdtemp(prefix="llamanp-fuzz-"))
@@ -166,7 +158,7 @@ def run(args) -> Tally:
         if seed is None and not w.ready:
             raise SystemExit(f"worker {index} did not start ({detail or death(status)}); see {w.log.name}")
         if seed is not None:
-            tally.add(seed, mutations.family(seed, chosen), kind, detail or death(status))
+            tally.add(seed, mutations.family(seed, mutations.FAMILIES), kind, detail or death(status))
         start(index)
 
     workers.extend([None] * args.jobs)
@@ -227,18 +219,18 @@ def report(tally: Tally, args) -> str:
         "by family: " + ", ".join(f"{name} {dict(c)}" for name, c in sorted(tally.by_family.items())),
     ]
     if tally.findings:
-        lines += ["", "to replay: python scripts/fuzz.py --replay SEED" + (" --pending" if args.pending else "")]
+        lines += ["", "to replay: python scripts/fuzz.py --replay SEED"]
         lines += [f"  seed {seed} ({family}) {kind}: {detail}" for seed, family, kind, detail in tally.findings[:50]]
     if tally.logs:
         lines += [f"the workers' stderr: {tally.logs}/worker*.log"]
     return "\n".join(lines)
 
 
-def replay(seed: int, pending: bool) -> None:
+def replay(seed: int) -> None:
     """Run one seed here, letting whatever it raises propagate with its traceback."""
     with tempfile.TemporaryDirectory() as tmp:
         base = mutations.Doc.read(mutations.write_base_model(Path(tmp) / "base.gguf"))
-        family, blob = mutations.mutate(base, seed, families(pending))
+        family, blob = mutations.mutate(base, seed)
         print(f"seed {seed}: family {family}, {len(blob)} bytes", file=sys.stderr)
         mutations.exercise(mutations.write_case(Path(tmp), blob))
         print("loaded and ran", file=sys.stderr)
@@ -253,16 +245,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--start-timeout", type=float, default=120.0, help="seconds a worker may take to start")
     p.add_argument("--memory", type=int, default=4096, help="each worker's address-space limit in MiB")
     p.add_argument("--nice", type=int, default=10, help="the workers' niceness")
-    p.add_argument("--pending", action="store_true",
-                   help="add the families waiting for fixes on other branches (tokenizer metadata, template limits)")
     p.add_argument("--json", help="also write the tally here as JSON")
     p.add_argument("--replay", type=int, metavar="SEED", help="run one seed in this process and show its traceback")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        return worker(Path(args.worker), args.pending)
+        return worker(Path(args.worker))
     if args.replay is not None:
-        return replay(args.replay, args.pending)
+        return replay(args.replay)
     tally = run(args)
     print(report(tally, args))
     if args.json:

@@ -17,6 +17,7 @@ CACHE = Path(os.environ.get("LLAMANP_TEST_CACHE", ROOT / "tests" / ".cache"))
 sys.path.insert(0, str(ROOT))
 
 from engine.models import pull  # noqa: E402
+from scripts.llama_cpp_vocabs import vocab_folder  # noqa: E402
 from scripts.make_model import ModelSpec, cached_model, quantize_model  # noqa: E402
 
 
@@ -29,6 +30,20 @@ def data_dir() -> Path:
 def vocab_path() -> Path:
     """The llama2 vocabulary as a vocab-only GGUF (llama.cpp's models/ggml-vocab-llama-spm.gguf)."""
     return DATA / "ggml-vocab-llama-spm.gguf"
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_vocabs() -> Path:
+    """The folder of llama.cpp's vocabulary test files (models/ggml-vocab-*.gguf, .inp, .out).
+
+    They come from the pinned llama-cpp-python 0.3.36 sdist, fetched once into the
+    cache with pip and unpacked once (scripts/llama_cpp_vocabs.py); without them the
+    tests fail, never skip.
+    """
+    try:
+        return vocab_folder(CACHE)
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 import collections
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -13,8 +14,8 @@ import engine.__main__ as engine_main
 from engine import Llama, cli
 from engine.cli import main
 from engine.sampling import greedy
-from engine.tokenizer import Tokenizer
 from scripts import gguf_mutations as mutations
+from llama_cpp_vocab import LlamaCppVocab
 
 SMALL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, n_ctx=64)
 
@@ -47,12 +48,31 @@ def test_info_names_the_family_and_its_switches(make_model):
             "(rope base 10000)") in out.stdout
 
 
-def test_tokenize_prints_ids_and_pieces(vocab_path):
-    out = llamanp("tokenize", "--model", vocab_path, "Hello world 😊")
-    assert out.returncode == 0, out.stderr
-    ids = [int(line.split()[0]) for line in out.stdout.splitlines()]
-    assert ids == Tokenizer.from_gguf(vocab_path).tokenize("Hello world 😊")
-    assert "'▁Hello'" not in out.stdout and "b' Hello'" in out.stdout
+def shown_bytes(shown: str) -> bytes:
+    """The bytes a piece shown by ``llamanp tokenize`` stands for (its escapes undone)."""
+    escapes = {"\\n": b"\n", "\\t": b"\t", "\\\\": b"\\"}
+    parts = re.findall(r"\\x[0-9a-f]{2}|\\[nt\\]|[^\\]", shown)
+    assert "".join(parts) == shown, shown
+    return b"".join(bytes.fromhex(p[2:]) if p.startswith("\\x") else escapes.get(p) or p.encode() for p in parts)
+
+
+@pytest.mark.parametrize("vocab, text", [
+    ("llama-spm", "Hello world 😊\n\tcafé <s>"),
+    ("llama-bpe", "Hello world 😊\n\tcafé 🦙 \\ <|eot_id|>"),
+])
+def test_tokenize_prints_ids_and_readable_pieces(llama_cpp_vocabs, vocab, text):
+    """Each line: llama.cpp's id and its piece (special tokens spelled out) as text, whole
+    characters as they are and the bytes of a character split over tokens escaped."""
+    path = llama_cpp_vocabs / f"ggml-vocab-{vocab}.gguf"
+    ref = LlamaCppVocab(path)
+    for special in (False, True):
+        out = llamanp("tokenize", "--model", path, *(["--special"] if special else []), text)
+        assert out.returncode == 0, out.stderr
+        lines = [re.fullmatch(r" *(\d+)  '(.*)'", line).groups() for line in out.stdout.splitlines()]
+        assert [int(i) for i, _ in lines] == ref.tokenize(text, special=special)
+        assert [shown_bytes(shown) for _, shown in lines] == [ref.token_to_piece(int(i), True) for i, _ in lines]
+        assert any("\\x" in shown for _, shown in lines)  # 😊's bytes: byte tokens, or split by BPE
+        assert any("é" in shown for _, shown in lines)
 
 
 def test_generate_streams_the_greedy_continuation(model):

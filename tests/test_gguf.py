@@ -199,6 +199,19 @@ def test_huge_array_count(tmp_path):
         read_bytes(tmp_path, build(kvs=[kv]))
 
 
+@pytest.mark.parametrize("tail, message", [
+    (gguf_string(b"\xff") + gguf_string(b"c"), r"tokens'\[1\] at byte \d+ is not valid UTF-8"),
+    (gguf_string(b"c") + struct.pack("<Q", 99) + b"xyz", r"truncated while reading metadata 'tokens'\[2\]"),
+    (gguf_string(b"cdefgh") + b"\1\0", r"truncated while reading the length of metadata 'tokens'\[2\]"),
+])
+def test_bad_string_in_array(tmp_path, tail, message):
+    """The first faulty string of an array of three is named, whether cut off or not UTF-8."""
+    payload = struct.pack("<IQ", 8, 3) + gguf_string(b"ab") + tail
+    blob = build(kvs=[(b"tokens", 9, payload)])
+    with pytest.raises(GGUFError, match=message):
+        read_bytes(tmp_path, blob[:blob.index(payload) + len(payload)])  # the file ends with the array
+
+
 def test_unknown_metadata_type(tmp_path):
     with pytest.raises(GGUFError, match="unknown metadata value type 13"):
         read_bytes(tmp_path, build(kvs=[(b"k", 13, b"\0" * 8)]))

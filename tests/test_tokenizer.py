@@ -1,8 +1,5 @@
 """The tokenizer against llama.cpp (its test vectors and the live library) and the sentencepiece library."""
-import ctypes
-
 import gguf
-import llama_cpp
 import pytest
 import sentencepiece
 from hypothesis import HealthCheck, given, settings
@@ -11,6 +8,7 @@ from hypothesis import strategies as st
 from engine.errors import ModelError, TokenizerError
 from engine.gguf import read_gguf
 from engine.tokenizer import SPACE, StreamDecoder, Tokenizer, TokenType
+from llama_cpp_vocab import LlamaCppVocab
 
 CORPUS = [
     "The quick brown fox jumped over the lazy dog.",
@@ -50,34 +48,9 @@ def sp(data_dir):
     return sentencepiece.SentencePieceProcessor(model_file=str(data_dir / "llama2-tokenizer.model"))
 
 
-class LlamaCpp:
-    """llama.cpp's tokenizer through llama_cpp, in the shape of ours."""
-
-    def __init__(self, path):
-        self.llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
-
-    def tokenize(self, text: str, add_bos: bool = False, special: bool = False) -> list[int]:
-        return self.llm.tokenize(text.encode(), add_bos=add_bos, special=special)
-
-    def untokenize(self, ids: list[int], special: bool = False) -> str:
-        """llama_detokenize, which common_detokenize and llama.cpp's tests use."""
-        buf = ctypes.create_string_buffer(64 * len(ids) + 1)
-        n = llama_cpp.llama_detokenize(self.vocab, (llama_cpp.llama_token * len(ids))(*ids), len(ids),
-                                       buf, len(buf), False, special)
-        assert n >= 0
-        return buf.raw[:n].decode("utf-8", errors="replace")
-
-    def token_to_piece(self, token: int, special: bool) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        assert n >= 0
-        return buf.raw[:n]
-
-
 @pytest.fixture(scope="module")
 def ref(vocab_path):
-    return LlamaCpp(vocab_path)
+    return LlamaCppVocab(vocab_path)
 
 
 def read_vectors(data_dir):
@@ -242,7 +215,7 @@ def test_metadata_settings_match_llama_cpp(tok, vocab_path, tmp_path, settings_)
     if "types" in settings_:
         settings_["types"] = {tok.tokens.index(text): kind for text, kind in settings_["types"].items()}
     path = write_vocab(vocab_path, tmp_path / "vocab.gguf", **settings_)
-    ours, theirs = Tokenizer.from_gguf(path), LlamaCpp(path)
+    ours, theirs = Tokenizer.from_gguf(path), LlamaCppVocab(path)
     texts = CORPUS + ["singing in the rain", "the theme", "in", "ing", "edinged", "▁the the", "her there"]
     for text in texts:
         for add_bos in (False, True):
