@@ -113,6 +113,21 @@ def test_gemma3_270m_equals_llama_cpp(gemma3_270m, data_dir):
         ref.close()
 
 
+def test_gemma3_270m_ends_turns_as_llama_cpp(gemma3_270m):
+    """The end-of-generation ids are llama.cpp's (<end_of_turn> among them), and with no template in
+    the file a chat takes Gemma's turn format, which stops at <end_of_turn>."""
+    from engine.chat import chat_format
+    from tests.llama_cpp_vocab import LlamaCppVocab
+
+    ref = LlamaCppVocab(gemma3_270m)
+    with Llama(gemma3_270m, n_ctx=16) as ours:
+        tok = ours.tokenizer
+        assert tok.eog == {t for t in range(tok.n_vocab) if llama_cpp.llama_vocab_is_eog(ref.vocab, t)}
+        assert tok.ids["<end_of_turn>"] in tok.eog
+        fmt = chat_format(ours.metadata, tok)
+        assert fmt.name == "gemma" and fmt.stop == ("<end_of_turn>",)
+
+
 def test_gemma3_270m_hyperparameters(gemma3_270m):
     """What llama.cpp derives for the real file: 256-wide heads, 5 of 6 layers windowed with base 10,000."""
     hp = HParams.from_gguf(read_gguf(gemma3_270m))
