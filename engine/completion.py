@@ -24,7 +24,7 @@ import numpy as np
 from .arguments import check_int
 from .chat import Chat
 from .errors import ArgumentError, ContextOverflowError
-from .generate import Step, end_of_generation_tokens, steps
+from .generate import Step, steps
 from .grammar import Grammar
 from .sampling import Candidates, Chain, Dist, MirostatV1, MirostatV2, Penalties, _check_range, check_chain_options
 
@@ -163,7 +163,7 @@ def create_completion(llm: "Llama", prompt: str | Sequence[int], suffix: str | N
     room = llm.n_ctx - len(tokens)
     max_tokens = room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
     top_logprobs = 0 if logprobs is None else check_int(logprobs, "logprobs", 0, llm.n_vocab)
-    end_tokens = end_of_generation_tokens(llm)
+    end_tokens = llm.tokenizer.eog  # as llama_vocab_is_eog decides
     sampler = _Counted(completion_sampler(
         llm.n_vocab, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, typical_p=typical_p,
         repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,

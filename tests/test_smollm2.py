@@ -5,15 +5,17 @@ llama.cpp's own requantisations of it to Q8_0, Q4_0, Q4_K_M, Q5_K_M and Q6_K: th
 of every position are bit-identical to llama.cpp's for prompts of 1, 7 and 37 tokens on
 each file, and of 512 tokens on two; 128 greedy tokens, decoded one at a time, carry
 identical logits at every step; seeded Mirostat v2 draws llama.cpp's 64 tokens for three
-seeds. Prompts are token ids made by llama.cpp's tokenizer (the byte-level BPE tokenizer
-is another branch's work). Both engines run one thread (llama.cpp also for batches): neither's results depend on it,
+seeds. The logit tests feed both engines llama.cpp's token ids; the engine's own byte-level
+BPE tokenizer and chat template give the same ids (the first two tests). Both engines run one thread (llama.cpp also for batches): neither's results depend on it,
 and on a busy two-core machine spinning workers cost more than they bring.
 """
 import llama_cpp  # the reference: a missing llama_cpp fails this module, it does not skip it
 import numpy as np
 import pytest
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from engine import Llama
+from engine.chat import Chat
 from engine.sampling import MirostatV2
 from scripts.make_model import _quiet_llama_cpp
 
@@ -90,6 +92,27 @@ def shakespeare(data_dir, smollm2) -> list[int]:
     vocab.close()
     assert len(tokens) >= 512
     return tokens[:512]
+
+
+def test_engine_tokenizes_text_like_llama_cpp(pairs, data_dir):
+    pair = pairs(None)
+    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20000]
+    assert pair.ours.tokenize(text, add_bos=True) == pair.ref.tokenize(text.encode(), add_bos=True, special=False)
+
+
+def test_chat_prompt_rendered_and_tokenized_like_llama_cpp_python(pairs):
+    """The GGUF's template rendered by the engine's sandbox and by llama-cpp-python's Jinja2 formatter,
+    each tokenized by its own engine with control tokens parsed: the same ids."""
+    pair = pairs(None)
+    template = pair.ours.metadata["tokenizer.chat_template"]
+    formatter = Jinja2ChatFormatter(template, eos_token="<|im_end|>", bos_token="<|im_start|>")
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    for messages in (question,
+                     [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Hi"},
+                      {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Café? 🍰"}]):
+        reference = pair.tokenize(formatter(messages=messages).prompt)
+        assert Chat(pair.ours).prompt_tokens(messages) == reference
+    assert Chat(pair.ours).prompt_tokens(question) == pair.tokenize(CHAT_PROMPT)  # the prompt the logit tests use
 
 
 @pytest.mark.parametrize("quant", FILES, ids=file_id)
