@@ -85,8 +85,9 @@ def pairs(make_model, tmp_path_factory):
         pair.ref.close()
 
 
-def with_metadata(src, dst, extra: dict):
-    """A copy of GGUF file ``src`` at ``dst`` with metadata ``extra`` (strings or floats) added or replaced."""
+def with_metadata(src, dst, extra: dict, drop: tuple[str, ...] = ()):
+    """A copy of GGUF file ``src`` at ``dst`` with metadata ``extra`` (strings, floats, uint32 ints or
+    lists of bools) added or replaced, and without the tensors named in ``drop``."""
     reader = gguf.GGUFReader(str(src))
     writer = gguf.GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
     for name, field in reader.fields.items():
@@ -94,10 +95,13 @@ def with_metadata(src, dst, extra: dict):
             continue
         sub_type = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(name, field.contents(), field.types[0], sub_type)
+    types = {str: gguf.GGUFValueType.STRING, float: gguf.GGUFValueType.FLOAT32, int: gguf.GGUFValueType.UINT32,
+             list: gguf.GGUFValueType.ARRAY}
     for name, value in extra.items():
-        writer.add_key_value(name, value, gguf.GGUFValueType.STRING if isinstance(value, str) else gguf.GGUFValueType.FLOAT32)
+        writer.add_key_value(name, value, types[type(value)], gguf.GGUFValueType.BOOL if isinstance(value, list) else None)
     for tensor in reader.tensors:
-        writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+        if tensor.name not in drop:
+            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

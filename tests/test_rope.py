@@ -20,10 +20,10 @@ from tests.test_model import with_metadata
 N_CTX = 64
 
 
-def ref_logits(path, tokens: list[int]) -> np.ndarray:
+def ref_logits(path, tokens: list[int], n_ctx: int = N_CTX) -> np.ndarray:
     """llama.cpp's logits of every position: (len(tokens), n_vocab)."""
     _quiet_llama_cpp()
-    ref = llama_cpp.Llama(str(path), n_ctx=N_CTX, logits_all=True, n_threads=1, n_threads_batch=1, verbose=False)
+    ref = llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, n_threads=1, n_threads_batch=1, verbose=False)
     try:
         ref.eval(tokens)
         return np.array(ref.scores[:len(tokens)], dtype=np.float32)
