@@ -21,6 +21,7 @@ import numpy as np
 from . import DEFAULT_MODEL
 from .errors import LlamaError
 from .gguf import read_gguf
+from .models import KNOWN_MODELS, pull, resolve
 
 
 def note(message: str) -> None:
@@ -46,7 +47,7 @@ def describe_value(value) -> str:
 
 
 def cmd_info(args) -> None:
-    gguf = read_gguf(args.model)
+    gguf = read_gguf(resolve(args.model))
     print(f"{gguf.path}: GGUF v{gguf.version}, {len(gguf.metadata)} metadata keys, {len(gguf.tensors)} tensors")
     for key, value in gguf.metadata.items():
         print(f"  {key} = {describe_value(value)}")
@@ -65,8 +66,8 @@ def cmd_tokenize(args) -> None:
     """Each token: its id and, between quotes, the text it stands for (see tokenizer.readable)."""
     from .tokenizer import Tokenizer, readable
 
-    tok = Tokenizer.from_gguf(args.model)
-    ids = tok.tokenize(read_text(args.text), add_bos=args.bos, special=args.special)
+    tok = Tokenizer.from_gguf(resolve(args.model))
+    ids = tok.tokenize(read_prompt(args), add_bos=args.bos, special=args.special)
     for i in ids:
         print(f"{i:>8}  '{readable(tok.token_to_piece(i, special=True))}'")
     note(f"{len(ids)} tokens")
@@ -100,7 +101,7 @@ def load_grammar(args):
 
 
 def cmd_generate(args) -> None:
-    prompt = read_text(args.prompt)
+    prompt = read_prompt(args)
     with open_model(args) as llm:
         args.n_vocab = llm.n_vocab
         sampler = make_sampler_from_args(args)
@@ -146,7 +147,7 @@ def cmd_top(args) -> None:
     from .tokenizer import readable
 
     with open_model(args) as llm:
-        llm.update(read_text(args.prompt))
+        llm.update(read_prompt(args))
         p = softmax(llm.logits)
         order = np.argsort(-p, kind="stable")
         rows = [("most likely", order[:args.k]), ("least likely", order[::-1][:args.k])]
@@ -187,9 +188,11 @@ def cmd_perplexity(args) -> None:
 def cmd_bench(args) -> None:
     with open_model(args) as llm:
         prompt = [llm.bos] + [int(t) for t in np.random.default_rng(0).integers(3, llm.n_vocab, args.n_prompt - 1)]
+        note(f"bench: prefill of {args.n_prompt} tokens")
         start = time.perf_counter()
         llm.update(prompt, n_past=0)
         prefill = time.perf_counter() - start
+        note(f"bench: decode of {args.n_gen} tokens")
         start = time.perf_counter()
         for _ in range(args.n_gen):
             llm.update([int(np.argmax(llm.logits))])
@@ -198,8 +201,15 @@ def cmd_bench(args) -> None:
         print(f"decode:  {args.n_gen / decode:8.2f} tok/s ({args.n_gen} tokens)")
 
 
-def read_text(value: str | None) -> str:
-    """The argument, or standard input when it is '-' or missing."""
+def cmd_pull(args) -> None:
+    print(pull(args.name))
+
+
+def read_prompt(args) -> str:
+    """The prompt, given as the positional argument or with -p (not both); standard input when '-' or absent."""
+    if args.prompt is not None and args.prompt_option is not None:
+        raise LlamaError("give the prompt once: as an argument or with -p, not both")
+    value = args.prompt if args.prompt is not None else args.prompt_option
     return sys.stdin.read() if value in (None, "-") else value
 
 
@@ -219,6 +229,14 @@ def count(text: str) -> int:
     return value
 
 
+def non_negative(text: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 SAMPLER_OPTIONS = {
     "greedy": [],
     "mirostat_v2": ["tau", "eta"],
@@ -228,10 +246,27 @@ SAMPLER_OPTIONS = {
 }
 
 
+def cmd_serve(args) -> None:
+    from .server import serve
+
+    note(f"serving {args.model} on http://{args.host}:{args.port}/v1 ({args.parallel} slots, queue {args.queue})")
+    serve(args.model, host=args.host, port=args.port, parallel=args.parallel, queue_size=args.queue,
+          api_key=args.api_key, n_ctx=args.ctx, n_threads=args.threads, pooling=args.pooling)
+
+
+MODEL_HELP = "GGUF file, or the name of a pulled model (default: the embedded model)"
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", default=str(DEFAULT_MODEL), help="GGUF file (default: the embedded model)")
+    p.add_argument("-m", "--model", default=str(DEFAULT_MODEL), help=MODEL_HELP)
     p.add_argument("-c", "--ctx", type=int, help="context size (default: the model's)")
     p.add_argument("-t", "--threads", type=int, help="threads (default: all cores)")
+
+
+def add_prompt_options(p: argparse.ArgumentParser, what: str = "prompt text") -> None:
+    """The same two ways for every command: ``llamanp CMD "text"`` or ``llamanp CMD -p "text"``."""
+    p.add_argument("prompt", nargs="?", help=f"{what} ('-' or absent: read standard input)")
+    p.add_argument("-p", "--prompt", dest="prompt_option", metavar="PROMPT", help=f"{what}, as an option")
 
 
 def add_sampler_options(p: argparse.ArgumentParser) -> None:
@@ -264,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("generate", help="continue a prompt, streaming to stdout")
     add_model_options(p)
-    p.add_argument("-p", "--prompt", help="prompt text ('-' or absent: read standard input)")
+    add_prompt_options(p)
     add_sampler_options(p)
     p.add_argument("--stop", action="append", help="stop before this string (repeatable)")
     p.add_argument("--grammar", help="GBNF grammar file constraining the output")
@@ -280,19 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("tokenize", help="show the token ids and pieces of a text")
     add_model_options(p)
-    p.add_argument("text", nargs="?", help="text ('-' or absent: read standard input)")
+    add_prompt_options(p, "text")
     p.add_argument("--bos", action="store_true", help="prepend BOS")
     p.add_argument("--special", action="store_true", help="parse control tokens written in the text")
     p.set_defaults(run=cmd_tokenize)
 
     p = commands.add_parser("top", help="the k most and least likely next tokens after a prompt")
     add_model_options(p)
-    p.add_argument("prompt", nargs="?", help="prompt text ('-' or absent: read standard input)")
+    add_prompt_options(p)
     p.add_argument("-k", type=count, default=10)
     p.set_defaults(run=cmd_top)
 
     p = commands.add_parser("info", help="a model's metadata and tensor table")
-    p.add_argument("-m", "--model", default=str(DEFAULT_MODEL), help="GGUF file (default: the embedded model)")
+    p.add_argument("-m", "--model", default=str(DEFAULT_MODEL), help=MODEL_HELP)
     p.set_defaults(run=cmd_info)
 
     p = commands.add_parser("perplexity", help="perplexity of a text file, like llama-perplexity")
@@ -306,6 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-prompt", type=count, default=64)
     p.add_argument("--n-gen", type=count, default=32)
     p.set_defaults(run=cmd_bench)
+
+    p = commands.add_parser("serve", help="an OpenAI-compatible HTTP server (needs llamanp[server])")
+    add_model_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--parallel", type=count, default=1, help="requests served at once, each with its own KV cache")
+    p.add_argument("--queue", type=non_negative, default=8, help="requests that may wait for a slot; more get 503")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests")
+    p.add_argument("--pooling", choices=["mean", "last", "cls"], help="embedding pooling (default: the model's, "
+                   "else mean)")
+    p.set_defaults(run=cmd_serve)
+
+    p = commands.add_parser("pull", help="download a known model into the cache ($LLAMANP_CACHE or ~/.cache/llamanp)")
+    p.add_argument("name", help=f"one of: {', '.join(KNOWN_MODELS)}")
+    p.set_defaults(run=cmd_pull)
     return parser
 
 

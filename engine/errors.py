@@ -27,3 +27,7 @@ class TokenizerError(LlamaError, ValueError):
 
 class ArgumentError(LlamaError, ValueError):
     """An argument outside what the API accepts: a thread count, seed, context size or cache position."""
+
+
+class PullError(LlamaError, OSError):
+    """A named model cannot be downloaded or verified, is unknown, or is not pulled yet."""

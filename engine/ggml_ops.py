@@ -66,6 +66,7 @@ class Rope:
     n_dims: int
     freq_base: float
     freq_scale: float = 1.0  # 1 / linear scaling factor
+    freq_factors: tuple[float, ...] | None = None  # (n_dims/2,) divisors of each pair's theta: Llama 3's rope_freqs
 
 
 def to_f16(x: np.ndarray) -> np.ndarray:
@@ -92,13 +93,15 @@ def rope_cos_sin(positions: np.ndarray, rope: Rope) -> tuple[np.ndarray, np.ndar
 @lru_cache(maxsize=16384)
 def _rope_row(position: int, rope: Rope) -> tuple[np.ndarray, np.ndarray]:
     """One position's cos and sin. ggml starts from theta = position, multiplies by
-    powf(base, -2/n_dims) once per pair in float32, and takes the C library's cosf and
-    sinf, which are not always correctly rounded, so we call the same functions."""
+    powf(base, -2/n_dims) once per pair in float32, divides it by the pair's frequency
+    factor (1 without one), and takes the C library's cosf and sinf, which are not always
+    correctly rounded, so we call the same functions."""
     theta_scale = np.float32(np.float64(rope.freq_base) ** np.float64(np.float32(-2.0) / np.float32(rope.n_dims)))
+    factors = np.ones(rope.n_dims // 2, np.float32) if rope.freq_factors is None else np.float32(rope.freq_factors)
     theta = np.float32(position)
     cos, sin = np.empty(rope.n_dims // 2, np.float32), np.empty(rope.n_dims // 2, np.float32)
     for i in range(rope.n_dims // 2):
-        angle = float(np.float32(rope.freq_scale) * theta)
+        angle = float(np.float32(rope.freq_scale) * (theta / factors[i]))
         cos[i], sin[i] = _LIBM.cosf(angle), _LIBM.sinf(angle)
         theta = theta * theta_scale
     return cos, sin

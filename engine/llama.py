@@ -21,6 +21,7 @@ from .ggml_ops import BACKENDS
 from .generate import Step, steps
 from .gguf import read_gguf
 from .model import KVCache, Model
+from .models import resolve
 from .sampling import check_seed, check_token
 from .serial import SerialLock
 from .threads import check_threads
@@ -110,6 +111,7 @@ class Llama:
         if n_ctx is not None:
             n_ctx = check_int(n_ctx, "n_ctx", 1, 2**31 - 1)
         self.seed = check_seed(seed)
+        path = resolve(path)  # a pulled model's name stands for its file
         self._gguf = read_gguf(path)
         try:
             self.model = Model(self._gguf, make_backend(backend, n_threads))
@@ -195,14 +197,25 @@ class Llama:
                 raise ArgumentError("eval_logits needs at least one token")
             return self._evaluate(tokens, start, all_logits=True)
 
+    def eval_hidden(self, tokens: Sequence[int]) -> np.ndarray:
+        """Evaluate ``tokens`` afresh from position 0; the final hidden state (after the output norm)
+        of every position, (len(tokens), dim): what llama.cpp pools into embeddings. The cache then
+        holds the tokens, with no logits to read."""
+        with self.serial:
+            tokens = self._tokens(tokens, add_bos=False)
+            if not tokens:
+                raise ArgumentError("eval_hidden needs at least one token")
+            return self._evaluate(tokens, 0, all_logits=True, hidden=True)
+
     @property
     def cached_tokens(self) -> list[int]:
         """The token ids whose keys and values are in the cache, in order (a copy)."""
         return list(self._cached)
 
-    def _evaluate(self, tokens: list[int], start: int, all_logits: bool) -> np.ndarray:
+    def _evaluate(self, tokens: list[int], start: int, all_logits: bool, hidden: bool = False) -> np.ndarray:
         """Run ``tokens`` through the model at positions [start, start + n), a batch at a time;
-        the logits of every position, or of the last, (n or 1, n_vocab).
+        the logits of every position, or of the last, (n or 1, n_vocab); with ``hidden`` the
+        final hidden states instead, (n or 1, dim), and no logits are kept.
 
         A batch overwrites its cache rows layer by layer, so when one fails (any exception,
         KeyboardInterrupt included) only the positions before it are intact: the bookkeeping
@@ -218,8 +231,9 @@ class Llama:
         try:
             for b in range(0, len(ids), BATCH):
                 batch = ids[b:b + BATCH]
-                out = self.model.forward(batch, start + b, self.cache, all_logits)  # (n or 1, n_vocab)
-                done = (b + len(batch), out[-1])  # one assignment, so an interrupt sees all of it or none
+                run = self.model.hidden if hidden else self.model.forward
+                out = run(batch, start + b, self.cache, all_logits)                # (n or 1, n_vocab or dim)
+                done = (b + len(batch), None if hidden else out[-1])  # one assignment: an interrupt sees all or none
                 chunks.append(out)
         finally:
             n_done, logits = done
@@ -268,6 +282,32 @@ class Llama:
     def generate_string(self, prompt: str | Sequence[int], sampler=None, **options) -> str:
         """The whole generated text."""
         return "".join(self.generate(prompt, sampler, **options))
+
+    # -- llama-cpp-python's API (see engine.completion and engine.embedding for the parameters)
+
+    def create_completion(self, prompt: str | Sequence[int], **options):
+        """A ``text_completion`` dict, or with ``stream=True`` an iterator of chunks."""
+        from .completion import create_completion
+        return create_completion(self, prompt, **options)
+
+    def __call__(self, prompt: str | Sequence[int], **options):
+        """``create_completion``."""
+        return self.create_completion(prompt, **options)
+
+    def create_chat_completion(self, messages: list[dict], **options):
+        """A ``chat.completion`` dict, or with ``stream=True`` an iterator of chunks."""
+        from .completion import create_chat_completion
+        return create_chat_completion(self, messages, **options)
+
+    def embed(self, input: str | Sequence[str], **options):
+        """The embedding of a text, or a list of them for a list of texts."""
+        from .embedding import embed
+        return embed(self, input, **options)
+
+    def create_embedding(self, input: str | Sequence[str], **options) -> dict:
+        """OpenAI's embedding response for a text or a list of texts."""
+        from .embedding import create_embedding
+        return create_embedding(self, input, **options)
 
     # -- state
 

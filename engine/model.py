@@ -95,11 +95,15 @@ class HParams:
         if rope_dims != head_dim or rope_dims % 2:  # llama.cpp: all of a LLaMA head rotates, in pairs
             raise ModelError(f"{gguf.path}: rope.dimension_count {rope_dims} must equal the head size {head_dim}, "
                              "an even number")
-        one_of(f"{arch}.rope.scaling.type", ("none", "linear"), "rope scaling", default="linear")
-        # the factor under the new key, else under the old one, as llama.cpp reads it; 0 means none
+        scaling = one_of(f"{arch}.rope.scaling.type", ("none", "linear"), "rope scaling", default="linear")
+        # the factor under the new key, else under the old one, as llama.cpp reads it; 0 means none,
+        # and so does the type "none", whatever the factor
         factor_key = "rope.scaling.factor" if f"{arch}.rope.scaling.factor" in meta else "rope.scale_linear"
         factor = get(factor_key, 0.0, FLOAT32_MAX, default=0.0, kind=float)
-        freq_scale = float(np.float32(1.0) / np.float32(factor)) if factor else 1.0
+        freq_scale = float(np.float32(1.0) / np.float32(factor)) if factor and scaling == "linear" else 1.0
+        attn_factor = get("rope.scaling.attn_factor", 0.0, FLOAT32_MAX, default=1.0, kind=float)
+        if attn_factor != 1.0:  # it would scale every cos and sin
+            raise ModelError(f"{gguf.path}: rope.scaling.attn_factor {attn_factor} is not supported; supported: 1")
         return cls(
             n_vocab=_n_vocab(gguf, embd),
             dim=dim,
@@ -110,7 +114,7 @@ class HParams:
             n_ctx_train=get("context_length", 1, UINT32_MAX),
             rms_eps=get("attention.layer_norm_rms_epsilon", 0.0, FLOAT32_MAX, kind=float),
             rope=Rope(rope_dims, get("rope.freq_base", FLOAT32_TINY, FLOAT32_MAX, default=10000.0, kind=float),
-                      freq_scale),
+                      freq_scale, _rope_freq_factors(gguf, rope_dims)),
         )
 
 
@@ -131,6 +135,17 @@ def _describe(gguf: GGUFFile, name: str) -> str:
     if vtype == ValueType.ARRAY:
         return f"an array of {len(gguf.metadata[name])}"
     return f"{vtype.name} {gguf.metadata[name]!r:.60}"
+
+
+def _rope_freq_factors(gguf: GGUFFile, rope_dims: int) -> tuple[float, ...] | None:
+    """Llama 3's per-pair rope frequency factors (the ``rope_freqs.weight`` tensor), if the file has them."""
+    if "rope_freqs.weight" not in gguf.tensors:
+        return None
+    # F32 only: llama.cpp's rope asserts it
+    factors = _vector(gguf, "rope_freqs.weight", rope_dims // 2, (GGMLType.F32,))   # (rope_dims/2,)
+    if not np.all(np.isfinite(factors) & (factors > 0)):
+        raise ModelError(f"{gguf.path}: tensor 'rope_freqs.weight' must hold positive finite factors")
+    return tuple(float(f) for f in factors)
 
 
 @dataclass(frozen=True)
@@ -175,11 +190,7 @@ class Weights:
             return Weight(name, info.type, n_in, n_out, gguf.tensor(name))
 
         def vector(name: str) -> np.ndarray:
-            info = _tensor_info(gguf, name)
-            if info.dims != (hp.dim,) or info.type not in (GGMLType.F32, GGMLType.F16):
-                raise ModelError(f"{gguf.path}: tensor {name!r} must be an F32 or F16 vector of {hp.dim}, "
-                                 f"got {info.type.name} {list(info.dims)}")
-            return gguf.tensor(name).astype(np.float32)
+            return _vector(gguf, name, hp.dim)
 
         q_dim = hp.n_heads * hp.head_dim
         layers = tuple(
@@ -206,6 +217,15 @@ def _tensor_info(gguf: GGUFFile, name: str):
     if info is None:
         raise ModelError(f"{gguf.path}: tensor {name!r} is missing")
     return info
+
+
+def _vector(gguf: GGUFFile, name: str, n: int, types=(GGMLType.F32, GGMLType.F16)) -> np.ndarray:
+    """A 1-D tensor of ``n`` floats stored as one of ``types``, as float32: (n,)."""
+    info = _tensor_info(gguf, name)
+    if info.dims != (n,) or info.type not in types:
+        raise ModelError(f"{gguf.path}: tensor {name!r} must be an {' or '.join(t.name for t in types)} vector of {n}, "
+                         f"got {info.type.name} {list(info.dims)}")
+    return gguf.tensor(name).astype(np.float32)
 
 
 class KVCache:
@@ -235,16 +255,21 @@ class Model:
 
     def forward(self, tokens: np.ndarray, start: int, cache: KVCache, all_logits: bool) -> np.ndarray:
         """Evaluate ``tokens`` at positions [start, start + n) into ``cache``; logits of every position, or the last."""
+        x = self.hidden(tokens, start, cache, all_rows=all_logits)         # (n or 1, dim)
+        return self.backend.matmul(self.weights.output, x)                 # (n or 1, n_vocab)
+
+    def hidden(self, tokens: np.ndarray, start: int, cache: KVCache, all_rows: bool) -> np.ndarray:
+        """The final hidden state (after the output norm) of every position, or of the last: what the
+        output matrix turns into logits, and what llama.cpp hands out as embeddings."""
         hp, w, ops = self.hp, self.weights, self.backend
         positions = np.arange(start, start + len(tokens))                  # (n,)
         x = ops.get_rows(w.token_embd, tokens)                              # (n, dim)
         for i, layer in enumerate(w.layers):
             x = x + self.attention(layer, i, x, positions, cache)           # (n, dim)
             x = x + self.feed_forward(layer, x)                             # (n, dim)
-        if not all_logits:
+        if not all_rows:
             x = x[-1:]                                                       # (1, dim)
-        x = ops.rms_norm(x, w.output_norm, hp.rms_eps)
-        return ops.matmul(w.output, x)                                      # (n or 1, n_vocab)
+        return ops.rms_norm(x, w.output_norm, hp.rms_eps)                  # (n or 1, dim)
 
     def attention(self, layer: Layer, index: int, x: np.ndarray, positions: np.ndarray, cache: KVCache) -> np.ndarray:
         """Self-attention over the cache, after writing this batch's keys and values into it."""

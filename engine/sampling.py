@@ -578,10 +578,7 @@ class Chain:
                  frequency_penalty: float = 0.0, presence_penalty: float = 0.0, top_k: int = 40,
                  typical_p: float = 1.0, top_p: float = 0.95, min_p: float = 0.05, temperature: float = 0.8,
                  min_keep: int = 0):
-        check_int(top_k, "top_k (0 keeps every token)", 0)
-        _check_range("typical_p", typical_p, 0, 1, "in (0, 1]", low_open=True)
-        _check_range("top_p", top_p, 0, 1, "in (0, 1]", low_open=True)
-        _check_range("min_p", min_p, 0, 1, "in [0, 1]")
+        check_chain_options(top_k=top_k, typical_p=typical_p, top_p=top_p, min_p=min_p)
         _check_range("temperature", temperature, 0, None, "a number >= 0 (0 is greedy)")
         check_int(min_keep, "min_keep", 0)
         self.logit_bias = _check_bias(logit_bias or {})
@@ -620,6 +617,14 @@ class Chain:
         if outside:
             raise ArgumentError(f"logit_bias names token id {outside[0]}, outside the vocabulary [0, {cand.size})")
         return self.apply(cand)
+
+
+def check_chain_options(*, top_k, typical_p, top_p, min_p) -> None:
+    """ArgumentError unless the truncation stages' parameters are in range."""
+    check_int(top_k, "top_k (0 keeps every token)", 0)
+    _check_range("typical_p", typical_p, 0, 1, "in (0, 1]", low_open=True)
+    _check_range("top_p", top_p, 0, 1, "in (0, 1]", low_open=True)
+    _check_range("min_p", min_p, 0, 1, "in [0, 1]")
 
 
 def _check_range(name, value, low, high, wanted, *, low_open=False) -> None:

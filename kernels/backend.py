@@ -111,7 +111,8 @@ class CythonBackend:
         """Every layer rotates q and k at the same positions, so the angles are computed once per batch."""
         key = (rope, positions.tobytes())
         if self._angles is None or self._angles[0] != key:
-            self._angles = key, layers.rope_angles(positions, rope.n_dims, rope.freq_base, rope.freq_scale)
+            angles = layers.rope_angles(positions, rope.n_dims, rope.freq_base, rope.freq_scale, rope.freq_factors)
+            self._angles = key, angles
         return layers.rope(x, *self._angles[1], self.n_threads)
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float) -> np.ndarray:

@@ -63,11 +63,13 @@ static __attribute__((noinline)) float libm_sinf(float x) { return sinf(x); }
 
 /* cos and sin of the n_dims/2 angles of one position, as ggml's rope cache builds them:
  * theta starts at the position and is multiplied by theta_scale once per pair in fp32;
- * the angle is freq_scale * theta, and cosf/sinf are the C library's (not correctly rounded). */
-static inline void rope_angles(float pos, int n_dims, float theta_scale, float freq_scale, float *cs, float *sn) {
+ * the angle is freq_scale * (theta / factors[i]) (Llama 3's per-pair frequency factors;
+ * 1 when factors is NULL), and cosf/sinf are the C library's (not correctly rounded). */
+static inline void rope_angles(float pos, int n_dims, float theta_scale, float freq_scale, const float *factors,
+                               float *cs, float *sn) {
     float theta = pos;
     for (int i = 0; i < n_dims / 2; i++) {
-        const float angle = freq_scale * theta;
+        const float angle = freq_scale * (theta / (factors ? factors[i] : 1.0f));
         cs[i] = libm_cosf(angle);
         sn[i] = libm_sinf(angle);
         theta *= theta_scale;

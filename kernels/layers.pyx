@@ -23,7 +23,8 @@ cdef extern from "omp_compat.h" nogil:
 cdef extern from "layer_ops.h" nogil:
     enum: RMS_NORM_ROWS
     void rms_norm_rows(const float *x, const float *w, int rows, int64_t n, float eps, float *y)
-    void rope_angles_row "rope_angles"(float pos, int n_dims, float theta_scale, float freq_scale, float *cs, float *sn)
+    void rope_angles_row "rope_angles"(float pos, int n_dims, float theta_scale, float freq_scale, const float *factors,
+                                       float *cs, float *sn)
     void rope_row(float *x, int heads, int hd, int n_dims, const float *cs, const float *sn)
     void swiglu_row(const float *g, const float *u, int64_t n, float *y)
     void attend(const float *q, const uint16_t *k, const uint16_t *v, int m, int hd, float scale,
@@ -76,11 +77,12 @@ def rms_norm(x, weight, float eps, n_threads=None):
     return out
 
 
-def rope_angles(positions, int n_dims, float freq_base, float freq_scale=1.0):
+def rope_angles(positions, int n_dims, float freq_base, float freq_scale=1.0, freq_factors=None):
     """cos and sin (n, n_dims / 2) of every position's angles, as ggml's rope cache builds them.
 
     The angles start at the position and are multiplied by powf(base, -2 / n_dims) once
-    per pair in float32; their cos and sin are the C library's cosf and sinf.
+    per pair in float32, each divided by its pair's ``freq_factors`` entry when given
+    (Llama 3's rope_freqs, (n_dims / 2,)); their cos and sin are the C library's cosf and sinf.
     """
     if not is_native_c(positions, cnp.NPY_INT64, 1):
         positions = np.ascontiguousarray(positions, dtype=np.int64)
@@ -88,6 +90,10 @@ def rope_angles(positions, int n_dims, float freq_base, float freq_scale=1.0):
             raise ValueError(f"rope: positions must be 1-D, got shape {positions.shape}")
     if n_dims <= 0 or n_dims % 2:
         raise ValueError(f"rope: n_dims {n_dims} must be even and positive")
+    cdef cnp.ndarray factors = None if freq_factors is None else f32(freq_factors, 1, "rope freq_factors")
+    if factors is not None and factors.shape[0] != n_dims // 2:
+        raise ValueError(f"rope: {factors.shape[0]} frequency factors for {n_dims // 2} pairs")
+    cdef const float *ff = NULL if factors is None else <const float *>cnp.PyArray_DATA(factors)
     # the reference's float64 power of float32 operands, rounded to float32
     cdef float theta_scale = <float>pow(<double>freq_base, <double>(<float>-2.0 / <float>n_dims))
     cdef cnp.ndarray pos = positions
@@ -99,7 +105,7 @@ def rope_angles(positions, int n_dims, float freq_base, float freq_scale=1.0):
     cdef float *sn = <float *>cnp.PyArray_DATA(sin)
     cdef Py_ssize_t i
     for i in range(shape[0]):
-        rope_angles_row(<float>p[i], n_dims, theta_scale, freq_scale, cs + i * shape[1], sn + i * shape[1])
+        rope_angles_row(<float>p[i], n_dims, theta_scale, freq_scale, ff, cs + i * shape[1], sn + i * shape[1])
     return cos, sin
 
 

@@ -1,6 +1,7 @@
 """Model speed, ours against llama.cpp on the same file and thread count.
 
     python scripts/bench.py model [--quant Q4_0 Q4_K_M BF16] [--threads 2] [--cache DIR]
+    python scripts/bench.py model --model smollm2-135m-instruct other.gguf   # GGUF files or pulled models
 
 Builds (once, into the cache dir) a TinyLlama-1.1B-shaped synthetic model (dim 2048,
 22 layers, 32 heads, 4 kv heads, ffn 5632) quantised by llama.cpp (any of
@@ -13,7 +14,8 @@ the milliseconds per token are what each engine spends around its kernels (Pytho
 sampling-free bookkeeping, thread hand-offs); ``--quant`` with no types runs only that.
 Each engine runs ``--rounds`` times, alternating with the other, and every number is
 the median of its rounds. Timings are wall-clock on whatever else the machine is doing,
-so compare within a run.
+so compare within a run.  ``--model`` times those files instead (paths or names of
+pulled models), with prompts of random ids from each one's own vocabulary.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.models import resolve  # noqa: E402
 from scripts.make_model import QUANT_TYPES, ModelSpec, cached_model  # noqa: E402
 
 TINYLLAMA = ModelSpec(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn=5632, n_ctx=2048, ftype="f16")
@@ -38,17 +41,18 @@ ONE_LAYER_DECODE = 256  # tokens decoded on it
 ENGINES = ("ours", "llama.cpp")
 
 
-def prompt(n: int, seed: int = 0) -> list[int]:
-    """BOS then ``n - 1`` reproducible token ids from the ordinary part of the llama2 vocabulary."""
+def prompt(n: int, n_vocab: int, seed: int = 0) -> list[int]:
+    """Token 1 (the llama2 BOS) then ``n - 1`` reproducible ids past the first 300 (control and byte tokens)."""
     import numpy as np
     rng = np.random.default_rng(seed)
-    return [1] + rng.integers(300, 32000, n - 1).tolist()
+    return [1] + rng.integers(300, n_vocab, n - 1).tolist()
 
 
 class Ours:
     def __init__(self, path: Path, n_threads: int, n_ctx: int):
         from engine.llama import Llama
         self.llm = Llama(path, n_ctx=n_ctx, n_threads=n_threads, backend="cython")
+        self.n_vocab = self.llm.n_vocab
 
     def prefill(self, tokens: list[int]) -> None:
         self.llm.update(tokens, n_past=0)
@@ -62,6 +66,7 @@ class LlamaCpp:
         import llama_cpp
         self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
                                    n_batch=512, verbose=False)
+        self.n_vocab = self.llm.n_vocab()
 
     def prefill(self, tokens: list[int]) -> None:
         self.llm.reset()
@@ -77,16 +82,17 @@ def measure(engine: str, path: Path, n_threads: int, prefills: list[int], n_deco
     t0 = time.perf_counter()
     runner = (Ours if engine == "ours" else LlamaCpp)(path, n_threads, n_ctx)
     result = {"load_s": time.perf_counter() - t0}
-    runner.prefill(prompt(8))  # warm-up: first-touch of weights and scratch
+    n_vocab = runner.n_vocab
+    runner.prefill(prompt(8, n_vocab))  # warm-up: first-touch of weights and scratch
     for n in prefills:
-        tokens, best = prompt(n), float("inf")
+        tokens, best = prompt(n, n_vocab), float("inf")
         for _ in range(repeat):
             t0 = time.perf_counter()
             runner.prefill(tokens)
             best = min(best, time.perf_counter() - t0)
         result[f"prefill_{n}_tok_s"] = n / best
-    runner.prefill(prompt(16))
-    following = prompt(n_decode + 1, seed=1)[1:]
+    runner.prefill(prompt(16, n_vocab))
+    following = prompt(n_decode + 1, n_vocab, seed=1)[1:]
     t0 = time.perf_counter()
     for token in following:
         runner.step(token)
@@ -113,14 +119,15 @@ def measure_engines(path: Path, args, prefill: list[int], decode: int) -> dict[s
     """Each engine's numbers: the median over ``args.rounds`` rounds that alternate the
     engines, so a drift in the machine's speed (a VM's memory bandwidth moves with its
     neighbours) falls on both."""
-    rounds = [{engine: run_worker(engine, path, args, prefill, decode) for engine in args.engines}
-              for _ in range(args.rounds)]
+    rounds = [{engine: run_worker(engine, path, args, prefill, decode, f"round {i + 1}/{args.rounds}")
+               for engine in args.engines} for i in range(args.rounds)]
     return {engine: {key: statistics.median(r[engine][key] for r in rounds) for key in rounds[0][engine]}
             for engine in args.engines}
 
 
-def run_worker(engine: str, path: Path, args, prefill: list[int], decode: int) -> dict:
+def run_worker(engine: str, path: Path, args, prefill: list[int], decode: int, progress: str) -> dict:
     """Measure ``engine`` in a fresh interpreter and read back its JSON line."""
+    print(f"bench: {path.name}, {engine}, {progress}", file=sys.stderr, flush=True)
     cmd = [sys.executable, __file__, "--worker", engine, "--model", str(path), "--threads", str(args.threads),
            "--prefill", *map(str, prefill), "--decode", str(decode), "--repeat", str(args.repeat)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
@@ -149,13 +156,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--one-layer", action=argparse.BooleanOptionalAction, default=True,
                    help="also time decoding on a 1-layer dim-64 model (per-token overhead)")
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
-    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--model", nargs="+", help="time these GGUF files or pulled model names instead of the synthetic ones")
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(measure(args.worker, Path(args.model), args.threads, args.prefill, args.decode, args.repeat)))
+        print(json.dumps(measure(args.worker, Path(args.model[0]), args.threads, args.prefill, args.decode, args.repeat)))
         return
     print(f"threads {args.threads}; median of {args.rounds} rounds alternating the engines; "
           f"prefill best of {args.repeat} per round; decode {args.decode} tokens", flush=True)
+    if args.model:
+        for model in args.model:
+            path = Path(resolve(model))
+            report(f"{path.name} ({path.stat().st_size / 2**20:.0f} MiB)", measure_engines(path, args, args.prefill, args.decode))
+        return
     for quant in args.quant:
         path = cached_model(args.cache, TINYLLAMA, quant)
         results = measure_engines(path, args, args.prefill, args.decode)

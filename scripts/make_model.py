@@ -41,6 +41,7 @@ class ModelSpec:
     rope_base: float = 10000.0
     rms_eps: float = 1e-5
     tied: bool = False
+    rope_freqs: bool = False  # carry Llama 3.1's rope_freqs.weight (factor 8, original context n_ctx / 4)
     ftype: str = "f32"  # "f32" or "f16"
     seed: int = 0
 
@@ -77,9 +78,25 @@ def random_weights(spec: ModelSpec, n_vocab: int) -> dict[str, np.ndarray]:
         weights[blk + "ffn_up.weight"] = matrix(spec.ffn, spec.dim)
         weights[blk + "ffn_down.weight"] = matrix(spec.dim, spec.ffn)
     weights["output_norm.weight"] = norm()
+    if spec.rope_freqs:
+        weights["rope_freqs.weight"] = llama3_rope_factors(head_dim, spec.rope_base, spec.n_ctx // 4)
     if not spec.tied:
         weights["output.weight"] = 4.0 * matrix(n_vocab, spec.dim)
     return weights
+
+
+def llama3_rope_factors(head_dim: int, base: float, original_ctx: int, factor: float = 8.0,
+                        low_freq_factor: float = 1.0, high_freq_factor: float = 4.0) -> np.ndarray:
+    """Llama 3.1's rope frequency factors, (head_dim/2,) float32: 1 for wavelengths shorter than
+    original_ctx / high_freq_factor, ``factor`` for those longer than original_ctx / low_freq_factor,
+    and a smooth blend between (the rule Meta's reference code and llama.cpp's converter apply)."""
+    freqs = base ** -(np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)   # (head_dim/2,)
+    wavelen = 2 * np.pi / freqs
+    smooth = (original_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blend = 1 / ((1 - smooth) / factor + smooth)
+    factors = np.where(wavelen < original_ctx / high_freq_factor, 1.0,
+                       np.where(wavelen > original_ctx / low_freq_factor, factor, blend))
+    return factors.astype(np.float32)
 
 
 def add_hyperparameters(writer, spec: ModelSpec) -> None:

@@ -3,6 +3,7 @@
 Synthetic models are written by ``scripts/make_model.py`` and, for quantised
 variants, quantised by llama.cpp itself; they are cached in ``tests/.cache``
 (or ``$LLAMANP_TEST_CACHE``) keyed by their spec, so a session builds each once.
+Real models are pulled into the same cache with the pinned download ``llamanp pull`` uses.
 """
 import os
 import sys
@@ -15,8 +16,9 @@ DATA = ROOT / "tests" / "data"
 CACHE = Path(os.environ.get("LLAMANP_TEST_CACHE", ROOT / "tests" / ".cache"))
 sys.path.insert(0, str(ROOT))
 
+from engine.models import pull  # noqa: E402
 from scripts.llama_cpp_vocabs import vocab_folder  # noqa: E402
-from scripts.make_model import ModelSpec, cached_model  # noqa: E402
+from scripts.make_model import ModelSpec, cached_model, quantize_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +52,19 @@ def make_model():
     def make(quant: str | None = None, **spec) -> Path:
         return cached_model(CACHE, ModelSpec(**spec), quant)
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """``smollm2(quant=None)`` -> SmolLM2-135M-Instruct: the Q4_1 file as shipped, or llama.cpp's
+    requantisation of it to ``quant`` (Q8_0, Q4_K_M, ...). A failed download fails the test."""
+    shipped = pull("smollm2-135m-instruct", cache=CACHE)
+
+    def get(quant: str | None = None) -> Path:
+        if quant is None:
+            return shipped
+        out = CACHE / f"{shipped.stem}-requantised-{quant}.gguf"
+        if not out.exists():
+            quantize_model(shipped, out.with_suffix(".tmp"), quant, allow_requantize=True).rename(out)
+        return out
+    return get

@@ -1,6 +1,7 @@
 """The llamanp command line, run as a user runs it: a subprocess, stdout, stderr and exit status."""
 import collections
 import math
+import os
 import re
 import subprocess
 import sys
@@ -19,9 +20,10 @@ from llama_cpp_vocab import LlamaCppVocab
 SMALL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, n_ctx=64)
 
 
-def llamanp(*args, stdin: str | None = None) -> subprocess.CompletedProcess:
+def llamanp(*args, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``llamanp ARGS`` in a subprocess; ``env`` adds to (or overrides) the environment."""
     return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], input=stdin,
-                          capture_output=True, text=True, timeout=300)
+                          env=os.environ | (env or {}), capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,13 @@ def test_generate_reads_the_prompt_from_stdin(model):
     assert out.stdout.startswith("Hello")
 
 
+def test_the_prompt_is_an_argument_or_an_option(model):
+    as_argument = llamanp("generate", "--model", model, "Hello", "--sampler", "greedy", "-n", "4")
+    as_option = llamanp("generate", "--model", model, "-p", "Hello", "--sampler", "greedy", "-n", "4")
+    assert as_argument.returncode == 0, as_argument.stderr
+    assert as_argument.stdout == as_option.stdout and as_argument.stdout.startswith("Hello")
+
+
 def test_top_shows_the_most_and_least_likely(model):
     out = llamanp("top", "--model", model, "-k", "3", "Clojure is a")
     assert out.returncode == 0, out.stderr
@@ -118,6 +127,7 @@ def test_perplexity_matches_llama_cpp(model, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["info", "--model", "/no/such/model.gguf"], "cannot open"),
     (["generate", "--model", "{model}", "-p", "x", "-n", "-1"], "max_tokens"),
+    (["generate", "--model", "{model}", "x", "-p", "y"], "give the prompt once"),
     (["generate", "--model", "{model}", "-p", "x", "--sampler", "chain", "--top-p", "1.5"], "top_p"),
     (["perplexity", "--model", "{model}", "--file", "/no/such/file.txt"], "No such file"),
 ])

@@ -1,20 +1,25 @@
 """docs/guide.md runs as written: every Python block executes, in order, in one namespace, and
 prints exactly the output block that follows it.
 
-To refresh the shown outputs after a deliberate change (a retrained model, say), run
-``python tests/test_guide.py``: it executes the guide and rewrites each output block.
+The guide runs on SmolLM2-135M-Instruct, which it pulls by name; here the model cache is the
+tests' own (``tests/.cache``, where the ``smollm2`` fixture has pulled it with the pinned download).
+To refresh the shown outputs after a deliberate change, run ``python tests/test_guide.py``:
+it executes the guide and rewrites each output block.
 """
 import contextlib
 import io
+import os
 import re
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "guide.md"
+TEST_CACHE = ROOT / "tests" / ".cache"
 
-# a ```python block, then optionally a ```text block holding what it prints
-BLOCK = re.compile(r"```python\n(?P<code>.*?)```\n(?:\n```text\n(?P<output>.*?)```\n)?", re.DOTALL)
+# a ```python block, then optionally a text block holding what it prints, fenced by three backticks or,
+# when the output holds backticks itself (a model writing Markdown), by more
+BLOCK = re.compile(r"```python\n(?P<code>.*?)```\n(?:\n(?P<fence>````*)text\n(?P<output>.*?)(?P=fence)\n)?", re.DOTALL)
 
 
 def run_guide(text: str):
@@ -27,7 +32,8 @@ def run_guide(text: str):
         yield match, out.getvalue()
 
 
-def test_guide_blocks_print_what_the_guide_shows():
+def test_guide_blocks_print_what_the_guide_shows(smollm2, monkeypatch):
+    monkeypatch.setenv("LLAMANP_CACHE", str(smollm2().parent))
     text = GUIDE.read_text(encoding="utf-8")
     n = 0
     for match, printed in run_guide(text):
@@ -43,7 +49,8 @@ def update_guide() -> None:
         pieces.append(text[last:match.start()])
         block = f"```python\n{match['code']}```\n"
         if printed:
-            block += f"\n```text\n{printed}```\n"
+            fence = "`" * max(3, 1 + max(map(len, re.findall("`+", printed)), default=0))
+            block += f"\n{fence}text\n{printed}{fence}\n"
         pieces.append(block)
         last = match.end()
     pieces.append(text[last:])
@@ -52,4 +59,5 @@ def update_guide() -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
+    os.environ["LLAMANP_CACHE"] = str(TEST_CACHE)
     update_guide()

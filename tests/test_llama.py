@@ -184,8 +184,9 @@ def test_empty_eval_is_rejected(llm):
         llm.eval_logits([])
 
 
-def write_tiny(path, arch="llama", drop=(), shapes=None):
-    """A one-layer 32-wide model with a 64-token vocabulary; ``drop``/``shapes`` break chosen tensors."""
+def write_tiny(path, arch="llama", drop=(), shapes=None, metadata=None, extra_tensors=None):
+    """A one-layer 32-wide model with a 64-token vocabulary; ``drop``/``shapes`` break chosen tensors,
+    ``metadata`` (strings or floats) adds keys, ``extra_tensors`` adds tensors as given."""
     dim, ffn, vocab = 32, 64, 64
     rng = np.random.default_rng(0)
     tensors = {
@@ -203,9 +204,11 @@ def write_tiny(path, arch="llama", drop=(), shapes=None):
     writer.add_head_count(4)
     writer.add_head_count_kv(4)
     writer.add_layer_norm_rms_eps(1e-5)
-    for name, shape in tensors.items():
-        if name not in drop:
-            writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    for key, value in (metadata or {}).items():
+        writer.add_key_value(key, value, gguf.GGUFValueType.STRING if isinstance(value, str) else gguf.GGUFValueType.FLOAT32)
+    arrays = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in tensors.items() if name not in drop}
+    for name, data in (arrays | (extra_tensors or {})).items():
+        writer.add_tensor(name, data)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
