@@ -39,15 +39,19 @@ class Backend(Protocol):
         """x / sqrt(mean(x²) + eps) · weight: (n, d), (d,) -> (n, d)."""
 
     def rope(self, x: np.ndarray, positions: np.ndarray, rope: Rope) -> np.ndarray:
-        """Each head rotated at its row's position: (n, heads, hd), (n,) -> (n, heads, hd)."""
+        """Each head's pairs (``rope.pairs()``) rotated at its row's position: (n, heads, hd), (n,) -> (n, heads, hd)."""
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int,
-                  scale: float) -> np.ndarray:
+                  scale: float, window: int = 0) -> np.ndarray:
         """Causal softmax(q·kᵀ·scale)·v: q (n, n_heads, hd) at positions [start, start + n), the float16
-        caches (n_kv_heads, n_ctx, hd) already holding positions [0, start + n) -> (n, n_heads * hd)."""
+        caches (n_kv_heads, n_ctx, hd) already holding positions [0, start + n) -> (n, n_heads * hd);
+        with a ``window`` (not 0), the query at position p sees the keys (p - window, p] only."""
 
     def swiglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         """silu(gate) · up: (n, f), (n, f) -> (n, f)."""
+
+    def geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        """gelu(gate) · up: (n, f), (n, f) -> (n, f)."""
 
 
 def _compiled(n_threads: int | None = None) -> Backend:

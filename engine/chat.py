@@ -293,7 +293,9 @@ def chat_format(metadata: dict, tokenizer: "Tokenizer", name: str | None = None)
     template = metadata.get("tokenizer.chat_template")
     if template is not None:
         return jinja_format(template, token_text(tokenizer, tokenizer.bos), token_text(tokenizer, tokenizer.eos))
-    return BUILTIN_FORMATS["chatml" if "<|im_start|>" in tokenizer.ids else "llama2-sys-bos"]
+    if "<|im_start|>" in tokenizer.ids:
+        return BUILTIN_FORMATS["chatml"]
+    return BUILTIN_FORMATS["gemma" if "<start_of_turn>" in tokenizer.ids else "llama2-sys-bos"]
 
 
 def token_text(tokenizer: "Tokenizer", token: int | None) -> str:

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from . import DEFAULT_MODEL
-from .errors import LlamaError
+from .errors import LlamaError, ModelError
 from .gguf import read_gguf
+from .model import HParams
 from .models import KNOWN_MODELS, pull, resolve
 
 
@@ -60,6 +61,10 @@ def cmd_info(args) -> None:
         total = sum(info.n_bytes for info in gguf.tensors.values())
         n_params = sum(info.n_elements for info in gguf.tensors.values())
         print(f"\n  {n_params:,} parameters in {total:,} bytes ({8 * total / n_params:.2f} bits per weight)")
+    try:
+        print(f"\n  family {HParams.from_gguf(gguf).switches()}")
+    except ModelError as e:
+        print(f"\n  not loadable: {e}")
 
 
 def cmd_tokenize(args) -> None:

@@ -49,11 +49,19 @@ class Weight:
 
 @dataclass(frozen=True)
 class Rope:
-    """RoPE in ggml's NORM mode (adjacent pairs) over the first ``n_dims`` of each head."""
+    """RoPE over the first ``n_dims`` of each head: pairs (x[2i], x[2i+1]) in ggml's NORM mode,
+    (x[i], x[i + n_dims/2]) in its NEOX mode."""
     n_dims: int
     freq_base: float
     freq_scale: float = 1.0  # 1 / linear scaling factor
     freq_factors: tuple[float, ...] | None = None  # (n_dims/2,) divisors of each pair's theta: Llama 3's rope_freqs
+    neox: bool = False
+
+    def pairs(self) -> tuple[slice, slice]:
+        """Where each pair's first and second values lie in a head."""
+        if self.neox:
+            return slice(0, self.n_dims // 2), slice(self.n_dims // 2, self.n_dims)
+        return slice(0, self.n_dims, 2), slice(1, self.n_dims, 2)
 
 
 def to_f16(x: np.ndarray) -> np.ndarray:
@@ -135,19 +143,23 @@ class NumpyBackend:
         return x * scale[:, None] * weight
 
     def rope(self, x: np.ndarray, positions: np.ndarray, rope: Rope) -> np.ndarray:
-        """Rotate adjacent pairs (x[2i], x[2i+1]) of each head by position * theta_i."""
+        """Rotate each pair (x0, x1) of each head (``Rope.pairs``) by position * theta_i."""
         cos, sin = rope_cos_sin(positions, rope)                            # (n, n_dims/2)
         cos, sin = cos[:, None, :], sin[:, None, :]                         # (n, 1, n_dims/2)
-        x0 = x[..., 0:rope.n_dims:2].astype(np.float64)                     # (n, heads, n_dims/2)
-        x1 = x[..., 1:rope.n_dims:2].astype(np.float64)
+        first, second = rope.pairs()
+        x0 = x[..., first].astype(np.float64)                               # (n, heads, n_dims/2)
+        x1 = x[..., second].astype(np.float64)
         out = x.copy()
         # ggml's compiled rotation fuses the first product into the add: fma(x0, cos, -(x1 * sin))
-        out[..., 0:rope.n_dims:2] = x0 * cos - (x1 * sin).astype(np.float32)
-        out[..., 1:rope.n_dims:2] = x0 * sin + (x1 * cos).astype(np.float32)
+        out[..., first] = x0 * cos - (x1 * sin).astype(np.float32)
+        out[..., second] = x0 * sin + (x1 * cos).astype(np.float32)
         return out
 
-    def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float) -> np.ndarray:
-        """Causal softmax(q·K^T * scale)·V over the cache, each query head reading kv head h // group.
+    def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float,
+                  window: int = 0) -> np.ndarray:
+        """Causal softmax(q·K^T * scale)·V over the cache, each query head reading kv head h // group;
+        with a ``window``, the query at position p sees keys (p - window, p] only (llama.cpp's standard
+        sliding window: key p0 is masked when p - p0 >= window).
 
         As in ggml's non-flash attention, q and the probabilities are rounded to f16 like
         the cache they multiply, and both products sum in ggml's order (``float_dots``);
@@ -166,8 +178,8 @@ class NumpyBackend:
         qg = to_f16(q).transpose(1, 0, 2).reshape(n_kv_heads, group, n, head_dim)  # (n_kv_heads, group, n, hd)
         scores = float_dots(qg, keys, GGMLType.F16)[..., :n_keys]            # (n_kv_heads, group, n, n_keys)
         scores = scores.reshape(n_heads, n, n_keys) * np.float32(scale)      # (n_heads, n, n_keys)
-        future = np.arange(n_keys)[None, :] > (start + np.arange(n))[:, None]  # (n, n_keys)
-        scores[:, future] = -np.inf
+        ago = (start + np.arange(n))[:, None] - np.arange(n_keys)[None, :]  # (n, n_keys): query - key position
+        scores[:, (ago < 0) | ((ago >= window) if window else False)] = -np.inf
         probs = to_f16(softmax(scores))                                        # (n_heads, n, n_keys)
         probs = np.pad(probs, ((0, 0), (0, 0), (0, pad)))                     # (n_heads, n, n_keys+pad)
         pg = probs.reshape(n_kv_heads, group, n, n_keys + pad)
@@ -178,6 +190,30 @@ class NumpyBackend:
     def swiglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         """silu(gate) * up, with silu(g) = g / (1 + exp(-g)) and ggml's vector exp."""
         return gate / (np.float32(1.0) + ggml_expf(np.float32(0.0) - gate)) * up
+
+    def geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        """gelu(gate) * up as ggml_vec_geglu_f32 (GGML_GELU_FP16) computes it: 0 for gate <= -10,
+        gate * up for gate >= 10, else the f16 GELU table at gate rounded to f16, times up."""
+        table = gelu_table().astype(np.float32)[gate.astype(np.float16).view(np.uint16)]   # (n, f)
+        return np.where(gate <= -10, np.float32(0), np.where(gate >= 10, gate, table) * up)
+
+
+@lru_cache(maxsize=1)
+def gelu_table() -> np.ndarray:
+    """ggml's ggml_table_gelu_f16: GELU (tanh form) of every f16 value, rounded to f16: (65536,) float16.
+
+    gelu(x) = 0.5 x (1 + tanhf(sqrt(2/pi) x (1 + 0.044715 x^2))) in float32 with the C library's
+    tanhf; the compiled ggml fuses 1 + (0.044715 x) x into one multiply-add.
+    """
+    x = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)       # (65536,)
+    with np.errstate(invalid="ignore", over="ignore"):
+        inner = _fma(_GELU_COEF_A * x, x, np.float32(1.0))
+        t = np.array([libm.tanhf(v) for v in (_SQRT_2_OVER_PI * x * inner).tolist()], np.float32)
+        return (np.float32(0.5) * x * (np.float32(1.0) + t)).astype(np.float16)
+
+
+_GELU_COEF_A = np.float32(0.044715)
+_SQRT_2_OVER_PI = np.float32(0.79788456080286535587989211986876)
 
 
 def float_dots(x: np.ndarray, w: np.ndarray, type_: GGMLType = GGMLType.F32, n_rows: int | None = None) -> np.ndarray:

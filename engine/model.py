@@ -1,4 +1,4 @@
-"""A LLaMA decoder: hyperparameters and weights from a GGUF file, and the forward pass over a KV cache.
+"""A LLaMA-style decoder: hyperparameters and weights from a GGUF file, and the forward pass over a KV cache.
 
     x = embed(tokens)
     for each layer:
@@ -6,8 +6,19 @@
         x = x + W_down · (silu(W_gate · norm(x)) * (W_up · norm(x)))
     logits = W_out · norm(x)
 
-Every op comes from a backend (``engine.ggml_ops``) so a compiled one can stand in for
-the NumPy reference; the KV cache is stored in float16 as llama.cpp stores it.
+Other families change a few steps of it, as llama.cpp builds them; ``FAMILIES`` lists
+each one's switches side by side, and the one decoder below consults them:
+
+    family   rope   gate  q/k norm  post norms  embed x sqrt(dim)  sliding window
+    llama    norm   silu  no        no          no                 no
+    qwen2    neox   silu  no        no          no                 no
+    qwen3    neox   silu  yes       no          no                 no
+    gemma3   neox   gelu  yes       yes         yes                5 of 6 layers
+
+Biases on q, k and v (Qwen2's) are added wherever the file has them, as llama.cpp adds them.
+
+Every op comes from a backend (``engine.backends``: the textbook ``engine.plain``, or the exact
+``engine.ggml_ops`` and its compiled twin); the KV cache is stored in float16 as llama.cpp stores it.
 """
 from __future__ import annotations
 
@@ -20,7 +31,28 @@ from .ggml_ops import MATRIX_TYPES, Rope, Weight
 from .gguf import GGUFFile, ValueType
 from .quants import GGMLType
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where an architecture's decoder differs from LLaMA's (llama.cpp's src/models/<name>.cpp)."""
+    neox: bool          # RoPE rotates (x[i], x[i + n/2]) rather than adjacent pairs
+    gelu: bool          # the feed-forward gates with GELU (tanh form) rather than SiLU
+    qk_norm: bool       # each q and k head is RMS-normed (attn_q_norm, attn_k_norm) before RoPE
+    post_norms: bool    # the attention and feed-forward outputs are RMS-normed before each residual add
+    embed_scale: bool   # the embeddings are multiplied by sqrt(dim); q rather than q·k by the attention scale
+    swa_period: int     # 0, or every this many layers all but the last attend over a sliding window
+
+
+FAMILIES = {
+    "llama": Family(neox=False, gelu=False, qk_norm=False, post_norms=False, embed_scale=False, swa_period=0),
+    "qwen2": Family(neox=True, gelu=False, qk_norm=False, post_norms=False, embed_scale=False, swa_period=0),
+    "qwen3": Family(neox=True, gelu=False, qk_norm=True, post_norms=False, embed_scale=False, swa_period=0),
+    "gemma3": Family(neox=True, gelu=True, qk_norm=True, post_norms=True, embed_scale=True, swa_period=6),
+}
+SUPPORTED_ARCHITECTURES = tuple(FAMILIES)
+SWA_FREQ_BASE = 10000.0   # llama.cpp's rope base of sliding-window layers when the file names none
+GEMMA3_27B_LAYERS = 62    # llama.cpp scales this Gemma 3's queries by 1/sqrt(dim / heads), not 1/sqrt(head size)
 MAX_LAYERS = 512          # llama.cpp's LLAMA_MAX_LAYERS
 MAX_WIDTH = 1 << 20       # widest embedding or feed-forward accepted, 20x the largest released LLaMA's
 UINT32_MAX = 2**32 - 1    # llama.cpp holds sizes such as the training context as uint32
@@ -30,24 +62,49 @@ FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest positive normal 
 
 @dataclass(frozen=True)
 class HParams:
-    """The shape of a LLaMA model, read from its GGUF metadata."""
+    """The shape of a model, read from its GGUF metadata."""
+    arch: str
     n_vocab: int
     dim: int
     n_layers: int
     n_heads: int
     n_kv_heads: int
+    head_dim: int
     ffn: int
     n_ctx_train: int
     rms_eps: float
     rope: Rope
+    attn_scale: float                 # what q·k (or, with Family.embed_scale, q) is multiplied by
+    windows: tuple[int, ...] = ()     # per layer: 0, or how many positions its sliding window spans
+    rope_swa: Rope | None = None      # the RoPE of the sliding-window layers
 
     @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
+    def family(self) -> Family:
+        return FAMILIES[self.arch]
 
     @property
     def kv_dim(self) -> int:
         return self.head_dim * self.n_kv_heads
+
+    def window(self, layer: int) -> int:
+        """0, or the sliding window of ``layer``."""
+        return self.windows[layer] if self.windows else 0
+
+    def layer_rope(self, layer: int) -> Rope:
+        return self.rope_swa if self.window(layer) else self.rope
+
+    def switches(self) -> str:
+        """The family and what its switches make of this model, in words (for ``llamanp info``)."""
+        f = self.family
+        words = [f"{'neox' if f.neox else 'norm'} rope (base {self.rope.freq_base:g})",
+                 f"{'gelu' if f.gelu else 'silu'} gate", f"head size {self.head_dim}"]
+        words += ["q/k norm"] * f.qk_norm + ["post-attention and post-ffn norms"] * f.post_norms
+        words += ["embeddings x sqrt(dim), q x attention scale"] * f.embed_scale
+        n_windowed = sum(w > 0 for w in self.windows)
+        if n_windowed:
+            words.append(f"sliding window {max(self.windows)} on {n_windowed} of {self.n_layers} layers "
+                         f"(rope base {self.rope_swa.freq_base:g})")
+        return f"{self.arch}: {', '.join(words)}"
 
     @classmethod
     def from_gguf(cls, gguf: GGUFFile) -> "HParams":
@@ -64,6 +121,7 @@ class HParams:
             return value
 
         arch = one_of("general.architecture", SUPPORTED_ARCHITECTURES, "architecture")
+        family = FAMILIES[arch]
 
         def get(key: str, lo, hi, default=None, kind=int):
             """Metadata ``{arch}.{key}`` (or ``default``) within [lo, hi], of the one type llama.cpp
@@ -85,14 +143,18 @@ class HParams:
         if embd is None:
             raise ModelError(f"{gguf.path}: tensor 'token_embd.weight' is missing")
         dim = get("embedding_length", 1, MAX_WIDTH)
+        n_layers = get("block_count", 1, MAX_LAYERS)
         n_heads = get("attention.head_count", 1, dim)
         n_kv_heads = get("attention.head_count_kv", 1, n_heads, default=n_heads)
-        if dim % n_heads or n_heads % n_kv_heads:
-            raise ModelError(f"{gguf.path}: embedding_length {dim} must split into head_count {n_heads} heads, "
-                             f"and those into head_count_kv {n_kv_heads} groups")
-        head_dim = dim // n_heads
+        if n_heads % n_kv_heads:
+            raise ModelError(f"{gguf.path}: head_count {n_heads} must split into head_count_kv {n_kv_heads} groups")
+        if f"{arch}.attention.key_length" not in meta and dim % n_heads:
+            raise ModelError(f"{gguf.path}: embedding_length {dim} must split into head_count {n_heads} heads")
+        head_dim = get("attention.key_length", 1, MAX_WIDTH, default=dim // n_heads)
+        if get("attention.value_length", 1, MAX_WIDTH, default=head_dim) != head_dim:
+            raise ModelError(f"{gguf.path}: attention.value_length must equal attention.key_length {head_dim}")
         rope_dims = get("rope.dimension_count", 1, head_dim, default=head_dim)
-        if rope_dims != head_dim or rope_dims % 2:  # llama.cpp: all of a LLaMA head rotates, in pairs
+        if rope_dims != head_dim or rope_dims % 2:  # llama.cpp: all of a head rotates, in pairs
             raise ModelError(f"{gguf.path}: rope.dimension_count {rope_dims} must equal the head size {head_dim}, "
                              "an even number")
         scaling = one_of(f"{arch}.rope.scaling.type", ("none", "linear"), "rope scaling", default="linear")
@@ -104,17 +166,34 @@ class HParams:
         attn_factor = get("rope.scaling.attn_factor", 0.0, FLOAT32_MAX, default=1.0, kind=float)
         if attn_factor != 1.0:  # it would scale every cos and sin
             raise ModelError(f"{gguf.path}: rope.scaling.attn_factor {attn_factor} is not supported; supported: 1")
+        if get("final_logit_softcapping", 0.0, FLOAT32_MAX, default=0.0, kind=float):
+            raise ModelError(f"{gguf.path}: final_logit_softcapping is not supported")
+        # llama.cpp reads Llama 3's rope factors for the llama family only
+        factors = _rope_freq_factors(gguf, rope_dims) if arch == "llama" else None
+        rope = Rope(rope_dims, get("rope.freq_base", FLOAT32_TINY, FLOAT32_MAX, default=10000.0, kind=float),
+                    freq_scale, factors, family.neox)
+        window = get("attention.sliding_window", 0, UINT32_MAX, default=0) if family.swa_period else 0
+        period = get("attention.sliding_window_pattern", 0, MAX_LAYERS, default=family.swa_period) if window else 0
+        # llama.cpp's set_swa_pattern: all but the last layer of every `period` slide; period 0: every layer
+        windows = tuple(window if period == 0 or i % period < period - 1 else 0 for i in range(n_layers))
+        rope_swa = Rope(rope_dims, get("rope.freq_base_swa", FLOAT32_TINY, FLOAT32_MAX, default=SWA_FREQ_BASE,
+                                       kind=float), 1.0, None, family.neox) if window else None
+        scale_dim = dim // n_heads if arch == "gemma3" and n_layers == GEMMA3_27B_LAYERS else head_dim
         return cls(
+            arch=arch,
             n_vocab=_n_vocab(gguf, embd),
             dim=dim,
-            n_layers=get("block_count", 1, MAX_LAYERS),
+            n_layers=n_layers,
             n_heads=n_heads,
             n_kv_heads=n_kv_heads,
+            head_dim=head_dim,
             ffn=get("feed_forward_length", 1, MAX_WIDTH),
             n_ctx_train=get("context_length", 1, UINT32_MAX),
             rms_eps=get("attention.layer_norm_rms_epsilon", 0.0, FLOAT32_MAX, kind=float),
-            rope=Rope(rope_dims, get("rope.freq_base", FLOAT32_TINY, FLOAT32_MAX, default=10000.0, kind=float),
-                      freq_scale, _rope_freq_factors(gguf, rope_dims)),
+            rope=rope,
+            attn_scale=float(np.float32(1.0) / np.sqrt(np.float32(scale_dim))),
+            windows=windows if window else (),
+            rope_swa=rope_swa,
         )
 
 
@@ -159,11 +238,22 @@ class Layer:
     w_gate: Weight         # dim -> ffn
     w_up: Weight           # dim -> ffn
     w_down: Weight         # ffn -> dim
+    q_bias: np.ndarray | None = None          # (n_heads * head_dim,), where the file has them
+    k_bias: np.ndarray | None = None          # (kv_dim,)
+    v_bias: np.ndarray | None = None          # (kv_dim,)
+    q_norm: np.ndarray | None = None          # (head_dim,), with Family.qk_norm
+    k_norm: np.ndarray | None = None          # (head_dim,)
+    attn_post_norm: np.ndarray | None = None  # (dim,), with Family.post_norms
+    ffn_post_norm: np.ndarray | None = None   # (dim,)
 
     @property
     def qkv(self) -> tuple[Weight, Weight, Weight]:
         """The three products attention takes of the same normed input."""
         return self.wq, self.wk, self.wv
+
+    @property
+    def qkv_bias(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        return self.q_bias, self.k_bias, self.v_bias
 
     @property
     def gate_up(self) -> tuple[Weight, Weight]:
@@ -189,8 +279,20 @@ class Weights:
                                  f"supported: {', '.join(t.name for t in sorted(MATRIX_TYPES))}")
             return Weight(name, info.type, n_in, n_out, gguf.tensor(name))
 
-        def vector(name: str) -> np.ndarray:
-            return _vector(gguf, name, hp.dim)
+        def vector(name: str, n: int = hp.dim) -> np.ndarray:
+            return _vector(gguf, name, n)
+
+        def extras(i: int) -> dict:
+            """Layer i's q, k and v biases where the file has them, and the family's extra norms."""
+            family, blk = hp.family, f"blk.{i}."
+            sizes = dict(q=hp.n_heads * hp.head_dim, k=hp.kv_dim, v=hp.kv_dim)
+            biases = {f"{x}_bias": vector(f"{blk}attn_{x}.bias", n) for x, n in sizes.items()
+                      if f"{blk}attn_{x}.bias" in gguf.tensors}
+            qk = dict(q_norm=vector(blk + "attn_q_norm.weight", hp.head_dim),
+                      k_norm=vector(blk + "attn_k_norm.weight", hp.head_dim)) if family.qk_norm else {}
+            post = dict(attn_post_norm=vector(blk + "post_attention_norm.weight"),
+                        ffn_post_norm=vector(blk + "post_ffw_norm.weight")) if family.post_norms else {}
+            return biases | qk | post
 
         q_dim = hp.n_heads * hp.head_dim
         layers = tuple(
@@ -204,9 +306,13 @@ class Weights:
                 w_gate=matrix(f"blk.{i}.ffn_gate.weight", hp.dim, hp.ffn),
                 w_up=matrix(f"blk.{i}.ffn_up.weight", hp.dim, hp.ffn),
                 w_down=matrix(f"blk.{i}.ffn_down.weight", hp.ffn, hp.dim),
+                **extras(i),
             )
             for i in range(hp.n_layers)
         )
+        for unsupported in ("output.bias", "blk.0.attn_qkv.weight", "blk.0.attn_output.bias"):
+            if unsupported in gguf.tensors:
+                raise ModelError(f"{gguf.path}: tensor {unsupported!r} is not supported")
         token_embd = matrix("token_embd.weight", hp.dim, hp.n_vocab)
         output = matrix("output.weight", hp.dim, hp.n_vocab) if "output.weight" in gguf.tensors else token_embd
         return cls(token_embd, layers, vector("output_norm.weight"), output)
@@ -264,32 +370,45 @@ class Model:
         hp, w, ops = self.hp, self.weights, self.backend
         positions = np.arange(start, start + len(tokens))                  # (n,)
         x = ops.get_rows(w.token_embd, tokens)                              # (n, dim)
+        if hp.family.embed_scale:
+            x = x * np.sqrt(np.float32(hp.dim))                             # (n, dim)
         for i, layer in enumerate(w.layers):
-            x = x + self.attention(layer, i, x, positions, cache)           # (n, dim)
-            x = x + self.feed_forward(layer, x)                             # (n, dim)
+            x = x + self.post_norm(layer.attn_post_norm, self.attention(layer, i, x, positions, cache))
+            x = x + self.post_norm(layer.ffn_post_norm, self.feed_forward(layer, x))
         if not all_rows:
             x = x[-1:]                                                       # (1, dim)
         return ops.rms_norm(x, w.output_norm, hp.rms_eps)                  # (n or 1, dim)
 
+    def post_norm(self, weight: np.ndarray | None, y: np.ndarray) -> np.ndarray:
+        """A block's output as the residual stream takes it: RMS-normed where the family norms it."""
+        return y if weight is None else self.backend.rms_norm(y, weight, self.hp.rms_eps)
+
     def attention(self, layer: Layer, index: int, x: np.ndarray, positions: np.ndarray, cache: KVCache) -> np.ndarray:
-        """Self-attention over the cache, after writing this batch's keys and values into it."""
+        """Self-attention over the cache (or its sliding window), after writing this batch's keys and values into it."""
         hp, ops = self.hp, self.backend
         n = x.shape[0]
         h = ops.rms_norm(x, layer.attn_norm, hp.rms_eps)                   # (n, dim)
-        q, k, v = ops.matmuls(layer.qkv, h)                                 # (n, n_heads*hd), (n, kv_dim) x 2
+        q, k, v = (y if b is None else y + b                                # (n, n_heads*hd), (n, kv_dim) x 2
+                   for y, b in zip(ops.matmuls(layer.qkv, h), layer.qkv_bias))
+        if layer.q_norm is not None:                                        # each head's q and k normed
+            q = ops.rms_norm(q.reshape(n * hp.n_heads, hp.head_dim), layer.q_norm, hp.rms_eps)
+            k = ops.rms_norm(k.reshape(n * hp.n_kv_heads, hp.head_dim), layer.k_norm, hp.rms_eps)
         q = q.reshape(n, hp.n_heads, hp.head_dim)                          # (n, n_heads, hd)
         k = k.reshape(n, hp.n_kv_heads, hp.head_dim)                       # (n, n_kv_heads, hd)
         v = v.reshape(n, hp.n_kv_heads, hp.head_dim)                       # (n, n_kv_heads, hd)
-        q = ops.rope(q, positions, hp.rope)
-        k = ops.rope(k, positions, hp.rope)
+        q = ops.rope(q, positions, hp.layer_rope(index))
+        k = ops.rope(k, positions, hp.layer_rope(index))
         cache.store(index, int(positions[0]), k, v)
-        scale = np.float32(1.0) / np.sqrt(np.float32(hp.head_dim))
-        a = ops.attention(q, cache.k[index], cache.v[index], int(positions[0]), scale)  # (n, n_heads*hd)
+        scale = np.float32(hp.attn_scale)
+        if hp.family.embed_scale:                                           # Gemma scales q, then q·k by 1
+            q, scale = q * scale, np.float32(1.0)
+        a = ops.attention(q, cache.k[index], cache.v[index], int(positions[0]), scale, hp.window(index))
         return ops.matmul(layer.wo, a)                                      # (n, dim)
 
     def feed_forward(self, layer: Layer, x: np.ndarray) -> np.ndarray:
-        """SwiGLU: W_down · (silu(W_gate · norm(x)) * (W_up · norm(x)))."""
+        """SwiGLU (GEGLU where the family gates with GELU): W_down · (act(W_gate · norm(x)) * (W_up · norm(x)))."""
         ops = self.backend
         h = ops.rms_norm(x, layer.ffn_norm, self.hp.rms_eps)               # (n, dim)
         gate, up = ops.matmuls(layer.gate_up, h)                            # (n, ffn) each
-        return ops.matmul(layer.w_down, ops.swiglu(gate, up))               # (n, dim)
+        glu = ops.geglu if self.hp.family.gelu else ops.swiglu
+        return ops.matmul(layer.w_down, glu(gate, up))                      # (n, dim)

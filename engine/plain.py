@@ -4,9 +4,11 @@ Read this first. Each op is its equation and nothing else:
 
     matmul      y = x · Wᵀ             weights dequantised to float32, then one matrix product
     rms_norm    x / √(mean(x²) + ε) · g
-    rope        rotate each pair (x₂ᵢ, x₂ᵢ₊₁) by the angle  position · base^(-2i/d) (· scale / factor_i)
+    rope        rotate each pair (x₂ᵢ, x₂ᵢ₊₁), or (xᵢ, xᵢ₊d/2) in NEOX mode, by the angle
+                position · base^(-2i/d) (· scale / factor_i)
     attention   softmax(q · kᵀ / √d + causal mask) · v, each query head reading its group's kv head
     swiglu      silu(gate) · up,        silu(g) = g · σ(g) = g / (1 + e⁻ᵍ)
+    geglu       gelu(gate) · up,        gelu(g) = g/2 · (1 + tanh(√(2/π) · (g + 0.044715 g³)))
 
 ``engine.model`` calls these ops in order; ``Llama(..., backend="plain")`` runs a model on
 them. The results are close to llama.cpp's but not equal: llama.cpp also rounds the
@@ -63,7 +65,7 @@ class PlainBackend:
         return x / np.sqrt(mean_square + np.float32(eps)) * weight           # (n, d) · (d,) -> (n, d)
 
     def rope(self, x: np.ndarray, positions: np.ndarray, rope: Rope) -> np.ndarray:
-        """Rotate each adjacent pair (x₂ᵢ, x₂ᵢ₊₁) of each head by the angle position · θᵢ."""
+        """Rotate each pair of each head (x₂ᵢ, x₂ᵢ₊₁), or in NEOX mode (xᵢ, xᵢ₊d/2), by the angle position · θᵢ."""
         i = np.arange(rope.n_dims // 2)                                      # (d/2,) pair index
         theta = rope.freq_base ** (-2.0 * i / rope.n_dims) * rope.freq_scale  # (d/2,) radians per position
         if rope.freq_factors is not None:
@@ -71,18 +73,20 @@ class PlainBackend:
         angle = positions[:, None] * theta[None, :]                          # (n, d/2)
         cos = np.cos(angle)[:, None, :].astype(np.float32)                   # (n, 1, d/2) one per head
         sin = np.sin(angle)[:, None, :].astype(np.float32)                   # (n, 1, d/2)
-        even, odd = x[..., 0:rope.n_dims:2], x[..., 1:rope.n_dims:2]        # (n, heads, d/2) each
+        first, second = rope.pairs()                                         # where each pair's two values lie
+        x0, x1 = x[..., first], x[..., second]                               # (n, heads, d/2) each
         out = x.copy()                                                       # (n, heads, hd)
-        out[..., 0:rope.n_dims:2] = even * cos - odd * sin                   # (n, heads, d/2)
-        out[..., 1:rope.n_dims:2] = even * sin + odd * cos                   # (n, heads, d/2)
+        out[..., first] = x0 * cos - x1 * sin                                # (n, heads, d/2)
+        out[..., second] = x0 * sin + x1 * cos                               # (n, heads, d/2)
         return out
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int,
-                  scale: float) -> np.ndarray:
+                  scale: float, window: int = 0) -> np.ndarray:
         """softmax(q · kᵀ · scale + mask) · v for the n queries at positions [start, start + n).
 
         The cache holds every position up to start + n; query head h reads kv head h // group
-        (grouped-query attention: several query heads share one key and value head).
+        (grouped-query attention: several query heads share one key and value head). The mask
+        hides the future, and with a ``window`` every key ``window`` or more positions back.
         """
         n, n_heads, head_dim = q.shape                                       # (n, n_heads, hd)
         n_keys = start + n                                                   # positions cached so far
@@ -91,8 +95,9 @@ class PlainBackend:
         v = np.repeat(v_cache[:, :n_keys], group, axis=0).astype(np.float32)  # (n_heads, n_keys, hd)
         q = q.transpose(1, 0, 2)                                             # (n_heads, n, hd)
         scores = q @ k.transpose(0, 2, 1) * np.float32(scale)               # (n_heads, n, n_keys)
-        future = np.arange(n_keys)[None, :] > start + np.arange(n)[:, None]  # (n, n_keys) key after query
-        scores[:, future] = -np.inf                                          # a token sees only its past
+        ago = (start + np.arange(n))[:, None] - np.arange(n_keys)[None, :]  # (n, n_keys) query pos - key pos
+        hidden = (ago < 0) | ((ago >= window) if window else False)          # (n, n_keys) future, or out of window
+        scores[:, hidden] = -np.inf                                          # a token sees only its (recent) past
         weights = np.exp(scores - scores.max(axis=-1, keepdims=True))       # (n_heads, n, n_keys) softmax ...
         weights /= weights.sum(axis=-1, keepdims=True)                       # ... over the keys
         out = weights @ v                                                    # (n_heads, n, hd)
@@ -102,3 +107,8 @@ class PlainBackend:
         """silu(gate) · up, with silu(g) = g / (1 + e⁻ᵍ)."""
         with np.errstate(over="ignore"):  # e⁻ᵍ overflows to inf for g < -88, and g / inf = -0 is silu's limit
             return gate / (np.float32(1.0) + np.exp(-gate)) * up             # (n, ffn)
+
+    def geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        """gelu(gate) · up, with GELU's tanh form."""
+        inner = np.sqrt(2.0 / np.pi) * (gate + 0.044715 * gate ** 3)        # (n, ffn)
+        return (0.5 * gate * (1.0 + np.tanh(inner)) * up).astype(np.float32)  # (n, ffn)

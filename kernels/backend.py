@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.ggml_ops import NumpyBackend, Rope, Weight
+from engine.ggml_ops import NumpyBackend, Rope, Weight, gelu_table
 
 from . import layers
 from .matmul import Matrix, get_rows, is_file_mapping, release_file_pages
@@ -38,7 +38,7 @@ class CythonBackend:
         self._matrices: dict[int, tuple[Weight, Matrix]] = {}  # id(weight) -> (weight, its kernel matrix)
         self._stacks: dict[tuple[int, ...], Stack] = {}  # ids of the weights -> their stack
         self._reference = NumpyBackend()
-        self._angles: tuple[tuple, tuple[np.ndarray, np.ndarray]] | None = None  # last positions' rope cos, sin
+        self._angles: dict[Rope, tuple[bytes, tuple[np.ndarray, np.ndarray]]] = {}  # per rope: last positions, cos, sin
 
     def matrix(self, w: Weight, release_source: bool = True) -> Matrix:
         """The kernel matrix of ``w``, built on first use."""
@@ -108,15 +108,20 @@ class CythonBackend:
         return layers.rms_norm(x, weight, eps, self.n_threads)
 
     def rope(self, x: np.ndarray, positions: np.ndarray, rope: Rope) -> np.ndarray:
-        """Every layer rotates q and k at the same positions, so the angles are computed once per batch."""
-        key = (rope, positions.tobytes())
-        if self._angles is None or self._angles[0] != key:
+        """Every layer rotates q and k at the same positions, so the angles are computed once per batch
+        (per rope: Gemma's windowed layers have their own)."""
+        entry = self._angles.get(rope)
+        if entry is None or entry[0] != positions.tobytes():
             angles = layers.rope_angles(positions, rope.n_dims, rope.freq_base, rope.freq_scale, rope.freq_factors)
-            self._angles = key, angles
-        return layers.rope(x, *self._angles[1], self.n_threads)
+            entry = self._angles[rope] = positions.tobytes(), angles
+        return layers.rope(x, *entry[1], self.n_threads, rope.neox)
 
-    def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float) -> np.ndarray:
-        return layers.attention(q, k_cache, v_cache, start, scale, self.n_threads)  # (n, n_heads*hd)
+    def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float,
+                  window: int = 0) -> np.ndarray:
+        return layers.attention(q, k_cache, v_cache, start, scale, self.n_threads, window)  # (n, n_heads*hd)
 
     def swiglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         return layers.swiglu(gate, up, self.n_threads)
+
+    def geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        return layers.geglu(gate, up, gelu_table(), self.n_threads)

@@ -4,6 +4,7 @@
  *  - RoPE takes the C library's cosf/sinf of angles built by repeated fp32 multiplication,
  *    and rotates each pair in double with one of its two products rounded to fp32 first;
  *  - SwiGLU and the softmax use ggml_v_expf (a range reduction and a degree-5 polynomial);
+ *  - GEGLU looks GELU up in ggml's f16 table (GGML_GELU_FP16), as ggml_vec_geglu_f32 does;
  *  - attention rounds q and the probabilities to f16 and sums both of its products in the
  *    order of ggml's kernels: ggml_vec_dot_f16 (32 lanes) for one query row, llamafile's
  *    tinyBLAS (8 lanes) for several; a single dot is float_rows.h's, as the matrix products'.
@@ -111,6 +112,30 @@ static inline void rope_row(float *x, int heads, int hd, int n_dims, const float
         }
 }
 
+/* The same rotation in ggml's NEOX mode: the pairs are (x[r], x[r + n_dims/2]). */
+static inline void rope_row_neox(float *x, int heads, int hd, int n_dims, const float *cs, const float *sn) {
+    const int half = n_dims / 2;
+    for (int h = 0; h < heads; h++) {
+        float *x0s = x + (int64_t)h * hd, *x1s = x0s + half;
+        int r = 0;
+#if LAYER_SIMD
+        for (; r + 4 <= half; r += 4) {  /* four pairs: x0' = x0 cos - fp32(x1 sin), x1' = x0 sin + fp32(x1 cos) */
+            const __m128 c = _mm_loadu_ps(cs + r), s = _mm_loadu_ps(sn + r);
+            const __m128 x0 = _mm_loadu_ps(x0s + r), x1 = _mm_loadu_ps(x1s + r);
+            const __m256d x0d = _mm256_cvtps_pd(x0);
+            _mm_storeu_ps(x0s + r, _mm256_cvtpd_ps(_mm256_fmsub_pd(x0d, _mm256_cvtps_pd(c), _mm256_cvtps_pd(_mm_mul_ps(x1, s)))));
+            _mm_storeu_ps(x1s + r, _mm256_cvtpd_ps(_mm256_fmadd_pd(x0d, _mm256_cvtps_pd(s), _mm256_cvtps_pd(_mm_mul_ps(x1, c)))));
+        }
+#endif
+        for (; r < half; r++) {
+            const float x0 = x0s[r], x1 = x1s[r];
+            const float x1_sin = x1 * sn[r], x1_cos = x1 * cs[r];
+            x0s[r] = (float)((double)x0 * cs[r] - (double)x1_sin);
+            x1s[r] = (float)((double)x0 * sn[r] + (double)x1_cos);
+        }
+    }
+}
+
 /* ---------------------------------------------------------------- ggml_v_expf */
 
 /* ggml_v_expf: e^x = 2^n (1 + j), n = round(x log2 e) (by adding and subtracting 1.5 * 2^23),
@@ -188,6 +213,17 @@ static inline void swiglu_row(const float *g, const float *u, int64_t n, float *
     }
 #endif
     for (; i < n; i++) y[i] = g[i] / (1.0f + expf_ggml(0.0f - g[i])) * u[i];
+}
+
+/* ---------------------------------------------------------------- GEGLU */
+
+/* y = gelu(g) * u for one row of n, as ggml_vec_geglu_f32 with GGML_GELU_FP16: 0 for g <= -10,
+ * g * u for g >= 10, else table[f16(g)] * u; table: ggml's 65536 f16 GELU values. */
+static inline void geglu_row(const float *g, const float *u, int64_t n, const uint16_t *table, float *y) {
+    for (int64_t i = 0; i < n; i++) {
+        const float x = g[i];
+        y[i] = x <= -10.0f ? 0.0f : x >= 10.0f ? x * u[i] : fp16_to_fp32(table[fp32_to_fp16(x)]) * u[i];
+    }
 }
 
 /* ---------------------------------------------------------------- horizontal sums */
@@ -365,11 +401,14 @@ static inline void weigh_values(const uint16_t *p, const uint16_t *v, int m, int
     reduce_lanes(acc, hd, lanes, out);
 }
 
-/* One query head at one position over keys [0, m) of its kv head: q rounded to f16, scores
- * by score_keys(qk_lanes) (8 only when hd is a multiple of 8), times scale, softmax to
- * f16, then weigh_values(pv_lanes).  k, v: (n_ctx, hd) f16 rows.
+/* One query head at one position over keys [0, m) of its kv head, the first `masked` of them
+ * hidden (a sliding window's start): q rounded to f16, scores by score_keys(qk_lanes) (8 only
+ * when hd is a multiple of 8), times scale, the hidden ones -inf, softmax to f16, then
+ * weigh_values(pv_lanes).  k, v: (n_ctx, hd) f16 rows.  The caller starts k and v at a
+ * multiple of 64 keys, so every key keeps its lane and its softmax group of 8 (the hidden keys
+ * before it, whose probabilities are 0, add nothing anywhere).
  * Scratch: scores m floats, half hd + m halves, acc 32 * hd floats. */
-static inline void attend(const float *q, const uint16_t *k, const uint16_t *v, int m, int hd, float scale,
+static inline void attend(const float *q, const uint16_t *k, const uint16_t *v, int m, int masked, int hd, float scale,
                           int qk_lanes, int pv_lanes, float *scores, uint16_t *half, float *acc, float *out) {
     uint16_t *qh = half, *probs = half + hd;
     float *qf = acc;  /* q as f16-rounded floats, before acc is needed for the values */
@@ -378,6 +417,7 @@ static inline void attend(const float *q, const uint16_t *k, const uint16_t *v, 
         qf[d] = fp16_to_fp32(qh[d]);
     }
     score_keys(qh, qf, k, m, hd, scale, qk_lanes, scores);
+    for (int j = 0; j < masked; j++) scores[j] = -INFINITY;
     softmax_f16(scores, m, probs);
     weigh_values(probs, v, m, hd, pv_lanes, acc, out);
 }

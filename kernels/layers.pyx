@@ -1,4 +1,4 @@
-"""The per-row steps of a LLaMA layer: RMSNorm, RoPE, SwiGLU and attention over the f16 KV cache.
+"""The per-row steps of a decoder layer: RMSNorm, RoPE, SwiGLU, GEGLU and attention over the f16 KV cache.
 
 Same shapes and dtypes as the NumPy reference in ``engine.ggml_ops``, and the same bits
 (its summation orders, ggml's vector exp, the C library's cosf/sinf; see layer_ops.h);
@@ -26,8 +26,10 @@ cdef extern from "layer_ops.h" nogil:
     void rope_angles_row "rope_angles"(float pos, int n_dims, float theta_scale, float freq_scale, const float *factors,
                                        float *cs, float *sn)
     void rope_row(float *x, int heads, int hd, int n_dims, const float *cs, const float *sn)
+    void rope_row_neox(float *x, int heads, int hd, int n_dims, const float *cs, const float *sn)
     void swiglu_row(const float *g, const float *u, int64_t n, float *y)
-    void attend(const float *q, const uint16_t *k, const uint16_t *v, int m, int hd, float scale,
+    void geglu_row(const float *g, const float *u, int64_t n, const uint16_t *table, float *y)
+    void attend(const float *q, const uint16_t *k, const uint16_t *v, int m, int masked, int hd, float scale,
                 int qk_lanes, int pv_lanes, float *scores, uint16_t *half, float *acc, float *out)
 
 
@@ -109,9 +111,10 @@ def rope_angles(positions, int n_dims, float freq_base, float freq_scale=1.0, fr
     return cos, sin
 
 
-def rope(x, cos, sin, n_threads=None):
-    """Rotate adjacent pairs of the first n_dims values of every head of x (n, heads, hd) by the angles
-    whose ``cos`` and ``sin`` (n, n_dims / 2) ``rope_angles`` gives."""
+def rope(x, cos, sin, n_threads=None, bint neox=False):
+    """Rotate the pairs of the first n_dims values of every head of x (n, heads, hd) by the angles
+    whose ``cos`` and ``sin`` (n, n_dims / 2) ``rope_angles`` gives: adjacent pairs, or with ``neox``
+    the pairs (x[i], x[i + n_dims / 2])."""
     cdef cnp.ndarray out = f32(x, 3, "rope input", copy=True)  # rotated in place: one copy whatever x's layout
     cdef cnp.ndarray cs = f32(cos, 2, "rope cos"), sn = f32(sin, 2, "rope sin")
     cdef Py_ssize_t n = out.shape[0], heads = out.shape[1], hd = out.shape[2], half = cs.shape[1]
@@ -124,7 +127,10 @@ def rope(x, cos, sin, n_threads=None):
     cdef Py_ssize_t i
     if heads:
         for i in prange(n, nogil=True, schedule="static", num_threads=nt):
-            rope_row(o + i * heads * hd, heads, hd, 2 * half, c + i * half, s + i * half)
+            if neox:
+                rope_row_neox(o + i * heads * hd, heads, hd, 2 * half, c + i * half, s + i * half)
+            else:
+                rope_row(o + i * heads * hd, heads, hd, 2 * half, c + i * half, s + i * half)
     return out
 
 
@@ -134,10 +140,25 @@ def swiglu(gate, up, n_threads=None):
     Rows may lie at any stride, so the two halves of one stacked product's output are read in
     place rather than copied.
     """
-    cdef cnp.ndarray g = f32_rows(gate, "swiglu gate"), u = f32_rows(up, "swiglu up")
+    return _glu(gate, up, None, n_threads)
+
+
+def geglu(gate, up, table, n_threads=None):
+    """gelu(gate) * up, elementwise over (n, f), GELU read from ``table`` (ggml's (65536,) float16
+    GELU of every f16 value, ``engine.ggml_ops.gelu_table``) as ggml does; rows as in ``swiglu``."""
+    if not is_native_c(table, cnp.NPY_FLOAT16, 1) or table.shape[0] != 1 << 16:
+        raise ValueError("geglu: table must be a C-contiguous float16 array of 65536 values")
+    return _glu(gate, up, table, n_threads)
+
+
+cdef cnp.ndarray _glu(gate, up, cnp.ndarray table, n_threads):
+    """swiglu, or with a GELU table geglu."""
+    what = "swiglu" if table is None else "geglu"
+    cdef cnp.ndarray g = f32_rows(gate, f"{what} gate"), u = f32_rows(up, f"{what} up")
     cdef Py_ssize_t n = g.shape[0], f = g.shape[1]
     if u.shape[0] != n or u.shape[1] != f:
-        raise ValueError(f"swiglu: gate {np.shape(g)} and up {np.shape(u)} differ")
+        raise ValueError(f"{what}: gate {np.shape(g)} and up {np.shape(u)} differ")
+    cdef const uint16_t *t = NULL if table is None else <const uint16_t *>cnp.PyArray_DATA(table)
     cdef int nt = team(check_threads(n_threads), g.size)
     cdef cnp.ndarray out = empty(2, g.shape, cnp.NPY_FLOAT32)
     cdef const char *gs = cnp.PyArray_BYTES(g)  # rows at any stride, values adjacent (f32_rows)
@@ -147,12 +168,16 @@ def swiglu(gate, up, n_threads=None):
     cdef Py_ssize_t i
     if f:
         for i in prange(n, nogil=True, schedule="static", num_threads=nt):
-            swiglu_row(<const float *>(gs + i * g_stride), <const float *>(us + i * u_stride), f, o + i * f)
+            if t == NULL:
+                swiglu_row(<const float *>(gs + i * g_stride), <const float *>(us + i * u_stride), f, o + i * f)
+            else:
+                geglu_row(<const float *>(gs + i * g_stride), <const float *>(us + i * u_stride), f, t, o + i * f)
     return out
 
 
-def attention(q, k_cache, v_cache, int start, float scale, n_threads=None):
-    """Causal attention of q (n, n_heads, hd) at positions [start, start + n) over f16 caches.
+def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int window=0):
+    """Causal attention of q (n, n_heads, hd) at positions [start, start + n) over f16 caches;
+    with a ``window``, position p sees keys (p - window, p] only.
 
     ``k_cache``/``v_cache``: float16 (n_kv_heads, n_ctx, hd) holding positions [0, start + n);
     query head h reads kv head h // (n_heads / n_kv_heads).  Returns (n, n_heads * hd).
@@ -168,6 +193,8 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None):
     cdef int n_kv = kc.shape[0], n_ctx = kc.shape[1]
     if kc.shape[2] != hd or n_kv == 0 or n_heads % n_kv:
         raise ValueError(f"attention: q {np.shape(qa)} does not fit caches of shape {np.shape(kc)}")
+    if window < 0:
+        raise ValueError(f"attention: window {window} is negative")
     if start < 0 or start + n > n_ctx:
         raise ValueError(f"attention: positions [{start}, {start + n}) exceed the cache's {n_ctx}")
     cdef int group = n_heads // n_kv, n_keys_max = start + n
@@ -191,7 +218,7 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None):
     cdef uint16_t *half = <uint16_t *>malloc(<size_t>nt * (n_keys_max + hd) * sizeof(uint16_t))
     cdef float *acc = <float *>malloc(<size_t>nt * 32 * hd * sizeof(float))
     cdef Py_ssize_t task
-    cdef int t, h, me
+    cdef int t, h, me, lo, first
     # row t attends to start + t + 1 keys, so several rows are dealt to the threads in turn, a
     # row's heads at once (each thread writes whole output rows), rather than in contiguous
     # shares, which would give the last thread the longest rows; one row's heads are shared out
@@ -203,9 +230,11 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None):
             t = task // n_heads
             h = task % n_heads
             me = omp_get_thread_num()
-            attend(qs + task * hd, ks + h // group * kv_stride, vs + h // group * kv_stride, start + t + 1, hd,
-                   scale, qk_lanes, pv_lanes, scores + me * n_keys_max, half + me * (n_keys_max + hd),
-                   acc + me * 32 * hd, o + task * hd)
+            lo = max(0, start + t + 1 - window) if window else 0  # the first key in the window
+            first = lo - lo % 64  # where attend starts: a multiple of 64 keys, as it requires
+            attend(qs + task * hd, ks + h // group * kv_stride + first * hd, vs + h // group * kv_stride + first * hd,
+                   start + t + 1 - first, lo - first, hd, scale, qk_lanes, pv_lanes, scores + me * n_keys_max,
+                   half + me * (n_keys_max + hd), acc + me * 32 * hd, o + task * hd)
     finally:
         free(scores)
         free(half)

@@ -1,4 +1,5 @@
-"""Small things several test modules share: the NMSE measure, llama.cpp's logits, the llamanp command."""
+"""Small things several test modules share: random prompts, the NMSE measure, llama.cpp's logits, the
+llamanp command."""
 import os
 import subprocess
 import sys
@@ -30,3 +31,8 @@ def llamanp(*args, stdin: str | None = None, env: dict | None = None) -> subproc
     """``llamanp ARGS`` in a subprocess; ``env`` adds to (or overrides) the environment."""
     return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], input=stdin,
                           env=os.environ | (env or {}), capture_output=True, text=True, timeout=300)
+
+
+def random_tokens(seed: int, n: int) -> list[int]:
+    """Ordinary (non-control) token ids of the llama2 vocabulary."""
+    return [int(t) for t in np.random.default_rng(seed).integers(3, 32000, n)]

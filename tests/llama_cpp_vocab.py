@@ -1,4 +1,5 @@
-"""llama.cpp's tokenizer for a GGUF vocabulary, through llama_cpp's low-level API, in the shape of ours."""
+"""llama.cpp's tokenizer for a GGUF vocabulary, through llama_cpp's low-level API, in the shape of ours;
+and llama.cpp's test vectors for its vocabularies."""
 import ctypes
 
 import llama_cpp
@@ -34,3 +35,13 @@ class LlamaCppVocab:
                                        buf, len(buf), False, special)
         assert n >= 0
         return buf.raw[:n].decode("utf-8", errors="replace")
+
+
+def read_vectors(folder, name):
+    """llama.cpp's tests/test-tokenizer-0 cases: inputs split by a marker line, one line of ids per input."""
+    inputs = (folder / f"ggml-vocab-{name}.gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    outputs = (folder / f"ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8").splitlines()
+    if inputs[-1] == "":
+        inputs.pop()  # the file ends with the marker
+    assert len(inputs) == len(outputs) > 40
+    return [(text, [int(i) for i in ids.split()]) for text, ids in zip(inputs, outputs)]

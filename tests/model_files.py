@@ -1,7 +1,7 @@
-"""Synthetic LLaMA models for the tests, the benchmarks and ``scripts/make_model.py``.
+"""Synthetic models of each supported family for the tests, the benchmarks and ``scripts/make_model.py``.
 
-``write_model`` writes a GGUF file with seeded random weights, any shape, and the
-real llama2 vocabulary; ``quantize_model`` hands it to llama.cpp's own quantiser so
+``write_model`` writes a GGUF file with seeded random weights, any shape and family
+(llama, qwen2, qwen3, gemma3), and the real llama2 vocabulary; ``quantize_model`` hands it to llama.cpp's own quantiser so
 the result carries llama.cpp's real tensor-type mixtures (a Q4_0 file keeps a Q6_K
 output tensor, Q4_K_M mixes Q4_K and Q6_K, ...).
 
@@ -31,6 +31,7 @@ QUANT_TYPES = ("F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_M", 
 @dataclass(frozen=True)
 class ModelSpec:
     """The shape and seed of a synthetic model; ``ftype`` is how the unquantised file stores matrices."""
+    arch: str = "llama"  # or "qwen2" (q, k, v biases), "qwen3" (q/k norms), "gemma3" (q/k norms, post norms, GELU, a window)
     dim: int = 256
     n_layers: int = 2
     n_heads: int = 4
@@ -43,6 +44,12 @@ class ModelSpec:
     rope_freqs: bool = False  # carry Llama 3.1's rope_freqs.weight (factor 8, original context n_ctx / 4)
     ftype: str = "f32"  # "f32" or "f16"
     seed: int = 0
+    head_dim: int = 0  # attention.key_length; 0: dim / n_heads, written by no key
+    window: int = 0    # gemma3's attention.sliding_window
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.dim // self.n_heads
 
     def key(self) -> str:
         """A short stable name for caching files built from this spec."""
@@ -50,33 +57,54 @@ class ModelSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+GEMMA3 = dict(arch="gemma3", dim=128, n_layers=7, n_heads=4, n_kv_heads=2, head_dim=64, ffn=256, n_ctx=1024,
+              rms_eps=1e-6, rope_base=1e6, tied=True, window=64)
+# a small file of each family but llama, as tests/test_families.py checks it against llama.cpp
+FAMILY_SPECS = {
+    "gemma3": GEMMA3,
+    "qwen2": dict(arch="qwen2", dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn=256, n_ctx=1024, rms_eps=1e-6,
+                  rope_base=1e6),
+    "qwen3": dict(arch="qwen3", dim=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=64, ffn=256, n_ctx=1024,
+                  rms_eps=1e-6, rope_base=1e6, tied=True),
+}
+
+
 def random_weights(spec: ModelSpec, n_vocab: int) -> dict[str, np.ndarray]:
     """Seeded weights in NumPy shape order (out_features, in_features), scaled so activations stay O(1)."""
-    if spec.dim % spec.n_heads or spec.n_heads % spec.n_kv_heads:
+    if (not spec.head_dim and spec.dim % spec.n_heads) or spec.n_heads % spec.n_kv_heads:
         raise ValueError(f"dim {spec.dim} must split into {spec.n_heads} heads, "
                          f"and those into {spec.n_kv_heads} kv groups")
     rng = np.random.default_rng(spec.seed)
-    head_dim = spec.dim // spec.n_heads
-    kv_dim = head_dim * spec.n_kv_heads
+    head_dim = spec.head_size
+    q_dim, kv_dim = head_dim * spec.n_heads, head_dim * spec.n_kv_heads
 
     def matrix(n_out: int, n_in: int) -> np.ndarray:
         return (rng.standard_normal((n_out, n_in)) / np.sqrt(n_in)).astype(np.float32)
 
-    def norm() -> np.ndarray:
-        return (1.0 + 0.1 * rng.standard_normal(spec.dim)).astype(np.float32)
+    def norm(n: int = spec.dim) -> np.ndarray:
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
     weights = {"token_embd.weight": rng.standard_normal((n_vocab, spec.dim)).astype(np.float32)}
     for i in range(spec.n_layers):
         blk = f"blk.{i}."
         weights[blk + "attn_norm.weight"] = norm()
-        weights[blk + "attn_q.weight"] = matrix(spec.dim, spec.dim)
+        weights[blk + "attn_q.weight"] = matrix(q_dim, spec.dim)
         weights[blk + "attn_k.weight"] = matrix(kv_dim, spec.dim)
         weights[blk + "attn_v.weight"] = matrix(kv_dim, spec.dim)
-        weights[blk + "attn_output.weight"] = matrix(spec.dim, spec.dim)
+        weights[blk + "attn_output.weight"] = matrix(spec.dim, q_dim)
         weights[blk + "ffn_norm.weight"] = norm()
         weights[blk + "ffn_gate.weight"] = matrix(spec.ffn, spec.dim)
         weights[blk + "ffn_up.weight"] = matrix(spec.ffn, spec.dim)
         weights[blk + "ffn_down.weight"] = matrix(spec.dim, spec.ffn)
+        if spec.arch == "qwen2":
+            for name, n in (("attn_q", q_dim), ("attn_k", kv_dim), ("attn_v", kv_dim)):
+                weights[blk + name + ".bias"] = (0.5 * rng.standard_normal(n)).astype(np.float32)
+        if spec.arch in ("qwen3", "gemma3"):
+            weights[blk + "attn_q_norm.weight"] = norm(head_dim)
+            weights[blk + "attn_k_norm.weight"] = norm(head_dim)
+        if spec.arch == "gemma3":
+            weights[blk + "post_attention_norm.weight"] = norm()
+            weights[blk + "post_ffw_norm.weight"] = norm()
     weights["output_norm.weight"] = norm()
     if spec.rope_freqs:
         weights["rope_freqs.weight"] = llama3_rope_factors(head_dim, spec.rope_base, spec.n_ctx // 4)
@@ -100,27 +128,33 @@ def llama3_rope_factors(head_dim: int, base: float, original_ctx: int, factor: f
 
 
 def add_hyperparameters(writer, spec: ModelSpec) -> None:
-    """The ``llama.*`` metadata that describes a model of this shape."""
+    """The ``{arch}.*`` metadata that describes a model of this shape."""
     writer.add_context_length(spec.n_ctx)
     writer.add_embedding_length(spec.dim)
     writer.add_block_count(spec.n_layers)
     writer.add_feed_forward_length(spec.ffn)
     writer.add_head_count(spec.n_heads)
     writer.add_head_count_kv(spec.n_kv_heads)
-    writer.add_rope_dimension_count(spec.dim // spec.n_heads)
+    writer.add_rope_dimension_count(spec.head_size)
     writer.add_rope_freq_base(spec.rope_base)
     writer.add_layer_norm_rms_eps(spec.rms_eps)
+    if spec.head_dim:
+        writer.add_key_length(spec.head_dim)
+        writer.add_value_length(spec.head_dim)
+    if spec.window:
+        writer.add_sliding_window(spec.window)
 
 
 def write_model(path: str | os.PathLike, spec: ModelSpec = ModelSpec()) -> Path:
-    """Write a synthetic LLaMA GGUF with the llama2 vocabulary; 2-D weights as ``spec.ftype``, norms as F32."""
+    """Write a synthetic GGUF of ``spec.arch`` with the llama2 vocabulary; 2-D weights as ``spec.ftype``,
+    norms as F32."""
 
     if spec.ftype not in ("f32", "f16"):
         raise ValueError(f"ftype must be 'f32' or 'f16', got {spec.ftype!r}")
     vocab = read_gguf(VOCAB).metadata
     tokens = vocab["tokenizer.ggml.tokens"]
     path = Path(path)
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), spec.arch)
     writer.add_name("llamanp synthetic")
     add_hyperparameters(writer, spec)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32 if spec.ftype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
@@ -239,8 +273,9 @@ def write_tiny(path, arch="llama", drop=(), shapes=None, metadata=None, extra_te
     return path
 
 
-def with_metadata(src, dst, extra: dict):
-    """A copy of GGUF file ``src`` at ``dst`` with metadata ``extra`` (strings or floats) added or replaced."""
+def with_metadata(src, dst, extra: dict, drop: tuple[str, ...] = ()):
+    """A copy of GGUF file ``src`` at ``dst`` with metadata ``extra`` (strings, floats, uint32 ints or
+    lists of bools) added or replaced, and without the tensors named in ``drop``."""
     reader = gguf.GGUFReader(str(src))
     writer = gguf.GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
     for name, field in reader.fields.items():
@@ -248,10 +283,14 @@ def with_metadata(src, dst, extra: dict):
             continue
         sub_type = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(name, field.contents(), field.types[0], sub_type)
+    types = {str: gguf.GGUFValueType.STRING, float: gguf.GGUFValueType.FLOAT32, int: gguf.GGUFValueType.UINT32,
+             list: gguf.GGUFValueType.ARRAY}
     for name, value in extra.items():
-        add_value(writer, name, value)
+        sub_type = gguf.GGUFValueType.BOOL if isinstance(value, list) else None
+        writer.add_key_value(name, value, types[type(value)], sub_type)
     for tensor in reader.tensors:
-        writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+        if tensor.name not in drop:
+            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
     save(writer)
     return dst
 

@@ -14,7 +14,7 @@ import pytest
 from engine.errors import ModelError
 from engine.gguf import read_gguf
 from engine.tokenizer import StreamDecoder, Tokenizer, TokenType
-from tests.llama_cpp_vocab import LlamaCppVocab
+from tests.llama_cpp_vocab import LlamaCppVocab, read_vectors
 
 BPE_VOCABS = ["llama-bpe", "qwen2", "qwen35", "gpt-2", "deepseek-llm", "deepseek-coder", "falcon", "starcoder",
               "refact", "mpt", "command-r"]
@@ -35,16 +35,6 @@ def vocab(llama_cpp_vocabs):
             built[name] = Tokenizer.from_gguf(path), LlamaCppVocab(path)
         return built[name]
     return get
-
-
-def read_vectors(folder, name):
-    """llama.cpp's tests/test-tokenizer-0 cases: inputs split by a marker line, one line of ids per input."""
-    inputs = (folder / f"ggml-vocab-{name}.gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
-    outputs = (folder / f"ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8").splitlines()
-    if inputs[-1] == "":
-        inputs.pop()  # the file ends with the marker
-    assert len(inputs) == len(outputs) > 40
-    return [(text, [int(i) for i in ids.split()]) for text, ids in zip(inputs, outputs)]
 
 
 @pytest.mark.parametrize("name", BPE_VOCABS + ["phi-3"])

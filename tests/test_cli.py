@@ -29,6 +29,15 @@ def test_info_lists_metadata_and_tensors(model):
     assert "general.architecture = 'llama'" in out.stdout
     assert "llama.embedding_length = 64" in out.stdout
     assert "blk.1.ffn_down.weight" in out.stdout and "64×128" in out.stdout
+    assert "family llama: norm rope (base 10000), silu gate, head size 16\n" in out.stdout
+
+
+def test_info_names_the_family_and_its_switches(make_model):
+    out = llamanp("info", "--model", make_model(arch="gemma3", dim=64, n_layers=7, head_dim=32, window=16))
+    assert out.returncode == 0, out.stderr
+    assert ("family gemma3: neox rope (base 10000), gelu gate, head size 32, q/k norm, post-attention and "
+            "post-ffn norms, embeddings x sqrt(dim), q x attention scale, sliding window 16 on 6 of 7 layers "
+            "(rope base 10000)") in out.stdout
 
 
 def shown_bytes(shown: str) -> bytes:

@@ -7,7 +7,7 @@ the same logits, bit for bit, on either backend; bad input must raise ValueError
 import numpy as np
 import pytest
 
-from engine.ggml_ops import NumpyBackend, Rope, Weight, rope_cos_sin
+from engine.ggml_ops import NumpyBackend, Rope, Weight, gelu_table, rope_cos_sin
 from engine.llama import Llama
 from engine.quants import GGMLType, quantize_q8_0, quantize_q8_1, quantize_q8_K
 from kernels import layers, matmul
@@ -185,7 +185,9 @@ def test_rms_norm_sums_left_to_right_like_ggml():
 
 
 @pytest.mark.parametrize("rope, head_dim", [(Rope(64, 10000.0), 64), (Rope(32, 500000.0, 0.25), 64),
-                                            (Rope(40, 10000.0, 0.5), 48), (Rope(128, 1e6), 128)])
+                                            (Rope(40, 10000.0, 0.5), 48), (Rope(128, 1e6), 128),
+                                            (Rope(64, 10000.0, neox=True), 64), (Rope(40, 1e6, 0.5, neox=True), 48),
+                                            (Rope(256, 1e6, neox=True), 256), (Rope(6, 10000.0, neox=True), 6)])
 def test_rope_bit_identical(rope, head_dim):
     """Many positions (glibc's cosf/sinf differ from rounded double cos/sin on about 1% of these
     angles), large ones, n_dims below the head size, linear scaling."""
@@ -196,10 +198,10 @@ def test_rope_bit_identical(rope, head_dim):
     angles = layers.rope_angles(positions, rope.n_dims, rope.freq_base, rope.freq_scale)
     assert all(np.array_equal(ours, twin) for ours, twin in zip(angles, rope_cos_sin(positions, rope)))
     for n_threads in (1, 2):
-        assert np.array_equal(layers.rope(x, *angles, n_threads), ref)
+        assert np.array_equal(layers.rope(x, *angles, n_threads, rope.neox), ref)
     assert np.array_equal(CythonBackend(2).rope(x, positions, rope), ref)
     wide = np.concatenate([x, x], axis=2)                                # rows of a wider product's output
-    assert np.array_equal(layers.rope(wide[:, :, :head_dim], *angles), ref)
+    assert np.array_equal(layers.rope(wide[:, :, :head_dim], *angles, neox=rope.neox), ref)
     assert np.array_equal(wide[:, :, :head_dim], x)                     # rotated in a copy, never in place
 
 
@@ -217,6 +219,24 @@ def test_swiglu_bit_identical():
         ref = REF.swiglu(g, u)
     for n_threads in (1, 2):
         assert np.array_equal(layers.swiglu(g, u, n_threads), ref)
+
+
+def test_geglu_bit_identical():
+    """Both sides of the table's +-10 bounds, values that round to f16 subnormals or overflow it,
+    and a gate read in place from a wider row; the table is ggml's own (see test_families)."""
+    rng = np.random.default_rng(12)
+    special = [0.0, -0.0, 10.0, -10.0, 9.999, -9.999, 10.001, -10.001, 1e-6, -1e-6, 65519.0, 3e38, -3e38]
+    g = np.concatenate([3 * rng.standard_normal(5000), rng.uniform(-20, 20, 1000), special]).astype(np.float32)
+    both = np.stack([g, rng.permutation(g), rng.standard_normal(g.size).astype(np.float32),
+                     rng.standard_normal(g.size).astype(np.float32)]).reshape(2, -1)  # (2, gate | up)
+    gate, up = both[:, :g.size], both[:, g.size:]
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref = REF.geglu(np.ascontiguousarray(gate), np.ascontiguousarray(up))
+    for n_threads in (1, 2):
+        assert np.array_equal(layers.geglu(gate, up, gelu_table(), n_threads), ref)
+    assert np.array_equal(CythonBackend(1).geglu(gate, up), ref)
+    with pytest.raises(ValueError, match="table"):
+        layers.geglu(gate, up, gelu_table().astype(np.float32))
 
 
 def test_swiglu_reads_rows_at_any_stride():
@@ -252,6 +272,25 @@ def test_attention_bit_identical(n_heads, n_kv_heads, head_dim, start, n):
     ref = REF.attention(q, k, v, start, scale)
     for n_threads in (1, 2):
         assert np.array_equal(layers.attention(q, k, v, start, scale, n_threads), ref)
+
+
+@pytest.mark.parametrize("n_heads, n_kv_heads, head_dim, start, n, window", [
+    (4, 1, 256, 600, 1, 64), (4, 1, 256, 600, 1, 512), (8, 2, 64, 200, 1, 1),   # one row, windows past 64 keys
+    (4, 2, 64, 100, 70, 16), (4, 2, 64, 0, 130, 64), (2, 1, 20, 200, 3, 50),     # several rows: tinyBLAS
+    (2, 1, 10, 150, 3, 100), (4, 4, 32, 0, 5, 1000),                           # neither; a window wider than the keys
+])
+def test_windowed_attention_bit_identical(n_heads, n_kv_heads, head_dim, start, n, window):
+    """A sliding window: the compiled kernel skips whole blocks of 64 keys before it; the reference masks them."""
+    rng = np.random.default_rng(n_heads * 1000 + head_dim + start + n + window)
+    n_ctx = start + n + 5
+    q = (3 * rng.standard_normal((n, n_heads, head_dim))).astype(np.float32)
+    k = (2 * rng.standard_normal((n_kv_heads, n_ctx, head_dim))).astype(np.float16)
+    v = rng.standard_normal((n_kv_heads, n_ctx, head_dim)).astype(np.float16)
+    ref = REF.attention(q, k, v, start, 0.125, window)
+    if window < start + n:
+        assert not np.array_equal(ref, REF.attention(q, k, v, start, 0.125))  # the window matters
+    for n_threads in (1, 2):
+        assert np.array_equal(layers.attention(q, k, v, start, 0.125, n_threads, window), ref)
 
 
 def test_f16_tail_is_added_one_product_at_a_time():

@@ -11,7 +11,7 @@ import pytest
 
 import llama_cpp  # the reference: a missing llama_cpp fails this module, it does not skip it
 from engine import Llama
-from tests.helpers import nmse
+from tests.helpers import nmse, random_tokens
 from tests.model_files import quiet_llama_cpp, with_metadata
 
 N_CTX = 128
@@ -79,11 +79,6 @@ def pairs(make_model, tmp_path_factory):
     for pair in cache.values():
         pair.ours.close()
         pair.ref.close()
-
-
-def random_tokens(seed: int, n: int) -> list[int]:
-    """Ordinary (non-control) token ids of the llama2 vocabulary."""
-    return [int(t) for t in np.random.default_rng(seed).integers(3, 32000, n)]
 
 
 @pytest.mark.parametrize("name", FILES)

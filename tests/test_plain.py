@@ -13,7 +13,8 @@ import pytest
 
 from engine import Llama
 from engine.sampling import greedy
-from tests.helpers import llama_cpp_logits, nmse
+from tests.helpers import llama_cpp_logits, nmse, random_tokens
+from tests.model_files import FAMILY_SPECS
 from tests.tiny_shakespeare import MODEL_PATH as TINY
 
 N_CTX = 64
@@ -31,6 +32,15 @@ def test_tiny_model_logits_and_greedy_text_match_llama_cpp():
         ours = list(llm.generate_tokens(tokens, sampler=greedy, max_tokens=16))
     with Llama(TINY, n_ctx=N_CTX, backend="numpy") as exact:  # llama.cpp's greedy tokens (test_tiny_model)
         assert ours == list(exact.generate_tokens(tokens, sampler=greedy, max_tokens=16))
+
+
+@pytest.mark.parametrize("arch", FAMILY_SPECS)
+def test_other_families_match_llama_cpp(make_model, arch):
+    """Qwen2 (biases, NEOX rope), Qwen3 (q/k norms), Gemma 3 (GELU, post norms, a window of 64, passed here)."""
+    path = make_model(**FAMILY_SPECS[arch])
+    tokens = random_tokens(0, 80)
+    with Llama(path, n_ctx=128, backend="plain") as llm:
+        assert nmse(llama_cpp_logits(path, tokens, 128), llm.eval_logits(tokens)) <= 1e-3
 
 
 def test_llama3_rope_factors_match_llama_cpp(make_model):

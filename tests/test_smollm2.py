@@ -2,12 +2,13 @@
 
 The file as shipped (Q4_1, fetched by the pinned download ``llamanp pull`` uses) and
 llama.cpp's own requantisations of it to Q8_0, Q4_0, Q4_K_M, Q5_K_M and Q6_K: the logits
-of every position are bit-identical to llama.cpp's for prompts of 1, 7 and 37 tokens on
-each file, and of 512 tokens on two; 128 greedy tokens, decoded one at a time, carry
-identical logits at every step; seeded Mirostat v2 draws llama.cpp's 64 tokens for three
-seeds. The logit tests feed both engines llama.cpp's token ids; the engine's own byte-level
-BPE tokenizer and chat template give the same ids (the first two tests). Both engines run one thread (llama.cpp also for batches): neither's results depend on it,
-and on a busy two-core machine spinning workers cost more than they bring.
+of every position are bit-identical to llama.cpp's for prompts of 1, 7, 37 and 512 tokens
+on each file; 128 greedy tokens, decoded one at a time, carry identical logits at every
+step on each file; seeded Mirostat v2 draws llama.cpp's 64 tokens for three seeds. The
+logit tests feed both engines llama.cpp's token ids; the engine's own byte-level BPE
+tokenizer and chat template give the same ids (the first two tests). Both engines run
+one thread (llama.cpp also for batches): neither's results depend on it, and on a busy
+two-core machine spinning workers cost more than they bring.
 """
 import llama_cpp  # the reference: a missing llama_cpp fails this module, it does not skip it
 import numpy as np
@@ -21,8 +22,6 @@ from tests.model_files import quiet_llama_cpp
 
 N_CTX = 640  # the 512-token prompt, or a chat prompt and 128 generated tokens
 FILES = [None, "Q8_0", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K"]  # None: the Q4_1 file as shipped
-LONG_PROMPT_FILES = [None, "Q4_K_M"]
-GREEDY_FILES = [None, "Q4_K_M"]
 CHAT_PROMPT = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
                "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
 
@@ -122,7 +121,7 @@ def test_logits_equal_llama_cpp(pairs, shakespeare, quant):
         assert np.array_equal(pair.ours.eval_logits(tokens), pair.ref_logits(tokens)), len(tokens)
 
 
-@pytest.mark.parametrize("quant", LONG_PROMPT_FILES, ids=file_id)
+@pytest.mark.parametrize("quant", FILES, ids=file_id)
 def test_512_token_prompt_logits_equal_llama_cpp(pairs, shakespeare, quant):
     pair = pairs(quant)
     assert np.array_equal(pair.ours.eval_logits(shakespeare), pair.ref_logits(shakespeare))
@@ -136,7 +135,7 @@ def test_numpy_reference_equals_llama_cpp(pairs, shakespeare):
         assert np.array_equal(reference.eval_logits(tokens), pair.ref_logits(tokens))
 
 
-@pytest.mark.parametrize("quant", GREEDY_FILES, ids=file_id)
+@pytest.mark.parametrize("quant", FILES, ids=file_id)
 def test_greedy_128_tokens_equal_llama_cpp(pairs, quant):
     """Each engine decodes its own argmax, one token at a time; the logits agree at every step."""
     pair = pairs(quant)

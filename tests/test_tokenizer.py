@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from engine.errors import ModelError, TokenizerError
 from engine.gguf import read_gguf
 from engine.tokenizer import SPACE, StreamDecoder, Tokenizer, TokenType
-from tests.llama_cpp_vocab import LlamaCppVocab
+from tests.llama_cpp_vocab import LlamaCppVocab, read_vectors
 
 CORPUS = [
     "The quick brown fox jumped over the lazy dog.",
@@ -53,21 +53,8 @@ def ref(vocab_path):
     return LlamaCppVocab(vocab_path)
 
 
-def read_vectors(data_dir):
-    """llama.cpp's tests/test-tokenizer-0 cases: inputs split by a marker line, one line of ids per input."""
-    inputs = (data_dir / "ggml-vocab-llama-spm.gguf.inp").read_text(encoding="utf-8")
-    outputs = (data_dir / "ggml-vocab-llama-spm.gguf.out").read_text(encoding="utf-8").splitlines()
-    cases = inputs.split("\n__ggml_vocab_test__\n")
-    if cases[-1] == "":
-        cases.pop()  # the file ends with the marker
-    assert len(cases) == len(outputs)
-    return [(text, [int(i) for i in ids.split()]) for text, ids in zip(cases, outputs)]
-
-
 def test_llama_cpp_vectors(tok, data_dir):
-    cases = read_vectors(data_dir)
-    assert len(cases) > 40
-    for text, ids in cases:
+    for text, ids in read_vectors(data_dir, "llama-spm"):
         assert tok.tokenize(text) == ids, text
         assert tok.untokenize(ids) == text
 
