@@ -148,12 +148,12 @@ def cmd_chat(args) -> None:
 
 
 def cmd_top(args) -> None:
-    from .sampling import softmax
+    from .sampling import probabilities
     from .tokenizer import readable
 
     with open_model(args) as llm:
         llm.update(read_prompt(args))
-        p = softmax(llm.logits)
+        p = probabilities(llm.logits)
         order = np.argsort(-p, kind="stable")
         rows = [("most likely", order[:args.k]), ("least likely", order[::-1][:args.k])]
         for title, ids in rows:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .arguments import check_int
+from .arguments import check_int, check_token
 from .errors import ContextOverflowError
-from .sampling import MirostatV2, check_token, log_softmax
+from .sampling import MirostatV2, log_softmax
 from .tokenizer import StreamDecoder
 
 if TYPE_CHECKING:

@@ -19,32 +19,17 @@ come out bit-identical to llama.cpp's in our tests, and so do Q4_1, Q5_0, Q5_1, 
 and Q3_K_M ones.  Only few-row products with a Q4_K matrix that llama.cpp does not
 repack (rows not a multiple of 8) still sum their exact integers in plain double.
 
-``NumpyBackend`` is the reference; a compiled backend offers the same methods with the
-same shapes and dtypes (all activations float32, C-contiguous):
-
-    prepare(weights)                       a model.Weights, once at load
-    get_rows(w, ids)                       (n,) int       -> (n, w.n_in)
-    matmul(w, x)                           (n, w.n_in)    -> (n, w.n_out)
-    matmuls(ws, x)                         (n, n_in)      -> one (n, w.n_out) per w, all sharing n_in
-    rms_norm(x, weight, eps)               (n, d), (d,)   -> (n, d)
-    rope(x, positions, rope)               (n, heads, hd) -> (n, heads, hd)
-    attention(q, k_cache, v_cache, start, scale, window)
-        q (n, n_heads, hd), caches float16 (n_kv_heads, n_ctx, hd) already holding
-        positions [0, start + n); window 0 or the keys each query sees
-                                           -> (n, n_heads * hd)
-    swiglu(gate, up)                       (n, f), (n, f) -> (n, f)
-    geglu(gate, up)                        (n, f), (n, f) -> (n, f)
+``NumpyBackend`` is the exact reference of the ops contract ``engine.backends.Backend``;
+``engine.plain`` computes the same ops the textbook way.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from . import quants
+from . import libm, quants
 from .errors import ModelError
 from .quants import GGMLType
 
@@ -112,20 +97,9 @@ def _rope_row(position: int, rope: Rope) -> tuple[np.ndarray, np.ndarray]:
     cos, sin = np.empty(rope.n_dims // 2, np.float32), np.empty(rope.n_dims // 2, np.float32)
     for i in range(rope.n_dims // 2):
         angle = float(np.float32(rope.freq_scale) * (theta / factors[i]))
-        cos[i], sin[i] = _LIBM.cosf(angle), _LIBM.sinf(angle)
+        cos[i], sin[i] = libm.cosf(angle), libm.sinf(angle)
         theta = theta * theta_scale
     return cos, sin
-
-
-def _libm() -> ctypes.CDLL:
-    libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
-    for name in ("cosf", "sinf", "tanhf"):
-        getattr(libm, name).restype = ctypes.c_float
-        getattr(libm, name).argtypes = [ctypes.c_float]
-    return libm
-
-
-_LIBM = _libm()
 
 
 class NumpyBackend:
@@ -234,7 +208,7 @@ def gelu_table() -> np.ndarray:
     x = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)       # (65536,)
     with np.errstate(invalid="ignore", over="ignore"):
         inner = _fma(_GELU_COEF_A * x, x, np.float32(1.0))
-        t = np.array([_LIBM.tanhf(v) for v in (_SQRT_2_OVER_PI * x * inner).tolist()], np.float32)
+        t = np.array([libm.tanhf(v) for v in (_SQRT_2_OVER_PI * x * inner).tolist()], np.float32)
         return (np.float32(0.5) * x * (np.float32(1.0) + t)).astype(np.float16)
 
 
@@ -568,4 +542,3 @@ def repacked(w: Weight) -> bool:
     """
     return w.type in (GGMLType.Q4_0, GGMLType.Q4_K) and w.n_out % 8 == 0
 
-BACKENDS = {"numpy": NumpyBackend}

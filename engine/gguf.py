@@ -124,7 +124,8 @@ class GGUFFile:
         if dtype is not None:
             return np.frombuffer(self._buffer, dtype=dtype, count=info.n_elements, offset=start).reshape(info.shape)
         row = info.n_bytes // (info.n_elements // info.dims[0])
-        return np.frombuffer(self._buffer, dtype=np.uint8, count=info.n_bytes, offset=start).reshape(*info.shape[:-1], row)
+        raw = np.frombuffer(self._buffer, dtype=np.uint8, count=info.n_bytes, offset=start)
+        return raw.reshape(*info.shape[:-1], row)
 
     def close(self) -> None:
         """Release the mmap; views handed out earlier keep it alive until they are dropped."""
@@ -256,7 +257,8 @@ def read_gguf(path: str | os.PathLike) -> GGUFFile:
         raise GGUFError(f"{path}: not a GGUF file (magic {magic!r}, expected {MAGIC!r})")
     version = cur.u32("the version")
     if version not in SUPPORTED_VERSIONS:
-        hint = " (a big-endian file?)" if struct.unpack("<I", struct.pack(">I", version))[0] in SUPPORTED_VERSIONS else ""
+        swapped = struct.unpack("<I", struct.pack(">I", version))[0]
+        hint = " (a big-endian file?)" if swapped in SUPPORTED_VERSIONS else ""
         raise GGUFError(f"{path}: unsupported GGUF version {version}{hint}; supported: {SUPPORTED_VERSIONS}")
     n_tensors = cur.count("tensor infos", 4 + 8 + 4 + 4 + 8)
     n_kv = cur.count("metadata entries", 8 + 4 + 1)
@@ -305,6 +307,7 @@ def _tensor_info(cur: _Cursor, i: int) -> TensorInfo:
         raise cur.fail(f"tensor {name!r} has unknown or unsupported ggml type {type_raw}") from None
     block_size = BLOCK_LAYOUT[type_][0]
     if dims[0] % block_size:
-        raise cur.fail(f"tensor {name!r}: row length {dims[0]} is not a multiple of the {type_.name} block size {block_size}")
+        raise cur.fail(f"tensor {name!r}: row length {dims[0]} is not a multiple of the {type_.name} "
+                       f"block size {block_size}")
     offset = cur.u64(f"the offset of tensor {name!r}")
     return TensorInfo(name, dims, type_, offset)

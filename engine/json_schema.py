@@ -619,7 +619,8 @@ def _json_chars(ranges: list[tuple[int, int]]) -> str:
 
 def _is_literal(item: str) -> bool:
     """Whether a GBNF item is one plain string literal (no quantifier after it)."""
-    return len(item) >= 2 and item[0] == '"' and item[-1] == '"' and re.fullmatch(r'"(?:[^"\\]|\\.)*"', item) is not None
+    return len(item) >= 2 and item[0] == '"' and item[-1] == '"' \
+        and re.fullmatch(r'"(?:[^"\\]|\\.)*"', item) is not None
 
 
 class _PatternParser:

@@ -1,6 +1,6 @@
-"""The C library's single-precision expf, logf, log2f and powf, bit for bit.
+"""The C library's single-precision expf, logf, log2f, powf, cosf, sinf and tanhf, bit for bit.
 
-llama.cpp's samplers call these f32 functions, and glibc's are not correctly
+llama.cpp's samplers, ggml's RoPE and its GELU table call these f32 functions, and glibc's are not correctly
 rounded (expf is off by one unit in the last place for about 1 value in 1700,
 logf and log2f more often), so rounding NumPy's float64 results would differ
 now and then.  ``expf`` over whole vocabularies computes in float64 and hands
@@ -29,6 +29,8 @@ def _c_function(name: str, n_args: int):
 
 _expf, _logf, _log2f, _powf = (_c_function("expf", 1), _c_function("logf", 1), _c_function("log2f", 1),
                                _c_function("powf", 2))
+# of one float: RoPE's angles and the GELU table (engine.ggml_ops)
+cosf, sinf, tanhf = _c_function("cosf", 1), _c_function("sinf", 1), _c_function("tanhf", 1)
 
 
 def _each(fn, x) -> np.ndarray:

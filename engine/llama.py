@@ -15,14 +15,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .arguments import check_int
+from .arguments import check_int, check_token
+from .backends import make_backend
 from .errors import ArgumentError, ContextOverflowError, LlamaError
-from .ggml_ops import BACKENDS
-from .generate import Step, steps
 from .gguf import read_gguf
 from .model import KVCache, Model
 from .models import resolve
-from .sampling import check_seed, check_token
+from .sampling import check_seed
 from .serial import SerialLock
 from .threads import check_threads
 
@@ -43,21 +42,6 @@ class LlamaState:
         return len(self.tokens)
 
 
-def make_backend(name: str, n_threads: int | None):
-    """The op backend called ``name``: "numpy", "cython" (compiled kernels) or "auto" (cython when built)."""
-    if name == "auto":
-        name = "cython" if _cython_backend() is not None else "numpy"
-    if name == "cython":
-        backend = _cython_backend()
-        if backend is None:
-            raise LlamaError("the cython backend is not built (run `pip install -e . --no-build-isolation`); "
-                             "use backend='numpy'")
-        return backend(n_threads)
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose from auto, cython, numpy")
-    return BACKENDS[name](n_threads)
-
-
 def _check_cache_fits(hp, n_ctx: int) -> None:
     """Refuse a KV cache larger than the machine's memory, rather than fail or swap later."""
     cache_bytes = 2 * hp.n_layers * hp.kv_dim * n_ctx * np.dtype(np.float16).itemsize
@@ -74,14 +58,6 @@ def _frozen(logits: np.ndarray) -> np.ndarray:
     return logits
 
 
-def _cython_backend():
-    try:
-        from kernels.backend import CythonBackend
-    except ImportError:
-        return None
-    return CythonBackend
-
-
 class Llama:
     """A LLaMA model with a KV cache: feed tokens or text, read the next token's logits.
 
@@ -89,6 +65,8 @@ class Llama:
     n_threads: threads per op, 1 to 512 (llama.cpp's bound; default: OpenMP's choice).
     seed: the seed of the sampler ``generate*`` makes when given neither a sampler nor a seed,
     so every such generation from a seeded ``Llama`` draws the same way; None draws afresh.
+    backend: "auto" (the compiled exact backend when built, else "numpy"), "numpy", "cython", or
+    "plain", the textbook path, close to llama.cpp's logits but not equal (see ``engine.backends``).
 
     One ``Llama`` serves one caller at a time, so threads sharing it get the results each
     would get alone. ``update``, ``get_logits``, ``eval_logits``, ``save_state``,
@@ -257,27 +235,22 @@ class Llama:
             return self.tokenize(text_or_tokens, add_bos=add_bos and self.tokenizer.add_bos)
         if isinstance(text_or_tokens, (bytes, bytearray)):
             raise TypeError("pass text as str or tokens as a sequence of ints, not bytes")
-        return [self._token(t) for t in text_or_tokens]
-
-    def _token(self, t) -> int:
-        """An id given as input: TypeError unless an integer, TokenizerError unless in the vocabulary."""
-        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
-            raise TypeError(f"tokens must be integers, got {t!r}")
-        return check_token(t, self.n_vocab)
+        return [check_token(t, self.n_vocab) for t in text_or_tokens]
 
     # -- generation (see engine.generate for the options)
 
-    def steps(self, prompt: str | Sequence[int], sampler=None, **options) -> Iterator[Step]:
-        """Generate from ``prompt``: one ``Step`` (token, text, logprob, top) per generated token."""
+    def steps(self, prompt: str | Sequence[int], sampler=None, **options) -> Iterator:
+        """Generate from ``prompt``: one ``generate.Step`` (token, text, logprob, top) per generated token."""
+        from .generate import steps  # generate builds on Llama, not the other way round
         return steps(self, prompt, sampler, **options)
 
     def generate_tokens(self, prompt: str | Sequence[int], sampler=None, **options) -> Iterator[int]:
         """Generated token ids; EOS ends generation and is not emitted."""
-        return (step.token for step in steps(self, prompt, sampler, **options) if step.complete)
+        return (step.token for step in self.steps(prompt, sampler, **options) if step.complete)
 
     def generate(self, prompt: str | Sequence[int], sampler=None, **options) -> Iterator[str]:
         """Generated text in pieces, each released once its UTF-8 characters are complete."""
-        return (step.text for step in steps(self, prompt, sampler, **options) if step.text)
+        return (step.text for step in self.steps(prompt, sampler, **options) if step.text)
 
     def generate_string(self, prompt: str | Sequence[int], sampler=None, **options) -> str:
         """The whole generated text."""
@@ -326,7 +299,7 @@ class Llama:
             raise TypeError(f"load_state expects a LlamaState, got {type(state).__name__}")
         with self.serial:
             self._check_open()
-            tokens = [self._token(t) for t in state.tokens]
+            tokens = [check_token(t, self.n_vocab) for t in state.tokens]
             self._check_state(state)
             self.cache.k[:, :, :state.n_past] = state.k
             self.cache.v[:, :, :state.n_past] = state.v

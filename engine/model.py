@@ -17,8 +17,8 @@ each one's switches side by side, and the one decoder below consults them:
 
 Biases on q, k and v (Qwen2's) are added wherever the file has them, as llama.cpp adds them.
 
-Every op comes from a backend (``engine.ggml_ops``) so a compiled one can stand in for
-the NumPy reference; the KV cache is stored in float16 as llama.cpp stores it.
+Every op comes from a backend (``engine.backends``: the textbook ``engine.plain``, or the exact
+``engine.ggml_ops`` and its compiled twin); the KV cache is stored in float16 as llama.cpp stores it.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ stateful sampler may also define
   random stream (from ``seed``, or the constructor's seed when omitted).
 
 Samplers never accept their own picks.  Whoever runs generation calls
-``check_token(token_id, n_vocab)`` on every pick, so a custom sampler returning
+``arguments.check_token(token_id, n_vocab)`` on every pick, so a custom sampler returning
 an id outside the vocabulary fails with a TokenizerError (a ValueError) that names it.
 
 ``MirostatV2`` (the default), ``MirostatV1`` and ``Chain`` (llama.cpp's common
@@ -38,7 +38,7 @@ import numpy as np
 
 from engine import libm
 from engine.arguments import check_int
-from engine.errors import ArgumentError, TokenizerError
+from engine.errors import ArgumentError
 from engine.libstdcxx import MT19937, discrete_distribution, generate_canonical, partial_sort_order, sort_order
 
 DEFAULT_SEED = 0xFFFFFFFF
@@ -76,7 +76,7 @@ def _shifted(logits) -> np.ndarray:
     return np.where(infinite, np.where(x == np.inf, 0.0, -np.inf), x - np.where(infinite, 0.0, top))
 
 
-def softmax(logits) -> np.ndarray:
+def probabilities(logits) -> np.ndarray:
     """Probabilities exp(x_i) / sum_j exp(x_j) along the last axis, in float64.
 
     The maximum is subtracted first, so large logits cannot overflow; +inf logits
@@ -88,7 +88,7 @@ def softmax(logits) -> np.ndarray:
 
 def log_softmax(logits) -> np.ndarray:
     """Log-probabilities x_i - log(sum_j exp(x_j)) along the last axis, in float64 (stable, and
-    +inf and -inf as ``softmax`` takes them)."""
+    +inf and -inf as ``probabilities`` takes them)."""
     shifted = _shifted(logits)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
@@ -100,15 +100,6 @@ def greedy(logits) -> int:
     best = int(np.argmax(logits))
     _check_some_token_left(logits[best])
     return best
-
-
-def check_token(token_id, n_vocab: int) -> int:
-    """``token_id`` as an int if it is a token of an ``n_vocab``-token vocabulary, else TokenizerError naming it."""
-    if isinstance(token_id, (bool, np.bool_)) or not isinstance(token_id, (int, np.integer)):
-        raise TokenizerError(f"{token_id!r} is not a token id (an int)")
-    if not 0 <= token_id < n_vocab:
-        raise TokenizerError(f"token id {int(token_id)} is out of range for a vocabulary of {n_vocab} ids")
-    return int(token_id)
 
 
 # ---------------------------------------------------------------------------

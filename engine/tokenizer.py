@@ -36,7 +36,6 @@ even when that token is BOS and prints as nothing, so
 from __future__ import annotations
 
 import codecs
-import operator
 import os
 import re
 from collections.abc import Iterable
@@ -46,6 +45,7 @@ from functools import cached_property
 import numpy as np
 import regex
 
+from .arguments import check_token
 from .bpe import ByteLevelBPE
 from .errors import ModelError, TokenizerError
 from .gguf import read_gguf
@@ -235,7 +235,7 @@ class Tokenizer:
 
     def token_to_piece(self, token: int, special: bool = False) -> bytes:
         """The bytes token ``token`` stands for; control and unknown tokens are b'' unless ``special``."""
-        token = self._checked(token)
+        token = check_token(token, self.n_vocab)
         if not special and self.token_types[token] in HIDDEN_UNLESS_SPECIAL:
             return b""
         return self.pieces[token]
@@ -248,15 +248,6 @@ class Tokenizer:
         """
         decoder = StreamDecoder(self, special=special)
         return "".join([decoder.feed(token) for token in tokens]) + decoder.flush()
-
-    def _checked(self, token: int) -> int:
-        try:
-            token = operator.index(token)
-        except TypeError:
-            raise TypeError(f"token ids must be integers, got {type(token).__name__}") from None
-        if not 0 <= token < self.n_vocab:
-            raise TokenizerError(f"token id {token} is outside the vocabulary (0..{self.n_vocab - 1})")
-        return token
 
 
 class StreamDecoder:

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.models import resolve  # noqa: E402
-from scripts.make_model import QUANT_TYPES, ModelSpec, cached_model  # noqa: E402
+from tests.model_files import QUANT_TYPES, ModelSpec, cached_model  # noqa: E402
 
 TINYLLAMA = ModelSpec(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn=5632, n_ctx=2048, ftype="f16")
 # one narrow layer: decoding it costs little beyond what each engine spends per token around the kernels
@@ -156,17 +156,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--one-layer", action=argparse.BooleanOptionalAction, default=True,
                    help="also time decoding on a 1-layer dim-64 model (per-token overhead)")
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
-    p.add_argument("--model", nargs="+", help="time these GGUF files or pulled model names instead of the synthetic ones")
+    p.add_argument("--model", nargs="+",
+                   help="time these GGUF files or pulled model names instead of the synthetic ones")
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(measure(args.worker, Path(args.model[0]), args.threads, args.prefill, args.decode, args.repeat)))
+        times = measure(args.worker, Path(args.model[0]), args.threads, args.prefill, args.decode, args.repeat)
+        print(json.dumps(times))
         return
     print(f"threads {args.threads}; median of {args.rounds} rounds alternating the engines; "
           f"prefill best of {args.repeat} per round; decode {args.decode} tokens", flush=True)
     if args.model:
         for model in args.model:
             path = Path(resolve(model))
-            report(f"{path.name} ({path.stat().st_size / 2**20:.0f} MiB)", measure_engines(path, args, args.prefill, args.decode))
+            report(f"{path.name} ({path.stat().st_size / 2**20:.0f} MiB)",
+                   measure_engines(path, args, args.prefill, args.decode))
         return
     for quant in args.quant:
         path = cached_model(args.cache, TINYLLAMA, quant)

@@ -27,7 +27,7 @@ SHAKESPEARE = Path("/work/shared/corpus/tinyshakespeare.txt")
 sys.path.insert(0, str(ROOT))
 
 from engine.tokenizer import Tokenizer  # noqa: E402
-from scripts.llama_cpp_vocabs import vocab_folder  # noqa: E402
+from tests.llama_cpp_vocabs import vocab_folder  # noqa: E402
 
 
 def best_time(tokenize, text, repeats: int) -> tuple[float, list[int]]:

@@ -1,7 +1,7 @@
 """Fuzzing the loader at scale: tests/test_fuzz.py's mutations, by the hundred thousand, in subprocesses.
 
 Worker processes, each under an address-space limit (RLIMIT_AS), take seeds one at a
-time from this process, run ``scripts.gguf_mutations.exercise`` on the seed's input
+time from this process, run ``tests.gguf_mutations.exercise`` on the seed's input
 and report how it ended. A worker that dies (a signal: a crash) or takes longer than
 the timeout (a hang) is replaced and the seed recorded. The report counts inputs,
 loads, clean errors (the library's own exceptions), other exceptions, crashes, hangs
@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts import gguf_mutations as mutations  # noqa: E402
+from tests import gguf_mutations as mutations  # noqa: E402
 
 READY = "ready"
 

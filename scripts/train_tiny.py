@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scripts.make_model import ModelSpec, add_hyperparameters, quantize_model
-from scripts.tiny_shakespeare import MODEL_PATH, TOKENIZER_PATH, split_corpus
+from tests.model_files import ModelSpec, add_hyperparameters, quantize_model
+from tests.tiny_shakespeare import MODEL_PATH, TOKENIZER_PATH, split_corpus
 
 
 SPEC = ModelSpec(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, ffn=768, n_ctx=256, seed=1337)

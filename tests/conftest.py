@@ -1,24 +1,24 @@
 """Shared fixtures: paths to test data and synthetic models built once per cache.
 
-Synthetic models are written by ``scripts/make_model.py`` and, for quantised
+Synthetic models are written by ``tests/model_files.py`` and, for quantised
 variants, quantised by llama.cpp itself; they are cached in ``tests/.cache``
 (or ``$LLAMANP_TEST_CACHE``) keyed by their spec, so a session builds each once.
 Real models are pulled into the same cache with the pinned download ``llamanp pull`` uses.
 """
 import os
-import sys
 from pathlib import Path
 
+import llama_cpp as lc
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 CACHE = Path(os.environ.get("LLAMANP_TEST_CACHE", ROOT / "tests" / ".cache"))
-sys.path.insert(0, str(ROOT))
 
-from engine.models import pull  # noqa: E402
-from scripts.llama_cpp_vocabs import vocab_folder  # noqa: E402
-from scripts.make_model import ModelSpec, cached_model, quantize_model  # noqa: E402
+from engine.models import pull
+from tests.llama_cpp_vocabs import vocab_folder
+from tests.model_files import ModelSpec, cached_model, quantize_model
+from tests.sampler_reference import Ref
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,7 @@ def llama_cpp_vocabs() -> Path:
     """The folder of llama.cpp's vocabulary test files (models/ggml-vocab-*.gguf, .inp, .out).
 
     They come from the pinned llama-cpp-python 0.3.36 sdist, fetched once into the
-    cache with pip and unpacked once (scripts/llama_cpp_vocabs.py); without them the
+    cache with pip and unpacked once (tests/llama_cpp_vocabs.py); without them the
     tests fail, never skip.
     """
     try:
@@ -68,3 +68,17 @@ def smollm2():
             quantize_model(shipped, out.with_suffix(".tmp"), quant, allow_requantize=True).rename(out)
         return out
     return get
+
+
+@pytest.fixture
+def llama():
+    """``llama(init, *args)`` makes a llama.cpp sampler, freed after the test."""
+    made = []
+
+    def make(init, *args):
+        made.append(Ref(init(*args)))
+        return made[-1]
+
+    yield make
+    for ref in made:
+        lc.llama_sampler_free(ref.ptr)

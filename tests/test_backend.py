@@ -10,7 +10,7 @@ import pytest
 from engine.ggml_ops import Weight
 from engine.quants import GGMLType
 from kernels.backend import CythonBackend
-from tests.test_kernels import PRODUCT_TYPES, activations, random_weights
+from tests.kernel_inputs import PRODUCT_TYPES, activations, random_weights
 
 T = GGMLType
 

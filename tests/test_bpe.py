@@ -14,7 +14,7 @@ import pytest
 from engine.errors import ModelError
 from engine.gguf import read_gguf
 from engine.tokenizer import StreamDecoder, Tokenizer, TokenType
-from llama_cpp_vocab import LlamaCppVocab, read_vectors
+from tests.llama_cpp_vocab import LlamaCppVocab, read_vectors
 
 BPE_VOCABS = ["llama-bpe", "qwen2", "qwen35", "gpt-2", "deepseek-llm", "deepseek-coder", "falcon", "starcoder",
               "refact", "mpt", "command-r"]

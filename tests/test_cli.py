@@ -1,10 +1,7 @@
 """The llamanp command line, run as a user runs it: a subprocess, stdout, stderr and exit status."""
 import collections
 import math
-import os
 import re
-import subprocess
-import sys
 
 import llama_cpp
 import numpy as np
@@ -14,16 +11,11 @@ import engine.__main__ as engine_main
 from engine import Llama, cli
 from engine.cli import main
 from engine.sampling import greedy
-from scripts import gguf_mutations as mutations
-from llama_cpp_vocab import LlamaCppVocab
+from tests import gguf_mutations as mutations
+from tests.helpers import llamanp
+from tests.llama_cpp_vocab import LlamaCppVocab
 
 SMALL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, n_ctx=64)
-
-
-def llamanp(*args, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``llamanp ARGS`` in a subprocess; ``env`` adds to (or overrides) the environment."""
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], input=stdin,
-                          env=os.environ | (env or {}), capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

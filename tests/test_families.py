@@ -22,21 +22,11 @@ from engine.ggml_ops import gelu_table
 from engine.gguf import read_gguf
 from engine.model import FAMILIES, HParams
 from engine.models import pull
-from scripts.make_model import _quiet_llama_cpp
 from tests.conftest import CACHE
-from tests.test_model import random_tokens, with_metadata
-from tests.test_rope import ref_logits
+from tests.helpers import llama_cpp_logits, random_tokens
+from tests.model_files import FAMILY_SPECS as SPECS, GEMMA3, quiet_llama_cpp, with_metadata
 
 N_CTX = 1024
-GEMMA3 = dict(arch="gemma3", dim=128, n_layers=7, n_heads=4, n_kv_heads=2, head_dim=64, ffn=256, n_ctx=N_CTX,
-              rms_eps=1e-6, rope_base=1e6, tied=True, window=64)
-SPECS = {
-    "gemma3": GEMMA3,
-    "qwen2": dict(arch="qwen2", dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn=256, n_ctx=N_CTX, rms_eps=1e-6,
-                  rope_base=1e6),
-    "qwen3": dict(arch="qwen3", dim=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=64, ffn=256, n_ctx=N_CTX,
-                  rms_eps=1e-6, rope_base=1e6, tied=True),
-}
 FILES = ["F32", "F16", "Q8_0", "Q4_0", "Q4_K_M", "Q6_K"]
 
 
@@ -53,7 +43,7 @@ def test_logits_equal_llama_cpp(make_model, arch, kind):
     with Llama(path, n_ctx=N_CTX, n_threads=1, backend="cython") as ours:
         for n in (2, 40):
             tokens = random_tokens(0, n)
-            assert np.array_equal(ours.eval_logits(tokens), ref_logits(path, tokens, N_CTX)), n
+            assert np.array_equal(ours.eval_logits(tokens), llama_cpp_logits(path, tokens, N_CTX)), n
 
 
 @pytest.mark.parametrize("arch", SPECS)
@@ -61,14 +51,14 @@ def test_numpy_reference_equals_llama_cpp(make_model, arch):
     path = family_file(make_model, arch, "Q4_K_M")
     tokens = random_tokens(0, 40)
     with Llama(path, n_ctx=64, backend="numpy") as reference:
-        assert np.array_equal(reference.eval_logits(tokens), ref_logits(path, tokens, N_CTX))
+        assert np.array_equal(reference.eval_logits(tokens), llama_cpp_logits(path, tokens, N_CTX))
 
 
 def test_gemma3_prompt_past_the_window_equals_llama_cpp(make_model):
     path = family_file(make_model, "gemma3", "F32")
     tokens = random_tokens(0, 700)
     with Llama(path, n_ctx=N_CTX, n_threads=1, backend="cython") as ours:
-        assert np.array_equal(ours.eval_logits(tokens), ref_logits(path, tokens, N_CTX))
+        assert np.array_equal(ours.eval_logits(tokens), llama_cpp_logits(path, tokens, N_CTX))
 
 
 def test_gelu_table_is_ggml_s():
@@ -88,7 +78,7 @@ def gemma3_270m():
 
 def test_gemma3_270m_equals_llama_cpp(gemma3_270m, data_dir):
     """A 600-token prompt (past the 512-token window) and 128 greedy tokens, logits equal at every step."""
-    _quiet_llama_cpp()
+    quiet_llama_cpp()
     ref = llama_cpp.Llama(str(gemma3_270m), n_ctx=N_CTX, logits_all=True, n_threads=1, n_threads_batch=1,
                           verbose=False)
     text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:8000]

@@ -1,4 +1,4 @@
-"""Fuzzing the loader: seeded, structure-aware mutations of a tiny valid GGUF (scripts/gguf_mutations.py).
+"""Fuzzing the loader: seeded, structure-aware mutations of a tiny valid GGUF (tests/gguf_mutations.py).
 
 Each input must either load and run (evaluate a few tokens, generate one, tokenize, render a
 chat prompt) or raise one of the library's own exceptions (LlamaError and its subclasses,
@@ -19,7 +19,7 @@ import pytest
 
 from engine import Llama
 from engine.errors import LlamaError, ModelError
-from scripts import gguf_mutations as fuzz
+from tests import gguf_mutations as fuzz
 
 N_CASES = 2000
 N_LLAMA_CPP_CASES = 400

@@ -7,55 +7,16 @@ the same logits, bit for bit, on either backend; bad input must raise ValueError
 import numpy as np
 import pytest
 
-from engine.ggml_ops import NumpyBackend, Rope, Weight, gelu_table, rope_cos_sin, to_bf16
+from engine.ggml_ops import NumpyBackend, Rope, Weight, gelu_table, rope_cos_sin
 from engine.llama import Llama
-from engine.quants import BLOCK_LAYOUT, GGMLType, quantize_q8_0, quantize_q8_1, quantize_q8_K
+from engine.quants import GGMLType, quantize_q8_0, quantize_q8_1, quantize_q8_K
 from kernels import layers, matmul
 from kernels.backend import CythonBackend
+from tests.helpers import nmse
+from tests.kernel_inputs import PRODUCT_TYPES, activations, bf16_bits, random_weights
 
 T = GGMLType
 REF = NumpyBackend()
-
-# byte offsets of the f16 scale fields of each block type (overwritten with sane values in random blocks)
-F16_FIELDS = {
-    T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),
-    T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,),
-}
-
-
-def activations(rng, n, k):
-    """Random rows with the awkward cases: an all-zero block, +amax and -amax in one block, exact halves."""
-    x = rng.standard_normal((n, k)).astype(np.float32)
-    x[0, :QK_K] = 0.0
-    if n > 1:
-        x[1, 3], x[1, 9] = -4.0, 4.0
-        x[1, 40:64] = np.float32(127 / 254) * x[1, 40:64].max()
-    return x
-
-
-QK_K = 256
-
-
-def bf16_bits(x):
-    """x rounded to bfloat16 as ggml rounds activations, as the uint16 bits a BF16 tensor stores."""
-    return (to_bf16(x).view(np.uint32) >> 16).astype(np.uint16)
-
-
-def random_weights(rng, type_, n_out, n_in):
-    """Random bytes as blocks of ``type_`` (every bit pattern is a valid block) with finite, modest scales."""
-    if type_ == T.F32:
-        return rng.standard_normal((n_out, n_in)).astype(np.float32)
-    if type_ == T.F16:
-        return rng.standard_normal((n_out, n_in)).astype(np.float16)
-    if type_ == T.BF16:
-        return bf16_bits(rng.standard_normal((n_out, n_in)))
-    block, size = BLOCK_LAYOUT[type_]
-    blocks = rng.integers(0, 256, (n_out, n_in // block, size), dtype=np.uint8)
-    for off in F16_FIELDS[type_]:
-        blocks[..., off:off + 2] = (rng.uniform(0.001, 0.02, blocks.shape[:2]).astype(np.float16)
-                                    .view(np.uint8).reshape(*blocks.shape[:2], 2))
-    return blocks.reshape(n_out, -1)
-
 
 # ---------------------------------------------------------------- activation quantisers
 
@@ -89,7 +50,6 @@ def test_q8_K_grouping_changes_only_the_sign_choice():
 
 # ---------------------------------------------------------------- matrix products
 
-PRODUCT_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 # one and several activation rows: the vec_dot kernels (1), tinyBLAS and the few-row K-quant
 # kernels (2..7), the tiled K-quant kernel (8+); whole groups of four and remainders for the repacked ones
 TOKEN_COUNTS = [1, 2, 3, 4, 5, 8, 9, 17]
@@ -442,10 +402,6 @@ def test_backend_rejects_bad_thread_count():
 
 # ---------------------------------------------------------------- whole model
 
-def nmse(ref, ours):
-    return float(((ref - ours) ** 2).mean() / ref.var())
-
-
 @pytest.mark.parametrize("quant", [None, "Q4_0", "Q4_K_M", "Q8_0"])
 def test_model_logits_bit_identical_across_backends(make_model, quant):
     path = make_model(quant, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn=512)
@@ -474,10 +430,10 @@ def test_get_rows_bit_identical(type_):
 def test_cython_backend_matches_llama_cpp(make_model, quant):
     """The compiled path against llama.cpp itself, with issue 7's bar for quantised files."""
     import llama_cpp  # the reference: missing, the test fails rather than skips
-    from scripts.make_model import _quiet_llama_cpp
+    from tests.model_files import quiet_llama_cpp
 
     path = make_model(quant, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn=512)
-    _quiet_llama_cpp()
+    quiet_llama_cpp()
     ref = llama_cpp.Llama(str(path), n_ctx=64, logits_all=True, flash_attn=False, verbose=False, n_threads=1)
     with Llama(path, n_ctx=64, backend="cython", n_threads=2) as ours:
         scores = []

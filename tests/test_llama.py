@@ -5,7 +5,8 @@ import pytest
 
 import llama_cpp
 from engine import ContextOverflowError, Llama, LlamaError, LlamaState, ModelError
-from scripts.make_model import _quiet_llama_cpp
+from engine.backends import EXACT
+from tests.model_files import quiet_llama_cpp, write_tiny
 
 BOS = 1
 
@@ -24,7 +25,7 @@ def llm(model_path):
 @pytest.fixture(scope="module")
 def reference(model_path):
     """llama.cpp on the same file, for its tokenizer and special ids."""
-    _quiet_llama_cpp()
+    quiet_llama_cpp()
     ref = llama_cpp.Llama(str(model_path), n_ctx=64, verbose=False, n_threads=1)
     yield ref
     ref.close()
@@ -131,7 +132,7 @@ def test_close_and_context_manager(model_path):
 
 def test_backend_choice(model_path):
     with Llama(model_path, n_ctx=8, backend="auto") as llm:
-        assert llm.model.backend.name in ("numpy", "cython")
+        assert llm.model.backend.name in EXACT
     with pytest.raises(ValueError, match="backend"):
         Llama(model_path, backend="gpu")
 
@@ -182,38 +183,6 @@ def test_bad_n_ctx_is_rejected(model_path, n_ctx):
 def test_empty_eval_is_rejected(llm):
     with pytest.raises(ValueError):
         llm.eval_logits([])
-
-
-def write_tiny(path, arch="llama", drop=(), shapes=None, metadata=None, extra_tensors=None):
-    """A one-layer 32-wide model with a 64-token vocabulary; ``drop``/``shapes`` break chosen tensors,
-    ``metadata`` (strings or floats) adds keys, ``extra_tensors`` adds tensors as given."""
-    dim, ffn, vocab = 32, 64, 64
-    rng = np.random.default_rng(0)
-    tensors = {
-        "token_embd.weight": (vocab, dim), "output_norm.weight": (dim,), "output.weight": (vocab, dim),
-        "blk.0.attn_norm.weight": (dim,), "blk.0.attn_q.weight": (dim, dim), "blk.0.attn_k.weight": (dim, dim),
-        "blk.0.attn_v.weight": (dim, dim), "blk.0.attn_output.weight": (dim, dim),
-        "blk.0.ffn_norm.weight": (dim,), "blk.0.ffn_gate.weight": (ffn, dim),
-        "blk.0.ffn_up.weight": (ffn, dim), "blk.0.ffn_down.weight": (dim, ffn),
-    } | (shapes or {})
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_context_length(32)
-    writer.add_embedding_length(dim)
-    writer.add_block_count(1)
-    writer.add_feed_forward_length(ffn)
-    writer.add_head_count(4)
-    writer.add_head_count_kv(4)
-    writer.add_layer_norm_rms_eps(1e-5)
-    for key, value in (metadata or {}).items():
-        writer.add_key_value(key, value, gguf.GGUFValueType.STRING if isinstance(value, str) else gguf.GGUFValueType.FLOAT32)
-    arrays = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in tensors.items() if name not in drop}
-    for name, data in (arrays | (extra_tensors or {})).items():
-        writer.add_tensor(name, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def test_tiny_model_runs(tmp_path):

@@ -11,7 +11,8 @@ import pytest
 
 import llama_cpp  # the reference: a missing llama_cpp fails this module, it does not skip it
 from engine import Llama
-from scripts.make_model import _quiet_llama_cpp
+from tests.helpers import nmse, random_tokens
+from tests.model_files import quiet_llama_cpp, with_metadata
 
 N_CTX = 128
 N_TWO_TOKEN = 20          # prompts per file for the seven file types
@@ -41,16 +42,11 @@ N_TWO_TOKEN_OTHER = 5
 FLOAT_FILES = [name for name, (quant, _) in FILES.items() if quant is None]
 
 
-def nmse(ref: np.ndarray, ours: np.ndarray) -> float:
-    ref = ref.astype(np.float64)
-    return float(np.mean((ref - ours) ** 2) / np.var(ref))
-
-
 class Pair:
     """Our Llama and llama.cpp's on one file, with llama.cpp's logits for any token list."""
 
     def __init__(self, path):
-        _quiet_llama_cpp()
+        quiet_llama_cpp()
         # one thread: llama.cpp's results do not depend on it, and its spinning workers
         # slow everything down on a busy two-core machine
         self.ref = llama_cpp.Llama(str(path), n_ctx=N_CTX, logits_all=True, flash_attn=False,
@@ -83,35 +79,6 @@ def pairs(make_model, tmp_path_factory):
     for pair in cache.values():
         pair.ours.close()
         pair.ref.close()
-
-
-def with_metadata(src, dst, extra: dict, drop: tuple[str, ...] = ()):
-    """A copy of GGUF file ``src`` at ``dst`` with metadata ``extra`` (strings, floats, uint32 ints or
-    lists of bools) added or replaced, and without the tensors named in ``drop``."""
-    reader = gguf.GGUFReader(str(src))
-    writer = gguf.GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture" or name in extra:
-            continue
-        sub_type = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(name, field.contents(), field.types[0], sub_type)
-    types = {str: gguf.GGUFValueType.STRING, float: gguf.GGUFValueType.FLOAT32, int: gguf.GGUFValueType.UINT32,
-             list: gguf.GGUFValueType.ARRAY}
-    for name, value in extra.items():
-        writer.add_key_value(name, value, types[type(value)], gguf.GGUFValueType.BOOL if isinstance(value, list) else None)
-    for tensor in reader.tensors:
-        if tensor.name not in drop:
-            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return dst
-
-
-def random_tokens(seed: int, n: int) -> list[int]:
-    """Ordinary (non-control) token ids of the llama2 vocabulary."""
-    return [int(t) for t in np.random.default_rng(seed).integers(3, 32000, n)]
 
 
 @pytest.mark.parametrize("name", FILES)

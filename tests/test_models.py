@@ -13,7 +13,7 @@ import pytest
 from engine import Llama
 from engine.errors import PullError
 from engine.models import KNOWN_MODELS, resolve
-from tests.test_cli import llamanp
+from tests.helpers import llamanp
 
 NAME = "smollm2-135m-instruct"
 KNOWN = KNOWN_MODELS[NAME]

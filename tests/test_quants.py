@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import ggml_ref
+from tests import ggml_ref
 from engine.gguf import read_gguf
 from engine.quants import (BLOCK_LAYOUT, QK, QK_K, Blocks, BlocksWithMin, GGMLType, Q8_1Blocks, Q8_KBlocks,
                            SuperBlocks, SuperBlocksWithMin, dequantize, quantize_q8_0, quantize_q8_1,

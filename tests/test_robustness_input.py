@@ -11,7 +11,6 @@ import llama_cpp as lc
 import numpy as np
 import pytest
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-from test_sampling import llama, random_logits, ref_chain  # noqa: F401 (llama: a fixture)
 
 from engine import sampling as S
 from engine.chat import ChatTemplateError, jinja_format
@@ -19,6 +18,7 @@ from engine.errors import ArgumentError, GrammarError
 from engine.grammar import Grammar
 from engine.json_schema import json_schema_to_gbnf
 from engine.llama import Llama
+from tests.sampler_reference import random_logits, ref_chain
 
 HI = [{"role": "user", "content": "hi"}]
 STEPS = r"more than \d+ steps|longer than"
@@ -243,7 +243,7 @@ def test_forced_token_draws_what_llama_cpp_draws_so_later_picks_agree(llama):
 def test_log_softmax_of_infinite_logits_is_their_limit_not_nan():
     np.testing.assert_array_equal(S.log_softmax([np.inf, 0.0]), [0.0, -np.inf])
     np.testing.assert_allclose(S.log_softmax([np.inf, 1.0, np.inf]), [np.log(0.5), -np.inf, np.log(0.5)])
-    np.testing.assert_array_equal(S.softmax([[np.inf, 0.0], [0.0, -np.inf]]), [[1.0, 0.0], [1.0, 0.0]])
+    np.testing.assert_array_equal(S.probabilities([[np.inf, 0.0], [0.0, -np.inf]]), [[1.0, 0.0], [1.0, 0.0]])
     with pytest.raises(ArgumentError, match=NO_TOKEN):
         S.log_softmax([-np.inf, -np.inf])
 

@@ -7,28 +7,16 @@ overrides its factor. The scalings the engine does not implement (YaRN, LongRoPE
 attention factor on cos and sin) are refused when the file is loaded, never run with the
 wrong angles.
 """
-import llama_cpp  # the reference: a missing llama_cpp fails this module, it does not skip it
 import numpy as np
 import pytest
 
 from engine import Llama
+from engine.backends import EXACT
 from engine.errors import ModelError
-from scripts.make_model import _quiet_llama_cpp
-from tests.test_llama import write_tiny
-from tests.test_model import with_metadata
+from tests.helpers import llama_cpp_logits
+from tests.model_files import with_metadata, write_tiny
 
 N_CTX = 64
-
-
-def ref_logits(path, tokens: list[int], n_ctx: int = N_CTX) -> np.ndarray:
-    """llama.cpp's logits of every position: (len(tokens), n_vocab)."""
-    _quiet_llama_cpp()
-    ref = llama_cpp.Llama(str(path), n_ctx=n_ctx, logits_all=True, n_threads=1, n_threads_batch=1, verbose=False)
-    try:
-        ref.eval(tokens)
-        return np.array(ref.scores[:len(tokens)], dtype=np.float32)
-    finally:
-        ref.close()
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +26,21 @@ def tokens() -> list[int]:
 
 def test_llama3_rope_factors_equal_llama_cpp(make_model, tokens):
     path = make_model(n_layers=1, rope_freqs=True)
-    ref = ref_logits(path, tokens)
-    for backend in ("numpy", "cython"):
+    ref = llama_cpp_logits(path, tokens)
+    for backend in EXACT:
         with Llama(path, n_ctx=N_CTX, backend=backend) as llm:
             assert llm.hparams.rope.freq_factors is not None
             assert np.array_equal(llm.eval_logits(tokens), ref), backend
     # the factors matter: the same weights without them give other logits
-    assert not np.array_equal(ref_logits(make_model(n_layers=1), tokens), ref)
+    assert not np.array_equal(llama_cpp_logits(make_model(n_layers=1), tokens), ref)
 
 
 def test_scaling_type_none_ignores_the_factor_like_llama_cpp(make_model, tokens, tmp_path):
     plain = make_model(n_layers=1)
-    none = with_metadata(plain, tmp_path / "none.gguf", {"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 4.0})
-    ref = ref_logits(none, tokens)
-    assert np.array_equal(ref, ref_logits(plain, tokens))
+    none = with_metadata(plain, tmp_path / "none.gguf",
+                         {"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 4.0})
+    ref = llama_cpp_logits(none, tokens)
+    assert np.array_equal(ref, llama_cpp_logits(plain, tokens))
     with Llama(none, n_ctx=N_CTX, backend="cython") as llm:
         assert llm.hparams.rope.freq_scale == 1.0
         assert np.array_equal(llm.eval_logits(tokens), ref)

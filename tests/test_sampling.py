@@ -2,7 +2,6 @@
 side with llama.cpp's samplers (through llama_cpp's C API, on candidate arrays we build with ctypes) and
 must agree exactly: same candidates in the same order, bit-identical logits and probabilities, same picks.
 """
-import ctypes
 
 import llama_cpp as lc
 import numpy as np
@@ -11,60 +10,9 @@ from hypothesis import example, given, settings, strategies as st
 
 from engine import libstdcxx
 from engine import sampling as S
-
-TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
-
-
-class Ref:
-    """A llama.cpp sampler, applied to copies of our Candidates."""
-
-    def __init__(self, ptr):
-        assert ptr, "llama.cpp returned no sampler"
-        self.ptr = ptr
-
-    def apply(self, cand: S.Candidates) -> S.Candidates:
-        data = np.zeros(cand.size, dtype=TOKEN_DATA)
-        data["id"], data["logit"], data["p"] = cand.ids, cand.logits, cand.p
-        arr = lc.llama_token_data_array(data=data.ctypes.data_as(lc.llama_token_data_p), size=cand.size,
-                                        selected=-1, sorted=cand.sorted)
-        lc.llama_sampler_apply(self.ptr, ctypes.byref(arr))
-        assert ctypes.cast(arr.data, ctypes.c_void_p).value == data.ctypes.data
-        out = data[:arr.size]
-        result = S.Candidates(out["id"], out["logit"], out["p"], sorted=bool(arr.sorted))
-        result.selected = arr.selected
-        return result
-
-    def pick(self, logits) -> int:
-        return self.apply(S.Candidates.from_logits(logits)).token
-
-    def accept(self, token: int) -> None:
-        lc.llama_sampler_accept(self.ptr, token)
-
-    def reset(self) -> None:
-        lc.llama_sampler_reset(self.ptr)
-
-
-@pytest.fixture
-def llama():
-    """``llama(init, *args)`` makes a llama.cpp sampler, freed after the test."""
-    made = []
-
-    def make(init, *args):
-        made.append(Ref(init(*args)))
-        return made[-1]
-
-    yield make
-    for ref in made:
-        lc.llama_sampler_free(ref.ptr)
-
-
-def ref_chain(llama, *stages):
-    """A llama.cpp sampler chain owning ``stages`` (each a (init, *args) tuple)."""
-    chain = llama(lc.llama_sampler_chain_init, lc.llama_sampler_chain_default_params())
-    for init, *args in stages:
-        lc.llama_sampler_chain_add(chain.ptr, init(*args))
-    return chain
-
+from engine.arguments import check_token
+from engine.errors import TokenizerError
+from tests.sampler_reference import Ref, random_logits, ref_chain
 
 def ref_logit_bias(n_vocab, bias: dict):
     entries = (lc.llama_logit_bias * len(bias))(*[lc.llama_logit_bias(t, b) for t, b in bias.items()])
@@ -81,12 +29,6 @@ def assert_same(ours: S.Candidates, ref: S.Candidates):
 
 def copy(cand: S.Candidates) -> S.Candidates:
     return S.Candidates(cand.ids.copy(), cand.logits.copy(), cand.p.copy(), cand.sorted)
-
-
-def random_logits(seed: int, n: int, ties: bool = False, scale: float = 3.0) -> np.ndarray:
-    """Normal logits; with ``ties``, rounded to a coarse grid so that many are equal."""
-    logits = np.random.default_rng(seed).standard_normal(n) * scale
-    return (np.round(logits * 4) / 4 if ties else logits).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -398,19 +340,19 @@ def test_greedy_matches_llama_cpp_including_ties(llama):
 
 def test_softmax_and_log_softmax_match_llama_cpp():
     logits = random_logits(0, 1000, scale=8)
-    probs = S.softmax(logits)
+    probs = S.probabilities(logits)
     drawn = apply_once(lc.llama_sampler_init_dist(1), S.Candidates.from_logits(logits))
     np.testing.assert_allclose(probs, drawn.p, rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(S.log_softmax(logits), lc.Llama.logits_to_logprobs(logits), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.exp(S.log_softmax(logits)), probs, rtol=1e-12)
 
 
-def test_softmax_is_stable_and_works_on_batches():
+def test_probabilities_are_stable_and_work_on_batches():
     huge = np.array([[1000.0, 1001.0, 999.0], [-1e4, -1e4, -1e4]])
-    probs, logprobs = S.softmax(huge), S.log_softmax(huge)
+    probs, logprobs = S.probabilities(huge), S.log_softmax(huge)
     assert np.all(np.isfinite(probs)) and np.all(np.isfinite(logprobs))
     np.testing.assert_allclose(probs.sum(axis=-1), 1.0)
-    np.testing.assert_allclose(probs[0], S.softmax([0.0, 1.0, -1.0]))
+    np.testing.assert_allclose(probs[0], S.probabilities([0.0, 1.0, -1.0]))
     np.testing.assert_allclose(logprobs[1], np.log(1 / 3))
 
 
@@ -418,16 +360,16 @@ def test_any_callable_is_a_sampler_and_check_token_names_bad_ids():
     def always_seven(logits):
         return 7
 
-    assert S.check_token(always_seven(np.zeros(10)), 10) == 7
-    assert S.check_token(np.int64(3), 10) == 3
-    with pytest.raises(ValueError, match="token id 12"):
-        S.check_token(12, 10)
-    with pytest.raises(ValueError, match="token id -1"):
-        S.check_token(-1, 10)
-    with pytest.raises(ValueError, match="'a'"):
-        S.check_token("a", 10)
-    with pytest.raises(ValueError, match="2.0"):
-        S.check_token(2.0, 10)
+    assert check_token(always_seven(np.zeros(10)), 10) == 7
+    assert check_token(np.int64(3), 10) == 3
+    with pytest.raises(TokenizerError, match="token id 12"):
+        check_token(12, 10)
+    with pytest.raises(TokenizerError, match="token id -1"):
+        check_token(-1, 10)
+    with pytest.raises(TypeError, match="'a'"):  # not an id at all: a TypeError, as for every token id argument
+        check_token("a", 10)
+    with pytest.raises(TypeError, match="2.0"):
+        check_token(2.0, 10)
 
 
 # ---------------------------------------------------------------------------

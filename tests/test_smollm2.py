@@ -18,7 +18,7 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from engine import Llama
 from engine.chat import Chat
 from engine.sampling import MirostatV2
-from scripts.make_model import _quiet_llama_cpp
+from tests.model_files import quiet_llama_cpp
 
 N_CTX = 640  # the 512-token prompt, or a chat prompt and 128 generated tokens
 FILES = [None, "Q8_0", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K"]  # None: the Q4_1 file as shipped
@@ -34,7 +34,7 @@ class Pair:
     """Our Llama (compiled backend) and llama.cpp's on one file."""
 
     def __init__(self, path):
-        _quiet_llama_cpp()
+        quiet_llama_cpp()
         self.ref = llama_cpp.Llama(str(path), n_ctx=N_CTX, logits_all=True, n_threads=1, n_threads_batch=1,
                                    verbose=False)
         self.ours = Llama(path, n_ctx=N_CTX, n_threads=1, backend="cython")
@@ -85,7 +85,7 @@ def pairs(smollm2):
 def shakespeare(data_dir, smollm2) -> list[int]:
     """512 ids of English text, tokenized by llama.cpp."""
     text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:6000]
-    _quiet_llama_cpp()
+    quiet_llama_cpp()
     vocab = llama_cpp.Llama(str(smollm2()), vocab_only=True, verbose=False)
     tokens = vocab.tokenize(text.encode(), add_bos=False, special=False)
     vocab.close()

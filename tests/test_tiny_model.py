@@ -17,7 +17,7 @@ from engine import Llama
 from engine.gguf import read_gguf
 from engine.quants import GGMLType
 from engine.sampling import greedy
-from scripts.tiny_shakespeare import (MODEL_PATH, TOKENIZER_PATH, chunks, llama_cpp_nll, next_token_nll,
+from tests.tiny_shakespeare import (MODEL_PATH, TOKENIZER_PATH, chunks, llama_cpp_nll, next_token_nll,
                                       quantized_model, split_corpus, unigram_nll)
 
 CORPUS = Path(__file__).parent / "data" / "tinyshakespeare.txt"
@@ -161,4 +161,5 @@ def test_greedy_continuations_match_llama_cpp(tmp_path_factory, qtype):
                 expected.append(token)
                 ref.eval([token])
             for ours in (reference, compiled):
-                assert list(ours.generate_tokens(tokens, sampler=greedy, max_tokens=64)) == expected, (prompt, ours.model.backend.name)
+                generated = list(ours.generate_tokens(tokens, sampler=greedy, max_tokens=64))
+                assert generated == expected, (prompt, ours.model.backend.name)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from engine.errors import ModelError, TokenizerError
 from engine.gguf import read_gguf
 from engine.tokenizer import SPACE, StreamDecoder, Tokenizer, TokenType
-from llama_cpp_vocab import LlamaCppVocab, read_vectors
+from tests.llama_cpp_vocab import LlamaCppVocab, read_vectors
 
 CORPUS = [
     "The quick brown fox jumped over the lazy dog.",

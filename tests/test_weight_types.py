@@ -11,22 +11,19 @@ import gguf
 import numpy as np
 import pytest
 
-import ggml_ref
+from tests import ggml_ref
 import llama_cpp  # the reference: a missing llama_cpp fails this module, it does not skip it
 from engine import Llama
+from engine.backends import EXACT
 from engine.errors import ModelError
-from engine.ggml_ops import float_dots, to_bf16
+from engine.ggml_ops import float_dots
 from engine.quants import BLOCK_LAYOUT, GGMLType
-from scripts.make_model import _quiet_llama_cpp
+from tests.kernel_inputs import bf16_bits
+from tests.model_files import quiet_llama_cpp
 
 T = GGMLType
 BOS = 1
 N_CTX = 64
-
-
-def bf16_bits(x: np.ndarray) -> np.ndarray:
-    """x rounded to bfloat16 (our rounding), as the uint16 bits ggml stores."""
-    return (to_bf16(x).view(np.uint32) >> 16).astype(np.uint16)
 
 
 def widen(bits: np.ndarray) -> np.ndarray:
@@ -73,7 +70,7 @@ def test_one_row_product_matches_ggml_vec_dot_bf16(n):
 def bf16_model(make_model):
     """A BF16 file (every matrix, token_embd and output included, is BF16) and llama.cpp on it."""
     path = make_model("BF16")
-    _quiet_llama_cpp()
+    quiet_llama_cpp()
     ref = llama_cpp.Llama(str(path), n_ctx=N_CTX, logits_all=True, flash_attn=False, verbose=False, n_threads=1)
     yield path, ref
     ref.close()
@@ -88,7 +85,7 @@ def ref_logits(ref, tokens, reset=True):
     return np.array(ref.scores[start:start + len(tokens)], np.float32)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cython"])
+@pytest.mark.parametrize("backend", EXACT)
 def test_bf16_logits_identical_to_llama_cpp(bf16_model, backend):
     """Two-token prompts and a 40-token prompt (tinyBLAS, several rows), then decoding one token
     at a time (ggml_vec_dot_bf16, one row): every logit the same bits as llama.cpp's."""
@@ -107,11 +104,11 @@ def test_bf16_logits_identical_to_llama_cpp(bf16_model, backend):
 def test_tied_bf16_embedding_identical_to_llama_cpp(make_model):
     """token_embd as BF16 both for the lookup and, tied, as the output matrix, on both backends."""
     path = make_model("BF16", n_layers=1, tied=True)
-    _quiet_llama_cpp()
+    quiet_llama_cpp()
     ref = llama_cpp.Llama(str(path), n_ctx=N_CTX, logits_all=True, flash_attn=False, verbose=False, n_threads=1)
     prompts = [[BOS, 300], [BOS, 17000, 9]]
     try:
-        for backend in ("numpy", "cython"):
+        for backend in EXACT:
             with Llama(path, n_ctx=N_CTX, backend=backend) as ours:
                 assert ours.model.weights.output is ours.model.weights.token_embd
                 assert ours.model.weights.token_embd.type == T.BF16

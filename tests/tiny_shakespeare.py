@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scripts.make_model import quantize_model
+from tests.model_files import quantize_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_PATH = ROOT / "engine" / "data" / "tiny-shakespeare.gguf"

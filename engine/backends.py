@@ -1,0 +1,89 @@
+"""The backend seam: the ops every backend offers (``Backend``) and the registry of backends by name.
+
+``engine.model`` runs the forward pass on whichever backend it is given:
+
+    plain    engine.plain.PlainBackend      the textbook: float32 NumPy, close to llama.cpp's logits
+    numpy    engine.ggml_ops.NumpyBackend   exact: ggml's arithmetic in NumPy, llama.cpp's logits bit for bit
+    cython   kernels.backend.CythonBackend  exact and fast: compiled kernels with the numpy backend's results
+"""
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .errors import ArgumentError, LlamaError
+from .ggml_ops import NumpyBackend, Rope, Weight
+from .plain import PlainBackend
+
+
+class Backend(Protocol):
+    """The ops of a LLaMA forward pass. Activations are float32 and C-contiguous; ``w`` is a weight
+    used in place from the file; each backend may read or regroup the weights as it likes."""
+
+    name: str
+
+    def prepare(self, weights) -> None:
+        """Called once at load with the ``model.Weights``."""
+
+    def get_rows(self, w: Weight, ids: np.ndarray) -> np.ndarray:
+        """The embedding lookup: (n,) int -> (n, w.n_in)."""
+
+    def matmul(self, w: Weight, x: np.ndarray) -> np.ndarray:
+        """x · wᵀ: (n, w.n_in) -> (n, w.n_out)."""
+
+    def matmuls(self, ws: tuple[Weight, ...], x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The products of one input with weights sharing n_in: (n, n_in) -> one (n, w.n_out) per w."""
+
+    def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+        """x / sqrt(mean(x²) + eps) · weight: (n, d), (d,) -> (n, d)."""
+
+    def rope(self, x: np.ndarray, positions: np.ndarray, rope: Rope) -> np.ndarray:
+        """Each head's pairs (``rope.pairs()``) rotated at its row's position: (n, heads, hd), (n,) -> (n, heads, hd)."""
+
+    def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int,
+                  scale: float, window: int = 0) -> np.ndarray:
+        """Causal softmax(q·kᵀ·scale)·v: q (n, n_heads, hd) at positions [start, start + n), the float16
+        caches (n_kv_heads, n_ctx, hd) already holding positions [0, start + n) -> (n, n_heads * hd);
+        with a ``window`` (not 0), the query at position p sees the keys (p - window, p] only."""
+
+    def swiglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        """silu(gate) · up: (n, f), (n, f) -> (n, f)."""
+
+    def geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        """gelu(gate) · up: (n, f), (n, f) -> (n, f)."""
+
+
+def _compiled(n_threads: int | None = None) -> Backend:
+    """The compiled backend, or LlamaError when its kernels are not built."""
+    backend = _compiled_class()
+    if backend is None:
+        raise LlamaError("the cython backend is not built (run `pip install -e . --no-build-isolation`); "
+                         "use backend='numpy'")
+    return backend(n_threads)
+
+
+def _compiled_class():
+    try:
+        from kernels.backend import CythonBackend
+    except ImportError:
+        return None
+    return CythonBackend
+
+
+# name -> constructor(n_threads)
+BACKENDS: dict[str, Callable[[int | None], Backend]] = {
+    "plain": PlainBackend,
+    "numpy": NumpyBackend,
+    "cython": _compiled,
+}
+EXACT = ("numpy", "cython")  # the backends whose logits are llama.cpp's, bit for bit
+
+
+def make_backend(name: str, n_threads: int | None) -> Backend:
+    """The backend called ``name`` (one of BACKENDS), or for "auto" the fastest exact one built."""
+    if name == "auto":
+        name = "cython" if _compiled_class() is not None else "numpy"
+    if name not in BACKENDS:
+        raise ArgumentError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
+    return BACKENDS[name](n_threads)
