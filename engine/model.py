@@ -9,13 +9,15 @@
 Other families change a few steps of it, as llama.cpp builds them; ``FAMILIES`` lists
 each one's switches side by side, and the one decoder below consults them:
 
-    family   rope   gate  q/k norm  post norms  embed x sqrt(dim)  sliding window
-    llama    norm   silu  no        no          no                 no
-    qwen2    neox   silu  no        no          no                 no
-    qwen3    neox   silu  yes       no          no                 no
-    gemma3   neox   gelu  yes       yes         yes                5 of 6 layers
+    family   rope   gate  gate in up  q/k norm  post norms  embed x sqrt(dim)  scale q  sliding window
+    llama    norm   silu  no          no        no          no                 no       no
+    qwen2    neox   silu  no          no        no          no                 no       no
+    qwen3    neox   silu  no          yes       no          no                 no       no
+    gemma3   neox   gelu  no          yes       yes         yes                yes      5 of 6 layers
+    phi3     neox   silu  yes         no        no          no                 yes      no
 
-Biases on q, k and v (Qwen2's) are added wherever the file has them, as llama.cpp adds them.
+Biases on q, k and v (Qwen2's) are added wherever the file has them, as llama.cpp adds them;
+a fused attn_qkv (Phi-3's) is read as its q, k and v row blocks, in any family, as llama.cpp reads it.
 
 Every op comes from a backend (``engine.backends``: the textbook ``engine.plain``, or the exact
 ``engine.ggml_ops`` and its compiled twin); the KV cache is stored in float16 as llama.cpp stores it.
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ModelError
-from .ggml_ops import MATRIX_TYPES, Rope, Weight
+from .ggml_ops import MATRIX_TYPES, Rope, Weight, repacked
 from .gguf import GGUFFile, ValueType
 from .quants import GGMLType
 
@@ -40,15 +42,24 @@ class Family:
     gelu: bool          # the feed-forward gates with GELU (tanh form) rather than SiLU
     qk_norm: bool       # each q and k head is RMS-normed (attn_q_norm, attn_k_norm) before RoPE
     post_norms: bool    # the attention and feed-forward outputs are RMS-normed before each residual add
-    embed_scale: bool   # the embeddings are multiplied by sqrt(dim); q rather than q·k by the attention scale
+    embed_scale: bool   # the embeddings are multiplied by sqrt(dim)
+    scale_q: bool       # q rather than q·k is multiplied by the attention scale (after RoPE)
+    gate_in_up: bool    # ffn_up holds the gate's rows, then the up rows; there is no ffn_gate
     swa_period: int     # 0, or every this many layers all but the last attend over a sliding window
 
 
 FAMILIES = {
-    "llama": Family(neox=False, gelu=False, qk_norm=False, post_norms=False, embed_scale=False, swa_period=0),
-    "qwen2": Family(neox=True, gelu=False, qk_norm=False, post_norms=False, embed_scale=False, swa_period=0),
-    "qwen3": Family(neox=True, gelu=False, qk_norm=True, post_norms=False, embed_scale=False, swa_period=0),
-    "gemma3": Family(neox=True, gelu=True, qk_norm=True, post_norms=True, embed_scale=True, swa_period=6),
+    "llama": Family(neox=False, gelu=False, qk_norm=False, post_norms=False, embed_scale=False, scale_q=False,
+                    gate_in_up=False, swa_period=0),
+    "qwen2": Family(neox=True, gelu=False, qk_norm=False, post_norms=False, embed_scale=False, scale_q=False,
+                    gate_in_up=False, swa_period=0),
+    "qwen3": Family(neox=True, gelu=False, qk_norm=True, post_norms=False, embed_scale=False, scale_q=False,
+                    gate_in_up=False, swa_period=0),
+    "gemma3": Family(neox=True, gelu=True, qk_norm=True, post_norms=True, embed_scale=True, scale_q=True,
+                     gate_in_up=False, swa_period=6),
+    # llama.cpp reads Phi-3's attention.sliding_window but disables the window (swa_period 0 ignores it)
+    "phi3": Family(neox=True, gelu=False, qk_norm=False, post_norms=False, embed_scale=False, scale_q=True,
+                   gate_in_up=True, swa_period=0),
 }
 SUPPORTED_ARCHITECTURES = tuple(FAMILIES)
 SWA_FREQ_BASE = 10000.0   # llama.cpp's rope base of sliding-window layers when the file names none
@@ -74,7 +85,7 @@ class HParams:
     n_ctx_train: int
     rms_eps: float
     rope: Rope
-    attn_scale: float                 # what q·k (or, with Family.embed_scale, q) is multiplied by
+    attn_scale: float                 # what q·k (or, with Family.scale_q, q) is multiplied by
     windows: tuple[int, ...] = ()     # per layer: 0, or how many positions its sliding window spans
     rope_swa: Rope | None = None      # the RoPE of the sliding-window layers
 
@@ -98,8 +109,9 @@ class HParams:
         f = self.family
         words = [f"{'neox' if f.neox else 'norm'} rope (base {self.rope.freq_base:g})",
                  f"{'gelu' if f.gelu else 'silu'} gate", f"head size {self.head_dim}"]
+        words += ["gate and up in one ffn_up"] * f.gate_in_up
         words += ["q/k norm"] * f.qk_norm + ["post-attention and post-ffn norms"] * f.post_norms
-        words += ["embeddings x sqrt(dim), q x attention scale"] * f.embed_scale
+        words += ["embeddings x sqrt(dim)"] * f.embed_scale + ["q x attention scale"] * f.scale_q
         n_windowed = sum(w > 0 for w in self.windows)
         if n_windowed:
             words.append(f"sliding window {max(self.windows)} on {n_windowed} of {self.n_layers} layers "
@@ -282,6 +294,33 @@ class Weights:
         def vector(name: str, n: int = hp.dim) -> np.ndarray:
             return _vector(gguf, name, n)
 
+        def row_blocks(name: str, sizes: tuple[int, ...]) -> tuple[Weight, ...]:
+            """A fused matrix as the consecutive blocks of ``sizes`` rows that llama.cpp views in its one
+            product: each output sums on its own, so the blocks' products are the same bits."""
+            whole = matrix(name, hp.dim, sum(sizes))
+            ends = np.cumsum(sizes)                                          # (len(sizes),)
+            parts = tuple(Weight(f"{name}[{end - n}:{end}]", whole.type, whole.n_in, n, whole.data[end - n:end])
+                          for n, end in zip(sizes, ends))
+            if any(repacked(part) != repacked(whole) for part in parts):  # the kernel differs with the rows
+                raise ModelError(f"{gguf.path}: tensor {name!r} ({whole.type.name}) splits into blocks of "
+                                 f"{list(sizes)} rows, not all multiples of 8; not supported")
+            return parts
+
+        def projections(i: int) -> dict:
+            """Layer i's q, k, v, gate and up matrices: from attn_qkv where the file fuses them, and from
+            ffn_up's two halves (gate first, as ggml_swiglu splits it) in a family that fuses those."""
+            blk = f"blk.{i}."
+            if blk + "attn_qkv.weight" in gguf.tensors:
+                qkv = row_blocks(blk + "attn_qkv.weight", (q_dim, hp.kv_dim, hp.kv_dim))
+            else:
+                qkv = (matrix(blk + "attn_q.weight", hp.dim, q_dim), matrix(blk + "attn_k.weight", hp.dim, hp.kv_dim),
+                       matrix(blk + "attn_v.weight", hp.dim, hp.kv_dim))
+            if hp.family.gate_in_up:
+                gate_up = row_blocks(blk + "ffn_up.weight", (hp.ffn, hp.ffn))
+            else:
+                gate_up = (matrix(blk + "ffn_gate.weight", hp.dim, hp.ffn), matrix(blk + "ffn_up.weight", hp.dim, hp.ffn))
+            return dict(zip(("wq", "wk", "wv", "w_gate", "w_up"), qkv + gate_up))
+
         def extras(i: int) -> dict:
             """Layer i's q, k and v biases where the file has them, and the family's extra norms."""
             family, blk = hp.family, f"blk.{i}."
@@ -298,19 +337,17 @@ class Weights:
         layers = tuple(
             Layer(
                 attn_norm=vector(f"blk.{i}.attn_norm.weight"),
-                wq=matrix(f"blk.{i}.attn_q.weight", hp.dim, q_dim),
-                wk=matrix(f"blk.{i}.attn_k.weight", hp.dim, hp.kv_dim),
-                wv=matrix(f"blk.{i}.attn_v.weight", hp.dim, hp.kv_dim),
                 wo=matrix(f"blk.{i}.attn_output.weight", q_dim, hp.dim),
                 ffn_norm=vector(f"blk.{i}.ffn_norm.weight"),
-                w_gate=matrix(f"blk.{i}.ffn_gate.weight", hp.dim, hp.ffn),
-                w_up=matrix(f"blk.{i}.ffn_up.weight", hp.dim, hp.ffn),
                 w_down=matrix(f"blk.{i}.ffn_down.weight", hp.ffn, hp.dim),
+                **projections(i),
                 **extras(i),
             )
             for i in range(hp.n_layers)
         )
-        for unsupported in ("output.bias", "blk.0.attn_qkv.weight", "blk.0.attn_output.bias"):
+        # Phi-3's longrope factors would rescale RoPE's frequencies by the context size
+        for unsupported in ("output.bias", "blk.0.attn_qkv.bias", "blk.0.attn_output.bias",
+                            "rope_factors_long.weight", "rope_factors_short.weight"):
             if unsupported in gguf.tensors:
                 raise ModelError(f"{gguf.path}: tensor {unsupported!r} is not supported")
         token_embd = matrix("token_embd.weight", hp.dim, hp.n_vocab)
@@ -400,7 +437,7 @@ class Model:
         k = ops.rope(k, positions, hp.layer_rope(index))
         cache.store(index, int(positions[0]), k, v)
         scale = np.float32(hp.attn_scale)
-        if hp.family.embed_scale:                                           # Gemma scales q, then q·k by 1
+        if hp.family.scale_q:                                               # Gemma, Phi-3: q scaled, then q·k by 1
             q, scale = q * scale, np.float32(1.0)
         a = ops.attention(q, cache.k[index], cache.v[index], int(positions[0]), scale, hp.window(index))
         return ops.matmul(layer.wo, a)                                      # (n, dim)

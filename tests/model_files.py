@@ -1,7 +1,7 @@
 """Synthetic models of each supported family for the tests, the benchmarks and ``scripts/make_model.py``.
 
 ``write_model`` writes a GGUF file with seeded random weights, any shape and family
-(llama, qwen2, qwen3, gemma3), and the real llama2 vocabulary; ``quantize_model`` hands it to llama.cpp's own quantiser so
+(llama, qwen2, qwen3, gemma3, phi3), and the real llama2 vocabulary; ``quantize_model`` hands it to llama.cpp's own quantiser so
 the result carries llama.cpp's real tensor-type mixtures (a Q4_0 file keeps a Q6_K
 output tensor, Q4_K_M mixes Q4_K and Q6_K, ...).
 
@@ -31,7 +31,8 @@ QUANT_TYPES = ("F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_M", 
 @dataclass(frozen=True)
 class ModelSpec:
     """The shape and seed of a synthetic model; ``ftype`` is how the unquantised file stores matrices."""
-    arch: str = "llama"  # or "qwen2" (q, k, v biases), "qwen3" (q/k norms), "gemma3" (q/k norms, post norms, GELU, a window)
+    arch: str = "llama"  # or "qwen2" (q, k, v biases), "qwen3" (q/k norms), "gemma3" (q/k norms, post norms, GELU,
+    #                      a window), "phi3" (q, k, v fused in attn_qkv, gate and up in ffn_up)
     dim: int = 256
     n_layers: int = 2
     n_heads: int = 4
@@ -66,6 +67,7 @@ FAMILY_SPECS = {
                   rope_base=1e6),
     "qwen3": dict(arch="qwen3", dim=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=64, ffn=256, n_ctx=1024,
                   rms_eps=1e-6, rope_base=1e6, tied=True),
+    "phi3": dict(arch="phi3", dim=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn=256, n_ctx=1024),
 }
 
 
@@ -105,6 +107,9 @@ def random_weights(spec: ModelSpec, n_vocab: int) -> dict[str, np.ndarray]:
         if spec.arch == "gemma3":
             weights[blk + "post_attention_norm.weight"] = norm()
             weights[blk + "post_ffw_norm.weight"] = norm()
+        if spec.arch == "phi3":  # the rows of q, k, v in one matrix, and of gate, up in another
+            weights[blk + "attn_qkv.weight"] = np.concatenate([weights.pop(blk + f"attn_{x}.weight") for x in "qkv"])
+            weights[blk + "ffn_up.weight"] = np.concatenate([weights.pop(blk + f"ffn_{x}.weight") for x in ("gate", "up")])
     weights["output_norm.weight"] = norm()
     if spec.rope_freqs:
         weights["rope_freqs.weight"] = llama3_rope_factors(head_dim, spec.rope_base, spec.n_ctx // 4)
@@ -273,9 +278,9 @@ def write_tiny(path, arch="llama", drop=(), shapes=None, metadata=None, extra_te
     return path
 
 
-def with_metadata(src, dst, extra: dict, drop: tuple[str, ...] = ()):
+def with_metadata(src, dst, extra: dict, drop: tuple[str, ...] = (), tensors: dict[str, np.ndarray] | None = None):
     """A copy of GGUF file ``src`` at ``dst`` with metadata ``extra`` (strings, floats, uint32 ints or
-    lists of bools) added or replaced, and without the tensors named in ``drop``."""
+    lists of bools) added or replaced, without the tensors named in ``drop``, and with ``tensors`` added."""
     reader = gguf.GGUFReader(str(src))
     writer = gguf.GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
     for name, field in reader.fields.items():
@@ -291,6 +296,8 @@ def with_metadata(src, dst, extra: dict, drop: tuple[str, ...] = ()):
     for tensor in reader.tensors:
         if tensor.name not in drop:
             writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type)
+    for name, data in (tensors or {}).items():
+        writer.add_tensor(name, data)
     save(writer)
     return dst
 

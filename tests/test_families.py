@@ -1,9 +1,10 @@
 """Model families other than LLaMA against llama.cpp (llama-cpp-python 0.3.36) on the same ids.
 
-Synthetic Gemma 3, Qwen2 and Qwen3 models (seeded weights written with gguf's writer,
+Synthetic Gemma 3, Qwen2, Qwen3 and Phi-3 models (seeded weights written with gguf's writer,
 quantised by llama.cpp itself) with GQA; Gemma 3 and Qwen3 with a head size apart from
 dim / heads (attention.key_length), Gemma 3 with a 64-token sliding window on all but every
-sixth layer, Qwen2 with q, k and v biases: logits of every position bit-identical to
+sixth layer, Qwen2 with q, k and v biases, Phi-3 with q, k, v fused in attn_qkv and gate and up
+in ffn_up: logits of every position bit-identical to
 llama.cpp's for 2 and 40 tokens on F32, F16, Q8_0, Q4_0, Q4_K_M and Q6_K files, and for a
 700-token Gemma 3 prompt, where the window matters.  The real Gemma 3 270M (fetched by the pinned
 download ``llamanp pull`` uses): a 600-token prompt, longer than its 512-token window, and 128
@@ -22,8 +23,10 @@ from engine.ggml_ops import gelu_table
 from engine.gguf import read_gguf
 from engine.model import FAMILIES, HParams
 from engine.models import pull
+from engine.tokenizer import Tokenizer
 from tests.conftest import CACHE
 from tests.helpers import llama_cpp_logits, random_tokens
+from tests.llama_cpp_vocab import LlamaCppVocab
 from tests.model_files import FAMILY_SPECS as SPECS, GEMMA3, quiet_llama_cpp, with_metadata
 
 N_CTX = 1024
@@ -107,7 +110,6 @@ def test_gemma3_270m_ends_turns_as_llama_cpp(gemma3_270m):
     """The end-of-generation ids are llama.cpp's (<end_of_turn> among them), and with no template in
     the file a chat takes Gemma's turn format, which stops at <end_of_turn>."""
     from engine.chat import chat_format
-    from tests.llama_cpp_vocab import LlamaCppVocab
 
     ref = LlamaCppVocab(gemma3_270m)
     with Llama(gemma3_270m, n_ctx=16) as ours:
@@ -138,4 +140,43 @@ def test_gemma3_270m_hyperparameters(gemma3_270m):
 def test_unsupported_gemma3_variants_are_refused(make_model, tmp_path, drop, extra, message):
     path = with_metadata(make_model(**GEMMA3), tmp_path / "variant.gguf", extra, drop)
     with pytest.raises(ModelError, match=message):
+        Llama(path, n_ctx=64)
+
+
+def test_phi3_window_is_ignored_as_llama_cpp_ignores_it(make_model, tmp_path):
+    """Phi-3 files carry attention.sliding_window; llama.cpp disables it, and so must we."""
+    path = with_metadata(make_model(**SPECS["phi3"]), tmp_path / "window.gguf", {"phi3.attention.sliding_window": 8})
+    tokens = random_tokens(0, 40)
+    with Llama(path, n_ctx=N_CTX, n_threads=1, backend="cython") as ours:
+        assert np.array_equal(ours.eval_logits(tokens), llama_cpp_logits(path, tokens, N_CTX))
+
+
+def test_phi3_vocabulary_ends_turns_as_llama_cpp(llama_cpp_vocabs):
+    """Phi-3's own vocabulary (llama.cpp's ggml-vocab-phi-3.gguf): the end-of-generation ids are
+    llama.cpp's, <|end|>, which closes each turn of its chat template, among them."""
+    path = llama_cpp_vocabs / "ggml-vocab-phi-3.gguf"
+    tok, ref = Tokenizer.from_gguf(path), LlamaCppVocab(path)
+    assert tok.eog == {t for t in range(tok.n_vocab) if llama_cpp.llama_vocab_is_eog(ref.vocab, t)}
+    assert tok.ids["<|end|>"] in tok.eog
+
+
+@pytest.mark.parametrize("tensor, message", [
+    ("rope_factors_long.weight", "'rope_factors_long.weight' is not supported"),   # Phi-3 128k's longrope
+    ("rope_factors_short.weight", "'rope_factors_short.weight' is not supported"),
+    ("blk.0.attn_qkv.bias", "'blk.0.attn_qkv.bias' is not supported"),
+])
+def test_unsupported_phi3_variants_are_refused(make_model, tmp_path, tensor, message):
+    sizes = {"blk.0.attn_qkv.bias": 128 + 2 * 64}
+    data = np.ones(sizes.get(tensor, 32 // 2), np.float32)                # rope factors: (head size / 2,)
+    path = with_metadata(make_model(**SPECS["phi3"]), tmp_path / "variant.gguf", {}, tensors={tensor: data})
+    with pytest.raises(ModelError, match=message):
+        Llama(path, n_ctx=64)
+
+
+def test_fused_blocks_llama_cpp_repacks_otherwise_are_refused(make_model):
+    """A Q4_0 attn_qkv of 136 rows, which llama.cpp repacks whole, holding k and v blocks of 4 rows,
+    which our kernels would not repack: refused rather than summed in another order."""
+    path = make_model("Q4_0", arch="phi3", dim=128, n_layers=1, n_heads=32, n_kv_heads=1, ffn=256, n_ctx=64)
+    assert read_gguf(path).tensors["blk.0.attn_qkv.weight"].type.name == "Q4_0"
+    with pytest.raises(ModelError, match="not all multiples of 8"):
         Llama(path, n_ctx=64)

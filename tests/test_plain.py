@@ -36,7 +36,8 @@ def test_tiny_model_logits_and_greedy_text_match_llama_cpp():
 
 @pytest.mark.parametrize("arch", FAMILY_SPECS)
 def test_other_families_match_llama_cpp(make_model, arch):
-    """Qwen2 (biases, NEOX rope), Qwen3 (q/k norms), Gemma 3 (GELU, post norms, a window of 64, passed here)."""
+    """Qwen2 (biases, NEOX rope), Qwen3 (q/k norms), Gemma 3 (GELU, post norms, a window of 64, passed here),
+    Phi-3 (fused attn_qkv and ffn_up, q pre-scaled)."""
     path = make_model(**FAMILY_SPECS[arch])
     tokens = random_tokens(0, 80)
     with Llama(path, n_ctx=128, backend="plain") as llm:
