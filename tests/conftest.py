@@ -55,6 +55,12 @@ def make_model():
 
 
 @pytest.fixture(scope="session")
+def gemma3_270m() -> Path:
+    """Gemma 3 270M (Q4_K_M), pulled with the pinned download ``llamanp pull`` uses."""
+    return pull("gemma-3-270m", cache=CACHE)
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """``smollm2(quant=None)`` -> SmolLM2-135M-Instruct: the Q4_1 file as shipped, or llama.cpp's
     requantisation of it to ``quant`` (Q8_0, Q4_K_M, ...). A failed download fails the test."""

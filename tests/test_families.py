@@ -22,9 +22,7 @@ from engine.errors import ModelError
 from engine.ggml_ops import gelu_table
 from engine.gguf import read_gguf
 from engine.model import FAMILIES, HParams
-from engine.models import pull
 from engine.tokenizer import Tokenizer
-from tests.conftest import CACHE
 from tests.helpers import llama_cpp_logits, random_tokens
 from tests.llama_cpp_vocab import LlamaCppVocab
 from tests.model_files import FAMILY_SPECS as SPECS, GEMMA3, quiet_llama_cpp, with_metadata
@@ -72,11 +70,6 @@ def test_gelu_table_is_ggml_s():
     theirs = np.ctypeslib.as_array((ctypes.c_uint16 * (1 << 16)).in_dll(cpu, "ggml_table_gelu_f16")).copy()
     finite = np.isfinite(np.arange(1 << 16, dtype=np.uint16).view(np.float16))
     assert np.array_equal(gelu_table().view(np.uint16)[finite], theirs[finite])
-
-
-@pytest.fixture(scope="module")
-def gemma3_270m():
-    return pull("gemma-3-270m", cache=CACHE)
 
 
 def test_gemma3_270m_equals_llama_cpp(gemma3_270m, data_dir):
