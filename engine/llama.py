@@ -43,7 +43,7 @@ class LlamaState:
         return len(self.tokens)
 
 
-def _check_cache_fits(hp, n_ctx: int) -> None:
+def check_cache_fits(hp, n_ctx: int) -> None:
     """Refuse a KV cache larger than the machine's memory, rather than fail or swap later."""
     cache_bytes = 2 * hp.n_layers * hp.kv_dim * n_ctx * np.dtype(np.float16).itemsize
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -100,7 +100,7 @@ class Llama:
             self.hparams = self.model.hp
             self.n_ctx = check_int(min(self.hparams.n_ctx_train, DEFAULT_N_CTX) if n_ctx is None else n_ctx,
                                    "n_ctx", 1, 2**31 - 1)
-            _check_cache_fits(self.model.hp, self.n_ctx)
+            check_cache_fits(self.model.hp, self.n_ctx)
             self.cache = KVCache(self.model.hp, self.n_ctx)
         except BaseException:
             self._gguf.close()

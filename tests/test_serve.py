@@ -67,7 +67,7 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def llm():
-    with Llama(DEFAULT_MODEL, n_ctx=CTX) as llm:
+    with Llama(DEFAULT_MODEL, n_ctx=CTX, batch_invariant=True) as llm:  # the server's arithmetic
         yield llm
 
 
