@@ -50,13 +50,13 @@ DONE = object()     # what a stream's worker puts after its last chunk
 COMPLETION_FIELDS = {  # the OpenAI fields (and llama-cpp-python's extensions) each endpoint passes on
     "completions": ("prompt", "max_tokens", "temperature", "top_p", "min_p", "typical_p", "logprobs", "echo",
                     "stop", "frequency_penalty", "presence_penalty", "repeat_penalty", "top_k", "seed",
-                    "mirostat_mode", "mirostat_tau", "mirostat_eta", "grammar", "logit_bias"),
+                    "mirostat_mode", "mirostat_tau", "mirostat_eta", "grammar", "logit_bias", "stream_options"),
     "chat": ("messages", "max_tokens", "temperature", "top_p", "min_p", "typical_p", "stop", "frequency_penalty",
              "presence_penalty", "repeat_penalty", "top_k", "seed", "mirostat_mode", "mirostat_tau", "mirostat_eta",
-             "response_format", "grammar", "logit_bias", "logprobs", "top_logprobs"),
+             "response_format", "grammar", "logit_bias", "logprobs", "top_logprobs", "stream_options"),
     "embeddings": ("input",),
 }
-IGNORED_FIELDS = {"model", "user", "stream", "stream_options", "n", "best_of", "suffix", "encoding_format"}
+IGNORED_FIELDS = {"model", "user", "stream", "n", "best_of", "suffix", "encoding_format"}
 
 
 class RequestError(Exception):

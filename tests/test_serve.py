@@ -100,6 +100,10 @@ def test_completions(client, llm):
     chunks = list(stream)
     assert "".join(c.choices[0].text for c in chunks) == want["choices"][0]["text"]
     assert chunks[-1].choices[0].finish_reason == want["choices"][0]["finish_reason"]
+    counted = list(client.completions.create(model="x", prompt="ROMEO:", stream=True,
+                                             stream_options={"include_usage": True}, **options))
+    assert counted[-1].choices == [] and counted[-1].usage.model_dump(exclude_none=True) == want["usage"]
+    assert [c.choices[0].text for c in counted[:-1]] == [c.choices[0].text for c in chunks]
 
 
 def test_chat_completions(client, llm):
@@ -111,6 +115,9 @@ def test_chat_completions(client, llm):
                                                  stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == want
+    counted = list(client.chat.completions.create(model="x", messages=messages, max_tokens=20, temperature=0,
+                                                  stream=True, stream_options={"include_usage": True}))
+    assert counted[-1].choices == [] and counted[-1].usage.completion_tokens == got.usage.completion_tokens
 
 
 def test_json_schema_output_parses(client):
