@@ -64,7 +64,6 @@ class SlotModel:
 
     def __init__(self, scheduler: "Scheduler"):
         self.scheduler = scheduler
-        self.hp = scheduler.model.hp
 
     def forward(self, tokens: np.ndarray, start: int, cache: KVCache, all_logits: bool) -> np.ndarray:
         return self.scheduler.evaluate(tokens, start, cache, all_logits, hidden=False)
