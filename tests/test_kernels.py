@@ -340,12 +340,16 @@ def test_f16_tail_is_added_one_product_at_a_time():
     lambda: layers.rope_cos_sin([0], 7, 10000.0),
     lambda: layers.swiglu(np.zeros((2, 8)), np.zeros((2, 9))),
     lambda: layers.swiglu(np.zeros((2, 2, 8), np.float32), np.zeros((2, 2, 8), np.float32)),
-    lambda: layers.attention(np.zeros((2, 4, 8)), np.zeros((2, 4, 8), np.float16), np.zeros((2, 4, 8), np.float16), 3, 1.0),
-    lambda: layers.attention(np.zeros((1, 4, 8)), np.zeros((2, 4, 8), np.float32), np.zeros((2, 4, 8), np.float32), 0, 1.0),
-    lambda: layers.attention(np.zeros((1, 3, 8)), np.zeros((2, 4, 8), np.float16), np.zeros((2, 4, 8), np.float16), 0, 1.0),
+    lambda: layers.attention(np.zeros((2, 4, 8)), np.zeros((2, 4, 8), np.float16),
+                             np.zeros((2, 4, 8), np.float16), 3, 1.0),
+    lambda: layers.attention(np.zeros((1, 4, 8)), np.zeros((2, 4, 8), np.float32),
+                             np.zeros((2, 4, 8), np.float32), 0, 1.0),
+    lambda: layers.attention(np.zeros((1, 3, 8)), np.zeros((2, 4, 8), np.float16),
+                             np.zeros((2, 4, 8), np.float16), 0, 1.0),
     lambda: matmul.Matrix(np.zeros((8, 34), np.uint8), int(T.Q8_0), 32).matmul(np.zeros((2, 64), np.float32)),
     lambda: layers.rope_cos_sin(np.zeros((1, 1), np.int64), 8, 10000.0),
-    lambda: layers.attention(np.zeros((1, 4, 8), np.float32), np.zeros((2, 4, 8), ">f2"), np.zeros((2, 4, 8), ">f2"), 0, 1.0),
+    lambda: layers.attention(np.zeros((1, 4, 8), np.float32), np.zeros((2, 4, 8), ">f2"),
+                             np.zeros((2, 4, 8), ">f2"), 0, 1.0),
     lambda: layers.attention(np.zeros((1, 4, 8), np.float32), np.zeros((2, 8, 8), np.float16)[:, ::2],
                              np.zeros((2, 4, 8), np.float16), 0, 1.0),
     lambda: layers.attention(np.zeros((1, 4, 8), np.float32), np.zeros((2, 4, 8), np.float16),
@@ -394,7 +398,8 @@ def test_inputs_in_any_layout_give_the_same_bits():
         assert np.array_equal(layers.attention(y, k, v, 2, 0.3), layers.attention(q, k, v, 2, 0.3))
     data = random_weights(rng, T.Q8_0, 6, 32)
     rows = matmul.get_rows(data, int(T.Q8_0), 32, np.array([5, 0, 5]))
-    for ids in (np.array([5, 0, 5], np.int32), np.array([5, 0, 5], np.uint64), [5, 0, 5], np.array([5, 5, 0, 0, 5])[::2]):
+    for ids in (np.array([5, 0, 5], np.int32), np.array([5, 0, 5], np.uint64), [5, 0, 5],
+                np.array([5, 5, 0, 0, 5])[::2]):
         assert np.array_equal(matmul.get_rows(data, int(T.Q8_0), 32, ids), rows)
     assert matmul.get_rows(data, int(T.Q8_0), 32, np.array([], np.float64)).shape == (0, 32)
 
