@@ -35,7 +35,7 @@ class QuantDot:
 
     def prepare(self, x: np.ndarray, repacked: bool = False):
         grouped = repacked and self.vec_dot_type == GGMLType.Q8_K
-        raw = self.quantize(x, repacked=True) if grouped else self.quantize(x)   # (n, row bytes)
+        raw = self.quantize(x, grouped=True) if grouped else self.quantize(x)   # (n, row bytes)
         return quants.unpack(raw, self.vec_dot_type)
 
     def rows(self, data: np.ndarray, w: Weight, x) -> np.ndarray:

@@ -31,7 +31,7 @@ def test_q8_quantisers_byte_identical(act_type, twin):
 @pytest.mark.parametrize("grouped", [False, True])
 def test_q8_K_quantiser_byte_identical(grouped):
     x = activations(np.random.default_rng(2), 7, 1024)
-    assert np.array_equal(matmul.quantize(x, T.Q8_K, grouped=grouped), quantize_q8_K(x, repacked=grouped))
+    assert np.array_equal(matmul.quantize(x, T.Q8_K, grouped=grouped), quantize_q8_K(x, grouped=grouped))
 
 
 def test_bf16_rounding_byte_identical():
@@ -47,7 +47,7 @@ def test_q8_K_grouping_changes_only_the_sign_choice():
     x[:, 0], x[:, 1] = -2.0, 2.0  # -amax first: the row quantiser and the grouped one pick opposite signs
     row, grouped = matmul.quantize(x, T.Q8_K), matmul.quantize(x, T.Q8_K, grouped=True)
     assert not np.array_equal(row, grouped)
-    assert np.array_equal(grouped, quantize_q8_K(x, repacked=True))
+    assert np.array_equal(grouped, quantize_q8_K(x, grouped=True))
 
 
 # ---------------------------------------------------------------- matrix products
