@@ -9,6 +9,7 @@ import pytest
 
 from engine import Llama, scheduler
 from engine.completion import completion_sampler
+from engine.operands import Weight
 from engine.scheduler import Scheduler
 from kernels import layers
 from kernels.matmul import Matrix
@@ -27,7 +28,8 @@ def k_quant_model(make_model):
 @pytest.mark.parametrize("type_", PRODUCT_TYPES, ids=lambda t: t.name)
 def test_rowwise_product_rows_are_one_row_products(type_):
     rng = np.random.default_rng(int(type_))
-    w = Matrix(random_weights(rng, type_, 24, 512), int(type_), 512)
+    data = random_weights(rng, type_, 24, 512)
+    w = Matrix(data, int(type_), 512, repacked=Weight("w", type_, 512, 24, data).repacked)
     x = activations(rng, 9, 512)
     alone = np.concatenate([w.matmul(x[t:t + 1]) for t in range(9)])   # (9, 24)
     assert np.array_equal(w.matmul(x, 2, rowwise=True), alone)
