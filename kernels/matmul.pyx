@@ -34,12 +34,19 @@ cdef extern from "vec_dot.h" nogil:
     int type_block_size(int type)
     void quantize_row(int act_type, const float *x, void *y, int64_t k, int grouped)
     enum:
-        T_F32, T_F16, T_BF16, T_Q4_0, T_Q2_K, T_Q4_K, T_Q6_K, T_Q8_0, T_Q8_1, T_Q8_K
+        T_F32, T_F16, T_BF16, T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q2_K, T_Q4_K, T_Q6_K, T_Q8_0, T_Q8_1, T_Q8_K
 
 cdef extern from "float_rows.h" nogil:
     bint tinyblas_accepts(int64_t n_tok, int64_t n_out, int64_t n_in)
     void tinyblas_rows(int type, int k, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,
                        const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo)
+
+cdef extern from "block32_rows.h" nogil:
+    void block32_act_scales(int act_type, const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb,
+                            float *ad, float *as)
+    int block32_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
+                     const uint8_t *acts, int64_t act_bytes, int64_t n_tok, const float *ad, const float *as,
+                     int64_t scale_stride, float *out, int64_t ldo)
 
 cdef extern from "kquant_rows.h" nogil:
     int kq_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
@@ -77,6 +84,8 @@ cdef enum:
     GROUP_BYTES_Q4_K = 1184  # sizeof(block_q4_Kx8)
     MIN_PARALLEL_ROWS = 8  # activation rows below which quantising them is not worth waking threads
     MIN_PARALLEL_BYTES = 1 << 19  # weight bytes x tokens below which a product runs on one thread
+    CHUNK_ROWS = 16   # output rows a thread takes at a time
+    TOKEN_BLOCK = 64  # tokens whose activations stay in L2 while the unpacked rows pass over them
 
 
 def activation_type(int type):
@@ -258,6 +267,8 @@ cdef class Matrix:
             self.matmul_q4_0x8(xs, n, o, nt)
         elif self.type == T_Q4_K and self.n_out % 8 == 0:
             self.matmul_q4_Kx8(xs, n, o, nt)
+        elif n > 1 and (self.type in (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0) or self.type == T_Q4_0 and self.n_out % 8):
+            self.matmul_blocks32(xs, n, o, nt)
         else:
             self.matmul_rows(xs, n, o, nt)
         return out
@@ -300,6 +311,37 @@ cdef class Matrix:
         free(acts)
         if failed:
             raise MemoryError("no memory for unpacked weight rows")
+        return 0
+
+    cdef int matmul_blocks32(self, const float *x, int64_t n, float *out, int nt) except -1:
+        """32-weight blocks that llama.cpp does not repack, several tokens: rows unpacked once per
+        block of tokens, then tiles of rows x tokens in vec_dot's and tinyBLAS's order (block32_rows.h)."""
+        cdef int64_t nb = self.n_in // 32, act_bytes = type_row_bytes(self.act_type, self.n_in)
+        cdef bint has_min = self.act_type == T_Q8_1
+        cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)                          # (n, act_bytes)
+        cdef float *ad = <float *>malloc(n * nb * (2 if has_min else 1) * sizeof(float))  # (nb, n) scales, then sums
+        cdef Py_ssize_t chunk, n_chunks = (self.n_out + CHUNK_ROWS - 1) // CHUNK_ROWS
+        cdef int64_t tb, t0, n_t
+        cdef int failed = 0
+        try:
+            if acts == NULL or ad == NULL:
+                raise MemoryError()
+            with nogil:
+                quantize_into(x, n, self.n_in, self.act_type, False, acts, act_bytes, nt)
+                block32_act_scales(self.act_type, acts, act_bytes, n, <int>nb, ad, ad + n * nb if has_min else NULL)
+                for tb in range((n + TOKEN_BLOCK - 1) // TOKEN_BLOCK):
+                    t0 = tb * TOKEN_BLOCK
+                    n_t = min(TOKEN_BLOCK, n - t0)
+                    for chunk in prange(n_chunks, schedule="static", num_threads=nt):
+                        failed += block32_rows(self.type, self.ptr, self.row_bytes, chunk * CHUNK_ROWS,
+                                               min(chunk * CHUNK_ROWS + CHUNK_ROWS, self.n_out), <int>self.n_in,
+                                               acts + t0 * act_bytes, act_bytes, n_t, ad + t0,
+                                               ad + n * nb + t0 if has_min else NULL, n, out + t0 * self.n_out, self.n_out)
+            if failed:
+                raise MemoryError("no memory for unpacked weight rows")
+        finally:
+            free(acts)
+            free(ad)
         return 0
 
     cdef void matmul_q4_0x8(self, const float *x, int64_t n, float *out, int nt):
