@@ -205,12 +205,13 @@ static inline __attribute__((always_inline)) void block32_rows_tiled(int wsigned
     }
 }
 
-/* out[t * ldo + r] for rows [r0, r1) of ``type`` and tokens [0, n_tok) of Q8_0 (Q8_1 for
- * Q4_1/Q5_1) activations, whose scales (and sums) block32_act_scales took out into ad (as),
- * token t's block b at [b * scale_stride + t]; returns 0, or -1 if out of memory. */
+/* out[t * ldo + r] for rows [r0, r1) of ``type`` and tokens [0, n_tok) of ``act_type`` activations
+ * (Q8_1 for Q4_1/Q5_1; Q8_0 or Q8_1 for the others, whose quants and scales are the same in
+ * either), whose scales (and sums) block32_act_scales took out into ad (as), token t's block b
+ * at [b * scale_stride + t]; returns 0, or -1 if out of memory. */
 static inline int block32_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
-                               const uint8_t *acts, int64_t act_bytes, int64_t n_tok, const float *ad, const float *as,
-                               int64_t scale_stride, float *out, int64_t ldo) {
+                               int act_type, const uint8_t *acts, int64_t act_bytes, int64_t n_tok, const float *ad,
+                               const float *as, int64_t scale_stride, float *out, int64_t ldo) {
     const int nb = n_in / QK, rows = (int)(r1 - r0), has_min = block32_has_min(type);
     /* quants (rows, n_in); scales and mins (rows, nb); the min chains (n_tok) */
     const size_t n_floats = (size_t)rows * nb * (has_min ? 2 : 1) + (has_min ? (size_t)n_tok : 0);
@@ -232,7 +233,7 @@ static inline int block32_rows(int type, const uint8_t *w, int64_t row_bytes, in
             for (int64_t t = 0; t < n_tok; t++) out[t * ldo + r0 + i] += mins[t];
         }
     } else {
-        block32_rows_tiled(1, T_Q8_0, rows, nb, u, acts, act_bytes, n_tok, ad, scale_stride, out + r0, ldo);
+        block32_rows_tiled(1, act_type, rows, nb, u, acts, act_bytes, n_tok, ad, scale_stride, out + r0, ldo);
     }
     free(scratch);
     return 0;

@@ -45,8 +45,8 @@ cdef extern from "block32_rows.h" nogil:
     void block32_act_scales(int act_type, const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb,
                             float *ad, float *as)
     int block32_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
-                     const uint8_t *acts, int64_t act_bytes, int64_t n_tok, const float *ad, const float *as,
-                     int64_t scale_stride, float *out, int64_t ldo)
+                     int act_type, const uint8_t *acts, int64_t act_bytes, int64_t n_tok, const float *ad,
+                     const float *as, int64_t scale_stride, float *out, int64_t ldo)
 
 cdef extern from "kquant_rows.h" nogil:
     int kq_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
@@ -197,6 +197,61 @@ cdef cnp.ndarray row_ids(ids, int64_t n_rows):
     return r
 
 
+cdef struct blocks32_part:
+    int type
+    const uint8_t *w
+    int64_t row_bytes, n_rows
+
+
+cdef int blocks32_product(const blocks32_part *parts, int n_parts, int act_type, const float *x, int64_t n,
+                          int64_t n_in, float *out, int nt) except -1:
+    """out (n, rows of all parts) = x (n, n_in) times the rows of ``parts`` one after another, each part
+    of a 32-weight type: the activations quantised once to ``act_type``, then each part's rows
+    unpacked once per block of tokens and taken in tiles of rows x tokens, in vec_dot's and
+    tinyBLAS's order for its type (block32_rows.h)."""
+    cdef int64_t nb = n_in // 32, act_bytes = type_row_bytes(act_type, n_in), n_out = 0
+    cdef int p
+    cdef Py_ssize_t n_items = 0
+    for p in range(n_parts):
+        n_out += parts[p].n_rows
+        n_items += (parts[p].n_rows + CHUNK_ROWS - 1) // CHUNK_ROWS
+    cdef bint has_min = act_type == T_Q8_1
+    cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)                             # (n, act_bytes)
+    cdef float *ad = <float *>malloc(n * nb * (2 if has_min else 1) * sizeof(float))  # (nb, n) scales, then sums
+    cdef int64_t *items = <int64_t *>malloc(n_items * 3 * sizeof(int64_t))           # (part, first row, first column)
+    cdef Py_ssize_t item
+    cdef int64_t tb, t0, n_t, r0, col = 0, k = 0
+    cdef int failed = 0
+    try:
+        if acts == NULL or ad == NULL or items == NULL:
+            raise MemoryError()
+        for p in range(n_parts):
+            for r0 in range(0, parts[p].n_rows, CHUNK_ROWS):
+                items[3 * k], items[3 * k + 1], items[3 * k + 2] = p, r0, col
+                k += 1
+            col += parts[p].n_rows
+        with nogil:
+            quantize_into(x, n, n_in, act_type, False, acts, act_bytes, nt)
+            block32_act_scales(act_type, acts, act_bytes, n, <int>nb, ad, ad + n * nb if has_min else NULL)
+            for tb in range((n + TOKEN_BLOCK - 1) // TOKEN_BLOCK):
+                t0 = tb * TOKEN_BLOCK
+                n_t = min(TOKEN_BLOCK, n - t0)
+                for item in prange(n_items, schedule="static", num_threads=nt):
+                    p, r0 = <int>items[3 * item], items[3 * item + 1]
+                    failed += block32_rows(parts[p].type, parts[p].w, parts[p].row_bytes, r0,
+                                           min(r0 + CHUNK_ROWS, parts[p].n_rows), <int>n_in, act_type,
+                                           acts + t0 * act_bytes, act_bytes, n_t, ad + t0,
+                                           ad + n * nb + t0 if has_min else NULL, n,
+                                           out + t0 * n_out + items[3 * item + 2], n_out)
+        if failed:
+            raise MemoryError("no memory for unpacked weight rows")
+    finally:
+        free(acts)
+        free(ad)
+        free(items)
+    return 0
+
+
 cdef class Matrix:
     """A weight matrix (n_out rows of n_in) of ggml ``type``, multiplied without copying or dequantising."""
 
@@ -314,35 +369,10 @@ cdef class Matrix:
         return 0
 
     cdef int matmul_blocks32(self, const float *x, int64_t n, float *out, int nt) except -1:
-        """32-weight blocks that llama.cpp does not repack, several tokens: rows unpacked once per
-        block of tokens, then tiles of rows x tokens in vec_dot's and tinyBLAS's order (block32_rows.h)."""
-        cdef int64_t nb = self.n_in // 32, act_bytes = type_row_bytes(self.act_type, self.n_in)
-        cdef bint has_min = self.act_type == T_Q8_1
-        cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)                          # (n, act_bytes)
-        cdef float *ad = <float *>malloc(n * nb * (2 if has_min else 1) * sizeof(float))  # (nb, n) scales, then sums
-        cdef Py_ssize_t chunk, n_chunks = (self.n_out + CHUNK_ROWS - 1) // CHUNK_ROWS
-        cdef int64_t tb, t0, n_t
-        cdef int failed = 0
-        try:
-            if acts == NULL or ad == NULL:
-                raise MemoryError()
-            with nogil:
-                quantize_into(x, n, self.n_in, self.act_type, False, acts, act_bytes, nt)
-                block32_act_scales(self.act_type, acts, act_bytes, n, <int>nb, ad, ad + n * nb if has_min else NULL)
-                for tb in range((n + TOKEN_BLOCK - 1) // TOKEN_BLOCK):
-                    t0 = tb * TOKEN_BLOCK
-                    n_t = min(TOKEN_BLOCK, n - t0)
-                    for chunk in prange(n_chunks, schedule="static", num_threads=nt):
-                        failed += block32_rows(self.type, self.ptr, self.row_bytes, chunk * CHUNK_ROWS,
-                                               min(chunk * CHUNK_ROWS + CHUNK_ROWS, self.n_out), <int>self.n_in,
-                                               acts + t0 * act_bytes, act_bytes, n_t, ad + t0,
-                                               ad + n * nb + t0 if has_min else NULL, n, out + t0 * self.n_out, self.n_out)
-            if failed:
-                raise MemoryError("no memory for unpacked weight rows")
-        finally:
-            free(acts)
-            free(ad)
-        return 0
+        """32-weight blocks that llama.cpp does not repack, several tokens (blocks32_product)."""
+        cdef blocks32_part part
+        part.type, part.w, part.row_bytes, part.n_rows = self.type, self.ptr, self.row_bytes, self.n_out
+        return blocks32_product(&part, 1, self.act_type, x, n, self.n_in, out, nt)
 
     cdef void matmul_q4_0x8(self, const float *x, int64_t n, float *out, int nt):
         """Regrouped Q4_0: each group of 8 rows is read once per tile of 4 tokens."""
@@ -410,6 +440,69 @@ cdef class Matrix:
             free(acts)
             free(scratch)
             free(rows)
+
+
+BLOCK32_TYPES = (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0)  # the types a Blocks32Stack mixes (Q4_0 rows are repacked)
+
+
+cdef class Blocks32Stack:
+    """Weights of different 32-weight types (``BLOCK32_TYPES``) with one row length, multiplied as one matrix.
+
+    Each row keeps its type's kernel and float order, so the columns are the separate
+    products' bits; the activations are quantised once (to Q8_1 when a Q4_1 or Q5_1 part
+    needs their sums: Q8_1's quants and scales are Q8_0's) and the threads woken once.
+    Q4_K_M and Q5_K_M files of narrow models mix them so (a Q8_0 attn_v beside Q5_0 or Q5_1
+    attn_q and attn_k).
+    """
+
+    cdef readonly int64_t n_in, n_out
+    cdef object arrays       # the weight arrays, kept alive
+    cdef blocks32_part *parts
+    cdef int n_parts, act_type
+
+    def __init__(self, arrays, types, int64_t n_in):
+        """``arrays``: (rows, bytes_per_row) uint8 C-contiguous weights, one per part, of ``types`` in turn."""
+        if len(arrays) != len(types) or not arrays:
+            raise ValueError("a stack needs one type per weight array, and at least one array")
+        if any(type not in BLOCK32_TYPES for type in types):
+            raise ValueError(f"stacked types must be among {BLOCK32_TYPES}, got {list(types)}")
+        if n_in <= 0 or n_in % 32:
+            raise ValueError(f"row length {n_in} is not a positive multiple of 32")
+        cdef Matrix checked
+        self.arrays = []
+        for a, t in zip(arrays, types):
+            checked = Matrix(a, t, n_in, regroup=False)  # the checks of a Matrix; its rows as uint8
+            self.arrays.append(checked.data)
+        self.n_in, self.n_parts = n_in, len(types)
+        self.act_type = T_Q8_1 if any(t in (T_Q4_1, T_Q5_1) for t in types) else T_Q8_0
+        self.parts = <blocks32_part *>malloc(self.n_parts * sizeof(blocks32_part))
+        if self.parts == NULL:
+            raise MemoryError()
+        cdef const uint8_t[:, ::1] view
+        self.n_out = 0
+        for p, (a, t) in enumerate(zip(self.arrays, types)):
+            view = a if a.shape[0] else np.zeros((1, 1), np.uint8)
+            self.parts[p].type, self.parts[p].w = t, &view[0, 0]
+            self.parts[p].row_bytes, self.parts[p].n_rows = type_row_bytes(t, n_in), a.shape[0]
+            self.n_out += a.shape[0]
+
+    def __dealloc__(self):
+        free(self.parts)
+
+    def matmul(self, x, n_threads=None):
+        """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, the parts' columns one after another."""
+        cdef cnp.ndarray xa = float_rows(x, self.n_in, "matmul")
+        cdef int64_t n = xa.shape[0]
+        cdef int nt = check_threads(n_threads)
+        if n * self.n_out * type_row_bytes(T_Q8_0, self.n_in) < MIN_PARALLEL_BYTES:
+            nt = 1
+        cdef cnp.npy_intp shape[2]
+        shape[0], shape[1] = n, self.n_out
+        cdef cnp.ndarray out = empty(2, shape, cnp.NPY_FLOAT32)
+        if n and self.n_out:
+            blocks32_product(self.parts, self.n_parts, self.act_type, <const float *>cnp.PyArray_DATA(xa), n,
+                             self.n_in, <float *>cnp.PyArray_DATA(out), nt)
+        return out
 
 
 cdef object regroup_rows(parts, int type, int64_t n_in, bint release_source):
