@@ -71,7 +71,7 @@ class CythonBackend:
                 matrix = Blocks32Stack([w.data for w in ws], [int(w.type) for w in ws], first.n_in)
             else:
                 matrix = None
-            if isinstance(matrix, Matrix) and release_source:  # a copy of the parts (a Blocks32Stack reads them in place)
+            if isinstance(matrix, Matrix) and release_source:  # a copy (a Blocks32Stack reads the parts in place)
                 release_file_pages([w.data for w in ws if is_file_mapping(w.data)])
             ends = itertools.accumulate(w.n_out for w in ws)
             columns = tuple((slice(None), slice(end - w.n_out, end)) for w, end in zip(ws, ends))

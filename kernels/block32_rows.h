@@ -65,8 +65,8 @@ static inline __m256i fifth_bits_32(const uint8_t *p) {
     uint32_t h;
     memcpy(&h, p, 4);
     /* byte j takes byte j / 8 of h, then keeps bit j % 8 of it */
-    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h),
-                                               _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303));
+    const __m256i byte_of_bit = _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202, 0x0303030303030303);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h), byte_of_bit);
     const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
     return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
 }
@@ -77,7 +77,8 @@ static inline __m256i block32_quants_avx2(int type, const uint8_t *b) {
         case T_Q8_0: return _mm256_loadu_si256((const __m256i *)(b + 2));
         case T_Q4_0: return _mm256_sub_epi8(nibbles_32(b + 2), _mm256_set1_epi8(8));
         case T_Q4_1: return nibbles_32(b + 4);
-        case T_Q5_0: return _mm256_sub_epi8(_mm256_or_si256(nibbles_32(b + 6), fifth_bits_32(b + 2)), _mm256_set1_epi8(16));
+        case T_Q5_0:
+            return _mm256_sub_epi8(_mm256_or_si256(nibbles_32(b + 6), fifth_bits_32(b + 2)), _mm256_set1_epi8(16));
         default:     return _mm256_or_si256(nibbles_32(b + 8), fifth_bits_32(b + 4));  /* Q5_1 */
     }
 }
@@ -89,7 +90,8 @@ typedef struct {
     float *d, *m;
 } block32_unpacked;
 
-static inline void block32_unpack_rows(int type, const uint8_t *w, int64_t row_bytes, int rows, int nb, block32_unpacked u) {
+static inline void block32_unpack_rows(int type, const uint8_t *w, int64_t row_bytes, int rows, int nb,
+                                       block32_unpacked u) {
     const size_t bytes = block32_bytes(type);
     for (int i = 0; i < rows; i++)
         for (int b = 0; b < nb; b++) {
@@ -123,10 +125,9 @@ static inline void block32_act_scales(int act_type, const uint8_t *acts, int64_t
 /* Rows q0, q1 (nr of them) against tokens y[0..nt): sums[i * 4 + j] = the hsum of row i's lanes with token j.
  * ``wsigned``: the quants are signed (Q4_0, Q5_0, Q8_0), so the products go through the sign trick of ggml's
  * AVX2 dots; unsigned quants (Q4_1, Q5_1) multiply straight. */
-static inline __attribute__((always_inline)) void block32_tile(int wsigned, int nr, int nt, const int8_t *const q[2],
-                                                               const float *const dw[2], const uint8_t *const y[4],
-                                                               size_t y_bytes, const float *ad, int64_t scale_stride, int nb,
-                                                               float *sums) {
+static inline __attribute__((always_inline)) void block32_tile(
+    int wsigned, int nr, int nt, const int8_t *const q[2], const float *const dw[2], const uint8_t *const y[4],
+    size_t y_bytes, const float *ad, int64_t scale_stride, int nb, float *sums) {
 #if defined(__AVX2__)
     __m256 acc[2][4];
     for (int i = 0; i < nr; i++)
@@ -172,10 +173,9 @@ static inline __attribute__((always_inline)) void block32_tile(int wsigned, int 
 }
 
 /* block32_tile with the row and token counts as constants, so that its loops unroll */
-static inline __attribute__((always_inline)) void block32_tile_fixed(int wsigned, int nr, int nt, const int8_t *const q[2],
-                                                                     const float *const dw[2], const uint8_t *const y[4],
-                                                                     size_t y_bytes, const float *ad, int64_t scale_stride, int nb,
-                                                                     float *sums) {
+static inline __attribute__((always_inline)) void block32_tile_fixed(
+    int wsigned, int nr, int nt, const int8_t *const q[2], const float *const dw[2], const uint8_t *const y[4],
+    size_t y_bytes, const float *ad, int64_t scale_stride, int nb, float *sums) {
 #define B32_TILE(R, T) \
     if (nr == R && nt == T) { block32_tile(wsigned, R, T, q, dw, y, y_bytes, ad, scale_stride, nb, sums); return; }
     B32_TILE(2, 4) B32_TILE(2, 3) B32_TILE(2, 2) B32_TILE(2, 1)
@@ -184,10 +184,9 @@ static inline __attribute__((always_inline)) void block32_tile_fixed(int wsigned
 }
 
 /* Every tile of the unpacked rows u against every token; ``wsigned`` as in block32_tile. */
-static inline __attribute__((always_inline)) void block32_rows_tiled(int wsigned, int act_type, int rows, int nb,
-                                                                     block32_unpacked u, const uint8_t *acts,
-                                                                     int64_t act_bytes, int64_t n_tok, const float *ad,
-                                                                     int64_t scale_stride, float *out, int64_t ldo) {
+static inline __attribute__((always_inline)) void block32_rows_tiled(
+    int wsigned, int act_type, int rows, int nb, block32_unpacked u, const uint8_t *acts, int64_t act_bytes,
+    int64_t n_tok, const float *ad, int64_t scale_stride, float *out, int64_t ldo) {
     const size_t y_bytes = block32_bytes(act_type), y_offset = act_type == T_Q8_1 ? 4 : 2;
     for (int64_t t0 = 0; t0 < n_tok; t0 += B32_TILE_TOKENS) {
         const int nt = (int)(n_tok - t0 < B32_TILE_TOKENS ? n_tok - t0 : B32_TILE_TOKENS);
