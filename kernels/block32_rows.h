@@ -19,7 +19,14 @@
 
 #include "lanes.h"
 
-enum { B32_TILE_ROWS = 2, B32_TILE_TOKENS = 4 };
+/* Rows x tokens per pass: their accumulators, the rows' quants and the scales must stay in registers,
+ * so four rows where AVX-512VL gives 32 of them, two with AVX2's 16. */
+#if defined(__AVX512VL__)
+enum { B32_TILE_ROWS = 4 };
+#else
+enum { B32_TILE_ROWS = 2 };
+#endif
+enum { B32_TILE_TOKENS = 4 };
 
 static inline int block32_has_min(int type) { return type == T_Q4_1 || type == T_Q5_1; }
 
@@ -109,7 +116,8 @@ static inline void block32_unpack_rows(int type, const uint8_t *w, int64_t row_b
 }
 
 /* Token scales block-major, for all rows' tiles to share: ad[b * n_tok + t] = d of token t's block b
- * (and as = its s, for Q8_1). */
+ * (and as = its s, for Q8_1).  The tiles read four tokens' scales at once, so ad needs 4 floats to spare
+ * past its end. */
 static inline void block32_act_scales(int act_type, const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb,
                                       float *ad, float *as) {
     const size_t bytes = block32_bytes(act_type);
@@ -122,32 +130,35 @@ static inline void block32_act_scales(int act_type, const uint8_t *acts, int64_t
         }
 }
 
-/* Rows q0, q1 (nr of them) against tokens y[0..nt): sums[i * 4 + j] = the hsum of row i's lanes with token j.
+/* Rows q[0..nr) against tokens y[0..nt): sums[i * 4 + j] = the hsum of row i's lanes with token j.
  * ``wsigned``: the quants are signed (Q4_0, Q5_0, Q8_0), so the products go through the sign trick of ggml's
  * AVX2 dots; unsigned quants (Q4_1, Q5_1) multiply straight. */
 static inline __attribute__((always_inline)) void block32_tile(
-    int wsigned, int nr, int nt, const int8_t *const q[2], const float *const dw[2], const uint8_t *const y[4],
+    int wsigned, int nr, int nt, const int8_t *const q[B32_TILE_ROWS], const float *const dw[B32_TILE_ROWS],
+    const uint8_t *const y[4],
     size_t y_bytes, const float *ad, int64_t scale_stride, int nb, float *sums) {
 #if defined(__AVX2__)
-    __m256 acc[2][4];
+    __m256 acc[B32_TILE_ROWS][4];
     for (int i = 0; i < nr; i++)
         for (int j = 0; j < nt; j++) acc[i][j] = _mm256_setzero_ps();
     const __m256i ones = _mm256_set1_epi16(1);
     for (int b = 0; b < nb; b++) {
-        __m256i wq[2], wu[2];  /* the quants, and what maddubs takes unsigned */
-        __m256 d[2];
+        __m256i wq[B32_TILE_ROWS], wu[B32_TILE_ROWS];  /* the quants, and what maddubs takes unsigned */
+        __m256 d[B32_TILE_ROWS];  /* d_w * d_a of row i with the four tokens, in both halves */
+        const __m256 da = _mm256_broadcast_ps((const __m128 *)(ad + b * scale_stride));
         for (int i = 0; i < nr; i++) {
             wq[i] = _mm256_loadu_si256((const __m256i *)(q[i] + (size_t)b * QK));
             wu[i] = wsigned ? _mm256_sign_epi8(wq[i], wq[i]) : wq[i];
-            d[i] = _mm256_broadcast_ss(dw[i] + b);
+            d[i] = _mm256_mul_ps(_mm256_broadcast_ss(dw[i] + b), da);
         }
         for (int j = 0; j < nt; j++) {
             const __m256i a = _mm256_loadu_si256((const __m256i *)(y[j] + (size_t)b * y_bytes));
-            const __m256 da = _mm256_broadcast_ss(ad + b * scale_stride + j);
             for (int i = 0; i < nr; i++) {
                 const __m256i p = _mm256_maddubs_epi16(wu[i], wsigned ? _mm256_sign_epi8(a, wq[i]) : a);
                 const __m256 lanes = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(d[i], da), lanes, acc[i][j]);
+                /* token j's product in every lane: a shuffle, off the ports the multiplies use */
+                const __m256 dj = _mm256_shuffle_ps(d[i], d[i], 0x55 * j);
+                acc[i][j] = _mm256_fmadd_ps(dj, lanes, acc[i][j]);
             }
         }
     }
@@ -174,10 +185,15 @@ static inline __attribute__((always_inline)) void block32_tile(
 
 /* block32_tile with the row and token counts as constants, so that its loops unroll */
 static inline __attribute__((always_inline)) void block32_tile_fixed(
-    int wsigned, int nr, int nt, const int8_t *const q[2], const float *const dw[2], const uint8_t *const y[4],
+    int wsigned, int nr, int nt, const int8_t *const q[B32_TILE_ROWS], const float *const dw[B32_TILE_ROWS],
+    const uint8_t *const y[4],
     size_t y_bytes, const float *ad, int64_t scale_stride, int nb, float *sums) {
 #define B32_TILE(R, T) \
     if (nr == R && nt == T) { block32_tile(wsigned, R, T, q, dw, y, y_bytes, ad, scale_stride, nb, sums); return; }
+#if defined(__AVX512VL__)
+    B32_TILE(4, 4) B32_TILE(4, 3) B32_TILE(4, 2) B32_TILE(4, 1)
+    B32_TILE(3, 4) B32_TILE(3, 3) B32_TILE(3, 2) B32_TILE(3, 1)
+#endif
     B32_TILE(2, 4) B32_TILE(2, 3) B32_TILE(2, 2) B32_TILE(2, 1)
     B32_TILE(1, 4) B32_TILE(1, 3) B32_TILE(1, 2) B32_TILE(1, 1)
 #undef B32_TILE
@@ -194,9 +210,13 @@ static inline __attribute__((always_inline)) void block32_rows_tiled(
         for (int j = 0; j < nt; j++) y[j] = acts + (t0 + j) * act_bytes + y_offset;
         for (int i0 = 0; i0 < rows; i0 += B32_TILE_ROWS) {
             const int nr = rows - i0 < B32_TILE_ROWS ? rows - i0 : B32_TILE_ROWS;
-            const int8_t *q[2] = {u.q + (size_t)i0 * nb * QK, u.q + (size_t)(i0 + nr - 1) * nb * QK};
-            const float *dw[2] = {u.d + i0 * nb, u.d + (i0 + nr - 1) * nb};
-            float sums[8];
+            const int8_t *q[B32_TILE_ROWS];
+            const float *dw[B32_TILE_ROWS];
+            for (int i = 0; i < nr; i++) {
+                q[i] = u.q + (size_t)(i0 + i) * nb * QK;
+                dw[i] = u.d + (i0 + i) * nb;
+            }
+            float sums[4 * B32_TILE_ROWS];
             block32_tile_fixed(wsigned, nr, nt, q, dw, y, y_bytes, ad + t0, scale_stride, nb, sums);
             for (int i = 0; i < nr; i++)
                 for (int j = 0; j < nt; j++) out[(t0 + j) * ldo + i0 + i] = sums[i * 4 + j];

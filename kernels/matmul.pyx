@@ -217,7 +217,7 @@ cdef int blocks32_product(const blocks32_part *parts, int n_parts, int act_type,
         n_items += (parts[p].n_rows + CHUNK_ROWS - 1) // CHUNK_ROWS
     cdef bint has_min = act_type == T_Q8_1
     cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)                             # (n, act_bytes)
-    cdef float *ad = <float *>malloc(n * nb * (2 if has_min else 1) * sizeof(float))  # (nb, n) scales, then sums
+    cdef float *ad = <float *>malloc((n * nb * (2 if has_min else 1) + 4) * sizeof(float))  # (nb, n) scales, sums
     cdef int64_t *items = <int64_t *>malloc(n_items * 3 * sizeof(int64_t))           # (part, first row, first column)
     cdef Py_ssize_t item
     cdef int64_t tb, t0, n_t, r0, col = 0, k = 0
