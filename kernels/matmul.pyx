@@ -42,11 +42,14 @@ cdef extern from "float_rows.h" nogil:
                        const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo)
 
 cdef extern from "block32_rows.h" nogil:
+    const int B32_VNNI
     void block32_act_scales(int act_type, const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb,
                             float *ad, float *as)
+    void block32_act_sums(int act_type, const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb,
+                          int32_t *nsum)
     int block32_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
                      int act_type, const uint8_t *acts, int64_t act_bytes, int64_t n_tok, const float *ad,
-                     const float *as, int64_t scale_stride, float *out, int64_t ldo)
+                     const float *as, const int32_t *nsum, int64_t scale_stride, float *out, int64_t ldo)
 
 cdef extern from "kquant_rows.h" nogil:
     int kq_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
@@ -212,18 +215,21 @@ cdef int blocks32_product(const blocks32_part *parts, int n_parts, int act_type,
     cdef int64_t nb = n_in // 32, act_bytes = type_row_bytes(act_type, n_in), n_out = 0
     cdef int p
     cdef Py_ssize_t n_items = 0
+    cdef bint sums = False  # whether the VNNI tiles need the activations' four-sums (a part of signed quants)
     for p in range(n_parts):
         n_out += parts[p].n_rows
         n_items += (parts[p].n_rows + CHUNK_ROWS - 1) // CHUNK_ROWS
+        sums |= B32_VNNI and parts[p].type not in (T_Q4_1, T_Q5_1)
     cdef bint has_min = act_type == T_Q8_1
     cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)                             # (n, act_bytes)
     cdef float *ad = <float *>malloc((n * nb * (2 if has_min else 1) + 4) * sizeof(float))  # (nb, n) scales, sums
     cdef int64_t *items = <int64_t *>malloc(n_items * 3 * sizeof(int64_t))           # (part, first row, first column)
+    cdef int32_t *nsum = <int32_t *>malloc(n * nb * 8 * sizeof(int32_t)) if sums else NULL  # (nb, n, 8)
     cdef Py_ssize_t item
     cdef int64_t tb, t0, n_t, r0, col = 0, k = 0
     cdef int failed = 0
     try:
-        if acts == NULL or ad == NULL or items == NULL:
+        if acts == NULL or ad == NULL or items == NULL or (sums and nsum == NULL):
             raise MemoryError()
         for p in range(n_parts):
             for r0 in range(0, parts[p].n_rows, CHUNK_ROWS):
@@ -233,6 +239,8 @@ cdef int blocks32_product(const blocks32_part *parts, int n_parts, int act_type,
         with nogil:
             quantize_into(x, n, n_in, act_type, False, acts, act_bytes, nt)
             block32_act_scales(act_type, acts, act_bytes, n, <int>nb, ad, ad + n * nb if has_min else NULL)
+            if sums:
+                block32_act_sums(act_type, acts, act_bytes, n, <int>nb, nsum)
             for tb in range((n + TOKEN_BLOCK - 1) // TOKEN_BLOCK):
                 t0 = tb * TOKEN_BLOCK
                 n_t = min(TOKEN_BLOCK, n - t0)
@@ -241,7 +249,8 @@ cdef int blocks32_product(const blocks32_part *parts, int n_parts, int act_type,
                     failed += block32_rows(parts[p].type, parts[p].w, parts[p].row_bytes, r0,
                                            min(r0 + CHUNK_ROWS, parts[p].n_rows), <int>n_in, act_type,
                                            acts + t0 * act_bytes, act_bytes, n_t, ad + t0,
-                                           ad + n * nb + t0 if has_min else NULL, n,
+                                           ad + n * nb + t0 if has_min else NULL,
+                                           nsum + t0 * 8 if sums else NULL, n,
                                            out + t0 * n_out + items[3 * item + 2], n_out)
         if failed:
             raise MemoryError("no memory for unpacked weight rows")
@@ -249,6 +258,7 @@ cdef int blocks32_product(const blocks32_part *parts, int n_parts, int act_type,
         free(acts)
         free(ad)
         free(items)
+        free(nsum)
     return 0
 
 
