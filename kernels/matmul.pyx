@@ -89,6 +89,7 @@ cdef enum:
     MIN_PARALLEL_BYTES = 1 << 19  # weight bytes x tokens below which a product runs on one thread
     CHUNK_ROWS = 16   # output rows a thread takes at a time
     TOKEN_BLOCK = 64  # tokens whose activations stay in L2 while the unpacked rows pass over them
+    B32_MIN_TOKENS = 3  # tokens from which unpacking 32-weight rows once beats a vec_dot per (row, token)
 
 
 def activation_type(int type):
@@ -204,14 +205,19 @@ cdef struct blocks32_part:
     int type
     const uint8_t *w
     int64_t row_bytes, n_rows
+    vec_dot_fn dot  # the type's vec_dot (for few tokens), and the activation type it pairs with
+    int act_type
 
 
 cdef int blocks32_product(const blocks32_part *parts, int n_parts, int act_type, const float *x, int64_t n,
                           int64_t n_in, float *out, int nt) except -1:
     """out (n, rows of all parts) = x (n, n_in) times the rows of ``parts`` one after another, each part
-    of a 32-weight type: the activations quantised once to ``act_type``, then each part's rows
-    unpacked once per block of tokens and taken in tiles of rows x tokens, in vec_dot's and
-    tinyBLAS's order for its type (block32_rows.h)."""
+    of a 32-weight type, in vec_dot's and tinyBLAS's order for its type.  From B32_MIN_TOKENS tokens
+    the activations are quantised once to ``act_type``, then each part's rows unpacked once per block of
+    tokens and taken in tiles of rows x tokens (block32_rows.h); below, each row meets each token in
+    its own type's vec_dot."""
+    if n < B32_MIN_TOKENS:
+        return blocks32_dots(parts, n_parts, x, n, n_in, out, nt)
     cdef int64_t nb = n_in // 32, act_bytes = type_row_bytes(act_type, n_in), n_out = 0
     cdef int p
     cdef Py_ssize_t n_items = 0
@@ -223,19 +229,14 @@ cdef int blocks32_product(const blocks32_part *parts, int n_parts, int act_type,
     cdef bint has_min = act_type == T_Q8_1
     cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)                             # (n, act_bytes)
     cdef float *ad = <float *>malloc((n * nb * (2 if has_min else 1) + 4) * sizeof(float))  # (nb, n) scales, sums
-    cdef int64_t *items = <int64_t *>malloc(n_items * 3 * sizeof(int64_t))           # (part, first row, first column)
+    cdef int64_t *items = chunk_items(parts, n_parts, n_items)                      # (part, first row, first column)
     cdef int32_t *nsum = <int32_t *>malloc(n * nb * 8 * sizeof(int32_t)) if sums else NULL  # (nb, n, 8)
     cdef Py_ssize_t item
-    cdef int64_t tb, t0, n_t, r0, col = 0, k = 0
+    cdef int64_t tb, t0, n_t, r0
     cdef int failed = 0
     try:
         if acts == NULL or ad == NULL or items == NULL or (sums and nsum == NULL):
             raise MemoryError()
-        for p in range(n_parts):
-            for r0 in range(0, parts[p].n_rows, CHUNK_ROWS):
-                items[3 * k], items[3 * k + 1], items[3 * k + 2] = p, r0, col
-                k += 1
-            col += parts[p].n_rows
         with nogil:
             quantize_into(x, n, n_in, act_type, False, acts, act_bytes, nt)
             block32_act_scales(act_type, acts, act_bytes, n, <int>nb, ad, ad + n * nb if has_min else NULL)
@@ -259,6 +260,58 @@ cdef int blocks32_product(const blocks32_part *parts, int n_parts, int act_type,
         free(ad)
         free(items)
         free(nsum)
+    return 0
+
+
+cdef int64_t *chunk_items(const blocks32_part *parts, int n_parts, Py_ssize_t n_items):
+    """The threads' work: (part, first row, first output column) of every CHUNK_ROWS rows of each part,
+    a malloc'd (n_items, 3) array (NULL if out of memory)."""
+    cdef int64_t *items = <int64_t *>malloc(n_items * 3 * sizeof(int64_t))
+    cdef int64_t r0, col = 0, k = 0
+    cdef int p
+    if items != NULL:
+        for p in range(n_parts):
+            for r0 in range(0, parts[p].n_rows, CHUNK_ROWS):
+                items[3 * k], items[3 * k + 1], items[3 * k + 2] = p, r0, col
+                k += 1
+            col += parts[p].n_rows
+    return items
+
+
+cdef int blocks32_dots(const blocks32_part *parts, int n_parts, const float *x, int64_t n, int64_t n_in,
+                       float *out, int nt) except -1:
+    """blocks32_product for few tokens: every row with every token in its type's vec_dot, the activations
+    quantised once for each activation type the parts pair with (Q8_0, Q8_1)."""
+    cdef int64_t n_out = 0, r, t, bytes0 = type_row_bytes(T_Q8_0, n_in), bytes1 = type_row_bytes(T_Q8_1, n_in)
+    cdef int p
+    cdef Py_ssize_t n_items = 0, item
+    for p in range(n_parts):
+        n_out += parts[p].n_rows
+        n_items += (parts[p].n_rows + CHUNK_ROWS - 1) // CHUNK_ROWS
+    cdef uint8_t *acts0 = <uint8_t *>malloc(n * bytes0)  # (n, bytes0) as Q8_0
+    cdef uint8_t *acts1 = <uint8_t *>malloc(n * bytes1)  # (n, bytes1) as Q8_1
+    cdef int64_t *items = chunk_items(parts, n_parts, n_items)
+    cdef const blocks32_part *part
+    cdef const uint8_t *a
+    cdef int64_t a_bytes
+    try:
+        if acts0 == NULL or acts1 == NULL or items == NULL:
+            raise MemoryError()
+        with nogil:
+            quantize_into(x, n, n_in, T_Q8_0, False, acts0, bytes0, 1)
+            quantize_into(x, n, n_in, T_Q8_1, False, acts1, bytes1, 1)
+            for item in prange(n_items, schedule="static", num_threads=nt):
+                part = &parts[items[3 * item]]
+                a = acts1 if part.act_type == T_Q8_1 else acts0
+                a_bytes = bytes1 if part.act_type == T_Q8_1 else bytes0
+                for r in range(items[3 * item + 1], min(items[3 * item + 1] + CHUNK_ROWS, part.n_rows)):
+                    for t in range(n):
+                        out[t * n_out + items[3 * item + 2] + r] = part.dot(<int>n_in, part.w + r * part.row_bytes,
+                                                                            a + t * a_bytes)
+    finally:
+        free(acts0)
+        free(acts1)
+        free(items)
     return 0
 
 
@@ -332,7 +385,8 @@ cdef class Matrix:
             self.matmul_q4_0x8(xs, n, o, nt)
         elif self.type == T_Q4_K and self.n_out % 8 == 0:
             self.matmul_q4_Kx8(xs, n, o, nt)
-        elif n > 1 and (self.type in (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0) or self.type == T_Q4_0 and self.n_out % 8):
+        elif n >= B32_MIN_TOKENS and (self.type in (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0)
+                                      or self.type == T_Q4_0 and self.n_out % 8):  # Q4_0 that llama.cpp does not repack
             self.matmul_blocks32(xs, n, o, nt)
         else:
             self.matmul_rows(xs, n, o, nt)
@@ -382,6 +436,7 @@ cdef class Matrix:
         """32-weight blocks that llama.cpp does not repack, several tokens (blocks32_product)."""
         cdef blocks32_part part
         part.type, part.w, part.row_bytes, part.n_rows = self.type, self.ptr, self.row_bytes, self.n_out
+        part.dot, part.act_type = self.dot, self.act_type
         return blocks32_product(&part, 1, self.act_type, x, n, self.n_in, out, nt)
 
     cdef void matmul_q4_0x8(self, const float *x, int64_t n, float *out, int nt):
@@ -494,6 +549,7 @@ cdef class Blocks32Stack:
             view = a if a.shape[0] else np.zeros((1, 1), np.uint8)
             self.parts[p].type, self.parts[p].w = t, &view[0, 0]
             self.parts[p].row_bytes, self.parts[p].n_rows = type_row_bytes(t, n_in), a.shape[0]
+            self.parts[p].dot = vec_dot_for(t, &self.parts[p].act_type)
             self.n_out += a.shape[0]
 
     def __dealloc__(self):
