@@ -21,6 +21,7 @@
 #include <stdlib.h>
 
 #include "lanes.h"
+#include "vnni.h"
 
 /* Rows x tokens per pass: their accumulators, the rows' quants and the scales must stay in registers,
  * so four rows where AVX-512VL gives 32 of them, two with AVX2's 16. */
@@ -94,23 +95,12 @@ static inline __m256i block32_quants_avx2(int type, const uint8_t *b) {
 }
 #endif
 
-#if defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__))
-/* With VNNI one instruction takes a lane's four u8 x s8 products and their sum, exactly as maddubs then
- * madd do (whose int16 pairs cannot saturate here: |w| <= 128 against |a| <= 127).  The rows are then
- * kept unsigned, q + 2^k (Q4_0: 8, Q5_0: 16, Q8_0: 128, wrapping to 0..255), and the 2^k * (a's
+/* With VNNI (vnni.h) one instruction takes a lane's four u8 x s8 products and their sum, exactly as
+ * maddubs then madd do (whose int16 pairs cannot saturate here: |w| <= 128 against |a| <= 127).  The rows
+ * are then kept unsigned, q + 2^k (Q4_0: 8, Q5_0: 16, Q8_0: 128, wrapping to 0..255), and the 2^k * (a's
  * four-sums) that this adds is taken back by starting the sum at -2^k times them (block32_act_sums):
  * one instruction per (row, token) where the sign trick takes three. */
-#define B32_VNNI 1
-static inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(acc, u, s);
-#else
-    return _mm256_dpbusd_avx_epi32(acc, u, s);
-#endif
-}
-#else
-#define B32_VNNI 0
-#endif
+#define B32_VNNI HAVE_VNNI
 
 /* k of the offset 2^k that makes the quants of ``type`` unsigned (0: none needed, Q4_1 and Q5_1). */
 static inline int block32_offset_shift(int type) {
