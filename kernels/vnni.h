@@ -10,19 +10,23 @@
 
 #include "qblocks.h"
 
-#if defined(__AVX2__)
-#if defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__))
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
 #define HAVE_VNNI 1
+#define VNNI_DPBUSD _mm256_dpbusd_epi32
+#define VNNI_DPWSSD _mm256_dpwssd_epi32
+#elif defined(__AVXVNNI__)
+#define HAVE_VNNI 1
+#define VNNI_DPBUSD _mm256_dpbusd_avx_epi32
+#define VNNI_DPWSSD _mm256_dpwssd_avx_epi32
 #else
 #define HAVE_VNNI 0
 #endif
 
+#if defined(__AVX2__)
 /* acc + the sums of each 32-bit lane's four products u[i] * s[i], u unsigned, s signed */
 static inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(acc, u, s);
-#elif defined(__AVXVNNI__)
-    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#if HAVE_VNNI
+    return VNNI_DPBUSD(acc, u, s);
 #else
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
 #endif
@@ -30,16 +34,12 @@ static inline __m256i dpbusd(__m256i acc, __m256i u, __m256i s) {
 
 /* acc + the sums of each 32-bit lane's two int16 products a[i] * b[i] */
 static inline __m256i dpwssd(__m256i acc, __m256i a, __m256i b) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpwssd_epi32(acc, a, b);
-#elif defined(__AVXVNNI__)
-    return _mm256_dpwssd_avx_epi32(acc, a, b);
+#if HAVE_VNNI
+    return VNNI_DPWSSD(acc, a, b);
 #else
     return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
 #endif
 }
-#else
-#define HAVE_VNNI 0
 #endif
 
 #endif
