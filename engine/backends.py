@@ -3,8 +3,8 @@
 ``engine.model`` runs the forward pass on whichever backend it is given:
 
     plain    engine.plain.PlainBackend      the textbook: float32 NumPy, close to llama.cpp's logits
-    numpy    engine.ggml_ops.NumpyBackend   exact: ggml's arithmetic in NumPy, llama.cpp's logits bit for bit
-    cython   kernels.backend.CythonBackend  exact and fast: compiled kernels with the numpy backend's results
+    numpy    engine.exact.NumpyBackend      exact: ggml's arithmetic in NumPy, llama.cpp's logits bit for bit
+    cython   engine.compiled.CythonBackend  exact and fast: compiled kernels with the numpy backend's results
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .errors import ArgumentError, LlamaError
-from .ggml_ops import NumpyBackend, Rope, Weight
+from .exact import NumpyBackend
+from .operands import Rope, Weight
 from .plain import PlainBackend
 
 
@@ -39,7 +40,8 @@ class Backend(Protocol):
         """x / sqrt(mean(x²) + eps) · weight: (n, d), (d,) -> (n, d)."""
 
     def rope(self, x: np.ndarray, positions: np.ndarray, rope: Rope) -> np.ndarray:
-        """Each head's pairs (``rope.pairs()``) rotated at its row's position: (n, heads, hd), (n,) -> (n, heads, hd)."""
+        """Each head's pairs (``rope.pairs()``) rotated at its row's position:
+        (n, heads, hd), (n,) -> (n, heads, hd)."""
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int,
                   scale: float, window: int = 0) -> np.ndarray:
@@ -65,7 +67,7 @@ def _compiled(n_threads: int | None = None) -> Backend:
 
 def _compiled_class():
     try:
-        from kernels.backend import CythonBackend
+        from .compiled import CythonBackend
     except ImportError:
         return None
     return CythonBackend

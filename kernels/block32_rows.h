@@ -3,7 +3,7 @@
  * ggml takes these products one (row, token) pair at a time: tinyBLAS (Q4_0, Q5_0, Q8_0
  * with several tokens) and vec_dot (Q4_1, Q5_1, and every type for one token) both keep
  * eight int32 lanes of four products per block, fold them into eight float lanes with one
- * fma by d_w * d_a, and add the lanes in hsum_ps's order at the end; Q4_1/Q5_1 add
+ * fma by d_w * d_a, and add the lanes in hsum8_ps's order at the end; Q4_1/Q5_1 add
  * m_w * s_a through a separate scalar fma chain.  Every pair's float steps depend only on
  * its own row and token, so the pairs may be computed in any order.
  *
@@ -194,7 +194,7 @@ static inline __attribute__((always_inline)) void block32_tile(
         }
     }
     for (int i = 0; i < nr; i++)
-        for (int j = 0; j < nt; j++) sums[i * 4 + j] = hsum_ps(acc[i][j]);
+        for (int j = 0; j < nt; j++) sums[i * 4 + j] = hsum8_ps(acc[i][j]);
 #elif defined(__AVX2__)
     (void)nsum, (void)shift;
     __m256 acc[B32_TILE_ROWS][4];
@@ -222,7 +222,7 @@ static inline __attribute__((always_inline)) void block32_tile(
         }
     }
     for (int i = 0; i < nr; i++)
-        for (int j = 0; j < nt; j++) sums[i * 4 + j] = hsum_ps(acc[i][j]);
+        for (int j = 0; j < nt; j++) sums[i * 4 + j] = hsum8_ps(acc[i][j]);
 #else
     (void)wsigned, (void)nsum, (void)shift;
     for (int i = 0; i < nr; i++)

@@ -3,10 +3,10 @@
 ``Matrix(data, type, n_in)`` wraps a weight as ``GGUFFile.tensor`` returns it;
 ``Matrix.matmul(x)`` quantises the activations to the type's ``vec_dot_type`` exactly
 as ggml's x86 backend does, then takes the integer block dot products on OpenMP threads,
-split over output rows.  Q4_0 and Q4_K weights with a multiple of 8 rows are regrouped
-eight rows at a time (as llama.cpp repacks them on AVX2), so one pass over the weights
-serves four tokens at once.  Everything is checked here, at the Python boundary; the loops below run
-without the GIL and without bounds checks.
+split over output rows.  Weights that llama.cpp repacks on AVX2 (the caller says which:
+``engine.operands.Weight.repacked``) run its repacked kernels' order and are regrouped
+eight rows at a time, so one pass over the weights serves four tokens at once.  Everything is
+checked here, at the Python boundary; the loops below run without the GIL and without bounds checks.
 """
 import mmap
 
@@ -66,7 +66,8 @@ cdef extern from "q4_Kx8.h" nogil:
     ctypedef struct block_q8_K:
         pass
     void repack_q4_Kx8_group(const block_q4_K *src, int64_t nb, int64_t g, block_q4_Kx8 *dst)
-    void q4_Kx8_dot(const block_q4_Kx8 *grp, int64_t nb, const block_q8_K *const *act, int n_act, float *out, int64_t ldo)
+    void q4_Kx8_dot(const block_q4_Kx8 *grp, int64_t nb, const block_q8_K *const *act, int n_act, float *out,
+                    int64_t ldo)
 
 cdef extern from "q4_0x8.h" nogil:
     ctypedef struct block_q4_0x8:
@@ -83,8 +84,6 @@ cdef extern from "q4_0x8.h" nogil:
 
 cdef enum:
     TILE = 4          # tokens sharing one pass over a group of weights
-    GROUP_BYTES_Q4_0 = 144   # sizeof(block_q4_0x8): one block column of a group of 8 rows
-    GROUP_BYTES_Q4_K = 1184  # sizeof(block_q4_Kx8)
     MIN_PARALLEL_ROWS = 8  # activation rows below which quantising them is not worth waking threads
     MIN_PARALLEL_BYTES = 1 << 19  # weight bytes x tokens below which a product runs on one thread
     CHUNK_ROWS = 16   # output rows a thread takes at a time
@@ -170,7 +169,8 @@ def get_rows(data, int type, int64_t n_in, ids):
     cdef cnp.ndarray w = data
     cdef int64_t row_bytes = type_row_bytes(type, n_in), n_rows = w.shape[0]
     if row_bytes <= 0 or n_in % type_block_size(type) or w.shape[1] * cnp.PyArray_ITEMSIZE(w) != row_bytes:
-        raise ValueError(f"weight rows of {w.shape[1] * cnp.PyArray_ITEMSIZE(w)} bytes do not hold {n_in} values of ggml type {type}")
+        raise ValueError(f"weight rows of {w.shape[1] * cnp.PyArray_ITEMSIZE(w)} bytes do not hold {n_in} values "
+                         f"of ggml type {type}")
     cdef cnp.ndarray r = row_ids(ids, n_rows)
     cdef const int64_t *rows = <const int64_t *>cnp.PyArray_DATA(r)
     cdef const uint8_t *src = <const uint8_t *>cnp.PyArray_DATA(w)
@@ -320,20 +320,24 @@ cdef class Matrix:
 
     cdef readonly int type
     cdef readonly int64_t n_in, n_out
-    cdef readonly bint regrouped
+    cdef readonly bint repacked   # runs llama.cpp's repacked kernels' order
+    cdef readonly bint regrouped  # holds its rows regrouped eight at a time (a copy)
     cdef object data         # keeps the weight bytes (mmap view or regrouped copy) alive
     cdef const uint8_t *ptr
     cdef int64_t row_bytes
     cdef int act_type
     cdef vec_dot_fn dot
 
-    def __init__(self, data, int type, int64_t n_in, bint regroup=True, bint release_source=False):
+    def __init__(self, data, int type, int64_t n_in, bint repacked=False, bint regroup=True,
+                 bint release_source=False):
         """``data``: (n_out, bytes_per_row) uint8, or typed (n_out, n_in) for F32/F16/BF16 (uint16), C-contiguous;
         or a list of such arrays, whose rows are stacked one after another.
 
-        ``regroup`` lets Q4_0 and Q4_K weights be repacked eight rows at a time (a copy the size of
-        the weight); ``release_source`` then tells the kernel to drop the mmap'd pages of
-        the original, so resident memory stays at one copy.  Products are the same bits either way.
+        ``repacked``: llama.cpp repacks these rows (``Weight.repacked`` decides; only Q4_0 and Q4_K
+        rows in groups of 8 can be), so products follow its repacked kernels.  ``regroup`` then
+        lets them be regrouped eight rows at a time (a copy the size of the weight);
+        ``release_source`` tells the kernel to drop the mmap'd pages of the original, so resident
+        memory stays at one copy.  Products are the same bits with or without regrouping.
         """
         self.dot = vec_dot_for(type, &self.act_type)
         if self.dot == NULL:
@@ -346,13 +350,17 @@ cdef class Matrix:
         if not parts:
             raise ValueError("no weight rows given: an empty list of arrays")
         self.n_out = sum(part.shape[0] for part in parts)
-        self.regrouped = (regroup and type in (T_Q4_0, T_Q4_K) and self.n_out > 0
-                          and all(part.shape[0] % 8 == 0 for part in parts))
+        if repacked and (type not in (T_Q4_0, T_Q4_K) or any(part.shape[0] % 8 for part in parts)):
+            raise ValueError(f"ggml type {type} rows in blocks of {[part.shape[0] for part in parts]} "
+                             "have no repacked kernel (Q4_0 and Q4_K in groups of 8 rows only)")
+        self.repacked = repacked
+        self.regrouped = repacked and regroup and self.n_out > 0
         if self.regrouped:
             self.data = regroup_rows(parts, type, n_in, release_source)
         else:
             self.data = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        cdef const uint8_t[:, ::1] view = self.data.reshape(self.n_out, -1) if self.n_out else np.zeros((1, 1), np.uint8)
+        cdef const uint8_t[:, ::1] view = (self.data.reshape(self.n_out, -1) if self.n_out
+                                           else np.zeros((1, 1), np.uint8))
         self.ptr = &view[0, 0]
 
     cdef object raw_rows(self, data):
@@ -361,7 +369,8 @@ cdef class Matrix:
             raise ValueError("weight data must be a C-contiguous 2-D NumPy array")
         expected = {T_F32: np.float32, T_F16: np.float16, T_BF16: np.uint16}.get(self.type, np.uint8)
         if data.dtype != expected and data.dtype != np.uint8:
-            raise ValueError(f"weight data of ggml type {self.type} must be {np.dtype(expected).name} or uint8, got {data.dtype}")
+            raise ValueError(f"weight data of ggml type {self.type} must be {np.dtype(expected).name} or uint8, "
+                             f"got {data.dtype}")
         if data.shape[1] * data.itemsize != self.row_bytes:
             raise ValueError(f"weight rows hold {data.shape[1] * data.itemsize} bytes, "
                              f"expected {self.row_bytes} for {self.n_in} values of ggml type {self.type}")
@@ -383,10 +392,10 @@ cdef class Matrix:
         cdef float *o = <float *>cnp.PyArray_DATA(out)
         if self.regrouped and self.type == T_Q4_0:
             self.matmul_q4_0x8(xs, n, o, nt)
-        elif self.type == T_Q4_K and self.n_out % 8 == 0:
+        elif self.repacked and self.type == T_Q4_K:
             self.matmul_q4_Kx8(xs, n, o, nt)
         elif n >= B32_MIN_TOKENS and (self.type in (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0)
-                                      or self.type == T_Q4_0 and self.n_out % 8):  # Q4_0 that llama.cpp does not repack
+                                      or self.type == T_Q4_0 and not self.repacked):
             self.matmul_blocks32(xs, n, o, nt)
         else:
             self.matmul_rows(xs, n, o, nt)
@@ -404,8 +413,8 @@ cdef class Matrix:
         cdef int64_t act_bytes = type_row_bytes(self.act_type, self.n_in)
         cdef bint tiny_blas = self.type in (T_F32, T_F16, T_BF16) and tinyblas_accepts(n, self.n_out, self.n_in)
         cdef bint unpack_once = n > 1 and T_Q2_K <= self.type <= T_Q6_K
-        # Q4_0 rows that llama.cpp would repack: its repacked kernels' order, one row at a time
-        cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.type == T_Q4_0 and self.n_out % 8 == 0 else self.dot
+        # Q4_0 rows that llama.cpp repacks, not regrouped here: its repacked kernels' order, one row at a time
+        cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.repacked else self.dot
         cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)
         if acts == NULL:
             raise MemoryError()
@@ -441,7 +450,7 @@ cdef class Matrix:
 
     cdef void matmul_q4_0x8(self, const float *x, int64_t n, float *out, int nt):
         """Regrouped Q4_0: each group of 8 rows is read once per tile of 4 tokens."""
-        cdef int64_t nb = self.n_in // 32, n_groups = self.n_out // 8
+        cdef int64_t nb = self.n_in // type_block_size(T_Q4_0), n_groups = self.n_out // 8
         cdef int8_t *qs = <int8_t *>malloc(n * self.n_in)                 # (n, n_in) quants
         cdef float *d = <float *>malloc(n * nb * sizeof(float))            # (n, nb) block scales
         cdef int32_t *bias = <int32_t *>malloc(n * nb * sizeof(int32_t))   # (n, nb) block sums
@@ -475,8 +484,8 @@ cdef class Matrix:
 
         An unregrouped matrix is regrouped here a group at a time, into a buffer per thread.
         """
-        cdef int64_t nb = self.n_in // 256, n_groups = self.n_out // 8
-        cdef int64_t act_bytes = type_row_bytes(T_Q8_K, self.n_in), scratch_bytes = nb * GROUP_BYTES_Q4_K
+        cdef int64_t nb = self.n_in // type_block_size(T_Q4_K), n_groups = self.n_out // 8
+        cdef int64_t act_bytes = type_row_bytes(T_Q8_K, self.n_in), scratch_bytes = nb * sizeof(block_q4_Kx8)
         cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)                                       # (n, act_bytes)
         cdef uint8_t *scratch = NULL if self.regrouped else <uint8_t *>malloc(nt * scratch_bytes)  # a group per thread
         cdef const block_q8_K **rows = <const block_q8_K **>malloc(n * sizeof(void *))
@@ -500,14 +509,15 @@ cdef class Matrix:
                         grp = buf
                     for tt in range(n_tiles):
                         t0 = tt * tile
-                        q4_Kx8_dot(grp, nb, rows + t0, <int>min(tile, n - t0), out + t0 * self.n_out + 8 * g, self.n_out)
+                        q4_Kx8_dot(grp, nb, rows + t0, <int>min(tile, n - t0), out + t0 * self.n_out + 8 * g,
+                                   self.n_out)
         finally:
             free(acts)
             free(scratch)
             free(rows)
 
 
-BLOCK32_TYPES = (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0)  # the types a Blocks32Stack mixes (Q4_0 rows are repacked)
+BLOCK32_TYPES = (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0)  # the types a Blocks32Stack mixes (llama.cpp repacks most Q4_0)
 
 
 cdef class Blocks32Stack:
@@ -575,8 +585,9 @@ cdef object regroup_rows(parts, int type, int64_t n_in, bint release_source):
     """Q4_0 or Q4_K rows, arrays (rows, bytes) each a multiple of 8 rows, stacked and regrouped
     eight rows at a time (q4_0x8.h, q4_Kx8.h) into one flat uint8 array."""
     cdef bint k_quant = type == T_Q4_K
-    cdef int64_t nb = n_in // (256 if k_quant else 32)
-    cdef int64_t group_bytes = nb * (GROUP_BYTES_Q4_K if k_quant else GROUP_BYTES_Q4_0)
+    cdef int64_t nb = n_in // type_block_size(type)
+    # a group's block columns: 8 rows' blocks interleaved
+    cdef int64_t group_bytes = nb * (sizeof(block_q4_Kx8) if k_quant else sizeof(block_q4_0x8))
     out = np.empty(sum(part.shape[0] for part in parts) // 8 * group_bytes, np.uint8)
     cdef uint8_t[::1] dst = out
     cdef const uint8_t[:, ::1] src
@@ -588,9 +599,11 @@ cdef object regroup_rows(parts, int type, int64_t n_in, bint release_source):
         with nogil:
             for g in prange(n_groups, schedule="static"):
                 if k_quant:
-                    repack_q4_Kx8_group(<const block_q4_K *>&src[0, 0], nb, g, <block_q4_Kx8 *>&dst[first * group_bytes])
+                    repack_q4_Kx8_group(<const block_q4_K *>&src[0, 0], nb, g,
+                                        <block_q4_Kx8 *>&dst[first * group_bytes])
                 else:
-                    repack_q4_0x8_group(<const block_q4_0 *>&src[0, 0], nb, g, <block_q4_0x8 *>&dst[first * group_bytes])
+                    repack_q4_0x8_group(<const block_q4_0 *>&src[0, 0], nb, g,
+                                        <block_q4_0x8 *>&dst[first * group_bytes])
         if release_source and is_file_mapping(part):
             release_pages(&src[0, 0], part.nbytes)
         first += n_groups

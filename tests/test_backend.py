@@ -7,9 +7,10 @@ the stacks that could.
 import numpy as np
 import pytest
 
-from engine.ggml_ops import NumpyBackend, Weight
+from engine.compiled import CythonBackend
+from engine.exact import NumpyBackend
+from engine.operands import Weight
 from engine.quants import GGMLType
-from kernels.backend import CythonBackend
 from kernels.matmul import Blocks32Stack
 from tests.kernel_inputs import PRODUCT_TYPES, activations, random_weights
 

@@ -1,9 +1,9 @@
-"""The compiled backend: ``engine.ggml_ops.NumpyBackend``'s ops on the Cython/OpenMP kernels.
+"""The compiled backend: ``engine.exact.NumpyBackend``'s ops on the Cython/OpenMP kernels in ``kernels/``.
 
 Same methods, shapes, dtypes and rounding points as the NumPy reference, so a model can
 swap one for the other op by op.  Each weight becomes a ``kernels.matmul.Matrix`` the
-first time it is multiplied (Q4_0 and Q4_K weights are regrouped then, and the mmap'd
-pages of the original released); ``prepare``, which the model calls at load, does that
+first time it is multiplied (the weights llama.cpp repacks, ``Weight.repacked``, are regrouped
+then, and the mmap'd pages of the original released); ``prepare``, which the model calls at load, does that
 for a whole model up front.
 """
 from __future__ import annotations
@@ -13,11 +13,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.ggml_ops import NumpyBackend, Rope, Weight, gelu_table
+from kernels import layers, parallel
+from kernels.matmul import BLOCK32_TYPES, Blocks32Stack, Matrix, get_rows, is_file_mapping, release_file_pages
 
-from . import layers
-from .matmul import BLOCK32_TYPES, Blocks32Stack, Matrix, get_rows, is_file_mapping, release_file_pages
-from .parallel import check_threads
+from .exact import NumpyBackend
+from .ggml_math import gelu_table
+from .operands import Rope, Weight
+from .threads import check_threads
 
 
 class Stack(NamedTuple):
@@ -34,17 +36,18 @@ class CythonBackend:
     name = "cython"
 
     def __init__(self, n_threads: int | None = None):
-        self.n_threads = check_threads(n_threads)
+        self.n_threads = parallel.check_threads(check_threads(n_threads))  # None: OpenMP's default team
         self._matrices: dict[int, tuple[Weight, Matrix]] = {}  # id(weight) -> (weight, its kernel matrix)
         self._stacks: dict[tuple[int, ...], Stack] = {}  # ids of the weights -> their stack
         self._reference = NumpyBackend()
-        self._angles: dict[Rope, tuple[bytes, tuple[np.ndarray, np.ndarray]]] = {}  # per rope: last positions, cos, sin
+        # per rope: the last positions, and their cos and sin
+        self._cos_sin: dict[Rope, tuple[bytes, tuple[np.ndarray, np.ndarray]]] = {}
 
     def matrix(self, w: Weight, release_source: bool = True) -> Matrix:
         """The kernel matrix of ``w``, built on first use."""
         entry = self._matrices.get(id(w))
         if entry is None:
-            entry = (w, Matrix(w.data, int(w.type), w.n_in, regroup=True, release_source=release_source))
+            entry = (w, Matrix(w.data, int(w.type), w.n_in, repacked=w.repacked, release_source=release_source))
             self._matrices[id(w)] = entry
         return entry[1]
 
@@ -66,7 +69,8 @@ class CythonBackend:
             first = ws[0]
             same_input = len(ws) > 1 and all(w.n_in == first.n_in for w in ws)
             if same_input and all(w.type == first.type and w.n_out % 8 == 0 for w in ws):
-                matrix = Matrix([w.data for w in ws], int(first.type), first.n_in)
+                # every part a multiple of 8 rows: each is repacked exactly when the stack is
+                matrix = Matrix([w.data for w in ws], int(first.type), first.n_in, repacked=first.repacked)
             elif same_input and all(w.type in BLOCK32_TYPES for w in ws):
                 matrix = Blocks32Stack([w.data for w in ws], [int(w.type) for w in ws], first.n_in)
             else:
@@ -117,10 +121,10 @@ class CythonBackend:
     def rope(self, x: np.ndarray, positions: np.ndarray, rope: Rope) -> np.ndarray:
         """Every layer rotates q and k at the same positions, so the angles are computed once per batch
         (per rope: Gemma's windowed layers have their own)."""
-        entry = self._angles.get(rope)
+        entry = self._cos_sin.get(rope)
         if entry is None or entry[0] != positions.tobytes():
-            angles = layers.rope_angles(positions, rope.n_dims, rope.freq_base, rope.freq_scale, rope.freq_factors)
-            entry = self._angles[rope] = positions.tobytes(), angles
+            angles = layers.rope_cos_sin(positions, rope.n_dims, rope.freq_base, rope.freq_scale, rope.freq_factors)
+            entry = self._cos_sin[rope] = positions.tobytes(), angles
         return layers.rope(x, *entry[1], self.n_threads, rope.neox)
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float,
