@@ -31,12 +31,14 @@ class Stack(NamedTuple):
 
 
 class CythonBackend:
-    """Ops on compiled kernels, ``n_threads`` OpenMP threads each (None: OpenMP's default)."""
+    """Ops on compiled kernels, ``n_threads`` OpenMP threads each (None: OpenMP's default); with
+    ``batch_invariant``, products and attention give every row its one-row arithmetic."""
 
     name = "cython"
 
-    def __init__(self, n_threads: int | None = None):
+    def __init__(self, n_threads: int | None = None, batch_invariant: bool = False):
         self.n_threads = parallel.check_threads(check_threads(n_threads))  # None: OpenMP's default team
+        self.batch_invariant = batch_invariant
         self._matrices: dict[int, tuple[Weight, Matrix]] = {}  # id(weight) -> (weight, its kernel matrix)
         self._stacks: dict[tuple[int, ...], Stack] = {}  # ids of the weights -> their stack
         self._reference = NumpyBackend()
@@ -106,13 +108,13 @@ class CythonBackend:
         return self._reference.get_rows(w, ids) if rows is None else rows
 
     def matmul(self, w: Weight, x: np.ndarray) -> np.ndarray:
-        return self.matrix(w).matmul(x, self.n_threads)                     # (n, n_out)
+        return self.matrix(w).matmul(x, self.n_threads, self.batch_invariant)  # (n, n_out)
 
     def matmuls(self, ws: tuple[Weight, ...], x: np.ndarray) -> tuple[np.ndarray, ...]:
         stack = self._stack(ws)
         if stack.matrix is None:
             return tuple(self.matmul(w, x) for w in ws)
-        out = stack.matrix.matmul(x, self.n_threads)                       # (n, sum of n_out)
+        out = stack.matrix.matmul(x, self.n_threads, self.batch_invariant)  # (n, sum of n_out)
         return tuple([out[columns] for columns in stack.columns])         # column views, no copies
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -129,7 +131,8 @@ class CythonBackend:
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float,
                   window: int = 0) -> np.ndarray:
-        return layers.attention(q, k_cache, v_cache, start, scale, self.n_threads, window)  # (n, n_heads*hd)
+        return layers.attention(q, k_cache, v_cache, start, scale, self.n_threads, window,
+                                self.batch_invariant)                       # (n, n_heads*hd)
 
     def swiglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         return layers.swiglu(gate, up, self.n_threads)

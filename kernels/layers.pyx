@@ -175,9 +175,10 @@ cdef cnp.ndarray _glu(gate, up, cnp.ndarray table, n_threads):
     return out
 
 
-def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int window=0):
+def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int window=0, bint rowwise=False):
     """Causal attention of q (n, n_heads, hd) at positions [start, start + n) over f16 caches;
-    with a ``window``, position p sees keys (p - window, p] only.
+    with a ``window``, position p sees keys (p - window, p] only; ``rowwise``: every row summed
+    as a one-row call sums it, whatever n is.
 
     ``k_cache``/``v_cache``: float16 (n_kv_heads, n_ctx, hd) holding positions [0, start + n);
     query head h reads kv head h // (n_heads / n_kv_heads).  Returns (n, n_heads * hd).
@@ -200,8 +201,8 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int w
     cdef int group = n_heads // n_kv, n_keys_max = start + n
     # the lanes of the reference's float_dots: tinyBLAS's 8 for several query rows where it
     # takes the shape (q.K: hd a multiple of 8; P.V: hd a multiple of 4), else ggml_vec_dot_f16's 32
-    cdef int qk_lanes = 8 if n > 1 and hd % 8 == 0 else 32
-    cdef int pv_lanes = 8 if n > 1 and hd % 4 == 0 else 32
+    cdef int qk_lanes = 8 if n > 1 and hd % 8 == 0 and not rowwise else 32
+    cdef int pv_lanes = 8 if n > 1 and hd % 4 == 0 and not rowwise else 32
     cdef int nt = team(check_threads(n_threads), qa.size * n_keys_max)
     cdef cnp.npy_intp shape[2]
     shape[0], shape[1] = n, n_heads * hd

@@ -376,8 +376,13 @@ cdef class Matrix:
                              f"expected {self.row_bytes} for {self.n_in} values of ggml type {self.type}")
         return data.view(np.uint8)
 
-    def matmul(self, x, n_threads=None):
-        """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, with ggml's activation rounding."""
+    def matmul(self, x, n_threads=None, bint rowwise=False):
+        """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, with ggml's activation rounding.
+
+        ``rowwise``: every row gets the arithmetic a one-row product gives it (the kernels ggml
+        picks for a single token, activations quantised row by row), so no row's result depends
+        on the rows beside it; each weight row or group is still read once for all of them.
+        """
         cdef cnp.ndarray xa = float_rows(x, self.n_in, "matmul")
         cdef int64_t n = xa.shape[0]
         cdef int nt = check_threads(n_threads)
@@ -390,29 +395,31 @@ cdef class Matrix:
             return out
         cdef const float *xs = <const float *>cnp.PyArray_DATA(xa)
         cdef float *o = <float *>cnp.PyArray_DATA(out)
-        if self.regrouped and self.type == T_Q4_0:
+        if self.regrouped and self.type == T_Q4_0:  # the same arithmetic per token in tiles of any size
             self.matmul_q4_0x8(xs, n, o, nt)
         elif self.repacked and self.type == T_Q4_K:
-            self.matmul_q4_Kx8(xs, n, o, nt)
+            self.matmul_q4_Kx8(xs, n, o, nt, 1 if rowwise else TILE)
         elif n >= B32_MIN_TOKENS and (self.type in (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0)
                                       or self.type == T_Q4_0 and not self.repacked):
-            self.matmul_blocks32(xs, n, o, nt)
+            self.matmul_blocks32(xs, n, o, nt)  # vec_dot's arithmetic per (row, token): rowwise as it is
         else:
-            self.matmul_rows(xs, n, o, nt)
+            self.matmul_rows(xs, n, o, nt, rowwise)
         return out
 
     # The products below read x (n, n_in) and write out (n, n_out), both C-contiguous float32.
 
-    cdef int matmul_rows(self, const float *x, int64_t n, float *out, int nt) except -1:
+    cdef int matmul_rows(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1:
         """Generic path: quantise the activations, then every row against every token, in the
         order of the ggml kernel that this type and number of tokens select.
 
         Float rows go through tinyBLAS's order where it takes the shape (float_rows.h), and
-        K-quant rows are unpacked once for all tokens when there is more than one (kq_rows).
+        K-quant rows are unpacked once for all tokens when there is more than one (kq_rows);
+        ``rowwise`` takes the one-token order (vec_dot) for every token.
         """
         cdef int64_t act_bytes = type_row_bytes(self.act_type, self.n_in)
-        cdef bint tiny_blas = self.type in (T_F32, T_F16, T_BF16) and tinyblas_accepts(n, self.n_out, self.n_in)
-        cdef bint unpack_once = n > 1 and T_Q2_K <= self.type <= T_Q6_K
+        cdef bint tiny_blas = (self.type in (T_F32, T_F16, T_BF16) and tinyblas_accepts(n, self.n_out, self.n_in)
+                               and not rowwise)
+        cdef bint unpack_once = n > 1 and T_Q2_K <= self.type <= T_Q6_K and not rowwise
         # Q4_0 rows that llama.cpp repacks, not regrouped here: its repacked kernels' order, one row at a time
         cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.repacked else self.dot
         cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)
@@ -478,9 +485,10 @@ cdef class Matrix:
             free(bias)
             free(acts)
 
-    cdef void matmul_q4_Kx8(self, const float *x, int64_t n, float *out, int nt):
+    cdef void matmul_q4_Kx8(self, const float *x, int64_t n, float *out, int nt, int64_t tile):
         """Q4_K with a multiple of 8 rows, as ggml's repacked kernels: Q8_K activations (four rows
-        at a time, as ggml's repacked path), 8 rows x 4 tokens.
+        at a time, as ggml's repacked path), 8 rows x ``tile`` tokens; with a tile of 1, every
+        token as ggml's one-token path (gemv, activations quantised alone).
 
         An unregrouped matrix is regrouped here a group at a time, into a buffer per thread.
         """
@@ -490,14 +498,14 @@ cdef class Matrix:
         cdef uint8_t *scratch = NULL if self.regrouped else <uint8_t *>malloc(nt * scratch_bytes)  # a group per thread
         cdef const block_q8_K **rows = <const block_q8_K **>malloc(n * sizeof(void *))
         cdef Py_ssize_t t, g
-        cdef int64_t t0, tt, tile = TILE, n_tiles = (n + TILE - 1) // TILE
+        cdef int64_t t0, tt, n_tiles = (n + tile - 1) // tile
         cdef const block_q4_Kx8 *grp
         cdef block_q4_Kx8 *buf
         try:
             if acts == NULL or rows == NULL or (scratch == NULL and not self.regrouped):
                 raise MemoryError()
             with nogil:
-                quantize_into(x, n, self.n_in, T_Q8_K, True, acts, act_bytes, nt)
+                quantize_into(x, n, self.n_in, T_Q8_K, tile == TILE, acts, act_bytes, nt)
                 for t in range(n):
                     rows[t] = <const block_q8_K *>(acts + t * act_bytes)
                 for g in prange(n_groups, schedule="static", num_threads=nt):
@@ -565,8 +573,11 @@ cdef class Blocks32Stack:
     def __dealloc__(self):
         free(self.parts)
 
-    def matmul(self, x, n_threads=None):
-        """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, the parts' columns one after another."""
+    def matmul(self, x, n_threads=None, bint rowwise=False):
+        """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, the parts' columns one after another.
+
+        Every (row, token) pair takes the arithmetic of a one-token product whatever ``n``, so the
+        ``rowwise`` of ``Matrix.matmul`` holds already."""
         cdef cnp.ndarray xa = float_rows(x, self.n_in, "matmul")
         cdef int64_t n = xa.shape[0]
         cdef int nt = check_threads(n_threads)
