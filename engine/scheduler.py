@@ -13,8 +13,10 @@ generating sequence, and chunks of newly arrived prompts, up to ``STEP_ROWS`` ro
 so the weights stream from memory once per step for all of them. Sequences join and leave
 between steps; sampling stays on the callers' threads, with the library's own code.
 
-A step waits, at most ``GATHER_S``, until every leased slot has handed in its evaluation,
-so the sequences that are generating move together rather than in turns.
+A step waits, at most ``GATHER_S``, for the slots whose evaluation the last step finished (they
+are sampling their next token) to hand in the next one, so the sequences that are generating
+move together rather than in turns; it never waits for a leased slot doing anything else
+(preparing a prompt, building a response), which joins the step after it hands in.
 
 The model must be batch invariant (``Llama(..., batch_invariant=True)``): every row then gets
 the arithmetic it would get alone, so what a sequence computes never depends on which
@@ -38,7 +40,7 @@ from .llama import Llama, check_cache_fits
 from .model import KVCache, Span
 
 STEP_ROWS = 512  # rows of one forward pass, like llama.cpp's default micro-batch
-GATHER_S = 0.02  # how long a step waits for the leased slots that have not handed in their evaluation
+GATHER_S = 0.02  # the longest a step waits for the slots the last step answered
 
 
 class Evaluation:
@@ -86,7 +88,7 @@ class Scheduler:
         self.idle: list[Llama] = list(self.slots)  # least recently used first
         self.pending: list[Evaluation] = []
         self.arrivals = itertools.count()
-        self.leased = 0
+        self.expected: set[int] = set()  # ids of the caches of leased slots whose last evaluation just finished
         self.changed = threading.Condition()
         self.closing = False
         self.steps = self.rows = 0  # steps run and rows evaluated, for the curious
@@ -105,13 +107,12 @@ class Scheduler:
                 raise LlamaError("the scheduler is closed")
             llm = max(self.idle, key=lambda slot: _shared_prefix(slot.cached_tokens, prompt))  # first of equals
             self.idle.remove(llm)
-            self.leased += 1
         try:
             yield llm
         finally:
             with self.changed:
                 self.idle.append(llm)
-                self.leased -= 1
+                self.expected.discard(id(llm.cache))
                 self.changed.notify_all()
 
     @property
@@ -128,6 +129,7 @@ class Scheduler:
                 raise LlamaError("the scheduler is closed")
             work = Evaluation(next(self.arrivals), cache, np.asarray(tokens, np.int64), start, all_rows, hidden)
             self.pending.append(work)
+            self.expected.discard(id(cache))
             self.changed.notify_all()
         work.finished.wait()
         if work.error is not None:
@@ -144,7 +146,8 @@ class Scheduler:
                         work.error = LlamaError("the scheduler is closed")
                         work.finished.set()
                     return
-                self.changed.wait_for(lambda: len(self.pending) >= self.leased or self.closing, timeout=GATHER_S)
+                self.changed.wait_for(lambda: not self.expected or self.closing, timeout=GATHER_S)
+                self.expected.clear()
                 batch = sorted(self.pending, key=lambda w: (w.remaining > 1, w.order))  # next tokens first
             try:
                 self.step(batch)
@@ -155,6 +158,7 @@ class Scheduler:
                 for work in batch:
                     if work.error is not None or work.remaining == 0:
                         self.pending.remove(work)
+                        self.expected.add(id(work.cache))
                         work.finished.set()
 
     def step(self, batch: list[Evaluation]) -> None:

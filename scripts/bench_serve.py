@@ -10,13 +10,17 @@ number of streams, that many client threads send ``--requests`` completions in a
 thread one after another (a prompt from a short list, ``--max-tokens`` new tokens, seeded
 sampling so neither server stops early by chance more than the other). Reported per level:
 aggregate decode tokens/s (completion tokens over wall time), p50 and p99 request latency,
-failed requests; then ours over llama-cpp-python, and each server's throughput over its own
-single stream. Wall-clock on whatever else the machine is doing: compare within one run.
+failed requests, and the server process's CPU time per completion token (user and system,
+from /proc on Linux): what a token costs in work, which other jobs on the machine change far
+less than they change wall time; then ours over llama-cpp-python, and each server's
+throughput over its own single stream. Wall-clock on whatever else the machine is doing:
+compare within one run.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -77,8 +81,18 @@ def complete(port: int, i: int, max_tokens: int) -> tuple[float, int]:
     return time.perf_counter() - start, out["usage"]["completion_tokens"]
 
 
-def load(port: int, streams: int, requests: int, max_tokens: int) -> dict:
-    """``requests`` completions from ``streams`` client threads: throughput, latency, failures."""
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (its threads included), or NaN off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (stat's 14th, 15th)
+
+
+def load(port: int, pid: int, streams: int, requests: int, max_tokens: int) -> dict:
+    """``requests`` completions from ``streams`` client threads: throughput, latency, failures, and
+    the CPU time of server process ``pid`` per completion token."""
     latencies, tokens, failures = [], [], []
     lock = threading.Lock()
     queue = iter(range(requests))
@@ -99,14 +113,14 @@ def load(port: int, streams: int, requests: int, max_tokens: int) -> dict:
                     failures.append(repr(e))
 
     threads = [threading.Thread(target=client) for _ in range(streams)]
-    start = time.perf_counter()
+    cpu, start = cpu_seconds(pid), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
     latencies.sort()
-    return {"tok_s": sum(tokens) / wall, "p50": statistics.median(latencies) if latencies else float("nan"),
+    return {"tok_s": sum(tokens) / wall, "cpu_ms": 1e3 * cpu / max(sum(tokens), 1), "p50": statistics.median(latencies) if latencies else float("nan"),
             "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
             "failed": len(failures), "first_failure": failures[0] if failures else None}
 
@@ -120,9 +134,10 @@ def bench_model(path: Path, args) -> dict[str, dict[int, dict]]:
             complete(port, 0, 4)  # warm up
             results[engine] = {}
             for n in args.streams:
-                results[engine][n] = load(port, n, args.requests, args.max_tokens)
+                results[engine][n] = load(port, process.pid, n, args.requests, args.max_tokens)
                 r = results[engine][n]
-                print(f"  {engine:>16} {n} streams: {r['tok_s']:7.1f} tok/s  p50 {r['p50']:.2f}s  p99 {r['p99']:.2f}s"
+                print(f"  {engine:>16} {n} streams: {r['tok_s']:7.1f} tok/s  {r['cpu_ms']:.2f} CPU ms/tok"
+                      f"  p50 {r['p50']:.2f}s  p99 {r['p99']:.2f}s"
                       f"  failed {r['failed']}/{args.requests}" + (f"  ({r['first_failure']})" if r["failed"] else ""),
                       flush=True)
         finally:
@@ -134,12 +149,14 @@ def bench_model(path: Path, args) -> dict[str, dict[int, dict]]:
 def report(name: str, results: dict[str, dict[int, dict]], streams: list[int]) -> None:
     print(f"\n{name}")
     print(f"{'streams':>8} " + " ".join(f"{e + ' tok/s':>24}" for e in results) + f" {'ours/theirs':>12}"
-          + " ".join(f"{e + ' vs 1 stream':>26}" for e in results))
+          + " ".join(f"{e + ' vs 1 stream':>26}" for e in results)
+          + " ".join(f"{e + ' CPU ms/tok':>25}" for e in results))
     for n in streams:
         row = f"{n:>8} " + " ".join(f"{results[e][n]['tok_s']:>24.1f}" for e in results)
         row += f" {results['ours'][n]['tok_s'] / results['llama-cpp-python'][n]['tok_s']:>12.2f}" \
             if len(results) == 2 else f" {'':>12}"
         row += " ".join(f"{results[e][n]['tok_s'] / results[e][streams[0]]['tok_s']:>25.2f}x" for e in results)
+        row += " ".join(f"{results[e][n]['cpu_ms']:>25.2f}" for e in results)
         print(row)
 
 

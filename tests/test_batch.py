@@ -133,3 +133,23 @@ def test_a_sequence_beside_others_gets_the_bits_it_gets_alone(k_quant_model, mon
                                                                zip(got_logits, want_logits)), k
     finally:
         sched.close()
+
+
+def test_a_leased_slot_that_hands_in_nothing_holds_up_no_step(k_quant_model, monkeypatch):
+    """A request busy elsewhere (preparing its prompt, building its response) leaves the generating
+    ones to step without it: with a gather wait of a minute, eight tokens beside it still come at once,
+    and they are the tokens the request gets alone."""
+    monkeypatch.setattr(scheduler, "GATHER_S", 60.0)
+    prompt = random_tokens(5, 9)
+    sched = Scheduler(Llama(k_quant_model, n_ctx=64, batch_invariant=True), 2)
+    try:
+        want, _ = generate(sched, prompt, 8, True)
+        got = []
+        with sched.lease():
+            worker = threading.Thread(target=lambda: got.append(generate(sched, prompt, 8, True)[0]))
+            worker.start()
+            worker.join(timeout=30)
+            assert not worker.is_alive(), "the steps waited for the idle lease"
+        assert got == [want]
+    finally:
+        sched.close()
