@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import ArgumentError, LlamaError
 from .ggml_ops import NumpyBackend, Rope, Weight
+from .isa import resolve_isa
 from .plain import PlainBackend
 
 
@@ -54,13 +55,13 @@ class Backend(Protocol):
         """gelu(gate) · up: (n, f), (n, f) -> (n, f)."""
 
 
-def _compiled(n_threads: int | None = None) -> Backend:
+def _compiled(n_threads: int | None = None, isa: str = "avx2") -> Backend:
     """The compiled backend, or LlamaError when its kernels are not built."""
     backend = _compiled_class()
     if backend is None:
         raise LlamaError("the cython backend is not built (run `pip install -e . --no-build-isolation`); "
                          "use backend='numpy'")
-    return backend(n_threads)
+    return backend(n_threads, isa)
 
 
 def _compiled_class():
@@ -71,7 +72,7 @@ def _compiled_class():
     return CythonBackend
 
 
-# name -> constructor(n_threads)
+# name -> constructor(n_threads, isa): isa, one of engine.isa.ISAS, is the llama.cpp build an exact backend mirrors
 BACKENDS: dict[str, Callable[[int | None], Backend]] = {
     "plain": PlainBackend,
     "numpy": NumpyBackend,
@@ -80,10 +81,12 @@ BACKENDS: dict[str, Callable[[int | None], Backend]] = {
 EXACT = ("numpy", "cython")  # the backends whose logits are llama.cpp's, bit for bit
 
 
-def make_backend(name: str, n_threads: int | None) -> Backend:
-    """The backend called ``name`` (one of BACKENDS), or for "auto" the fastest exact one built."""
+def make_backend(name: str, n_threads: int | None, isa: str = "auto") -> Backend:
+    """The backend called ``name`` (one of BACKENDS), or for "auto" the fastest exact one built,
+    with the arithmetic of llama.cpp's ``isa`` build (``engine.isa``; "auto": this CPU's)."""
+    isa = resolve_isa(isa)
     if name == "auto":
         name = "cython" if _compiled_class() is not None else "numpy"
     if name not in BACKENDS:
         raise ArgumentError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
-    return BACKENDS[name](n_threads)
+    return BACKENDS[name](n_threads, isa)

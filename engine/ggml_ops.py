@@ -6,15 +6,19 @@ BF16 weights, Q8_0 or Q8_1 for the 32-weight quants, Q8_K for the K-quants) and 
 products with fp32 scaling; the attention rounds q and the softmax probabilities to
 f16 before multiplying them with the f16 KV cache; RMSNorm sums squares in double.
 
-Beyond that, the fp32 steps follow the kernels llama.cpp runs on an AVX2 CPU, since a
-one-ulp difference can flip the f16 rounding of a cached key or an F16 model's next
+Beyond that, the fp32 steps follow the kernels llama.cpp runs on an x86 CPU, built for
+AVX2 or for AVX-512 (``NumpyBackend.isa``, see ``engine.isa``), since a one-ulp difference can flip the f16 rounding of a cached key or an F16 model's next
 activations, and flips add up over a prompt: float products sum in the order of
 ggml_vec_dot_f32/_f16/_bf16 (one activation row) or llamafile's tinyBLAS (several rows);
 quantised products accumulate their exact integer block sums with the fused
 multiply-adds of the kernel that type and batch size select (vec_dot, tinyBLAS, the
-repacked Q4_0/Q4_K kernels, the tiled K-quant kernel); RoPE calls the C library's
+repacked Q4_0/Q4_K kernels and on AVX-512 the repacked Q2_K one, the tiled K-quant
+kernel); RoPE calls the C library's
 cosf/sinf and fuses its rotation like the compiled code; softmax and SwiGLU use ggml's
-vector exp.  With these, logits on F32, F16, BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M and Q6_K files
+vector exp.  The AVX-512 build differs in its float vector widths (16 lanes: the f32/f16
+dots step 64 elements, tinyBLAS 16, softmax sums groups of 16, and bf16 products go
+through vdpbf16ps), its vector exp, and its repacking of Q2_K; its integer dots (VNNI)
+compute the same exact sums.  With these, logits on F32, F16, BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M and Q6_K files
 come out bit-identical to llama.cpp's in our tests, and so do Q4_1, Q5_0, Q5_1, Q2_K
 and Q3_K_M ones.  Only few-row products with a Q4_K matrix that llama.cpp does not
 repack (rows not a multiple of 8) still sum their exact integers in plain double.
@@ -31,7 +35,8 @@ import numpy as np
 
 from . import libm, quants
 from .errors import ModelError
-from .quants import GGMLType
+from .isa import check_isa
+from .quants import FLOAT_TYPES, GGMLType
 
 CHUNK_ELEMENTS = 1 << 22  # bound on weight rows x activation rows x sub-blocks per step
 MAX_CHUNK_ROWS = 4096     # weight rows unpacked at a time, so no whole matrix is ever converted
@@ -107,8 +112,9 @@ class NumpyBackend:
 
     name = "numpy"
 
-    def __init__(self, n_threads: int | None = None):
+    def __init__(self, n_threads: int | None = None, isa: str = "avx2"):
         self.n_threads = n_threads  # NumPy decides its own threading; kept for a uniform interface
+        self.isa = check_isa(isa)
 
     def prepare(self, weights) -> None:
         """Nothing to do: the reference reads every weight in place from the file."""
@@ -125,11 +131,11 @@ class NumpyBackend:
         dot = _DOTS.get(w.type)
         if dot is None:
             raise ModelError(f"{w.name}: matrix products with {w.type.name} weights are not supported")
-        xq = dot.prepare(x, repacked=True) if repacked(w) else dot.prepare(x)
+        xq = dot.prepare(x, repacked=True) if repacked(w, self.isa) else dot.prepare(x)
         out = np.empty((x.shape[0], w.n_out), np.float32)                  # (n, n_out)
         chunk = min(MAX_CHUNK_ROWS, max(8, CHUNK_ELEMENTS // (x.shape[0] * max(1, w.n_in // 16))))
         for r in range(0, w.n_out, chunk):
-            out[:, r:r + chunk] = dot.rows(w.data[r:r + chunk], w, xq)
+            out[:, r:r + chunk] = dot.rows(w.data[r:r + chunk], w, xq, self.isa)
         return out
 
     def matmuls(self, ws: tuple[Weight, ...], x: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -176,20 +182,20 @@ class NumpyBackend:
         values = v_cache[:, None, :n_keys].astype(np.float32)                # (n_kv_heads, 1, n_keys, hd)
         values = np.pad(values, ((0, 0), (0, 0), (0, pad), (0, 0)))          # (n_kv_heads, 1, n_keys+pad, hd)
         qg = to_f16(q).transpose(1, 0, 2).reshape(n_kv_heads, group, n, head_dim)  # (n_kv_heads, group, n, hd)
-        scores = float_dots(qg, keys, GGMLType.F16)[..., :n_keys]            # (n_kv_heads, group, n, n_keys)
+        scores = float_dots(qg, keys, GGMLType.F16, isa=self.isa)[..., :n_keys]  # (n_kv_heads, group, n, n_keys)
         scores = scores.reshape(n_heads, n, n_keys) * np.float32(scale)      # (n_heads, n, n_keys)
         ago = (start + np.arange(n))[:, None] - np.arange(n_keys)[None, :]  # (n, n_keys): query - key position
         scores[:, (ago < 0) | ((ago >= window) if window else False)] = -np.inf
-        probs = to_f16(softmax(scores))                                        # (n_heads, n, n_keys)
+        probs = to_f16(softmax(scores, self.isa))                            # (n_heads, n, n_keys)
         probs = np.pad(probs, ((0, 0), (0, 0), (0, pad)))                     # (n_heads, n, n_keys+pad)
         pg = probs.reshape(n_kv_heads, group, n, n_keys + pad)
-        out = float_dots(pg, values.swapaxes(-1, -2), GGMLType.F16)          # (n_kv_heads, group, n, hd)
+        out = float_dots(pg, values.swapaxes(-1, -2), GGMLType.F16, isa=self.isa)  # (n_kv_heads, group, n, hd)
         out = out.reshape(n_heads, n, head_dim).transpose(1, 0, 2)            # (n, n_heads, hd)
         return np.ascontiguousarray(out).reshape(n, n_heads * head_dim)       # (n, n_heads*hd)
 
     def swiglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         """silu(gate) * up, with silu(g) = g / (1 + exp(-g)) and ggml's vector exp."""
-        return gate / (np.float32(1.0) + ggml_expf(np.float32(0.0) - gate)) * up
+        return gate / (np.float32(1.0) + ggml_expf(np.float32(0.0) - gate, self.isa)) * up
 
     def geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         """gelu(gate) * up as ggml_vec_geglu_f32 (GGML_GELU_FP16) computes it: 0 for gate <= -10,
@@ -216,47 +222,111 @@ _GELU_COEF_A = np.float32(0.044715)
 _SQRT_2_OVER_PI = np.float32(0.79788456080286535587989211986876)
 
 
-def float_dots(x: np.ndarray, w: np.ndarray, type_: GGMLType = GGMLType.F32, n_rows: int | None = None) -> np.ndarray:
-    """x @ w.T in fp32 with the summation order of ggml's AVX2 kernels: (..., n, k) x (..., m, k) -> (..., n, m).
+def float_dots(x: np.ndarray, w: np.ndarray, type_: GGMLType = GGMLType.F32, n_rows: int | None = None,
+               isa: str = "avx2") -> np.ndarray:
+    """x @ w.T in fp32 with the summation order of ggml's kernels for ``isa``: (..., n, k) x (..., m, k) -> (..., n, m).
 
     ``type_`` (F32, F16 or BF16) is what ggml multiplies, and picks its one-row kernel;
     ``n_rows``: the rows of the whole weight when ``w`` is a slice of it (tinyBLAS decides
     on the whole matrix).
 
     One activation row (n == 1), or a shape tinyBLAS declines, goes through
-    ggml_vec_dot_f32/_f16/_bf16: four 8-lane FMA accumulators over steps of 32, added
-    pairwise, then the 8 lanes in a fixed tree (bf16: hsum8's); a tail past the last
-    multiple of 32 is added one product at a time (in double for f16 and bf16 data).  Several rows go through
-    llamafile's tinyBLAS: one 8-lane FMA accumulator over steps of 8, then its horizontal
-    sum.  Fused multiply-adds are computed in double and rounded once to fp32.
+    ggml_vec_dot_f32/_f16/_bf16 (``_vec_dot``).  Several rows go through llamafile's
+    tinyBLAS (``_tiny_blas``): one accumulator of ``lanes`` fp32 lanes per output, then its
+    horizontal sum.  Fused multiply-adds are computed in double and rounded once to fp32.
     """
     n, k = x.shape[-2], x.shape[-1]
-    tiny_blas = n > 1 and k % 8 == 0 and (w.shape[-2] if n_rows is None else n_rows) % 4 == 0  # what tinyBLAS accepts
-    lanes = 8 if tiny_blas else 32
-    body = k - k % lanes
-    xs = x[..., :, None, :].astype(np.float64)                            # (..., n, 1, k)
-    ws = w[..., None, :, :].astype(np.float64)                            # (..., 1, m, k)
-    acc = np.zeros(np.broadcast_shapes(xs.shape[:-1], ws.shape[:-1]) + (lanes,), np.float64)  # (..., n, m, lanes)
+    step = _TINY_BLAS_STEP[isa, type_]
+    if n > 1 and k % step == 0 and (w.shape[-2] if n_rows is None else n_rows) % 4 == 0:  # what tinyBLAS accepts
+        return _tiny_blas(x, w, type_, isa)
+    return _vec_dot(x, w, type_, isa)
+
+
+# the k elements tinyBLAS takes per step (it declines other row lengths): 8 fp32 lanes on AVX2; on
+# AVX-512 16 lanes, or for BF16 32 elements into 16 lanes (vdpbf16ps)
+_TINY_BLAS_STEP = {("avx2", t): 8 for t in FLOAT_TYPES} | {("avx512", t): 16 for t in FLOAT_TYPES} \
+    | {("avx512", GGMLType.BF16): 32}
+
+
+def _products(x: np.ndarray, w: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """The exact products x[..., i, lo:hi] * w[..., j, lo:hi] in double: (..., n, m, hi - lo)."""
+    return x[..., :, None, lo:hi].astype(np.float64) * w[..., None, :, lo:hi].astype(np.float64)
+
+
+def _fma_lanes(x: np.ndarray, w: np.ndarray, lanes: int, body: int) -> np.ndarray:
+    """``lanes`` fp32 accumulators, acc = fma(x, w, acc) over steps of ``lanes`` up to ``body``: (..., n, m, lanes)."""
+    acc = np.zeros(np.broadcast_shapes(x.shape[:-2] + (x.shape[-2], 1), w.shape[:-2] + (1, w.shape[-2]))
+                   + (lanes,), np.float64)
     for c in range(0, body, lanes):
-        acc = (acc + xs[..., c:c + lanes] * ws[..., c:c + lanes]).astype(np.float32).astype(np.float64)
-    acc = acc.astype(np.float32)
-    if tiny_blas:
-        return hsum8(acc)
-    octet = (acc[..., 0:8] + acc[..., 16:24]) + (acc[..., 8:16] + acc[..., 24:32])  # (..., n, m, 8)
-    if type_ == GGMLType.BF16:
-        total = hsum8(octet)                                              # (..., n, m)
+        acc = (acc + _products(x, w, c, c + lanes)).astype(np.float32).astype(np.float64)
+    return acc.astype(np.float32)
+
+
+def _dpbf16_lanes(x: np.ndarray, w: np.ndarray, body: int) -> np.ndarray:
+    """16 fp32 accumulators fed by vdpbf16ps over steps of 32 bf16 values up to ``body``: lane j adds
+    the (exact) product of element 2j+1, rounds, then that of element 2j, rounds: (..., n, m, 16)."""
+    acc = np.zeros(np.broadcast_shapes(x.shape[:-2] + (x.shape[-2], 1), w.shape[:-2] + (1, w.shape[-2]))
+                   + (16,), np.float32)
+    for c in range(0, body, 32):
+        p = _products(x, w, c, c + 32)                                     # (..., n, m, 32)
+        acc = (acc + p[..., 1::2]).astype(np.float32)
+        acc = (acc + p[..., 0::2]).astype(np.float32)
+    return acc
+
+
+def _tiny_blas(x: np.ndarray, w: np.ndarray, type_: GGMLType, isa: str) -> np.ndarray:
+    """llamafile's tinyBLAS: one accumulator per output over the whole row, then its horizontal sum."""
+    k = x.shape[-1]
+    if isa == "avx2":
+        return hsum8(_fma_lanes(x, w, 8, k))
+    lanes = _dpbf16_lanes(x, w, k) if type_ == GGMLType.BF16 else _fma_lanes(x, w, 16, k)
+    return hsum16(lanes)
+
+
+def _vec_dot(x: np.ndarray, w: np.ndarray, type_: GGMLType, isa: str) -> np.ndarray:
+    """ggml_vec_dot_f32/_f16/_bf16 for each pair of rows.
+
+    AVX2: four 8-lane FMA accumulators over steps of 32, added pairwise, then the 8 lanes
+    in a fixed tree (bf16: hsum8's).  AVX-512: four 16-lane accumulators over steps of 64
+    (bf16: two vdpbf16ps accumulators, each reduced on its own into the double sum), then
+    _mm512_reduce_add_ps.  A tail past the last whole step is added one product at a time
+    (in double for f16 and bf16 data).
+    """
+    k = x.shape[-1]
+    if isa == "avx512" and type_ == GGMLType.BF16:
+        body = k - k % 64
+        c1, c2 = (hsum16(_dpbf16_lanes(_half_steps(x, body, h), _half_steps(w, body, h), body // 2)) for h in (0, 1))
+        return _add_tail(c1.astype(np.float64) + c2, x, w, body, type_)
+    width = 16 if isa == "avx512" else 8
+    body = k - k % (4 * width)
+    acc = _fma_lanes(x, w, 4 * width, body)                                # (..., n, m, 4 * width)
+    a = [acc[..., i * width:(i + 1) * width] for i in range(4)]
+    vector = (a[0] + a[2]) + (a[1] + a[3])                                  # (..., n, m, width)
+    if width == 16:
+        total = hsum16(vector)
+    elif type_ == GGMLType.BF16:
+        total = hsum8(vector)
     else:
-        quad = octet[..., :4] + octet[..., 4:]
+        quad = vector[..., :4] + vector[..., 4:]
         total = (quad[..., 0] + quad[..., 1]) + (quad[..., 2] + quad[..., 3])  # (..., n, m)
-    if body == k:
-        return total
-    tail = xs[..., body:] * ws[..., body:]                                # (..., n, m, k - body)
+    return _add_tail(total, x, w, body, type_)
+
+
+def _half_steps(a: np.ndarray, body: int, h: int) -> np.ndarray:
+    """Elements [64t + 32h, 64t + 32h + 32) of each row for every step t below ``body``, one after another."""
+    return a[..., :body].reshape(*a.shape[:-1], body // 64, 2, 32)[..., h, :].reshape(*a.shape[:-1], body // 2)
+
+
+def _add_tail(total: np.ndarray, x: np.ndarray, w: np.ndarray, body: int, type_: GGMLType) -> np.ndarray:
+    """The vector part ``total`` plus the products past ``body`` one at a time: fused into the fp32 sum
+    for F32 data, in double for F16 and BF16 (ggml_float sums)."""
+    tail = _products(x, w, body, x.shape[-1])                              # (..., n, m, k - body)
     if type_ != GGMLType.F32:
         sum_ = total.astype(np.float64)
-        for i in range(k - body):
+        for i in range(tail.shape[-1]):
             sum_ = sum_ + tail[..., i]
         return sum_.astype(np.float32)
-    for i in range(k - body):
+    for i in range(tail.shape[-1]):
         total = (total.astype(np.float64) + tail[..., i]).astype(np.float32)
     return total
 
@@ -267,6 +337,12 @@ def hsum8(v: np.ndarray) -> np.ndarray:
     return (quad[..., 0] + quad[..., 2]) + (quad[..., 1] + quad[..., 3])
 
 
+def hsum16(v: np.ndarray) -> np.ndarray:
+    """The horizontal sum of 16 fp32 lanes (last axis) as GCC's _mm512_reduce_add_ps adds them:
+    upper 8 lanes plus lower 8, then as ``hsum8``."""
+    return hsum8(v[..., 8:] + v[..., :8])
+
+
 def fma_chain(scales: np.ndarray, values: np.ndarray) -> np.ndarray:
     """acc = fma(scales[b], values[b], acc) over the leading axis, from acc = 0, in fp32."""
     acc = np.zeros(np.broadcast_shapes(scales.shape[1:], values.shape[1:]), np.float32)
@@ -275,33 +351,44 @@ def fma_chain(scales: np.ndarray, values: np.ndarray) -> np.ndarray:
     return acc
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis as ggml_vec_soft_max_f32 runs it on AVX2.
+def softmax(x: np.ndarray, isa: str = "avx2") -> np.ndarray:
+    """Softmax over the last axis as ggml_vec_soft_max_f32 runs it.
 
     exp is ggml's own vector approximation (``ggml_expf``); each aligned group of 8
-    exponentials is summed in fp32 and the group sums are added in double; the row is
-    then scaled by the fp32 reciprocal of the total.
+    (AVX2) or 16 (AVX-512) exponentials is summed in fp32 (``hsum8``, ``hsum16``) and the
+    group sums are added in double; the row is then scaled by the fp32 reciprocal of the total.
     """
-    e = ggml_expf(x - x.max(axis=-1, keepdims=True))                       # (..., k)
-    groups = np.pad(e, [(0, 0)] * (e.ndim - 1) + [(0, -e.shape[-1] % 8)])
-    groups = groups.reshape(*e.shape[:-1], -1, 8)                           # (..., k/8, 8)
-    group_sums = hsum8(groups)                                              # (..., k/8)
+    width, hsum = (16, hsum16) if isa == "avx512" else (8, hsum8)
+    e = ggml_expf(x - x.max(axis=-1, keepdims=True), isa)                  # (..., k)
+    groups = np.pad(e, [(0, 0)] * (e.ndim - 1) + [(0, -e.shape[-1] % width)])
+    groups = groups.reshape(*e.shape[:-1], -1, width)                       # (..., k/width, width)
+    group_sums = hsum(groups)                                               # (..., k/width)
     total = np.cumsum(group_sums.astype(np.float64), axis=-1)[..., -1:]    # (..., 1), summed in order
     return e * (1.0 / total).astype(np.float32)
 
 
-def ggml_expf(x: np.ndarray) -> np.ndarray:
-    """e^x for float32 x by ggml_v_expf (vec.h, AVX2): a range reduction and a degree-5
-    polynomial with fused multiply-adds; within a couple of ulps of expf but not equal."""
+def ggml_expf(x: np.ndarray, isa: str = "avx2") -> np.ndarray:
+    """e^x for float32 x by ggml_v_expf (vec.h): a range reduction and a degree-5 polynomial with
+    fused multiply-adds; within a couple of ulps of expf but not equal.
+
+    x = n ln2 + b; AVX2 sums the polynomial without its constant 1 and scales by 2^n in
+    one fused step (k + k * j); AVX-512 adds the 1 inside the last fused step and scales
+    exactly (vscalefps), so the two round differently.
+    """
     x = x.astype(np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
         z = _fma(x, _EXP_LOG2E, _EXP_SHIFTER)
         n = z - _EXP_SHIFTER
         b = _fma(-n, _EXP_LN2_LO, _fma(-n, _EXP_LN2_HI, x))
+        u = b * b
+        high = _fma(_fma(_EXP_C5, b, _EXP_C4), u, _fma(_EXP_C3, b, _EXP_C2))
+        if isa == "avx512":
+            j = _fma(high, u, _fma(_EXP_C1, b, np.float32(1.0)))            # 1 + p(b)
+            scaled = (j.astype(np.float64) * np.exp2(np.clip(n, -200, 200).astype(np.float64))).astype(np.float32)
+            return np.where(np.abs(n) > 192, np.where(n <= 0, np.float32(0), np.float32(np.inf)), scaled)
         e = z.view(np.int32) << 23
         k = (e + np.float32(1).view(np.int32)).view(np.float32)
-        u = b * b
-        j = _fma(_fma(_fma(_EXP_C5, b, _EXP_C4), u, _fma(_EXP_C3, b, _EXP_C2)), u, _EXP_C1 * b)
+        j = _fma(high, u, _EXP_C1 * b)
         result = _fma(k, j, k)
         large = np.abs(n) > 126
         if large.any():
@@ -343,8 +430,8 @@ class _FloatDot:
     def prepare(self, x: np.ndarray, repacked: bool = False) -> np.ndarray:
         return self.round_activations(x)
 
-    def rows(self, data: np.ndarray, w: Weight, x: np.ndarray) -> np.ndarray:
-        return float_dots(x, quants.dequantize(data, self.type), self.type, w.n_out)  # (n, rows)
+    def rows(self, data: np.ndarray, w: Weight, x: np.ndarray, isa: str) -> np.ndarray:
+        return float_dots(x, quants.dequantize(data, self.type), self.type, w.n_out, isa)  # (n, rows)
 
 
 class _QuantDot:
@@ -368,11 +455,11 @@ class _QuantDot:
         raw = self.quantize(x, repacked=True) if grouped else self.quantize(x)   # (n, row bytes)
         return quants.unpack(raw, self.vec_dot_type)
 
-    def rows(self, data: np.ndarray, w: Weight, x) -> np.ndarray:
+    def rows(self, data: np.ndarray, w: Weight, x, isa: str) -> np.ndarray:
         wq = quants.unpack(data, w.type)
         dxw = x.d.T[:, :, None] * wq.d.T[:, None, :]                         # (nb, n, rows)
         match wq:
-            case quants.Blocks(_, q) if repacked(w):
+            case quants.Blocks(_, q) if repacked(w, isa):
                 # q4_0_8x8 kernels: one fma per block of its whole integer sum
                 return fma_chain(_sub_block_dots(x.q, q, 1)[:, 0], dxw)      # (n, rows)
             case quants.Blocks(_, q):
@@ -383,22 +470,22 @@ class _QuantDot:
                 # vec_dot_q4_1/q5_1_q8_1: the 8-lane sums as above, plus m_w * s_x fma'd into a scalar
                 lanes = np.moveaxis(_sub_block_dots(x.q, q, 8), 1, -1)       # (nb, n, rows, 8)
                 return hsum8(fma_chain(dxw[..., None], lanes)) + fma_chain(m.T[:, None, :], x.s.T[:, :, None])
-            case quants.SuperBlocks(_, scales, q) if tiled(w, x.q.shape[0]):
+            case quants.SuperBlocks(_, scales, q) if tiled(w, x.q.shape[0], isa):
                 return _tiled(wq, _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales), None, x.d)
             case quants.SuperBlocks(_, scales, q):
                 # vec_dot_q3_K/q6_K_q8_K: 8 lanes of scaled sums, one fma per super-block, then hsum
                 lanes = _q6_K_lanes(x, q, scales) if w.type == GGMLType.Q6_K else \
                     _chunk_lanes(x.q, q, scales[:, :, _PAIRED_SCALES]).astype(np.float32)
                 return hsum8(fma_chain(dxw[..., None], lanes))               # (n, rows)
-            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if repacked(w):
-                return _q4_K_repacked(x, q, scales, mins, dxw, x.d.T[:, :, None] * dmin.T[:, None, :])
-            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if w.type == GGMLType.Q5_K and not tiled(w, x.q.shape[0]):
+            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if repacked(w, isa):
+                return _k_repacked(x, q, scales, mins, dxw, x.d.T[:, :, None] * dmin.T[:, None, :])
+            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if w.type == GGMLType.Q5_K and not tiled(w, x.q.shape[0], isa):
                 # vec_dot_q5_K_q8_K: 8 lanes fma'd per super-block, the mins summed apart in a scalar
                 lanes = _chunk_lanes(x.q, q, scales[..., np.arange(8)[:, None].repeat(8, axis=1)])
                 mins_dot = _scaled_sum(_sub_block_sums(x.bsums, 8).transpose(1, 2, 0)[..., None], mins)  # (nb, n, rows)
                 neg_dmin = -(x.d.T[:, :, None] * dmin.T[:, None, :])            # (nb, n, rows)
                 return hsum8(fma_chain(dxw[..., None], lanes)) + fma_chain(neg_dmin, mins_dot.astype(np.float32))
-            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if w.type == GGMLType.Q2_K and not tiled(w, x.q.shape[0]):
+            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if w.type == GGMLType.Q2_K and not tiled(w, x.q.shape[0], isa):
                 # vec_dot_q2_K_q8_K: per super-block one fma of the 8 min lanes, then one of the 8 scaled lanes
                 lanes = _chunk_lanes(x.q, q, scales[:, :, _PAIRED_SCALES]).astype(np.float32)  # (nb, n, rows, 8)
                 min_lanes = _pair_lanes(x.bsums, mins)                         # (nb, n, rows, 8)
@@ -409,16 +496,16 @@ class _QuantDot:
                 bsums = _sub_block_sums(x.bsums, mins.shape[-1])              # (n, nb, n_sub)
                 mins_dot = _scaled_sum(bsums.transpose(1, 2, 0)[..., None], mins)  # (nb, n, rows)
                 scaled_dot = _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales)  # (nb, n, rows)
-                if tiled(w, x.q.shape[0]):
+                if tiled(w, x.q.shape[0], isa):
                     return _tiled(wq, scaled_dot, mins_dot, x.d)
                 dx_dmin = x.d.T[:, :, None] * dmin.T[:, None, :]              # (nb, n, rows)
                 return (dxw * scaled_dot - dx_dmin * mins_dot).sum(axis=0).astype(np.float32)  # (n, rows)
 
 
-def tiled(w: Weight, n: int) -> bool:
+def tiled(w: Weight, n: int, isa: str = "avx2") -> bool:
     """Whether ggml's tiled K-quant kernel takes this product: 8+ activation rows, a K-quant not repacked."""
     return n >= 8 and w.type in (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K) \
-        and not repacked(w)
+        and not repacked(w, isa)
 
 
 def _tiled(wq, scaled_dot: np.ndarray, mins_dot: np.ndarray | None, dx: np.ndarray) -> np.ndarray:
@@ -429,17 +516,20 @@ def _tiled(wq, scaled_dot: np.ndarray, mins_dot: np.ndarray | None, dx: np.ndarr
     return fma_chain(r, dx.T[:, :, None])                                 # (n, rows)
 
 
-def _q4_K_repacked(x, q, scales, mins, dxw, dx_dmin) -> np.ndarray:
-    """The q4_K_8x8 kernels: one fma per part for the scaled sums, one for the mins, then their difference.
+def _k_repacked(x, q, scales, mins, dxw, dx_dmin) -> np.ndarray:
+    """The q4_K_8x8 and q2_K_8x8 kernels: one fma per part for the scaled sums, one for the mins,
+    then their difference.
 
     Activation rows in whole groups of four go through the gemm kernel, which takes a part
-    per 64 weights (two sub-blocks); the rest through the gemv kernel, a part per super-block.
+    per 64 weights for Q4_K (two sub-blocks), per 128 for Q2_K (eight); the rest through the
+    gemv kernel, a part per super-block.
     """
-    n = x.q.shape[0]
-    sub_dots = _sub_block_dots(x.q, q, 8)                                  # (nb, 8, n, rows)
-    bsums = _sub_block_sums(x.bsums, 8).transpose(1, 2, 0)[..., None]      # (nb, 8, n, 1)
+    n, n_sub = x.q.shape[0], scales.shape[-1]
+    sub_dots = _sub_block_dots(x.q, q, n_sub)                              # (nb, n_sub, n, rows)
+    bsums = _sub_block_sums(x.bsums, n_sub).transpose(1, 2, 0)[..., None]  # (nb, n_sub, n, 1)
     out = np.empty((n, q.shape[0]), np.float32)                           # (n, rows)
-    for rows, parts in ((slice(0, n - n % 4), 4), (slice(n - n % 4, n), 1)):
+    gemm_parts = 4 if n_sub == 8 else 2
+    for rows, parts in ((slice(0, n - n % 4), gemm_parts), (slice(n - n % 4, n), 1)):
         if rows.start == rows.stop:
             continue
         scaled = _scaled_sum(sub_dots[:, :, rows], scales, parts).astype(np.float32)
@@ -533,12 +623,16 @@ _DOTS: dict[GGMLType, object] = {
 MATRIX_TYPES = frozenset(_DOTS)
 
 
-def repacked(w: Weight) -> bool:
-    """Whether llama.cpp's AVX2 CPU backend repacks ``w`` (Q4_0 and Q4_K with a multiple of 8 rows).
+def repacked(w: Weight, isa: str = "avx2") -> bool:
+    """Whether llama.cpp's x86 CPU backend repacks ``w``: Q4_0 and Q4_K with a multiple of 8 rows,
+    and on AVX-512 Q2_K too.
 
     Repacked weights run other kernels (another summation order), and get their
     activations quantised four rows at a time, which for Q8_K picks the sign of the
     scale differently (see ``quants.quantize_q8_K``).
     """
-    return w.type in (GGMLType.Q4_0, GGMLType.Q4_K) and w.n_out % 8 == 0
+    return w.n_out % 8 == 0 and w.type in _REPACKED[isa]
+
+
+_REPACKED = {"avx2": (GGMLType.Q4_0, GGMLType.Q4_K), "avx512": (GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q2_K)}
 

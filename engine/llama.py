@@ -67,6 +67,8 @@ class Llama:
     so every such generation from a seeded ``Llama`` draws the same way; None draws afresh.
     backend: "auto" (the compiled exact backend when built, else "numpy"), "numpy", "cython", or
     "plain", the textbook path, close to llama.cpp's logits but not equal (see ``engine.backends``).
+    ggml_isa: whose logits the exact backends reproduce: llama.cpp built for "avx2" or "avx512", or
+    "auto", the build llama.cpp makes for this CPU (``engine.isa``); the plain backend ignores it.
 
     One ``Llama`` serves one caller at a time, so threads sharing it get the results each
     would get alone. ``update``, ``get_logits``, ``eval_logits``, ``save_state``,
@@ -84,7 +86,7 @@ class Llama:
     """
 
     def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, n_threads: int | None = None,
-                 seed: int | None = None, backend: str = "auto"):
+                 seed: int | None = None, backend: str = "auto", ggml_isa: str = "auto"):
         n_threads = check_threads(n_threads)
         if n_ctx is not None:
             n_ctx = check_int(n_ctx, "n_ctx", 1, 2**31 - 1)
@@ -92,7 +94,7 @@ class Llama:
         path = resolve(path)  # a pulled model's name stands for its file
         self._gguf = read_gguf(path)
         try:
-            self.model = Model(self._gguf, make_backend(backend, n_threads))
+            self.model = Model(self._gguf, make_backend(backend, n_threads, ggml_isa))
             self.hparams = self.model.hp
             self.n_ctx = check_int(min(self.hparams.n_ctx_train, DEFAULT_N_CTX) if n_ctx is None else n_ctx,
                                    "n_ctx", 1, 2**31 - 1)

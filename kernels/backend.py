@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.ggml_ops import NumpyBackend, Rope, Weight, gelu_table
+from engine.isa import check_isa
 
 from . import layers
 from .matmul import Matrix, get_rows, is_file_mapping, release_file_pages
@@ -33,8 +34,9 @@ class CythonBackend:
 
     name = "cython"
 
-    def __init__(self, n_threads: int | None = None):
+    def __init__(self, n_threads: int | None = None, isa: str = "avx2"):
         self.n_threads = check_threads(n_threads)
+        self.isa = check_isa(isa)
         self._matrices: dict[int, tuple[Weight, Matrix]] = {}  # id(weight) -> (weight, its kernel matrix)
         self._stacks: dict[tuple[int, ...], Stack] = {}  # ids of the weights -> their stack
         self._reference = NumpyBackend()

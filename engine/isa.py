@@ -1,0 +1,46 @@
+"""Which of llama.cpp's x86 builds the exact backends mirror: its AVX2 kernels or its AVX-512 ones.
+
+A llama.cpp built for the CPU it runs on (``-march=native``, what ``pip install
+llama-cpp-python`` does) takes other code paths on a CPU with AVX-512: wider float
+vectors that add in another order, another vector exp, other repacked kernels.  Both
+orders are plain arithmetic, so the exact backends compute either on any x86 host;
+``ggml_isa`` picks which:
+
+    avx2     llama.cpp built for AVX2 with FMA and F16C
+    avx512   llama.cpp built for AVX-512 with the F, BW, DQ, VL, VNNI and BF16 extensions
+             (AMD Zen 4 and later, Intel Sapphire Rapids and later)
+    auto     what a native build picks on this CPU: avx512 when it has AVX-512F, else avx2
+
+A CPU with AVX-512F but not all of those extensions (Skylake-X, Ice Lake) runs yet other
+variants of a few kernels (the BF16 dot products, the VNNI tiles); "auto" maps it to
+avx512, the closest.
+"""
+from __future__ import annotations
+
+from .errors import ArgumentError
+
+ISAS = ("avx2", "avx512")
+
+
+def check_isa(isa: str) -> str:
+    """``isa`` if it names one of ``ISAS``, else ArgumentError."""
+    if isa not in ISAS:
+        raise ArgumentError(f"unknown ggml_isa {isa!r}; choose from auto, {', '.join(ISAS)}")
+    return isa
+
+
+def resolve_isa(isa: str) -> str:
+    """``isa``, or for "auto" the one a native llama.cpp build uses on this CPU (``native_isa``)."""
+    return native_isa() if isa == "auto" else check_isa(isa)
+
+
+def native_isa(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """avx512 when the CPU flags (Linux's /proc/cpuinfo) list avx512f, else avx2 (also where there is no such file)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512" if "avx512f" in line.split(":", 1)[-1].split() else "avx2"
+    except OSError:
+        pass
+    return "avx2"
