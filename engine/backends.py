@@ -3,8 +3,8 @@
 ``engine.model`` runs the forward pass on whichever backend it is given:
 
     plain    engine.plain.PlainBackend      the textbook: float32 NumPy, close to llama.cpp's logits
-    numpy    engine.ggml_ops.NumpyBackend   exact: ggml's arithmetic in NumPy, llama.cpp's logits bit for bit
-    cython   kernels.backend.CythonBackend  exact and fast: compiled kernels with the numpy backend's results
+    numpy    engine.exact.NumpyBackend      exact: ggml's arithmetic in NumPy, llama.cpp's logits bit for bit
+    cython   engine.compiled.CythonBackend  exact and fast: compiled kernels with the numpy backend's results
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .errors import ArgumentError, LlamaError
-from .ggml_ops import NumpyBackend, Rope, Weight
+from .exact import NumpyBackend
 from .isa import resolve_isa
+from .operands import Rope, Weight
 from .plain import PlainBackend
 
 
@@ -66,13 +67,13 @@ def _compiled(n_threads: int | None = None, isa: str = "avx2") -> Backend:
 
 def _compiled_class():
     try:
-        from kernels.backend import CythonBackend
+        from .compiled import CythonBackend
     except ImportError:
         return None
     return CythonBackend
 
 
-# name -> constructor(n_threads, isa): isa, one of engine.isa.ISAS, is the llama.cpp build an exact backend mirrors
+# name -> constructor(n_threads, isa): isa (engine.isa.ISAS) is the llama.cpp build an exact backend mirrors
 BACKENDS: dict[str, Callable[[int | None], Backend]] = {
     "plain": PlainBackend,
     "numpy": NumpyBackend,

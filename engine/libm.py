@@ -29,7 +29,7 @@ def _c_function(name: str, n_args: int):
 
 _expf, _logf, _log2f, _powf = (_c_function("expf", 1), _c_function("logf", 1), _c_function("log2f", 1),
                                _c_function("powf", 2))
-# of one float: RoPE's angles and the GELU table (engine.ggml_ops)
+# of one float: RoPE's angles and the GELU table (engine.ggml_math)
 cosf, sinf, tanhf = _c_function("cosf", 1), _c_function("sinf", 1), _c_function("tanhf", 1)
 
 

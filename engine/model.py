@@ -20,7 +20,7 @@ Biases on q, k and v (Qwen2's) are added wherever the file has them, as llama.cp
 a fused attn_qkv (Phi-3's) is read as its q, k and v row blocks, in any family, as llama.cpp reads it.
 
 Every op comes from a backend (``engine.backends``: the textbook ``engine.plain``, or the exact
-``engine.ggml_ops`` and its compiled twin); the KV cache is stored in float16 as llama.cpp stores it.
+``engine.exact`` and its compiled twin ``engine.compiled``); the KV cache is stored in float16 as llama.cpp stores it.
 """
 from __future__ import annotations
 
@@ -29,8 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ModelError
-from .ggml_ops import MATRIX_TYPES, Rope, Weight, repacked
 from .gguf import GGUFFile, ValueType
+from .isa import ISAS
+from .operands import Rope, Weight
+from .quant_dots import MATRIX_TYPES
 from .quants import GGMLType
 
 
@@ -301,7 +303,7 @@ class Weights:
             ends = np.cumsum(sizes)                                          # (len(sizes),)
             parts = tuple(Weight(f"{name}[{end - n}:{end}]", whole.type, whole.n_in, n, whole.data[end - n:end])
                           for n, end in zip(sizes, ends))
-            if any(repacked(part) != repacked(whole) for part in parts):  # the kernel differs with the rows
+            if any(part.repacked(isa) != whole.repacked(isa) for part in parts for isa in ISAS):  # kernel differs
                 raise ModelError(f"{gguf.path}: tensor {name!r} ({whole.type.name}) splits into blocks of "
                                  f"{list(sizes)} rows, not all multiples of 8; not supported")
             return parts

@@ -14,7 +14,7 @@ Read this first. Each op is its equation and nothing else:
 them. The results are close to llama.cpp's but not equal: llama.cpp also rounds the
 activations to the weight's 8-bit or 16-bit type before each product, keeps keys and
 values in float16 (as here, in the cache ``engine.model`` owns) and sums in the orders of
-its SIMD kernels. ``engine.ggml_ops`` is the exact path that does all of that; compare
+its SIMD kernels. ``engine.exact`` is the exact path that does all of that; compare
 the two op by op.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import quants
-from .ggml_ops import Rope, Weight
+from .operands import Rope, Weight
 
 ROWS_PER_STEP = 4096  # weight rows dequantised at a time, so no whole matrix is ever held in float32
 

@@ -4,11 +4,11 @@
  * One activation row runs ggml_vec_dot_f32/_f16/_bf16: four 8-lane fma accumulators over
  * steps of 32 (ggml_vec_dot_bf16's source multiplies, then adds, but the compiler fuses
  * the two into an fma in llama.cpp's build), added (0 + 2) + (1 + 3), their lanes
- * reduced low half plus high half and then (0 + 1) + (2 + 3) (BF16: hsum_ps's
+ * reduced low half plus high half and then (0 + 1) + (2 + 3) (BF16: hsum8_ps's
  * (0 + 2) + (1 + 3)); the products past the last multiple of 32 are added one at a time,
  * fused into the float sum for F32, in double for F16 and BF16.  Several rows run llamafile's
  * tinyBLAS when it accepts the shape (rows of a multiple of 8 values, a multiple of 4
- * weight rows): one 8-lane fma accumulator per output over steps of 8, then hsum_ps.
+ * weight rows): one 8-lane fma accumulator per output over steps of 8, then hsum8_ps.
  * Every output has its own accumulator, so tiling rows and tokens changes no bits.
  */
 #ifndef LLAMANP_FLOAT_ROWS_H
@@ -37,44 +37,6 @@ static inline __m256 float_load8(const void *p, int64_t i, int type) {
 }
 #endif
 
-/* ggml_vec_dot_f32, _f16 or _bf16 (by ``type``) of two rows of n values. */
-static inline float dot_float_row(int n, const void *w, const void *a, int type) {
-    const int body = n - n % 32;
-    float total;
-#if defined(LLAMANP_FLOAT_SIMD)
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int i = 0; i < body; i += 32)
-        for (int j = 0; j < 4; j++)
-            acc[j] = _mm256_fmadd_ps(float_load8(w, i + 8 * j, type), float_load8(a, i + 8 * j, type), acc[j]);
-    const __m256 octet = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
-    if (type == T_BF16) {
-        total = hsum_ps(octet);
-    } else {
-        __m128 quad = _mm_add_ps(_mm256_castps256_ps128(octet), _mm256_extractf128_ps(octet, 1));
-        quad = _mm_hadd_ps(quad, quad);
-        total = _mm_cvtss_f32(_mm_hadd_ps(quad, quad));
-    }
-#else
-    float acc[32] = {0};
-    for (int i = 0; i < body; i += 32)
-        for (int l = 0; l < 32; l++) acc[l] = fmaf(float_at(w, i + l, type), float_at(a, i + l, type), acc[l]);
-    if (type == T_BF16) {
-        float octet[8];
-        for (int l = 0; l < 8; l++) octet[l] = (acc[l] + acc[16 + l]) + (acc[8 + l] + acc[24 + l]);
-        total = sum8_strided(octet);
-    } else {
-        total = sum32(acc);
-    }
-#endif
-    if (type != T_F32) {
-        double sum = total;
-        for (int i = body; i < n; i++) sum += (double)(float_at(w, i, type) * float_at(a, i, type));
-        return (float)sum;
-    }
-    for (int i = body; i < n; i++) total = fmaf(float_at(w, i, T_F32), float_at(a, i, T_F32), total);
-    return total;
-}
-
 /* Whether tinyBLAS takes a product of n_tok activation rows with n_out weight rows of n_in values. */
 static inline int tinyblas_accepts(int64_t n_tok, int64_t n_out, int64_t n_in) {
     return n_tok > 1 && n_in % 8 == 0 && n_out % 4 == 0;
@@ -97,7 +59,7 @@ static inline __attribute__((always_inline)) void tinyblas_tile(
         }
     }
     for (int j = 0; j < RN; j++)
-        for (int i = 0; i < RM; i++) out[j * ldo + i] = hsum_ps(acc[j][i]);
+        for (int i = 0; i < RM; i++) out[j * ldo + i] = hsum8_ps(acc[j][i]);
 #else
     for (int j = 0; j < RN; j++)
         for (int i = 0; i < RM; i++) {
@@ -105,16 +67,54 @@ static inline __attribute__((always_inline)) void tinyblas_tile(
             for (int l = 0; l < k; l += 8)
                 for (int e = 0; e < 8; e++)
                     acc[e] = fmaf(float_at(w + i * w_bytes, l + e, type), float_at(a + j * a_bytes, l + e, type), acc[e]);
-            out[j * ldo + i] = sum8_strided(acc);
+            out[j * ldo + i] = hsum8(acc);
         }
 #endif
 }
 
-/* tinyBLAS's sum of one pair of rows of k values (a multiple of 8): a 1 x 1 tile */
-static inline float tinyblas_dot(int k, const void *w, const void *a, int type) {
-    float out;
-    tinyblas_tile(k, type, (const uint8_t *)w, 0, (const uint8_t *)a, 0, 1, 1, &out, 1);
-    return out;
+/* One output of engine.float_dots.float_dots: the dot of two rows of n values of ``type`` in
+ * tinyBLAS's order (``tiny_blas``: n a multiple of 8; a 1 x 1 tile), or else in
+ * ggml_vec_dot_f32's, _f16's or _bf16's (by ``type``). */
+static inline float float_dot(int n, const void *w, const void *a, int type, int tiny_blas) {
+    if (tiny_blas) {
+        float out;
+        tinyblas_tile(n, type, (const uint8_t *)w, 0, (const uint8_t *)a, 0, 1, 1, &out, 1);
+        return out;
+    }
+    const int body = n - n % 32;
+    float total;
+#if defined(LLAMANP_FLOAT_SIMD)
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int i = 0; i < body; i += 32)
+        for (int j = 0; j < 4; j++)
+            acc[j] = _mm256_fmadd_ps(float_load8(w, i + 8 * j, type), float_load8(a, i + 8 * j, type), acc[j]);
+    const __m256 octet = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[1], acc[3]));
+    if (type == T_BF16) {
+        total = hsum8_ps(octet);
+    } else {
+        __m128 quad = _mm_add_ps(_mm256_castps256_ps128(octet), _mm256_extractf128_ps(octet, 1));
+        quad = _mm_hadd_ps(quad, quad);
+        total = _mm_cvtss_f32(_mm_hadd_ps(quad, quad));
+    }
+#else
+    float acc[32] = {0};
+    for (int i = 0; i < body; i += 32)
+        for (int l = 0; l < 32; l++) acc[l] = fmaf(float_at(w, i + l, type), float_at(a, i + l, type), acc[l]);
+    if (type == T_BF16) {
+        float octet[8];
+        for (int l = 0; l < 8; l++) octet[l] = (acc[l] + acc[16 + l]) + (acc[8 + l] + acc[24 + l]);
+        total = hsum8(octet);
+    } else {
+        total = sum32(acc);
+    }
+#endif
+    if (type != T_F32) {
+        double sum = total;
+        for (int i = body; i < n; i++) sum += (double)(float_at(w, i, type) * float_at(a, i, type));
+        return (float)sum;
+    }
+    for (int i = body; i < n; i++) total = fmaf(float_at(w, i, T_F32), float_at(a, i, T_F32), total);
+    return total;
 }
 
 /* Weight rows [r0, r1) (a multiple of 4 apart) against activation rows [0, n_tok) in

@@ -2,7 +2,7 @@
  *
  * A super-block's products are exact integers; what differs between ggml's kernels is
  * how they are split and scaled in fp32, and the NumPy reference
- * (engine/ggml_ops.py, _QuantDot.rows) follows each:
+ * (engine/quant_dots.py, QuantDot.rows) follows each:
  *
  *   vec_dot_qN_K_q8_K (fewer than 8 activation rows): eight int32 lanes per
  *     super-block, lane l holding the scaled products of weights 4l..4l+3 of each

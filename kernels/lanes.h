@@ -10,9 +10,9 @@
 
 #include "qblocks.h"
 
-/* The horizontal sum of 8 fp32 lanes in AVX2 order (hsum_ps; tinyBLAS, ggml's quantised
+/* The horizontal sum of 8 fp32 lanes in AVX2 order (hsum8_ps; tinyBLAS, ggml's quantised
  * dots, the softmax): quad = low half + high half, then (quad0 + quad2) + (quad1 + quad3). */
-static inline float sum8_strided(const float *v) {
+static inline float hsum8(const float *v) {
     const float q0 = v[0] + v[4], q1 = v[1] + v[5], q2 = v[2] + v[6], q3 = v[3] + v[7];
     return (q0 + q2) + (q1 + q3);
 }
@@ -29,14 +29,14 @@ static inline float sum32(const float *a) {
 
 #if defined(__AVX2__)
 /* The AVX2 horizontal sum: high half plus low half, then (0 + 2) + (1 + 3). */
-static inline float hsum_ps(__m256 v) {
+static inline float hsum8_ps(__m256 v) {
     __m128 r = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
     r = _mm_add_ps(r, _mm_movehl_ps(r, r));
     r = _mm_add_ss(r, _mm_movehdup_ps(r));
     return _mm_cvtss_f32(r);
 }
 
-static inline int hsum_epi32(__m256i v) {
+static inline int hsum8_epi32(__m256i v) {
     __m128i r = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     r = _mm_add_epi32(r, _mm_unpackhi_epi64(r, r));
     r = _mm_add_epi32(r, _mm_shuffle_epi32(r, _MM_SHUFFLE(2, 3, 0, 1)));
@@ -49,8 +49,8 @@ typedef __m256 lanes_f32;
 static inline lanes_f32 lanes_f32_zero(void) { return _mm256_setzero_ps(); }
 static inline lanes_i32 lanes_i32_zero(void) { return _mm256_setzero_si256(); }
 static inline lanes_i32 lanes_sub(lanes_i32 a, lanes_i32 b) { return _mm256_sub_epi32(a, b); }
-static inline int lanes_isum(lanes_i32 v) { return hsum_epi32(v); }
-static inline float lanes_hsum(lanes_f32 v) { return hsum_ps(v); }
+static inline int lanes_isum(lanes_i32 v) { return hsum8_epi32(v); }
+static inline float lanes_hsum(lanes_f32 v) { return hsum8_ps(v); }
 
 /* acc + s * v in every lane, v converted to float and rounded once with the product */
 static inline lanes_f32 lanes_fma(float s, lanes_i32 v, lanes_f32 acc) {
@@ -74,7 +74,7 @@ static inline int lanes_isum(lanes_i32 a) {
     return s;
 }
 
-static inline float lanes_hsum(lanes_f32 a) { return sum8_strided(a.v); }
+static inline float lanes_hsum(lanes_f32 a) { return hsum8(a.v); }
 
 static inline lanes_f32 lanes_fma(float s, lanes_i32 v, lanes_f32 acc) {
     for (int l = 0; l < 8; l++) acc.v[l] = fmaf(s, (float)v.v[l], acc.v[l]);

@@ -1,5 +1,5 @@
 /* The non-matrix steps of a LLaMA layer, bit for bit as the NumPy reference computes them
- * (engine/ggml_ops.py, NumpyBackend), which in turn follows ggml's AVX2 CPU kernels:
+ * (engine/exact.py, NumpyBackend), which in turn follows ggml's AVX2 CPU kernels:
  *  - RMSNorm sums the fp32 squares left to right in double, as ggml does;
  *  - RoPE takes the C library's cosf/sinf of angles built by repeated fp32 multiplication,
  *    and rotates each pair in double with one of its two products rounded to fp32 first;
@@ -21,7 +21,7 @@
 #define LAYER_SIMD 0
 #endif
 
-/* The reference's fp32 fused multiply-add (ggml_ops._fma): the product (exact in double)
+/* The reference's fp32 fused multiply-add (engine.ggml_math.fma_f32): the product (exact in double)
  * plus c, rounded to double and then to fp32.  The scalar paths use it; the AVX2 paths use
  * the fma instruction, which rounds once, and both give the same bits here: the products
  * are of f16 values, whose sums with an fp32 value are exact in double (or far from an
@@ -66,7 +66,7 @@ static __attribute__((noinline)) float libm_sinf(float x) { return sinf(x); }
  * theta starts at the position and is multiplied by theta_scale once per pair in fp32;
  * the angle is freq_scale * (theta / factors[i]) (Llama 3's per-pair frequency factors;
  * 1 when factors is NULL), and cosf/sinf are the C library's (not correctly rounded). */
-static inline void rope_angles(float pos, int n_dims, float theta_scale, float freq_scale, const float *factors,
+static inline void rope_cos_sin_at(float pos, int n_dims, float theta_scale, float freq_scale, const float *factors,
                                float *cs, float *sn) {
     float theta = pos;
     for (int i = 0; i < n_dims / 2; i++) {
@@ -156,7 +156,7 @@ static inline void rope_row_neox(float *x, int heads, int hd, int n_dims, const 
 #define EXP_S1_BITS 0x7F000000u     /* n > 0: s1 = 2^127, s2 = 2^(n - 127) */
 #define EXP_SPLIT_BITS 0x82000000u  /* n <= 0, added to s1 and taken from s2: s1 = 2^-125, s2 = 2^(n + 125) */
 
-static inline float expf_ggml(float x) {
+static inline float ggml_expf(float x) {
     const float z = fma_f32(x, EXP_LOG2E, EXP_SHIFTER);
     const float n = z - EXP_SHIFTER;
     const float b = fma_f32(-n, EXP_LN2_LO, fma_f32(-n, EXP_LN2_HI, x));
@@ -173,7 +173,7 @@ static inline float expf_ggml(float x) {
 }
 
 #if LAYER_SIMD
-static inline __m256 expf8_ggml(__m256 x) {
+static inline __m256 ggml_expf8(__m256 x) {
     const __m256 shifter = _mm256_set1_ps(EXP_SHIFTER);
     const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), shifter);
     const __m256 n = _mm256_sub_ps(z, shifter);
@@ -208,11 +208,11 @@ static inline void swiglu_row(const float *g, const float *u, int64_t n, float *
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     for (; i + 8 <= n; i += 8) {
         const __m256 gv = _mm256_loadu_ps(g + i);
-        const __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(one, expf8_ggml(_mm256_sub_ps(zero, gv))));
+        const __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(one, ggml_expf8(_mm256_sub_ps(zero, gv))));
         _mm256_storeu_ps(y + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
     }
 #endif
-    for (; i < n; i++) y[i] = g[i] / (1.0f + expf_ggml(0.0f - g[i])) * u[i];
+    for (; i < n; i++) y[i] = g[i] / (1.0f + ggml_expf(0.0f - g[i])) * u[i];
 }
 
 /* ---------------------------------------------------------------- GEGLU */
@@ -234,7 +234,7 @@ static inline __m256 quads2(__m256 a, __m256 b) {
     return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
 }
 
-/* sum32's last steps (strided = 0) or sum8_strided (strided = 1) of eight vectors at once:
+/* sum32's last steps (strided = 0) or hsum8 (strided = 1) of eight vectors at once:
  * lane i of the result sums v[i].  Two rounds of horizontal adds pair quad elements
  * (0, 1) and (2, 3); for the strided order each quad is first reordered to 0, 2, 1, 3. */
 static inline __m256 sum8x8_ps(const __m256 *v, int strided) {
@@ -251,7 +251,7 @@ static inline __m256 sum8x8_ps(const __m256 *v, int strided) {
 /* ---------------------------------------------------------------- attention */
 
 /* scores[j] = dot(q, k_j) * scale for the m keys (rows of hd f16 values) in the order of
- * tinyblas_dot (lanes 8) or dot_float_row (lanes 32); qh: q rounded to f16, qf: the same
+ * float_dot in tinyBLAS's order (lanes 8) or vec_dot's (lanes 32); qh: q rounded to f16, qf: the same
  * values as floats.  Blocks of eight keys share one reduction; the other keys take the
  * single-row dots of float_rows.h. */
 static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_t *k, int m, int hd, float scale,
@@ -290,13 +290,13 @@ static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_
 #endif
     for (; j < m; j++) {
         const uint16_t *kj = k + (int64_t)j * hd;
-        scores[j] = (lanes == 8 ? tinyblas_dot(hd, qh, kj, T_F16) : dot_float_row(hd, qh, kj, T_F16)) * scale;
+        scores[j] = float_dot(hd, qh, kj, T_F16, lanes == 8) * scale;
     }
 }
 
 /* Softmax of m scores into f16 probabilities, as the reference's softmax runs over a row
- * (ggml_vec_soft_max_f32 on AVX2): e = expf_ggml(s - max), each aligned group of 8 summed
- * in fp32 (sum8_strided, the last group padded with zeros), the group sums added in turn
+ * (ggml_vec_soft_max_f32 on AVX2): e = ggml_expf(s - max), each aligned group of 8 summed
+ * in fp32 (hsum8, the last group padded with zeros), the group sums added in turn
  * in double, and e * fp32(1 / total) rounded to f16.  s is overwritten with e. */
 static inline void softmax_f16(float *s, int m, uint16_t *p) {
     float max = -INFINITY;
@@ -309,22 +309,22 @@ static inline void softmax_f16(float *s, int m, uint16_t *p) {
         __m256 e[8];
         float sums[8];
         for (int g = 0; g < 8; g++) {
-            e[g] = expf8_ggml(_mm256_sub_ps(_mm256_loadu_ps(s + j + 8 * g), maxv));
+            e[g] = ggml_expf8(_mm256_sub_ps(_mm256_loadu_ps(s + j + 8 * g), maxv));
             _mm256_storeu_ps(s + j + 8 * g, e[g]);
         }
         _mm256_storeu_ps(sums, sum8x8_ps(e, 1));
         for (int g = 0; g < 8; g++) total += (double)sums[g];
     }
     for (; j + 8 <= m; j += 8) {
-        const __m256 e = expf8_ggml(_mm256_sub_ps(_mm256_loadu_ps(s + j), maxv));
+        const __m256 e = ggml_expf8(_mm256_sub_ps(_mm256_loadu_ps(s + j), maxv));
         _mm256_storeu_ps(s + j, e);
-        total += (double)hsum_ps(e);
+        total += (double)hsum8_ps(e);
     }
 #endif
     for (; j < m; j += 8) {
         float group[8] = {0};
-        for (int i = 0; i < 8 && j + i < m; i++) group[i] = s[j + i] = expf_ggml(s[j + i] - max);
-        total += (double)sum8_strided(group);
+        for (int i = 0; i < 8 && j + i < m; i++) group[i] = s[j + i] = ggml_expf(s[j + i] - max);
+        total += (double)hsum8(group);
     }
     const float inv = (float)(1.0 / total);
     j = 0;
@@ -336,7 +336,7 @@ static inline void softmax_f16(float *s, int m, uint16_t *p) {
     for (; j < m; j++) p[j] = fp32_to_fp16(s[j] * inv);
 }
 
-/* out[d] = the reduction (sum32 for 32 lanes, sum8_strided for 8) of acc[l * hd + d] over the lanes l */
+/* out[d] = the reduction (sum32 for 32 lanes, hsum8 for 8) of acc[l * hd + d] over the lanes l */
 static inline void reduce_lanes(const float *acc, int hd, int lanes, float *out) {
     int d = 0;
 #if LAYER_SIMD
@@ -355,7 +355,7 @@ static inline void reduce_lanes(const float *acc, int hd, int lanes, float *out)
     for (; d < hd; d++) {
         float lane[32];
         for (int l = 0; l < lanes; l++) lane[l] = acc[(size_t)l * hd + d];
-        out[d] = lanes == 32 ? sum32(lane) : sum8_strided(lane);
+        out[d] = lanes == 32 ? sum32(lane) : hsum8(lane);
     }
 }
 
@@ -377,7 +377,7 @@ static inline __attribute__((always_inline)) void weigh_lane(const uint16_t *p, 
 
 /* out[d] = sum over keys j < m of p[j] * v[j][d], in float_dots' order with the keys as
  * its k axis: key j feeds lane j % lanes of each d, in turn (lanes 32: ggml_vec_dot_f16,
- * reduced by sum32; lanes 8: tinyBLAS, reduced by sum8_strided).  acc: lanes * hd floats
+ * reduced by sum32; lanes 8: tinyBLAS, reduced by hsum8).  acc: lanes * hd floats
  * of scratch, lane l's sums in row l.  The zeros the reference pads the keys with add
  * nothing, so they are left out. */
 static inline void weigh_values(const uint16_t *p, const uint16_t *v, int m, int hd, int lanes, float *acc, float *out) {

@@ -1,6 +1,6 @@
 """The per-row steps of a decoder layer: RMSNorm, RoPE, SwiGLU, GEGLU and attention over the f16 KV cache.
 
-Same shapes and dtypes as the NumPy reference in ``engine.ggml_ops``, and the same bits
+Same shapes and dtypes as the NumPy reference in ``engine.exact``, and the same bits
 (its summation orders, ggml's vector exp, the C library's cosf/sinf; see layer_ops.h);
 inputs are checked here, then the loops run on OpenMP threads without the GIL.
 """
@@ -23,8 +23,8 @@ cdef extern from "omp_compat.h" nogil:
 cdef extern from "layer_ops.h" nogil:
     enum: RMS_NORM_ROWS
     void rms_norm_rows(const float *x, const float *w, int rows, int64_t n, float eps, float *y)
-    void rope_angles_row "rope_angles"(float pos, int n_dims, float theta_scale, float freq_scale, const float *factors,
-                                       float *cs, float *sn)
+    void rope_cos_sin_at(float pos, int n_dims, float theta_scale, float freq_scale, const float *factors,
+                         float *cs, float *sn)
     void rope_row(float *x, int heads, int hd, int n_dims, const float *cs, const float *sn)
     void rope_row_neox(float *x, int heads, int hd, int n_dims, const float *cs, const float *sn)
     void swiglu_row(const float *g, const float *u, int64_t n, float *y)
@@ -79,7 +79,7 @@ def rms_norm(x, weight, float eps, n_threads=None):
     return out
 
 
-def rope_angles(positions, int n_dims, float freq_base, float freq_scale=1.0, freq_factors=None):
+def rope_cos_sin(positions, int n_dims, float freq_base, float freq_scale=1.0, freq_factors=None):
     """cos and sin (n, n_dims / 2) of every position's angles, as ggml's rope cache builds them.
 
     The angles start at the position and are multiplied by powf(base, -2 / n_dims) once
@@ -107,13 +107,13 @@ def rope_angles(positions, int n_dims, float freq_base, float freq_scale=1.0, fr
     cdef float *sn = <float *>cnp.PyArray_DATA(sin)
     cdef Py_ssize_t i
     for i in range(shape[0]):
-        rope_angles_row(<float>p[i], n_dims, theta_scale, freq_scale, ff, cs + i * shape[1], sn + i * shape[1])
+        rope_cos_sin_at(<float>p[i], n_dims, theta_scale, freq_scale, ff, cs + i * shape[1], sn + i * shape[1])
     return cos, sin
 
 
 def rope(x, cos, sin, n_threads=None, bint neox=False):
     """Rotate the pairs of the first n_dims values of every head of x (n, heads, hd) by the angles
-    whose ``cos`` and ``sin`` (n, n_dims / 2) ``rope_angles`` gives: adjacent pairs, or with ``neox``
+    whose ``cos`` and ``sin`` (n, n_dims / 2) ``rope_cos_sin`` gives: adjacent pairs, or with ``neox``
     the pairs (x[i], x[i + n_dims / 2])."""
     cdef cnp.ndarray out = f32(x, 3, "rope input", copy=True)  # rotated in place: one copy whatever x's layout
     cdef cnp.ndarray cs = f32(cos, 2, "rope cos"), sn = f32(sin, 2, "rope sin")
@@ -145,7 +145,7 @@ def swiglu(gate, up, n_threads=None):
 
 def geglu(gate, up, table, n_threads=None):
     """gelu(gate) * up, elementwise over (n, f), GELU read from ``table`` (ggml's (65536,) float16
-    GELU of every f16 value, ``engine.ggml_ops.gelu_table``) as ggml does; rows as in ``swiglu``."""
+    GELU of every f16 value, ``engine.ggml_math.gelu_table``) as ggml does; rows as in ``swiglu``."""
     if not is_native_c(table, cnp.NPY_FLOAT16, 1) or table.shape[0] != 1 << 16:
         raise ValueError("geglu: table must be a C-contiguous float16 array of 65536 values")
     return _glu(gate, up, table, n_threads)

@@ -3,9 +3,9 @@
 ``Matrix(data, type, n_in)`` wraps a weight as ``GGUFFile.tensor`` returns it;
 ``Matrix.matmul(x)`` quantises the activations to the type's ``vec_dot_type`` exactly
 as ggml's x86 backend does, then takes the integer block dot products on OpenMP threads,
-split over output rows.  Q4_0 and Q4_K weights with a multiple of 8 rows are regrouped
-eight rows at a time (as llama.cpp repacks them on AVX2), so one pass over the weights
-serves four tokens at once.  Everything is checked here, at the Python boundary; the loops below run
+split over output rows.  Weights that llama.cpp repacks on AVX2 (the caller says which:
+``engine.operands.Weight.repacked``) run its repacked kernels' order and are regrouped
+eight rows at a time, so one pass over the weights serves four tokens at once.  Everything is checked here, at the Python boundary; the loops below run
 without the GIL and without bounds checks.
 """
 import mmap
@@ -73,8 +73,6 @@ cdef extern from "q4_0x8.h" nogil:
 
 cdef enum:
     TILE = 4          # tokens sharing one pass over a group of weights
-    GROUP_BYTES_Q4_0 = 144   # sizeof(block_q4_0x8): one block column of a group of 8 rows
-    GROUP_BYTES_Q4_K = 1184  # sizeof(block_q4_Kx8)
     MIN_PARALLEL_ROWS = 8  # activation rows below which quantising them is not worth waking threads
     MIN_PARALLEL_BYTES = 1 << 19  # weight bytes x tokens below which a product runs on one thread
 
@@ -193,20 +191,24 @@ cdef class Matrix:
 
     cdef readonly int type
     cdef readonly int64_t n_in, n_out
-    cdef readonly bint regrouped
+    cdef readonly bint repacked   # runs llama.cpp's repacked kernels' order
+    cdef readonly bint regrouped  # holds its rows regrouped eight at a time (a copy)
     cdef object data         # keeps the weight bytes (mmap view or regrouped copy) alive
     cdef const uint8_t *ptr
     cdef int64_t row_bytes
     cdef int act_type
     cdef vec_dot_fn dot
 
-    def __init__(self, data, int type, int64_t n_in, bint regroup=True, bint release_source=False):
+    def __init__(self, data, int type, int64_t n_in, bint repacked=False, bint regroup=True,
+                 bint release_source=False):
         """``data``: (n_out, bytes_per_row) uint8, or typed (n_out, n_in) for F32/F16/BF16 (uint16), C-contiguous;
         or a list of such arrays, whose rows are stacked one after another.
 
-        ``regroup`` lets Q4_0 and Q4_K weights be repacked eight rows at a time (a copy the size of
-        the weight); ``release_source`` then tells the kernel to drop the mmap'd pages of
-        the original, so resident memory stays at one copy.  Products are the same bits either way.
+        ``repacked``: llama.cpp repacks these rows (``Weight.repacked`` decides; only Q4_0 and Q4_K
+        rows in groups of 8 can be), so products follow its repacked kernels.  ``regroup`` then
+        lets them be regrouped eight rows at a time (a copy the size of the weight);
+        ``release_source`` tells the kernel to drop the mmap'd pages of the original, so resident
+        memory stays at one copy.  Products are the same bits with or without regrouping.
         """
         self.dot = vec_dot_for(type, &self.act_type)
         if self.dot == NULL:
@@ -219,8 +221,11 @@ cdef class Matrix:
         if not parts:
             raise ValueError("no weight rows given: an empty list of arrays")
         self.n_out = sum(part.shape[0] for part in parts)
-        self.regrouped = (regroup and type in (T_Q4_0, T_Q4_K) and self.n_out > 0
-                          and all(part.shape[0] % 8 == 0 for part in parts))
+        if repacked and (type not in (T_Q4_0, T_Q4_K) or any(part.shape[0] % 8 for part in parts)):
+            raise ValueError(f"ggml type {type} rows in blocks of {[part.shape[0] for part in parts]} "
+                             "have no repacked kernel (Q4_0 and Q4_K in groups of 8 rows only)")
+        self.repacked = repacked
+        self.regrouped = repacked and regroup and self.n_out > 0
         if self.regrouped:
             self.data = regroup_rows(parts, type, n_in, release_source)
         else:
@@ -256,7 +261,7 @@ cdef class Matrix:
         cdef float *o = <float *>cnp.PyArray_DATA(out)
         if self.regrouped and self.type == T_Q4_0:
             self.matmul_q4_0x8(xs, n, o, nt)
-        elif self.type == T_Q4_K and self.n_out % 8 == 0:
+        elif self.repacked and self.type == T_Q4_K:
             self.matmul_q4_Kx8(xs, n, o, nt)
         else:
             self.matmul_rows(xs, n, o, nt)
@@ -274,8 +279,8 @@ cdef class Matrix:
         cdef int64_t act_bytes = type_row_bytes(self.act_type, self.n_in)
         cdef bint tiny_blas = self.type in (T_F32, T_F16, T_BF16) and tinyblas_accepts(n, self.n_out, self.n_in)
         cdef bint unpack_once = n > 1 and T_Q2_K <= self.type <= T_Q6_K
-        # Q4_0 rows that llama.cpp would repack: its repacked kernels' order, one row at a time
-        cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.type == T_Q4_0 and self.n_out % 8 == 0 else self.dot
+        # Q4_0 rows that llama.cpp repacks, not regrouped here: its repacked kernels' order, one row at a time
+        cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.repacked else self.dot
         cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)
         if acts == NULL:
             raise MemoryError()
@@ -304,7 +309,7 @@ cdef class Matrix:
 
     cdef void matmul_q4_0x8(self, const float *x, int64_t n, float *out, int nt):
         """Regrouped Q4_0: each group of 8 rows is read once per tile of 4 tokens."""
-        cdef int64_t nb = self.n_in // 32, n_groups = self.n_out // 8
+        cdef int64_t nb = self.n_in // type_block_size(T_Q4_0), n_groups = self.n_out // 8
         cdef int8_t *qs = <int8_t *>malloc(n * self.n_in)                 # (n, n_in) quants
         cdef float *d = <float *>malloc(n * nb * sizeof(float))            # (n, nb) block scales
         cdef int32_t *bias = <int32_t *>malloc(n * nb * sizeof(int32_t))   # (n, nb) block sums
@@ -338,8 +343,8 @@ cdef class Matrix:
 
         An unregrouped matrix is regrouped here a group at a time, into a buffer per thread.
         """
-        cdef int64_t nb = self.n_in // 256, n_groups = self.n_out // 8
-        cdef int64_t act_bytes = type_row_bytes(T_Q8_K, self.n_in), scratch_bytes = nb * GROUP_BYTES_Q4_K
+        cdef int64_t nb = self.n_in // type_block_size(T_Q4_K), n_groups = self.n_out // 8
+        cdef int64_t act_bytes = type_row_bytes(T_Q8_K, self.n_in), scratch_bytes = nb * sizeof(block_q4_Kx8)
         cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)                                       # (n, act_bytes)
         cdef uint8_t *scratch = NULL if self.regrouped else <uint8_t *>malloc(nt * scratch_bytes)  # a group per thread
         cdef const block_q8_K **rows = <const block_q8_K **>malloc(n * sizeof(void *))
@@ -374,8 +379,8 @@ cdef object regroup_rows(parts, int type, int64_t n_in, bint release_source):
     """Q4_0 or Q4_K rows, arrays (rows, bytes) each a multiple of 8 rows, stacked and regrouped
     eight rows at a time (q4_0x8.h, q4_Kx8.h) into one flat uint8 array."""
     cdef bint k_quant = type == T_Q4_K
-    cdef int64_t nb = n_in // (256 if k_quant else 32)
-    cdef int64_t group_bytes = nb * (GROUP_BYTES_Q4_K if k_quant else GROUP_BYTES_Q4_0)
+    cdef int64_t nb = n_in // type_block_size(type)
+    cdef int64_t group_bytes = nb * (sizeof(block_q4_Kx8) if k_quant else sizeof(block_q4_0x8))  # a group's block column
     out = np.empty(sum(part.shape[0] for part in parts) // 8 * group_bytes, np.uint8)
     cdef uint8_t[::1] dst = out
     cdef const uint8_t[:, ::1] src

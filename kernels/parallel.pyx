@@ -1,14 +1,17 @@
 """OpenMP plumbing: whether the build has it, and a tiny kernel that proves a thread count is honoured."""
 import numpy as np
 
-from engine import threads
-from engine.threads import MAX_THREADS
 from cython.parallel cimport prange, parallel
 
 cdef extern from "omp_compat.h" nogil:
     const int LLAMANP_OPENMP
     int omp_get_max_threads()
     int omp_get_thread_num()
+
+
+MAX_THREADS = 512
+"""The most threads a kernel runs on: llama.cpp's GGML_MAX_N_THREADS, as ``engine.threads.MAX_THREADS``
+(the engine refuses more with its own error first); past it libgomp aborts the process."""
 
 
 def openmp_enabled() -> bool:
@@ -22,13 +25,16 @@ def max_threads() -> int:
 
 
 def check_threads(n_threads) -> int:
-    """A thread count at the Python boundary: ``engine.threads.check_threads``'s (an int from 1 to
-    MAX_THREADS, else ArgumentError), or for None OpenMP's default within the same bound."""
-    if type(n_threads) is int and 1 <= n_threads <= MAX_THREADS:  # the common case, without a call
+    """A thread count at the Python boundary: an int from 1 to MAX_THREADS (Python or NumPy, not a
+    bool), else ValueError; for None OpenMP's default within the same bound."""
+    if type(n_threads) is int and 1 <= n_threads <= MAX_THREADS:  # the common case
         return n_threads
     if n_threads is None:
         return min(omp_get_max_threads(), MAX_THREADS)
-    return threads.check_threads(n_threads)
+    if isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, (int, np.integer)) \
+            or not 1 <= n_threads <= MAX_THREADS:
+        raise ValueError(f"n_threads must be an integer from 1 to {MAX_THREADS}, got {n_threads!r}")
+    return int(n_threads)
 
 
 def parallel_sum(x, n_threads=None):

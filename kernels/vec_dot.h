@@ -1,7 +1,7 @@
 /* Dot products of one weight row with one quantised activation row, ggml's pairing:
  * Q4_0/Q5_0/Q8_0 with Q8_0, Q4_1/Q5_1 with Q8_1, the K-quants with Q8_K, F16 with F16,
  * BF16 with BF16 and F32 with F32 -- in the float order of ggml's AVX2 vec_dot kernels, as the NumPy
- * reference (engine/ggml_ops.py) states it:
+ * reference (engine/quant_dots.py, engine/float_dots.py) states it:
  *
  *   32-weight blocks: eight int32 lanes of four products each, folded into eight float
  *     accumulators with one fma by d_w * d_a per block, then the fixed horizontal sum;
@@ -243,9 +243,9 @@ static inline float dot_q6_K_q8_K(int n, const void *x, const void *y) { return 
 
 /* ---------------------------------------------------------------- float rows */
 
-static inline float dot_f32_f32(int n, const void *x, const void *y) { return dot_float_row(n, x, y, T_F32); }
-static inline float dot_f16_f16(int n, const void *x, const void *y) { return dot_float_row(n, x, y, T_F16); }
-static inline float dot_bf16_bf16(int n, const void *x, const void *y) { return dot_float_row(n, x, y, T_BF16); }
+static inline float dot_f32_f32(int n, const void *x, const void *y) { return float_dot(n, x, y, T_F32, 0); }
+static inline float dot_f16_f16(int n, const void *x, const void *y) { return float_dot(n, x, y, T_F16, 0); }
+static inline float dot_bf16_bf16(int n, const void *x, const void *y) { return float_dot(n, x, y, T_BF16, 0); }
 
 /* ---------------------------------------------------------------- dispatch */
 

@@ -1,7 +1,7 @@
 """Random weights of every type and awkward activations, for the kernel and backend tests."""
 import numpy as np
 
-from engine.ggml_ops import to_bf16
+from engine.ggml_math import to_bf16
 from engine.quants import BLOCK_LAYOUT, GGMLType
 
 T = GGMLType

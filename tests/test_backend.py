@@ -7,9 +7,9 @@ the stacks that could.
 import numpy as np
 import pytest
 
-from engine.ggml_ops import Weight
+from engine.compiled import CythonBackend
+from engine.operands import Weight
 from engine.quants import GGMLType
-from kernels.backend import CythonBackend
 from tests.kernel_inputs import PRODUCT_TYPES, activations, random_weights
 
 T = GGMLType

@@ -19,7 +19,7 @@ import pytest
 
 from engine import Llama
 from engine.errors import ModelError
-from engine.ggml_ops import gelu_table
+from engine.ggml_math import gelu_table
 from engine.gguf import read_gguf
 from engine.model import FAMILIES, HParams
 from engine.tokenizer import Tokenizer

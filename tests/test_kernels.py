@@ -1,17 +1,19 @@
 """The compiled kernels against their NumPy twins in ``engine``.
 
 Quantised activations must be byte-identical to ``engine.quants``; products and the
-float steps bit-identical to ``engine.ggml_ops.NumpyBackend``; a whole model must give
+float steps bit-identical to ``engine.exact.NumpyBackend``; a whole model must give
 the same logits, bit for bit, on either backend; bad input must raise ValueError.
 """
 import numpy as np
 import pytest
 
-from engine.ggml_ops import NumpyBackend, Rope, Weight, gelu_table, rope_cos_sin
+from engine.compiled import CythonBackend
+from engine.exact import NumpyBackend
+from engine.ggml_math import gelu_table, rope_cos_sin
 from engine.llama import Llama
+from engine.operands import Rope, Weight
 from engine.quants import GGMLType, quantize_q8_0, quantize_q8_1, quantize_q8_K
 from kernels import layers, matmul
-from kernels.backend import CythonBackend
 from tests.helpers import nmse
 from tests.kernel_inputs import PRODUCT_TYPES, activations, bf16_bits, random_weights
 
@@ -61,7 +63,7 @@ def test_matmul_bit_identical_to_numpy(type_, n_out):
     rng = np.random.default_rng(int(type_) * 100 + n_out)
     n_in = 512
     w = Weight("w", type_, n_in, n_out, random_weights(rng, type_, n_out, n_in))
-    m = matmul.Matrix(w.data, int(type_), n_in)
+    m = matmul.Matrix(w.data, int(type_), n_in, repacked=w.repacked)
     for n in TOKEN_COUNTS:
         x = activations(rng, n, n_in)
         assert np.array_equal(m.matmul(x, n_threads=2), REF.matmul(w, x)), n
@@ -84,7 +86,7 @@ def test_matmul_on_two_threads_bit_identical(type_):
     rng = np.random.default_rng(int(type_))
     n_out, n_in = 264, 1024
     w = Weight("w", type_, n_in, n_out, random_weights(rng, type_, n_out, n_in))
-    m = matmul.Matrix(w.data, int(type_), n_in)
+    m = matmul.Matrix(w.data, int(type_), n_in, repacked=w.repacked)
     x = activations(rng, 9, n_in)
     ref = REF.matmul(w, x)
     assert np.array_equal(m.matmul(x, 1), ref)
@@ -96,7 +98,7 @@ def test_unregrouped_matrix_bit_identical(type_):
     """Without regrouping, weights llama.cpp repacks still give the repacked kernels' results."""
     rng = np.random.default_rng(int(type_))
     data = random_weights(rng, type_, 64, 512)
-    plain = matmul.Matrix(data, int(type_), 512, regroup=False)
+    plain = matmul.Matrix(data, int(type_), 512, repacked=True, regroup=False)
     assert not plain.regrouped
     for n in TOKEN_COUNTS:
         x = activations(rng, n, 512)
@@ -107,7 +109,7 @@ def test_unregrouped_matrix_bit_identical(type_):
 def test_regrouped_bit_identical(type_):
     rng = np.random.default_rng(int(type_) + 1)
     data = random_weights(rng, type_, 64, 512)
-    regrouped = matmul.Matrix(data, int(type_), 512, regroup=True)
+    regrouped = matmul.Matrix(data, int(type_), 512, repacked=True, regroup=True)
     assert regrouped.regrouped
     for n in TOKEN_COUNTS:
         x = activations(rng, n, 512)
@@ -144,7 +146,7 @@ def test_regrouping_keeps_mmap_source_readable(tmp_path):
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     view = np.frombuffer(buf, np.uint8).reshape(data.shape)
     assert matmul.is_file_mapping(view) and not matmul.is_file_mapping(data)
-    m = matmul.Matrix(view, int(T.Q4_0), 256, release_source=True)
+    m = matmul.Matrix(view, int(T.Q4_0), 256, repacked=True, release_source=True)
     assert np.array_equal(view, data) and np.array_equal(mapped, data)  # dropped pages read back from the file
     x = activations(rng, 2, 256)
     assert np.array_equal(m.matmul(x), REF.matmul(Weight("w", T.Q4_0, 256, 32, data), x))
@@ -195,7 +197,7 @@ def test_rope_bit_identical(rope, head_dim):
     positions = np.concatenate([np.arange(0, 5001, 37), [4095, 16383, 100000]])
     x = rng.standard_normal((len(positions), 5, head_dim)).astype(np.float32)
     ref = REF.rope(x, positions, rope)
-    angles = layers.rope_angles(positions, rope.n_dims, rope.freq_base, rope.freq_scale)
+    angles = layers.rope_cos_sin(positions, rope.n_dims, rope.freq_base, rope.freq_scale)
     assert all(np.array_equal(ours, twin) for ours, twin in zip(angles, rope_cos_sin(positions, rope)))
     for n_threads in (1, 2):
         assert np.array_equal(layers.rope(x, *angles, n_threads, rope.neox), ref)
@@ -320,6 +322,8 @@ def test_f16_tail_is_added_one_product_at_a_time():
     lambda: matmul.Matrix(np.zeros((4, 18), np.uint8), int(T.Q4_0), 33),            # not whole blocks
     lambda: matmul.Matrix(np.zeros((4, 36), np.uint8)[:, ::2], int(T.Q4_0), 32),    # not contiguous
     lambda: matmul.Matrix(np.zeros((4, 32), np.float64), int(T.F32), 32),           # wrong dtype
+    lambda: matmul.Matrix(np.zeros((4, 18), np.uint8), int(T.Q4_0), 32, repacked=True),  # no group of 8 rows
+    lambda: matmul.Matrix(np.zeros((8, 34), np.uint8), int(T.Q8_0), 32, repacked=True),  # a type never repacked
     lambda: matmul.Matrix(np.zeros((8, 18), np.uint8), int(T.Q4_0), 32).matmul(np.zeros((2, 64))),
     lambda: matmul.Matrix(np.zeros((8, 18), np.uint8), int(T.Q4_0), 32).matmul(np.zeros((2, 32)), n_threads=0),
     lambda: matmul.quantize(np.zeros(33, np.float32), int(T.Q8_0)),
@@ -332,15 +336,15 @@ def test_f16_tail_is_added_one_product_at_a_time():
     lambda: layers.rms_norm(np.zeros((2, 8)), np.zeros(7), 1e-5),
     lambda: layers.rope(np.zeros((2, 1, 8)), np.zeros((1, 4)), np.zeros((1, 4))),
     lambda: layers.rope(np.zeros((1, 1, 8)), np.zeros((1, 5)), np.zeros((1, 5))),
-    lambda: layers.rope_angles([[0]], 8, 10000.0),
-    lambda: layers.rope_angles([0], 7, 10000.0),
+    lambda: layers.rope_cos_sin([[0]], 8, 10000.0),
+    lambda: layers.rope_cos_sin([0], 7, 10000.0),
     lambda: layers.swiglu(np.zeros((2, 8)), np.zeros((2, 9))),
     lambda: layers.swiglu(np.zeros((2, 2, 8), np.float32), np.zeros((2, 2, 8), np.float32)),
     lambda: layers.attention(np.zeros((2, 4, 8)), np.zeros((2, 4, 8), np.float16), np.zeros((2, 4, 8), np.float16), 3, 1.0),
     lambda: layers.attention(np.zeros((1, 4, 8)), np.zeros((2, 4, 8), np.float32), np.zeros((2, 4, 8), np.float32), 0, 1.0),
     lambda: layers.attention(np.zeros((1, 3, 8)), np.zeros((2, 4, 8), np.float16), np.zeros((2, 4, 8), np.float16), 0, 1.0),
     lambda: matmul.Matrix(np.zeros((8, 34), np.uint8), int(T.Q8_0), 32).matmul(np.zeros((2, 64), np.float32)),
-    lambda: layers.rope_angles(np.zeros((1, 1), np.int64), 8, 10000.0),
+    lambda: layers.rope_cos_sin(np.zeros((1, 1), np.int64), 8, 10000.0),
     lambda: layers.attention(np.zeros((1, 4, 8), np.float32), np.zeros((2, 4, 8), ">f2"), np.zeros((2, 4, 8), ">f2"), 0, 1.0),
     lambda: layers.attention(np.zeros((1, 4, 8), np.float32), np.zeros((2, 8, 8), np.float16)[:, ::2],
                              np.zeros((2, 4, 8), np.float16), 0, 1.0),
@@ -381,8 +385,8 @@ def test_inputs_in_any_layout_give_the_same_bits():
         assert np.array_equal(layers.swiglu(y, y), layers.swiglu(x, x))
         assert np.array_equal(m.matmul(y), m.matmul(x))
     q = x.reshape(3, 4, 8)
-    cos, sin = layers.rope_angles(np.array([5, 6, 7], np.int32), 8, 10000.0)
-    assert all(np.array_equal(a, b) for a, b in zip((cos, sin), layers.rope_angles([5, 6, 7], 8, 10000.0)))
+    cos, sin = layers.rope_cos_sin(np.array([5, 6, 7], np.int32), 8, 10000.0)
+    assert all(np.array_equal(a, b) for a, b in zip((cos, sin), layers.rope_cos_sin([5, 6, 7], 8, 10000.0)))
     k, v = rng.standard_normal((2, 2, 10, 8)).astype(np.float16)
     for y in (q.astype(">f4"), unaligned(q), np.repeat(q, 2, axis=0)[::2]):
         assert np.array_equal(layers.rope(y, cos, sin), layers.rope(q, cos, sin))

@@ -175,7 +175,9 @@ def test_linear_rope_scaling_is_read(pairs):
 def test_row_chunks_take_the_kernel_of_the_whole_matrix():
     """The reference multiplies big weights a chunk of rows at a time (here 2978 rows, not a
     multiple of 4); tinyBLAS's choice belongs to the whole 5632-row matrix all the same."""
-    from engine.ggml_ops import NumpyBackend, Weight, float_dots
+    from engine.exact import NumpyBackend
+    from engine.float_dots import float_dots
+    from engine.operands import Weight
     from engine.quants import GGMLType
 
     rng = np.random.default_rng(0)

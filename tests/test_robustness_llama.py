@@ -47,12 +47,13 @@ def test_thread_counts_past_the_bound_are_refused_at_construction(n_threads):
 
 
 def test_the_compiled_backend_applies_the_same_bound():
-    backend = pytest.importorskip("kernels.backend")
+    backend = pytest.importorskip("engine.compiled")
     from kernels import parallel
     with pytest.raises(ArgumentError, match="n_threads"):
         backend.CythonBackend(n_threads=MAX_THREADS + 1)
-    with pytest.raises(ArgumentError, match="n_threads"):
-        parallel.parallel_sum(np.ones(4, np.float32), 100_000)
+    with pytest.raises(ValueError, match=f"n_threads must be an integer from 1 to {MAX_THREADS}"):
+        parallel.parallel_sum(np.ones(4, np.float32), 100_000)  # the kernels' own check, the same bound
+    assert parallel.MAX_THREADS == MAX_THREADS
     assert backend.CythonBackend(n_threads=np.int64(2)).n_threads == 2
 
 

@@ -16,7 +16,7 @@ import llama_cpp  # the reference: a missing llama_cpp fails this module, it doe
 from engine import Llama
 from engine.backends import EXACT
 from engine.errors import ModelError
-from engine.ggml_ops import float_dots
+from engine.float_dots import float_dots
 from engine.quants import BLOCK_LAYOUT, GGMLType
 from tests.kernel_inputs import bf16_bits
 from tests.model_files import quiet_llama_cpp

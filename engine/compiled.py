@@ -1,4 +1,4 @@
-"""The compiled backend: ``engine.ggml_ops.NumpyBackend``'s ops on the Cython/OpenMP kernels.
+"""The compiled backend: ``engine.exact.NumpyBackend``'s ops on the Cython/OpenMP kernels in ``kernels/``.
 
 Same methods, shapes, dtypes and rounding points as the NumPy reference, so a model can
 swap one for the other op by op.  Each weight becomes a ``kernels.matmul.Matrix`` the
@@ -13,12 +13,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from engine.ggml_ops import NumpyBackend, Rope, Weight, gelu_table
-from engine.isa import check_isa
+from kernels import layers, parallel
+from kernels.matmul import Matrix, get_rows, is_file_mapping, release_file_pages
 
-from . import layers
-from .matmul import Matrix, get_rows, is_file_mapping, release_file_pages
-from .parallel import check_threads
+from .exact import NumpyBackend
+from .ggml_math import gelu_table
+from .isa import check_isa
+from .operands import Rope, Weight
+from .threads import check_threads
 
 
 class Stack(NamedTuple):
@@ -35,18 +37,18 @@ class CythonBackend:
     name = "cython"
 
     def __init__(self, n_threads: int | None = None, isa: str = "avx2"):
-        self.n_threads = check_threads(n_threads)
-        self.isa = check_isa(isa)
+        self.n_threads = parallel.check_threads(check_threads(n_threads))  # None: OpenMP's default team
+        self.isa = check_isa(isa)  # whose arithmetic: llama.cpp built for AVX2 or AVX-512 (engine.isa)
         self._matrices: dict[int, tuple[Weight, Matrix]] = {}  # id(weight) -> (weight, its kernel matrix)
         self._stacks: dict[tuple[int, ...], Stack] = {}  # ids of the weights -> their stack
-        self._reference = NumpyBackend()
-        self._angles: dict[Rope, tuple[bytes, tuple[np.ndarray, np.ndarray]]] = {}  # per rope: last positions, cos, sin
+        self._reference = NumpyBackend(isa=self.isa)
+        self._cos_sin: dict[Rope, tuple[bytes, tuple[np.ndarray, np.ndarray]]] = {}  # per rope: last positions, cos, sin
 
     def matrix(self, w: Weight, release_source: bool = True) -> Matrix:
         """The kernel matrix of ``w``, built on first use."""
         entry = self._matrices.get(id(w))
         if entry is None:
-            entry = (w, Matrix(w.data, int(w.type), w.n_in, regroup=True, release_source=release_source))
+            entry = (w, Matrix(w.data, int(w.type), w.n_in, repacked=w.repacked(self.isa), release_source=release_source))
             self._matrices[id(w)] = entry
         return entry[1]
 
@@ -66,7 +68,7 @@ class CythonBackend:
         if stack is None:
             first = ws[0]
             stacks = len(ws) > 1 and all(w.type == first.type and w.n_in == first.n_in and w.n_out % 8 == 0 for w in ws)
-            matrix = Matrix([w.data for w in ws], int(first.type), first.n_in) if stacks else None
+            matrix = Matrix([w.data for w in ws], int(first.type), first.n_in, repacked=first.repacked(self.isa)) if stacks else None
             if matrix is not None and release_source:
                 release_file_pages([w.data for w in ws if is_file_mapping(w.data)])
             ends = itertools.accumulate(w.n_out for w in ws)
@@ -112,10 +114,10 @@ class CythonBackend:
     def rope(self, x: np.ndarray, positions: np.ndarray, rope: Rope) -> np.ndarray:
         """Every layer rotates q and k at the same positions, so the angles are computed once per batch
         (per rope: Gemma's windowed layers have their own)."""
-        entry = self._angles.get(rope)
+        entry = self._cos_sin.get(rope)
         if entry is None or entry[0] != positions.tobytes():
-            angles = layers.rope_angles(positions, rope.n_dims, rope.freq_base, rope.freq_scale, rope.freq_factors)
-            entry = self._angles[rope] = positions.tobytes(), angles
+            angles = layers.rope_cos_sin(positions, rope.n_dims, rope.freq_base, rope.freq_scale, rope.freq_factors)
+            entry = self._cos_sin[rope] = positions.tobytes(), angles
         return layers.rope(x, *entry[1], self.n_threads, rope.neox)
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float,
