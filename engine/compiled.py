@@ -18,7 +18,7 @@ from kernels.matmul import Matrix, get_rows, is_file_mapping, release_file_pages
 
 from .exact import NumpyBackend
 from .ggml_math import gelu_table
-from .isa import check_isa
+from .isa import ISAS, check_isa
 from .operands import Rope, Weight
 from .threads import check_threads
 
@@ -39,6 +39,7 @@ class CythonBackend:
     def __init__(self, n_threads: int | None = None, isa: str = "avx2"):
         self.n_threads = parallel.check_threads(check_threads(n_threads))  # None: OpenMP's default team
         self.isa = check_isa(isa)  # whose arithmetic: llama.cpp built for AVX2 or AVX-512 (engine.isa)
+        self._isa = ISAS.index(self.isa)  # the kernels' number for it
         self._matrices: dict[int, tuple[Weight, Matrix]] = {}  # id(weight) -> (weight, its kernel matrix)
         self._stacks: dict[tuple[int, ...], Stack] = {}  # ids of the weights -> their stack
         self._reference = NumpyBackend(isa=self.isa)
@@ -48,7 +49,8 @@ class CythonBackend:
         """The kernel matrix of ``w``, built on first use."""
         entry = self._matrices.get(id(w))
         if entry is None:
-            entry = (w, Matrix(w.data, int(w.type), w.n_in, repacked=w.repacked(self.isa), release_source=release_source))
+            entry = (w, Matrix(w.data, int(w.type), w.n_in, repacked=w.repacked(self.isa), release_source=release_source,
+                               isa=self._isa))
             self._matrices[id(w)] = entry
         return entry[1]
 
@@ -68,7 +70,8 @@ class CythonBackend:
         if stack is None:
             first = ws[0]
             stacks = len(ws) > 1 and all(w.type == first.type and w.n_in == first.n_in and w.n_out % 8 == 0 for w in ws)
-            matrix = Matrix([w.data for w in ws], int(first.type), first.n_in, repacked=first.repacked(self.isa)) if stacks else None
+            matrix = Matrix([w.data for w in ws], int(first.type), first.n_in, repacked=first.repacked(self.isa),
+                            isa=self._isa) if stacks else None
             if matrix is not None and release_source:
                 release_file_pages([w.data for w in ws if is_file_mapping(w.data)])
             ends = itertools.accumulate(w.n_out for w in ws)
@@ -122,10 +125,10 @@ class CythonBackend:
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float,
                   window: int = 0) -> np.ndarray:
-        return layers.attention(q, k_cache, v_cache, start, scale, self.n_threads, window)  # (n, n_heads*hd)
+        return layers.attention(q, k_cache, v_cache, start, scale, self.n_threads, window, self._isa)  # (n, n_heads*hd)
 
     def swiglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-        return layers.swiglu(gate, up, self.n_threads)
+        return layers.swiglu(gate, up, self.n_threads, self._isa)
 
     def geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         return layers.geglu(gate, up, gelu_table(), self.n_threads)

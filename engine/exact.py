@@ -105,14 +105,14 @@ class NumpyBackend:
 
         As in ggml's non-flash attention, q and the probabilities are rounded to f16 like
         the cache they multiply, and both products sum in ggml's order (``float_dots``);
-        both run over the keys padded with zeros to a multiple of 32, as over llama.cpp's
-        padded cache view.
+        both run over the keys padded with zeros to a multiple of 64, as over llama.cpp's
+        padded cache view (its n_kv is a multiple of 256), so vec_dot has no tail.
         """
         n, n_heads, head_dim = q.shape
         n_kv_heads = k_cache.shape[0]
         group = n_heads // n_kv_heads
         n_keys = start + n
-        pad = -n_keys % 32
+        pad = -n_keys % 64
         keys = k_cache[:, None, :n_keys].astype(np.float32)                  # (n_kv_heads, 1, n_keys, hd)
         keys = np.pad(keys, ((0, 0), (0, 0), (0, pad), (0, 0)))              # (n_kv_heads, 1, n_keys+pad, hd)
         values = v_cache[:, None, :n_keys].astype(np.float32)                # (n_kv_heads, 1, n_keys, hd)
