@@ -9,13 +9,16 @@ orders are plain arithmetic, so the exact backends compute either on any x86 hos
     avx2     llama.cpp built for AVX2 with FMA and F16C
     avx512   llama.cpp built for AVX-512 with the F, BW, DQ, VL, VNNI and BF16 extensions
              (AMD Zen 4 and later, Intel Sapphire Rapids and later)
-    auto     what a native build picks on this CPU: avx512 when it has AVX-512F, else avx2
+    auto     $LLAMANP_GGML_ISA when set (one of the two), else what a native build picks on
+             this CPU: avx512 when it has AVX-512F, else avx2
 
 A CPU with AVX-512F but not all of those extensions (Skylake-X, Ice Lake) runs yet other
 variants of a few kernels (the BF16 dot products, the VNNI tiles); "auto" maps it to
 avx512, the closest.
 """
 from __future__ import annotations
+
+import os
 
 from .errors import ArgumentError
 
@@ -30,8 +33,12 @@ def check_isa(isa: str) -> str:
 
 
 def resolve_isa(isa: str) -> str:
-    """``isa``, or for "auto" the one a native llama.cpp build uses on this CPU (``native_isa``)."""
-    return native_isa() if isa == "auto" else check_isa(isa)
+    """``isa``, or for "auto" $LLAMANP_GGML_ISA if set, else the one a native llama.cpp build uses on
+    this CPU (``native_isa``): a whole process (a server, a test run) can follow one llama.cpp build."""
+    if isa != "auto":
+        return check_isa(isa)
+    pinned = os.environ.get("LLAMANP_GGML_ISA")
+    return check_isa(pinned) if pinned else native_isa()
 
 
 def native_isa(cpuinfo: str = "/proc/cpuinfo") -> str:
