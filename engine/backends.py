@@ -41,7 +41,8 @@ class Backend(Protocol):
         """x / sqrt(mean(x²) + eps) · weight: (n, d), (d,) -> (n, d)."""
 
     def rope(self, x: np.ndarray, positions: np.ndarray, rope: Rope) -> np.ndarray:
-        """Each head's pairs (``rope.pairs()``) rotated at its row's position: (n, heads, hd), (n,) -> (n, heads, hd)."""
+        """Each head's pairs (``rope.pairs()``) rotated at its row's position:
+        (n, heads, hd), (n,) -> (n, heads, hd)."""
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int,
                   scale: float, window: int = 0) -> np.ndarray:

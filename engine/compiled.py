@@ -43,7 +43,8 @@ class CythonBackend:
         self._matrices: dict[int, tuple[Weight, Matrix]] = {}  # id(weight) -> (weight, its kernel matrix)
         self._stacks: dict[tuple[int, ...], Stack] = {}  # ids of the weights -> their stack
         self._reference = NumpyBackend(isa=self.isa)
-        self._cos_sin: dict[Rope, tuple[bytes, tuple[np.ndarray, np.ndarray]]] = {}  # per rope: last positions, cos, sin
+        # per rope: the last positions, and their cos and sin
+        self._cos_sin: dict[Rope, tuple[bytes, tuple[np.ndarray, np.ndarray]]] = {}
 
     def matrix(self, w: Weight, release_source: bool = True) -> Matrix:
         """The kernel matrix of ``w``, built on first use."""
@@ -70,6 +71,7 @@ class CythonBackend:
         if stack is None:
             first = ws[0]
             stacks = len(ws) > 1 and all(w.type == first.type and w.n_in == first.n_in and w.n_out % 8 == 0 for w in ws)
+            # every part a multiple of 8 rows: each is repacked exactly when the stack is
             matrix = Matrix([w.data for w in ws], int(first.type), first.n_in, repacked=first.repacked(self.isa),
                             isa=self._isa) if stacks else None
             if matrix is not None and release_source:

@@ -320,7 +320,8 @@ class Weights:
             if hp.family.gate_in_up:
                 gate_up = row_blocks(blk + "ffn_up.weight", (hp.ffn, hp.ffn))
             else:
-                gate_up = (matrix(blk + "ffn_gate.weight", hp.dim, hp.ffn), matrix(blk + "ffn_up.weight", hp.dim, hp.ffn))
+                gate_up = (matrix(blk + "ffn_gate.weight", hp.dim, hp.ffn),
+                           matrix(blk + "ffn_up.weight", hp.dim, hp.ffn))
             return dict(zip(("wq", "wk", "wv", "w_gate", "w_up"), qkv + gate_up))
 
         def extras(i: int) -> dict:

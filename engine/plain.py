@@ -66,7 +66,8 @@ class PlainBackend:
         return x / np.sqrt(mean_square + np.float32(eps)) * weight           # (n, d) · (d,) -> (n, d)
 
     def rope(self, x: np.ndarray, positions: np.ndarray, rope: Rope) -> np.ndarray:
-        """Rotate each pair of each head (x₂ᵢ, x₂ᵢ₊₁), or in NEOX mode (xᵢ, xᵢ₊d/2), by the angle position · θᵢ."""
+        """Rotate each pair of each head (x₂ᵢ, x₂ᵢ₊₁), or in NEOX mode (xᵢ, xᵢ₊d/2),
+        by the angle position · θᵢ."""
         i = np.arange(rope.n_dims // 2)                                      # (d/2,) pair index
         theta = rope.freq_base ** (-2.0 * i / rope.n_dims) * rope.freq_scale  # (d/2,) radians per position
         if rope.freq_factors is not None:

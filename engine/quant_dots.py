@@ -35,7 +35,7 @@ class QuantDot:
 
     def prepare(self, x: np.ndarray, repacked: bool = False):
         grouped = repacked and self.vec_dot_type == GGMLType.Q8_K
-        raw = self.quantize(x, repacked=True) if grouped else self.quantize(x)   # (n, row bytes)
+        raw = self.quantize(x, grouped=True) if grouped else self.quantize(x)   # (n, row bytes)
         return quants.unpack(raw, self.vec_dot_type)
 
     def rows(self, data: np.ndarray, w: Weight, x, isa: str) -> np.ndarray:
@@ -62,13 +62,15 @@ class QuantDot:
                 return hsum8(fma_chain(dxw[..., None], lanes))               # (n, rows)
             case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if w.repacked(isa):
                 return _k_repacked(x, q, scales, mins, dxw, x.d.T[:, :, None] * dmin.T[:, None, :])
-            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if w.type == GGMLType.Q5_K and not tiled(w, x.q.shape[0], isa):
+            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) \
+                    if w.type == GGMLType.Q5_K and not tiled(w, x.q.shape[0], isa):
                 # vec_dot_q5_K_q8_K: 8 lanes fma'd per super-block, the mins summed apart in a scalar
                 lanes = _chunk_lanes(x.q, q, scales[..., np.arange(8)[:, None].repeat(8, axis=1)])
                 mins_dot = _scaled_sum(_sub_block_sums(x.bsums, 8).transpose(1, 2, 0)[..., None], mins)  # (nb, n, rows)
                 neg_dmin = -(x.d.T[:, :, None] * dmin.T[:, None, :])            # (nb, n, rows)
                 return hsum8(fma_chain(dxw[..., None], lanes)) + fma_chain(neg_dmin, mins_dot.astype(np.float32))
-            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if w.type == GGMLType.Q2_K and not tiled(w, x.q.shape[0], isa):
+            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) \
+                    if w.type == GGMLType.Q2_K and not tiled(w, x.q.shape[0], isa):
                 # vec_dot_q2_K_q8_K: per super-block one fma of the 8 min lanes, then one of the 8 scaled lanes
                 lanes = _chunk_lanes(x.q, q, scales[:, :, _PAIRED_SCALES]).astype(np.float32)  # (nb, n, rows, 8)
                 min_lanes = _pair_lanes(x.bsums, mins)                         # (nb, n, rows, 8)

@@ -538,7 +538,7 @@ def _q8_K_group_iscale(blocks: np.ndarray, amax: np.ndarray) -> np.ndarray:
     return np.divide(signed, amax, out=np.zeros_like(amax), where=amax != 0)
 
 
-def quantize_q8_K(x: np.ndarray, repacked: bool = False) -> np.ndarray:
+def quantize_q8_K(x: np.ndarray, grouped: bool = False) -> np.ndarray:
     """Quantise f32 activations (..., n) to Q8_K rows (..., n // 256 * 292) as ggml's x86 backend does.
 
     On x86 quantize_row_q8_K is ggml's scalar quantize_row_q8_K_ref: iscale = -127 / max
@@ -546,7 +546,7 @@ def quantize_q8_K(x: np.ndarray, repacked: bool = False) -> np.ndarray:
     min(127, nearest_int(iscale * x)) where nearest_int rounds ties to even, d = 1 / iscale
     (f32), bsums the int16 sums of each 16 quants; an all-zero block stores d = 0.
 
-    ``repacked=True`` mirrors a matrix product against weights that llama.cpp repacked
+    ``grouped=True`` mirrors a matrix product against weights that llama.cpp repacked
     (Q4_K on AVX2 when the weight has a multiple of 8 rows): there the activation rows
     along axis -2 are quantised four at a time by ggml_quantize_mat_q8_K_4x8
     (ggml-cpu/arch/x86/repack.cpp), and only the ``rows % 4`` trailing rows go through
@@ -558,7 +558,7 @@ def quantize_q8_K(x: np.ndarray, repacked: bool = False) -> np.ndarray:
     blocks = _activation_blocks(x, QK_K, "Q8_K")
     amax = np.abs(blocks).max(axis=-1, keepdims=True)  # (..., nb, 1)
     iscale = _q8_K_row_iscale(blocks, amax)
-    if repacked and blocks.ndim >= 3:
+    if grouped and blocks.ndim >= 3:
         grouped_rows = blocks.shape[-3] - blocks.shape[-3] % 4
         iscale[..., :grouped_rows, :, :] = _q8_K_group_iscale(blocks, amax)[..., :grouped_rows, :, :]
     q = np.minimum(np.rint(iscale * blocks), 127).astype(np.int8)

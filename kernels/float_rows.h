@@ -106,7 +106,8 @@ static inline __attribute__((always_inline)) void tinyblas_tile(
             float acc[8] = {0};
             for (int l = 0; l < k; l += 8)
                 for (int e = 0; e < 8; e++)
-                    acc[e] = fmaf(float_at(w + i * w_bytes, l + e, type), float_at(a + j * a_bytes, l + e, type), acc[e]);
+                    acc[e] = fmaf(float_at(w + i * w_bytes, l + e, type), float_at(a + j * a_bytes, l + e, type),
+                                  acc[e]);
             out[j * ldo + i] = hsum8(acc);
         }
 #endif

@@ -49,7 +49,8 @@ static inline int q3_K_scale(const uint8_t *p, int sub) {
 }
 
 typedef struct {
-    uint8_t q[QK_K];   /* unsigned quants: Q2_K 0..3, Q3_K 0..7 (offset 4), Q4_K 0..15, Q5_K 0..31, Q6_K 0..63 (offset 32) */
+    uint8_t q[QK_K];   /* unsigned quants: Q2_K 0..3, Q3_K 0..7 (offset 4), Q4_K 0..15, Q5_K 0..31,
+                          Q6_K 0..63 (offset 32) */
     int16_t sc[16];    /* integer scale of each run of 16 quants */
     int16_t scv[8][16];  /* per 32-quant chunk c: sc[2c] eight times, then sc[2c + 1] eight times (madd's operand) */
     int16_t mn[16];    /* per run of 16: the min (Q2_K; Q4_K/Q5_K: their run of 32's), or the offset times the
@@ -78,7 +79,8 @@ static inline void q6_K_half(const uint8_t *ql, const uint8_t *qh, int h, __m256
     chunk[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), bits45));
     chunk[1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45));
     chunk[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_and_si256(hb, bits45));
-    chunk[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45));
+    chunk[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4),
+                               _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45));
 }
 #endif
 
@@ -154,7 +156,8 @@ static inline void kq_unpack(int type, const uint8_t *x, kq_block *u) {
 /* A super-block's integer lanes: lane l = sum over chunks c of sc[2c + l / 4] times the
  * products of weights 32c + 4l..4l+3 (Q3_K's quants shifted back to -4..3 in the lane,
  * as ggml does), and min lane l = mn[2l] * bsums[2l] + mn[2l + 1] * bsums[2l + 1]. */
-static inline __attribute__((always_inline)) void kq_lanes(int type, const kq_block *u, const block_q8_K *y, lanes_i32 *lanes, lanes_i32 *minlanes) {
+static inline __attribute__((always_inline))
+void kq_lanes(int type, const kq_block *u, const block_q8_K *y, lanes_i32 *lanes, lanes_i32 *minlanes) {
     const int offset = type == T_Q3_K ? 4 : 0;
 #if defined(__AVX2__)
     const __m256i shift = _mm256_set1_epi8((char)offset);
@@ -166,7 +169,8 @@ static inline __attribute__((always_inline)) void kq_lanes(int type, const kq_bl
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_loadu_si256((const __m256i *)u->scv[c])));
     }
     *lanes = acc;
-    *minlanes = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)u->mn), _mm256_loadu_si256((const __m256i *)y->bsums));
+    *minlanes = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)u->mn),
+                                  _mm256_loadu_si256((const __m256i *)y->bsums));
 #else
     for (int l = 0; l < 8; l++) {
         int sum = 0;
@@ -201,7 +205,8 @@ static inline kq_vec_acc kq_vec_start(void) {
  *   Q5_K: the lanes fma'd by dy * d, and the whole mins sum by -(dy * dmin) into a scalar;
  *   Q4_K: (dy * d) * S - (dy * dmin) * M in double, summed in double -- the reference's
  *         stand-in for ggml's few-row Q4_K kernel, which llama.cpp only runs on rows it does not repack. */
-static inline __attribute__((always_inline)) void kq_vec_add(int type, kq_vec_acc *a, lanes_i32 lanes, lanes_i32 minlanes, float dy, float d, float dmin) {
+static inline __attribute__((always_inline))
+void kq_vec_add(int type, kq_vec_acc *a, lanes_i32 lanes, lanes_i32 minlanes, float dy, float d, float dmin) {
     switch (type) {
         case T_Q2_K:
             a->acc = lanes_fma(-(dy * dmin), minlanes, a->acc);
@@ -229,7 +234,8 @@ static inline float kq_vec_result(int type, const kq_vec_acc *a) {
     return lanes_hsum(a->acc);
 }
 
-static inline __attribute__((always_inline)) float kq_dot_vec(int type, const kq_block *u, int nb, const block_q8_K *y) {
+static inline __attribute__((always_inline))
+float kq_dot_vec(int type, const kq_block *u, int nb, const block_q8_K *y) {
     kq_vec_acc a = kq_vec_start();
     for (int i = 0; i < nb; i++) {
         lanes_i32 lanes, minlanes;
@@ -246,7 +252,8 @@ static inline int kq_has_mins(int type) { return type == T_Q2_K || type == T_Q4_
 /* One super-block of the tiled kernel for one row and token: r = d * S, minus dmin * M fused
  * for the types with mins, then folded in with one fma by dy.  S is net of Q3_K's and Q6_K's
  * offsets (Q6_K's taken off as its min lanes). */
-static inline __attribute__((always_inline)) float kq_tiled_add(int type, float acc, lanes_i32 lanes, lanes_i32 minlanes, float dy, float d, float dmin) {
+static inline __attribute__((always_inline))
+float kq_tiled_add(int type, float acc, lanes_i32 lanes, lanes_i32 minlanes, float dy, float d, float dmin) {
     const int m = lanes_isum(minlanes);
     const int s = lanes_isum(lanes) - (type == T_Q6_K ? m : 0);
     float r = d * (float)s;
@@ -297,7 +304,8 @@ static inline __attribute__((always_inline)) void kq_tile_add(int type, const kq
     const __m256 d = _mm256_setr_ps(u0->d, u0->d, u0->d, u0->d, u1->d, u1->d, u1->d, u1->d);
     __m256 r;
     if (kq_has_mins(type)) {
-        const __m256 dmin = _mm256_setr_ps(u0->dmin, u0->dmin, u0->dmin, u0->dmin, u1->dmin, u1->dmin, u1->dmin, u1->dmin);
+        const __m256 dmin = _mm256_setr_ps(u0->dmin, u0->dmin, u0->dmin, u0->dmin,
+                                           u1->dmin, u1->dmin, u1->dmin, u1->dmin);
         const __m256 neg_dmin = _mm256_xor_ps(dmin, _mm256_set1_ps(-0.0f));  /* -dmin, signed zeros included */
         r = _mm256_fmadd_ps(neg_dmin, _mm256_cvtepi32_ps(kq_sum_lanes8(m)),
                             _mm256_mul_ps(d, _mm256_cvtepi32_ps(kq_sum_lanes8(s))));
@@ -325,9 +333,10 @@ enum { KQ_TILE_ROWS = 16 };  /* rows whose super-blocks are unpacked together in
  * super-block by super-block: their blocks are unpacked once, then each tile of four tokens
  * meets every pair of rows while it is in L1.  The running sums wait in acc, eight per
  * (pair, tile). */
-static inline __attribute__((always_inline)) void kq_rows_tiled(int type, const uint8_t *w, int64_t row_bytes, int64_t r0,
-                                                               int64_t r1, int nb, const uint8_t *acts, int64_t act_bytes,
-                                                               int64_t n_tok, kq_block *u, float *acc, float *out, int64_t ldo) {
+static inline __attribute__((always_inline))
+void kq_rows_tiled(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int nb,
+                   const uint8_t *acts, int64_t act_bytes, int64_t n_tok, kq_block *u, float *acc, float *out,
+                   int64_t ldo) {
     const int64_t n_tiles = (n_tok + 3) / 4;
     const size_t block_bytes = (size_t)row_bytes / (size_t)nb;
     for (int64_t g = r0; g < r1; g += KQ_TILE_ROWS) {
@@ -340,14 +349,16 @@ static inline __attribute__((always_inline)) void kq_rows_tiled(int type, const 
                 const block_q8_K *y[4];
                 for (int t = 0; t < n; t++) y[t] = (const block_q8_K *)(acts + (4 * k + t) * act_bytes) + b;
                 for (int p = 0; p < pairs; p++) {
-                    const kq_block *u1 = &u[2 * p + 1 < rows ? 2 * p + 1 : 2 * p];  /* a lone last row pairs with itself */
+                    /* a lone last row pairs with itself */
+                    const kq_block *u1 = &u[2 * p + 1 < rows ? 2 * p + 1 : 2 * p];
                     if (n == 4) kq_tile_add(type, &u[2 * p], u1, y, 4, acc + 8 * (p * n_tiles + k));
                     else kq_tile_add(type, &u[2 * p], u1, y, n, acc + 8 * (p * n_tiles + k));
                 }
             }
         }
         for (int i = 0; i < rows; i++)
-            for (int64_t t = 0; t < n_tok; t++) out[t * ldo + g + i] = acc[8 * ((i / 2) * n_tiles + t / 4) + 4 * (i % 2) + t % 4];
+            for (int64_t t = 0; t < n_tok; t++)
+                out[t * ldo + g + i] = acc[8 * ((i / 2) * n_tiles + t / 4) + 4 * (i % 2) + t % 4];
     }
 }
 
@@ -375,7 +386,8 @@ static inline int kq_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t
                           const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo) {
     const int nb = n_in / QK_K, tiled = n_tok >= KQ_TILED_MIN_ROWS;
     /* unpacked blocks: a row's (few tokens) or sixteen rows' one (tiled), then the tiled kernel's running sums */
-    const size_t blocks = tiled ? KQ_TILE_ROWS : (size_t)nb, n_sums = tiled ? 4 * KQ_TILE_ROWS * (size_t)((n_tok + 3) / 4) : 0;
+    const size_t blocks = tiled ? KQ_TILE_ROWS : (size_t)nb;
+    const size_t n_sums = tiled ? 4 * KQ_TILE_ROWS * (size_t)((n_tok + 3) / 4) : 0;
     kq_block *scratch = malloc(sizeof(kq_block) * blocks + sizeof(float) * n_sums);
     if (!scratch) return -1;
     float *sums = (float *)(scratch + blocks);

@@ -95,10 +95,12 @@ static inline void rope_row(float *x, int heads, int hd, int n_dims, const float
             const __m256 x0 = _mm256_moveldup_ps(xv);
             const __m256 x1_rounded = _mm256_mul_ps(_mm256_movehdup_ps(xv), sin_cos);  /* fp32(x1 sin), fp32(x1 cos) */
             /* x0 * (cos, sin) is exact in double: one rounding to double, one to fp32 */
-            const __m128 lo = _mm256_cvtpd_ps(_mm256_fmaddsub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x0)), cos_sin[0],
-                                                                 _mm256_cvtps_pd(_mm256_castps256_ps128(x1_rounded))));
-            const __m128 hi = _mm256_cvtpd_ps(_mm256_fmaddsub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x0, 1)), cos_sin[1],
-                                                                 _mm256_cvtps_pd(_mm256_extractf128_ps(x1_rounded, 1))));
+            const __m128 lo = _mm256_cvtpd_ps(_mm256_fmaddsub_pd(
+                _mm256_cvtps_pd(_mm256_castps256_ps128(x0)), cos_sin[0],
+                _mm256_cvtps_pd(_mm256_castps256_ps128(x1_rounded))));
+            const __m128 hi = _mm256_cvtpd_ps(_mm256_fmaddsub_pd(
+                _mm256_cvtps_pd(_mm256_extractf128_ps(x0, 1)), cos_sin[1],
+                _mm256_cvtps_pd(_mm256_extractf128_ps(x1_rounded, 1))));
             _mm256_storeu_ps(xh, _mm256_set_m128(hi, lo));
         }
     }
@@ -124,8 +126,9 @@ static inline void rope_row_neox(float *x, int heads, int hd, int n_dims, const 
             const __m128 c = _mm_loadu_ps(cs + r), s = _mm_loadu_ps(sn + r);
             const __m128 x0 = _mm_loadu_ps(x0s + r), x1 = _mm_loadu_ps(x1s + r);
             const __m256d x0d = _mm256_cvtps_pd(x0);
-            _mm_storeu_ps(x0s + r, _mm256_cvtpd_ps(_mm256_fmsub_pd(x0d, _mm256_cvtps_pd(c), _mm256_cvtps_pd(_mm_mul_ps(x1, s)))));
-            _mm_storeu_ps(x1s + r, _mm256_cvtpd_ps(_mm256_fmadd_pd(x0d, _mm256_cvtps_pd(s), _mm256_cvtps_pd(_mm_mul_ps(x1, c)))));
+            const __m256d x1_sin = _mm256_cvtps_pd(_mm_mul_ps(x1, s)), x1_cos = _mm256_cvtps_pd(_mm_mul_ps(x1, c));
+            _mm_storeu_ps(x0s + r, _mm256_cvtpd_ps(_mm256_fmsub_pd(x0d, _mm256_cvtps_pd(c), x1_sin)));
+            _mm_storeu_ps(x1s + r, _mm256_cvtpd_ps(_mm256_fmadd_pd(x0d, _mm256_cvtps_pd(s), x1_cos)));
         }
 #endif
         for (; r < half; r++) {
@@ -178,7 +181,8 @@ static inline __m256 ggml_expf8(__m256 x) {
     const __m256 shifter = _mm256_set1_ps(EXP_SHIFTER);
     const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), shifter);
     const __m256 n = _mm256_sub_ps(z, shifter);
-    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x));
+    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO),
+                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x));
     const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
     const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32((int)EXP_ONE_BITS)));
     const __m256 u = _mm256_mul_ps(b, b);
@@ -329,8 +333,10 @@ static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_
             for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
             for (int c = 0; c < hd; c += 8) {
                 const __m256 qv = _mm256_loadu_ps(qf + c);
-                for (int r = 0; r < 8; r++)
-                    acc[r] = _mm256_fmadd_ps(qv, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + (int64_t)(j + r) * hd + c))), acc[r]);
+                for (int r = 0; r < 8; r++) {
+                    const __m128i kr = _mm_loadu_si128((const __m128i *)(k + (int64_t)(j + r) * hd + c));
+                    acc[r] = _mm256_fmadd_ps(qv, _mm256_cvtph_ps(kr), acc[r]);
+                }
             }
             _mm256_storeu_ps(scores + j, _mm256_mul_ps(sum8x8_ps(acc, 1), sv));
         }
@@ -343,7 +349,8 @@ static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_
                 for (int c = 0; c < hd; c += 32)
                     for (int l = 0; l < 4; l++)
                         a[l] = _mm256_fmadd_ps(_mm256_loadu_ps(qf + c + 8 * l),
-                                               _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + c + 8 * l))), a[l]);
+                                               _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + c + 8 * l))),
+                                               a[l]);
                 octet[r] = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
             }
             _mm256_storeu_ps(scores + j, _mm256_mul_ps(sum8x8_ps(octet, 0), sv));
@@ -413,7 +420,8 @@ static inline void softmax_f16(float *s, int m, uint16_t *p, int isa) {
 #if LAYER_SIMD
     for (; j + 8 <= m; j += 8)
         _mm_storeu_si128((__m128i *)(p + j),
-                         _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(s + j), _mm256_set1_ps(inv)), _MM_FROUND_TO_NEAREST_INT));
+                         _mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(s + j), _mm256_set1_ps(inv)),
+                                         _MM_FROUND_TO_NEAREST_INT));
 #endif
     for (; j < m; j++) p[j] = fp32_to_fp16(s[j] * inv);
 }
@@ -480,7 +488,8 @@ static inline __attribute__((always_inline)) void weigh_lane(const uint16_t *p, 
  * by sum_lanes16).  acc: lanes * hd floats of scratch, lane l's sums in row l.  The zeros
  * the reference pads the keys with (to a multiple of 64, so vec_dot has no tail) add
  * nothing, so they are left out. */
-static inline void weigh_values(const uint16_t *p, const uint16_t *v, int m, int hd, int lanes, float *acc, float *out) {
+static inline void weigh_values(const uint16_t *p, const uint16_t *v, int m, int hd, int lanes, float *acc,
+                                float *out) {
     const int used = m < lanes ? m : lanes;
     for (int l = 0; l < used; l++) {
         float *row = acc + (size_t)l * hd;

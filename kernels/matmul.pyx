@@ -5,8 +5,8 @@
 as ggml's x86 backend does, then takes the integer block dot products on OpenMP threads,
 split over output rows.  Weights that llama.cpp repacks on AVX2 (the caller says which:
 ``engine.operands.Weight.repacked``) run its repacked kernels' order and are regrouped
-eight rows at a time, so one pass over the weights serves four tokens at once.  Everything is checked here, at the Python boundary; the loops below run
-without the GIL and without bounds checks.
+eight rows at a time, so one pass over the weights serves four tokens at once.  Everything is
+checked here, at the Python boundary; the loops below run without the GIL and without bounds checks.
 """
 import mmap
 
@@ -58,7 +58,8 @@ cdef extern from "q4_Kx8.h" nogil:
     ctypedef struct block_q8_K:
         pass
     void repack_q4_Kx8_group(const block_q4_K *src, int64_t nb, int64_t g, block_q4_Kx8 *dst)
-    void q4_Kx8_dot(const block_q4_Kx8 *grp, int64_t nb, const block_q8_K *const *act, int n_act, float *out, int64_t ldo)
+    void q4_Kx8_dot(const block_q4_Kx8 *grp, int64_t nb, const block_q8_K *const *act, int n_act, float *out,
+                    int64_t ldo)
 
 cdef extern from "q4_0x8.h" nogil:
     ctypedef struct block_q4_0x8:
@@ -158,7 +159,8 @@ def get_rows(data, int type, int64_t n_in, ids):
     cdef cnp.ndarray w = data
     cdef int64_t row_bytes = type_row_bytes(type, n_in), n_rows = w.shape[0]
     if row_bytes <= 0 or n_in % type_block_size(type) or w.shape[1] * cnp.PyArray_ITEMSIZE(w) != row_bytes:
-        raise ValueError(f"weight rows of {w.shape[1] * cnp.PyArray_ITEMSIZE(w)} bytes do not hold {n_in} values of ggml type {type}")
+        raise ValueError(f"weight rows of {w.shape[1] * cnp.PyArray_ITEMSIZE(w)} bytes do not hold {n_in} values "
+                         f"of ggml type {type}")
     cdef cnp.ndarray r = row_ids(ids, n_rows)
     cdef const int64_t *rows = <const int64_t *>cnp.PyArray_DATA(r)
     cdef const uint8_t *src = <const uint8_t *>cnp.PyArray_DATA(w)
@@ -239,7 +241,8 @@ cdef class Matrix:
             self.data = regroup_rows(parts, type, n_in, release_source)
         else:
             self.data = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        cdef const uint8_t[:, ::1] view = self.data.reshape(self.n_out, -1) if self.n_out else np.zeros((1, 1), np.uint8)
+        cdef const uint8_t[:, ::1] view = (self.data.reshape(self.n_out, -1) if self.n_out
+                                           else np.zeros((1, 1), np.uint8))
         self.ptr = &view[0, 0]
 
     cdef object raw_rows(self, data):
@@ -248,7 +251,8 @@ cdef class Matrix:
             raise ValueError("weight data must be a C-contiguous 2-D NumPy array")
         expected = {T_F32: np.float32, T_F16: np.float16, T_BF16: np.uint16}.get(self.type, np.uint8)
         if data.dtype != expected and data.dtype != np.uint8:
-            raise ValueError(f"weight data of ggml type {self.type} must be {np.dtype(expected).name} or uint8, got {data.dtype}")
+            raise ValueError(f"weight data of ggml type {self.type} must be {np.dtype(expected).name} or uint8, "
+                             f"got {data.dtype}")
         if data.shape[1] * data.itemsize != self.row_bytes:
             raise ValueError(f"weight rows hold {data.shape[1] * data.itemsize} bytes, "
                              f"expected {self.row_bytes} for {self.n_in} values of ggml type {self.type}")
@@ -386,7 +390,8 @@ cdef class Matrix:
                         grp = buf
                     for tt in range(n_tiles):
                         t0 = tt * tile
-                        q4_Kx8_dot(grp, nb, rows + t0, <int>min(tile, n - t0), out + t0 * self.n_out + 8 * g, self.n_out)
+                        q4_Kx8_dot(grp, nb, rows + t0, <int>min(tile, n - t0), out + t0 * self.n_out + 8 * g,
+                                   self.n_out)
         finally:
             free(acts)
             free(scratch)
@@ -398,7 +403,8 @@ cdef object regroup_rows(parts, int type, int64_t n_in, bint release_source):
     eight rows at a time (q4_0x8.h, q4_Kx8.h) into one flat uint8 array."""
     cdef bint k_quant = type == T_Q4_K
     cdef int64_t nb = n_in // type_block_size(type)
-    cdef int64_t group_bytes = nb * (sizeof(block_q4_Kx8) if k_quant else sizeof(block_q4_0x8))  # a group's block column
+    # a group's block columns: 8 rows' blocks interleaved
+    cdef int64_t group_bytes = nb * (sizeof(block_q4_Kx8) if k_quant else sizeof(block_q4_0x8))
     out = np.empty(sum(part.shape[0] for part in parts) // 8 * group_bytes, np.uint8)
     cdef uint8_t[::1] dst = out
     cdef const uint8_t[:, ::1] src
@@ -410,9 +416,11 @@ cdef object regroup_rows(parts, int type, int64_t n_in, bint release_source):
         with nogil:
             for g in prange(n_groups, schedule="static"):
                 if k_quant:
-                    repack_q4_Kx8_group(<const block_q4_K *>&src[0, 0], nb, g, <block_q4_Kx8 *>&dst[first * group_bytes])
+                    repack_q4_Kx8_group(<const block_q4_K *>&src[0, 0], nb, g,
+                                        <block_q4_Kx8 *>&dst[first * group_bytes])
                 else:
-                    repack_q4_0x8_group(<const block_q4_0 *>&src[0, 0], nb, g, <block_q4_0x8 *>&dst[first * group_bytes])
+                    repack_q4_0x8_group(<const block_q4_0 *>&src[0, 0], nb, g,
+                                        <block_q4_0x8 *>&dst[first * group_bytes])
         if release_source and is_file_mapping(part):
             release_pages(&src[0, 0], part.nbytes)
         first += n_groups

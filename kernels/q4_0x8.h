@@ -90,7 +90,8 @@ static inline void q4_0x8_dot_n(const block_q4_0x8 *grp, int64_t nb, const act_q
         q4x8_sums(grp + b, act, b, N, s);
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)grp[b].d));
         for (int t = 0; t < N; t++) {
-            const __m256i isum = _mm256_sub_epi32(_mm256_madd_epi16(s[t], _mm256_set1_epi16(1)), _mm256_set1_epi32(act[t].bias[b]));
+            const __m256i isum = _mm256_sub_epi32(_mm256_madd_epi16(s[t], _mm256_set1_epi16(1)),
+                                                  _mm256_set1_epi32(act[t].bias[b]));
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(act[t].d[b])), acc[t]);
         }
     }

@@ -114,7 +114,8 @@ static inline void q4_Kx8_dot_n(const block_q4_Kx8 *grp, int64_t nb, const block
             k4_half(blk->qs[c], 4, a, N, k8_pairs(blk->sc[2 * c + 1]), isum);
             if ((2 * c + 2) % part) continue;
             for (int t = 0; t < N; t++) {  /* the end of a part */
-                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, _mm256_set1_ps(act[t][b].d)), acc[t]);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(d, _mm256_set1_ps(act[t][b].d)),
+                                         acc[t]);
                 isum[t] = _mm256_setzero_si256();
             }
         }

@@ -49,7 +49,8 @@ enum {
 enum { PREFETCH_AHEAD = 2048 };
 static inline void prefetch_ahead(const void *p, size_t bytes) {
     const uintptr_t start = (uintptr_t)p + PREFETCH_AHEAD;
-    for (uintptr_t line = start & ~(uintptr_t)63; line < start + bytes; line += 64) __builtin_prefetch((const void *)line, 0, 3);
+    for (uintptr_t line = start & ~(uintptr_t)63; line < start + bytes; line += 64)
+        __builtin_prefetch((const void *)line, 0, 3);
 }
 
 static inline float fp16_to_fp32(uint16_t h) {
@@ -240,7 +241,8 @@ static inline void quantize_row(int act_type, const float *x, void *y, int64_t k
             int64_t i = 0;
 #if defined(__F16C__) && defined(__AVX2__)
             for (; i + 8 <= k; i += 8)
-                _mm_storeu_si128((__m128i *)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+                _mm_storeu_si128((__m128i *)(h + i),
+                                 _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
 #endif
             for (; i < k; i++) h[i] = fp32_to_fp16(x[i]);
             break;

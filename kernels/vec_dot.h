@@ -126,16 +126,27 @@ static inline float dot_block32(int type, int n, const uint8_t *x, size_t block_
             memcpy(&s, y + 2, 2);
             acc_min = fmaf(fp16_to_fp32(m), fp16_to_fp32(s), acc_min);
         }
-        acc = lanes_fma(fp16_to_fp32(dx) * fp16_to_fp32(dy), block32_lanes(type, x, (const int8_t *)(y + (has_min ? 4 : 2))), acc);
+        const int8_t *qy = (const int8_t *)(y + (has_min ? 4 : 2));
+        acc = lanes_fma(fp16_to_fp32(dx) * fp16_to_fp32(dy), block32_lanes(type, x, qy), acc);
     }
     return has_min ? lanes_hsum(acc) + acc_min : lanes_hsum(acc);
 }
 
-static inline float dot_q4_0_q8_0(int n, const void *x, const void *y) { return dot_block32(T_Q4_0, n, x, sizeof(block_q4_0), y); }
-static inline float dot_q4_1_q8_1(int n, const void *x, const void *y) { return dot_block32(T_Q4_1, n, x, sizeof(block_q4_1), y); }
-static inline float dot_q5_0_q8_0(int n, const void *x, const void *y) { return dot_block32(T_Q5_0, n, x, sizeof(block_q5_0), y); }
-static inline float dot_q5_1_q8_1(int n, const void *x, const void *y) { return dot_block32(T_Q5_1, n, x, sizeof(block_q5_1), y); }
-static inline float dot_q8_0_q8_0(int n, const void *x, const void *y) { return dot_block32(T_Q8_0, n, x, sizeof(block_q8_0), y); }
+static inline float dot_q4_0_q8_0(int n, const void *x, const void *y) {
+    return dot_block32(T_Q4_0, n, x, sizeof(block_q4_0), y);
+}
+static inline float dot_q4_1_q8_1(int n, const void *x, const void *y) {
+    return dot_block32(T_Q4_1, n, x, sizeof(block_q4_1), y);
+}
+static inline float dot_q5_0_q8_0(int n, const void *x, const void *y) {
+    return dot_block32(T_Q5_0, n, x, sizeof(block_q5_0), y);
+}
+static inline float dot_q5_1_q8_1(int n, const void *x, const void *y) {
+    return dot_block32(T_Q5_1, n, x, sizeof(block_q5_1), y);
+}
+static inline float dot_q8_0_q8_0(int n, const void *x, const void *y) {
+    return dot_block32(T_Q8_0, n, x, sizeof(block_q8_0), y);
+}
 
 /* Q4_0 rows that llama.cpp repacks, taken one at a time: the q4_0_8x8 kernels' order,
  * one fma per block of its whole integer sum by d_w * d_a into a scalar. */
@@ -157,17 +168,21 @@ static inline float dot_q4_0_q8_0_repacked(int n, const void *vx, const void *vy
 static const uint8_t scale_pair_index[8][16] = {
     {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1},         {2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3},
     {4, 4, 4, 4, 4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5},         {6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7},
-    {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9},         {10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
-    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13}, {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15},
+    {8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9},
+    {10, 10, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11},
+    {12, 12, 12, 12, 12, 12, 12, 12, 13, 13, 13, 13, 13, 13, 13, 13},
+    {14, 14, 14, 14, 14, 14, 14, 14, 15, 15, 15, 15, 15, 15, 15, 15},
 };
 
 /* Q4_K/Q5_K super-block lanes straight from the packed block (kq_lanes' numbers); the
  * min lanes hold min j times the activations under sub-block j. */
-static inline void k4_packed_lanes(const uint8_t *x, int has_qh, const block_q8_K *y, lanes_i32 *lanes, lanes_i32 *minlanes) {
+static inline void k4_packed_lanes(const uint8_t *x, int has_qh, const block_q8_K *y, lanes_i32 *lanes,
+                                   lanes_i32 *minlanes) {
     uint8_t sc[8], mn[8];
     k4_scales_mins(x + 4, sc, mn);
     const __m128i mn8 = _mm_loadl_epi64((const __m128i *)mn);
-    *minlanes = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8)), _mm256_loadu_si256((const __m256i *)y->bsums));
+    *minlanes = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8)),
+                                  _mm256_loadu_si256((const __m256i *)y->bsums));
     const uint8_t *qs = x + 16 + (has_qh ? 32 : 0);
     const __m256i low4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     const __m256i high = has_qh ? _mm256_loadu_si256((const __m256i *)(x + 16)) : _mm256_setzero_si256();
@@ -190,13 +205,15 @@ static inline void k4_packed_lanes(const uint8_t *x, int has_qh, const block_q8_
 static inline void q6_K_packed_lanes(const block_q6_K *x, const block_q8_K *y, lanes_i32 *lanes, lanes_i32 *minlanes) {
     const __m128i sc8 = _mm_loadu_si128((const __m128i *)x->scales);
     /* the offset of 32 of every quant, through the activation sums */
-    *minlanes = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), _mm256_loadu_si256((const __m256i *)y->bsums)), 5);
+    *minlanes = _mm256_slli_epi32(
+        _mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), _mm256_loadu_si256((const __m256i *)y->bsums)), 5);
     __m256i acc = _mm256_setzero_si256();
     for (int h = 0; h < 2; h++) {
         __m256i q[4];  /* 6-bit quants of weights 128h + 32k .. + 31 */
         q6_K_half(x->ql, x->qh, h, q);
         for (int k = 0; k < 4; k++) {
-            const __m256i p = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(y->qs + 128 * h + 32 * k)));
+            const __m256i a = _mm256_loadu_si256((const __m256i *)(y->qs + 128 * h + 32 * k));
+            const __m256i p = _mm256_maddubs_epi16(q[k], a);
             const __m256i scale = _mm256_cvtepi8_epi16(
                 _mm_shuffle_epi8(sc8, _mm_loadu_si128((const __m128i *)scale_pair_index[4 * h + k])));
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale));

@@ -214,7 +214,8 @@ def report(tally: Tally, args) -> str:
         f"other exceptions:  {kinds['other']}",
         f"crashes:           {kinds['crash']}  (a worker killed by a signal, or exiting)",
         f"hangs (> {args.timeout:g} s):    {kinds['hang']}",
-        f"peak RSS:          {tally.peak_rss_kib / 1024:.0f} MiB (a worker; address space limited to {args.memory} MiB)",
+        f"peak RSS:          {tally.peak_rss_kib / 1024:.0f} MiB "
+        f"(a worker; address space limited to {args.memory} MiB)",
         "",
         "by family: " + ", ".join(f"{name} {dict(c)}" for name, c in sorted(tally.by_family.items())),
     ]

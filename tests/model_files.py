@@ -1,8 +1,8 @@
 """Synthetic models of each supported family for the tests, the benchmarks and ``scripts/make_model.py``.
 
 ``write_model`` writes a GGUF file with seeded random weights, any shape and family
-(llama, qwen2, qwen3, gemma3, phi3), and the real llama2 vocabulary; ``quantize_model`` hands it to llama.cpp's own quantiser so
-the result carries llama.cpp's real tensor-type mixtures (a Q4_0 file keeps a Q6_K
+(llama, qwen2, qwen3, gemma3, phi3), and the real llama2 vocabulary; ``quantize_model`` hands it
+to llama.cpp's own quantiser so the result carries llama.cpp's real tensor-type mixtures (a Q4_0 file keeps a Q6_K
 output tensor, Q4_K_M mixes Q4_K and Q6_K, ...).
 
     python scripts/make_model.py out.gguf --dim 256 --layers 2 --quant Q4_0
@@ -109,7 +109,8 @@ def random_weights(spec: ModelSpec, n_vocab: int) -> dict[str, np.ndarray]:
             weights[blk + "post_ffw_norm.weight"] = norm()
         if spec.arch == "phi3":  # the rows of q, k, v in one matrix, and of gate, up in another
             weights[blk + "attn_qkv.weight"] = np.concatenate([weights.pop(blk + f"attn_{x}.weight") for x in "qkv"])
-            weights[blk + "ffn_up.weight"] = np.concatenate([weights.pop(blk + f"ffn_{x}.weight") for x in ("gate", "up")])
+            weights[blk + "ffn_up.weight"] = np.concatenate([weights.pop(blk + f"ffn_{x}.weight")
+                                                             for x in ("gate", "up")])
     weights["output_norm.weight"] = norm()
     if spec.rope_freqs:
         weights["rope_freqs.weight"] = llama3_rope_factors(head_dim, spec.rope_base, spec.n_ctx // 4)

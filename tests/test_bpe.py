@@ -44,12 +44,16 @@ def test_llama_cpp_vectors(llama_cpp_vocabs, vocab, name):
         assert tok.tokenize(text) == ids, text
 
 
-SCRIPTS = ["Hello", "world", "ÀÉÎõü", "straße", "Привет", "мир", "Γειά", "σου", "שלום", "مرحبا", "नमस्ते",
-           "สวัสดี", "こんにちは", "カタカナ", "我想在apple工作", "안녕하세요", "ᚠᛇᚻ", "𝔘𝔫𝔦", "ǅungla", "İstanbul",
+SCRIPTS = ["Hello", "world", "ÀÉÎõü", "straße", "Привет", "мир", "Γειά", "σου",
+           "שלום", "مرحبا", "नमस्ते", "สวัสดี", "こんにちは", "カタカナ",
+           "我想在apple工作", "안녕하세요",
+           "ᚠᛇᚻ", "𝔘𝔫𝔦", "ǅungla", "İstanbul",
            "e\u0301", "a\u0308\u0323", "\u0897x", "\U0001E030", "\u2ffc", "\U000323b0", "\ufdd0", "\U0010ffff",
            "\ue000", "\U000e0001", "ﬁ", "Ａｂｃ", "ⅷ", "µ", "Ω", "K",
-           "việc", "nhiều", "jeho", "mektedir", "değiş", "використ"]  # Llama 3 tokens its merges do not rebuild
-EMOJI = ["😊", "🦙", "👍🏽", "👨‍👩‍👧‍👦", "🏳️‍🌈", "😶‍🌫️", "🇫🇷🇯🇵", "❤️", "\u200d", "\ufe0f"]
+           # Llama 3 tokens its merges do not rebuild
+           "việc", "nhiều", "jeho", "mektedir", "değiş", "використ"]
+EMOJI = ["😊", "🦙", "👍🏽", "👨‍👩‍👧‍👦", "🏳️‍🌈", "😶‍🌫️",
+         "🇫🇷🇯🇵", "❤️", "\u200d", "\ufe0f"]
 DIGITS = ["1", "12", "123", "1234", "12345", "3.14159", "1,000,000", "٣٤٥", "３４", "²³", "①", "〇", "0x1F"]
 CONTRACTIONS = ["'s", "'S", "'t", "'T", "'re", "'RE", "'rE", "'ve", "'VE", "'m", "'M", "'ll", "'LL", "'lL", "'d",
                 "'D", "'", "''", "'x", "’s", "ſ", "'ſ"]
@@ -170,8 +174,8 @@ def write_vocab(src, dst, pre: str, bos: bool = True, add: bool | None = None):
 def test_other_pre_tokenizers_match_llama_cpp(llama_cpp_vocabs, tmp_path, name, pre, bos, add):
     path = write_vocab(llama_cpp_vocabs / f"ggml-vocab-{name}.gguf", tmp_path / "vocab.gguf", pre, bos, add)
     tok, ref = Tokenizer.from_gguf(path), LlamaCppVocab(path)
-    assert (-1 if tok.bos is None else tok.bos, tok.add_bos, tok.add_eos) == \
-        (ref.llm.token_bos(), llama_cpp.llama_vocab_get_add_bos(ref.vocab), llama_cpp.llama_vocab_get_add_eos(ref.vocab))
+    assert (-1 if tok.bos is None else tok.bos, tok.add_bos, tok.add_eos) == (
+        ref.llm.token_bos(), llama_cpp.llama_vocab_get_add_bos(ref.vocab), llama_cpp.llama_vocab_get_add_eos(ref.vocab))
     for i, text in enumerate(random_texts(tok, 300, seed=99)):
         assert tok.tokenize(text, add_bos=i % 2 == 0, special=True) == \
             ref.tokenize(text, add_bos=i % 2 == 0, special=True), text

@@ -49,7 +49,8 @@ CONVERSATIONS = [
     [system("Be terse."), user("Hi"), assistant(" Hello! How can I help?"), user("Can I use it to write a web app?")],
     [user("Hi"), assistant("Hey"), user("Bye"), assistant("See you")],
     [system("  padded system \n"), user("\t spaced user\n"), assistant("\n spaced reply  "), user(" again ")],
-    [system("Réponds en français 🦙"), user("¿Qué tal? 日本語\u3000"), assistant("\u00a0très bien\u00a0"), user("😀")],
+    [system("Réponds en français 🦙"), user("¿Qué tal? 日本語\u3000"),
+     assistant("\u00a0très bien\u00a0"), user("😀")],
     [user(""), assistant(""), user("")],
     [system("one"), system("two"), user("u")],
 ]
@@ -116,7 +117,8 @@ def test_malformed_messages_are_type_errors(bad):
 
 TEMPLATES = ["llama-2-chat", "chatml", "zephyr", "mistral-instruct", "gemma-it", "llama-3-instruct", "tool-json",
              "phi-3", "qwen2", "command-r"]  # the last three as llama.cpp's ggml-vocab-*.gguf carry them
-JINJA_CONVERSATIONS = [c for c in CONVERSATIONS if c] + [[user('say "hi" <b>&</b>'), assistant("{'x': 1}"), user("\\n")]]
+JINJA_CONVERSATIONS = [c for c in CONVERSATIONS if c] + [
+    [user('say "hi" <b>&</b>'), assistant("{'x': 1}"), user("\\n")]]
 
 
 def template_source(data_dir, name):

@@ -408,7 +408,8 @@ def validate(value, schema: dict, root: dict) -> None:
     if "allOf" in schema:  # llama.cpp's reading: the components' properties, those under anyOf optional
         parts = [p for part in schema["allOf"] for p in part.get("anyOf", [part])]
         props = {k: v for p in parts for k, v in validate_target(p, root).get("properties", {}).items()}
-        required = [k for p in schema["allOf"] if "anyOf" not in p for k in validate_target(p, root).get("properties", {})]
+        required = [k for p in schema["allOf"] if "anyOf" not in p
+                    for k in validate_target(p, root).get("properties", {})]
         return validate(value, {"type": "object", "properties": props, "required": required}, root)
     if "const" in schema:
         assert value == schema["const"] and type(value) is type(schema["const"])
@@ -452,7 +453,8 @@ def validate(value, schema: dict, root: dict) -> None:
     elif kind == "string":
         assert schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value))
         assert re.search(schema.get("pattern", ""), value), value
-        formats = {"date": r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])", "uuid": r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"}
+        formats = {"date": r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])",
+                   "uuid": r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"}
         assert re.fullmatch(formats.get(schema.get("format"), ".*"), value), value
     elif kind == "integer":
         assert schema.get("minimum", value) <= value <= schema.get("maximum", value), value

@@ -35,7 +35,7 @@ def test_q8_quantisers_byte_identical(act_type, twin):
 @pytest.mark.parametrize("grouped", [False, True])
 def test_q8_K_quantiser_byte_identical(grouped):
     x = activations(np.random.default_rng(2), 7, 1024)
-    assert np.array_equal(matmul.quantize(x, T.Q8_K, grouped=grouped), quantize_q8_K(x, repacked=grouped))
+    assert np.array_equal(matmul.quantize(x, T.Q8_K, grouped=grouped), quantize_q8_K(x, grouped=grouped))
 
 
 def test_bf16_rounding_byte_identical():
@@ -51,7 +51,7 @@ def test_q8_K_grouping_changes_only_the_sign_choice():
     x[:, 0], x[:, 1] = -2.0, 2.0  # -amax first: the row quantiser and the grouped one pick opposite signs
     row, grouped = matmul.quantize(x, T.Q8_K), matmul.quantize(x, T.Q8_K, grouped=True)
     assert not np.array_equal(row, grouped)
-    assert np.array_equal(grouped, quantize_q8_K(x, repacked=True))
+    assert np.array_equal(grouped, quantize_q8_K(x, grouped=True))
 
 
 # ---------------------------------------------------------------- matrix products
@@ -350,12 +350,16 @@ def test_f16_tail_is_added_one_product_at_a_time():
     lambda: layers.rope_cos_sin([0], 7, 10000.0),
     lambda: layers.swiglu(np.zeros((2, 8)), np.zeros((2, 9))),
     lambda: layers.swiglu(np.zeros((2, 2, 8), np.float32), np.zeros((2, 2, 8), np.float32)),
-    lambda: layers.attention(np.zeros((2, 4, 8)), np.zeros((2, 4, 8), np.float16), np.zeros((2, 4, 8), np.float16), 3, 1.0),
-    lambda: layers.attention(np.zeros((1, 4, 8)), np.zeros((2, 4, 8), np.float32), np.zeros((2, 4, 8), np.float32), 0, 1.0),
-    lambda: layers.attention(np.zeros((1, 3, 8)), np.zeros((2, 4, 8), np.float16), np.zeros((2, 4, 8), np.float16), 0, 1.0),
+    lambda: layers.attention(np.zeros((2, 4, 8)), np.zeros((2, 4, 8), np.float16),
+                             np.zeros((2, 4, 8), np.float16), 3, 1.0),
+    lambda: layers.attention(np.zeros((1, 4, 8)), np.zeros((2, 4, 8), np.float32),
+                             np.zeros((2, 4, 8), np.float32), 0, 1.0),
+    lambda: layers.attention(np.zeros((1, 3, 8)), np.zeros((2, 4, 8), np.float16),
+                             np.zeros((2, 4, 8), np.float16), 0, 1.0),
     lambda: matmul.Matrix(np.zeros((8, 34), np.uint8), int(T.Q8_0), 32).matmul(np.zeros((2, 64), np.float32)),
     lambda: layers.rope_cos_sin(np.zeros((1, 1), np.int64), 8, 10000.0),
-    lambda: layers.attention(np.zeros((1, 4, 8), np.float32), np.zeros((2, 4, 8), ">f2"), np.zeros((2, 4, 8), ">f2"), 0, 1.0),
+    lambda: layers.attention(np.zeros((1, 4, 8), np.float32), np.zeros((2, 4, 8), ">f2"),
+                             np.zeros((2, 4, 8), ">f2"), 0, 1.0),
     lambda: layers.attention(np.zeros((1, 4, 8), np.float32), np.zeros((2, 8, 8), np.float16)[:, ::2],
                              np.zeros((2, 4, 8), np.float16), 0, 1.0),
     lambda: layers.attention(np.zeros((1, 4, 8), np.float32), np.zeros((2, 4, 8), np.float16),
@@ -404,7 +408,8 @@ def test_inputs_in_any_layout_give_the_same_bits():
         assert np.array_equal(layers.attention(y, k, v, 2, 0.3), layers.attention(q, k, v, 2, 0.3))
     data = random_weights(rng, T.Q8_0, 6, 32)
     rows = matmul.get_rows(data, int(T.Q8_0), 32, np.array([5, 0, 5]))
-    for ids in (np.array([5, 0, 5], np.int32), np.array([5, 0, 5], np.uint64), [5, 0, 5], np.array([5, 5, 0, 0, 5])[::2]):
+    for ids in (np.array([5, 0, 5], np.int32), np.array([5, 0, 5], np.uint64), [5, 0, 5],
+                np.array([5, 5, 0, 0, 5])[::2]):
         assert np.array_equal(matmul.get_rows(data, int(T.Q8_0), 32, ids), rows)
     assert matmul.get_rows(data, int(T.Q8_0), 32, np.array([], np.float64)).shape == (0, 32)
 

@@ -184,7 +184,8 @@ def test_quantize_matches_ggml_cpu_backend(type_):
 
 @settings(max_examples=60, deadline=None)
 @given(hnp.arrays(np.float32, st.sampled_from([QK_K, 2 * QK_K]), elements=(
-    st.floats(2.0**-100, 2.0**20, width=32) | st.floats(-2.0**20, -2.0**-100, width=32) | st.sampled_from([0.0, 0.5, -1.5, 2.5]))))
+    st.floats(2.0**-100, 2.0**20, width=32) | st.floats(-2.0**20, -2.0**-100, width=32)
+    | st.sampled_from([0.0, 0.5, -1.5, 2.5]))))
 def test_quantize_matches_ggml_on_arbitrary_rows(x):
     # a block whose largest magnitude is below 127 / FLT_MAX overflows ggml's multiplier to inf; not covered
     for type_, quantize in ACTIVATIONS.items():
@@ -226,12 +227,12 @@ def test_q8_K_repacked_rows_use_ggml_4x8_quantiser():
     x = activations(np.random.default_rng(11), 7, 2 * QK_K)
     for row in (2, 5):  # -amax before +amax: the row and the 4-row quantisers pick opposite signs
         x[row, 3], x[row, 9] = -1e4, 1e4
-    ours = quantize_q8_K(x, repacked=True)
+    ours = quantize_q8_K(x, grouped=True)
     np.testing.assert_array_equal(ours[:4], ggml_ref.quantize_mat_4x8(x[:4], T.Q8_K))
     np.testing.assert_array_equal(ours[4:], ggml_ref.quantize_row(x[4:], T.Q8_K))
     assert not np.array_equal(ours[2], quantize_q8_K(x[2]))
     planes = np.stack([x, x[::-1]])  # (2, 7, n): grouping runs along axis -2 of each plane
-    np.testing.assert_array_equal(quantize_q8_K(planes, repacked=True)[1], quantize_q8_K(x[::-1], repacked=True))
+    np.testing.assert_array_equal(quantize_q8_K(planes, grouped=True)[1], quantize_q8_K(x[::-1], grouped=True))
 
 
 def test_q8_0_repacked_4x8_quantiser_equals_the_row_quantiser():

@@ -127,7 +127,8 @@ def test_penalties_on_llama_cpp_vectors(llama, penalties, history, expected):
        n=st.sampled_from([2, 7, 100, 128, 129, 1000, 1025, 5000]), ties=st.booleans(), presorted=st.booleans(),
        k=st.integers(0, 300), p=st.floats(0.01, 1.0), min_keep=st.integers(0, 5),
        t=st.sampled_from([0.0, 0.3, 0.8, 1.0, 1.7]))
-@example(stage="top_p", seed=0, n=2, ties=False, presorted=False, k=0, p=1 - 2 ** -53, min_keep=0, t=0.0)  # p rounds to 1.0f
+# p rounds to 1.0f
+@example(stage="top_p", seed=0, n=2, ties=False, presorted=False, k=0, p=1 - 2 ** -53, min_keep=0, t=0.0)
 @example(stage="typical_p", seed=0, n=2, ties=False, presorted=False, k=0, p=1 - 2 ** -53, min_keep=0, t=0.0)
 def test_stage_matches_llama_cpp(stage, seed, n, ties, presorted, k, p, min_keep, t):
     ours, init = STAGES[stage]
