@@ -50,8 +50,8 @@ class CythonBackend:
         """The kernel matrix of ``w``, built on first use."""
         entry = self._matrices.get(id(w))
         if entry is None:
-            entry = (w, Matrix(w.data, int(w.type), w.n_in, repacked=w.repacked(self.isa), release_source=release_source,
-                               isa=self._isa))
+            entry = (w, Matrix(w.data, int(w.type), w.n_in, repacked=w.repacked(self.isa),
+                               release_source=release_source, isa=self._isa))
             self._matrices[id(w)] = entry
         return entry[1]
 

@@ -7,8 +7,9 @@ products with fp32 scaling; the attention rounds q and the softmax probabilities
 f16 before multiplying them with the f16 KV cache; RMSNorm sums squares in double.
 
 Beyond that, the fp32 steps follow the kernels llama.cpp runs on an x86 CPU, built for
-AVX2 or for AVX-512 (``NumpyBackend.isa``, see ``engine.isa``), since a one-ulp difference can flip the f16 rounding of a cached key or an F16 model's next
-activations, and flips add up over a prompt: float products sum in the order of
+AVX2 or for AVX-512 (``NumpyBackend.isa``, see ``engine.isa``), since a one-ulp difference
+can flip the f16 rounding of a cached key or an F16 model's next activations, and flips
+add up over a prompt: float products sum in the order of
 ggml_vec_dot_f32/_f16/_bf16 (one activation row) or llamafile's tinyBLAS (several rows)
 (``engine.float_dots``); quantised products accumulate their exact integer block sums with the fused
 multiply-adds of the kernel that type and batch size select (vec_dot, tinyBLAS, the
@@ -18,8 +19,8 @@ the compiled code; softmax and SwiGLU use ggml's vector exp (``engine.ggml_math`
 AVX-512 build differs in its float vector widths (16 lanes: the f32/f16 dots step 64
 elements, tinyBLAS 16, softmax sums groups of 16, and bf16 products go through
 vdpbf16ps), its vector exp, and its repacking of Q2_K; its integer dots (VNNI) compute
-the same exact sums.  With these, logits on F32, F16, BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M and Q6_K files
-come out bit-identical to llama.cpp's in our tests, and so do Q4_1, Q5_0, Q5_1, Q2_K
+the same exact sums.  With these, logits on F32, F16, BF16, Q8_0, Q4_0, Q4_K_M, Q5_K_M and
+Q6_K files come out bit-identical to llama.cpp's in our tests, and so do Q4_1, Q5_0, Q5_1, Q2_K
 and Q3_K_M ones.  Only few-row products with a Q4_K matrix that llama.cpp does not
 repack (rows not a multiple of 8) still sum their exact integers in plain double.
 

@@ -3,8 +3,8 @@
 ``QuantDot`` quantises the activations to the weight type's ``vec_dot_type`` and takes
 ggml's integer block dot products, then accumulates them with the fused multiply-adds of
 the kernel that the type and batch size select: vec_dot, tinyBLAS, the repacked Q4_0/Q4_K
-kernels and on AVX-512 the repacked Q2_K one (``Weight.repacked``), the tiled K-quant kernel (``tiled``).  ``DOTS`` gives each
-weight type its dot product, ``MATRIX_TYPES`` the types llamanp multiplies.
+kernels and on AVX-512 the repacked Q2_K one (``Weight.repacked``), the tiled K-quant kernel
+(``tiled``).  ``DOTS`` gives each weight type its dot product, ``MATRIX_TYPES`` the types llamanp multiplies.
 """
 from __future__ import annotations
 

@@ -77,8 +77,10 @@ static inline __m256 dpbf16_ps(__m256 acc, const void *w, const void *a, int64_t
     const __m256i ww = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i));
     const __m256i aw = _mm256_loadu_si256((const __m256i *)((const uint16_t *)a + i));
     const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
-    acc = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(ww, high)), _mm256_castsi256_ps(_mm256_and_si256(aw, high)), acc);
-    return _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(ww, 16)), _mm256_castsi256_ps(_mm256_slli_epi32(aw, 16)), acc);
+    acc = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(ww, high)),
+                          _mm256_castsi256_ps(_mm256_and_si256(aw, high)), acc);
+    return _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(ww, 16)),
+                           _mm256_castsi256_ps(_mm256_slli_epi32(aw, 16)), acc);
 }
 #endif
 
@@ -152,7 +154,8 @@ static inline __attribute__((always_inline)) void tinyblas_tile16(
                     for (int e = 0; e < 16; e++) acc[e] = dpbf16(acc[e], wi, aj, l + 2 * e);
             } else {
                 for (int l = 0; l < k; l += 16)
-                    for (int e = 0; e < 16; e++) acc[e] = fmaf(float_at(wi, l + e, type), float_at(aj, l + e, type), acc[e]);
+                    for (int e = 0; e < 16; e++)
+                        acc[e] = fmaf(float_at(wi, l + e, type), float_at(aj, l + e, type), acc[e]);
             }
             out[j * ldo + i] = hsum16(acc);
         }
@@ -197,10 +200,11 @@ static inline float vec_dot16(int n, const void *w, const void *a, int type) {
     for (int i = 0; i < body; i += 64)
         for (int j = 0; j < 4; j++)
             for (int h = 0; h < 2; h++)
-                acc[j][h] = _mm256_fmadd_ps(float_load8(w, i + 16 * j + 8 * h, type), float_load8(a, i + 16 * j + 8 * h, type),
-                                            acc[j][h]);
+                acc[j][h] = _mm256_fmadd_ps(float_load8(w, i + 16 * j + 8 * h, type),
+                                            float_load8(a, i + 16 * j + 8 * h, type), acc[j][h]);
     __m256 v[2];
-    for (int h = 0; h < 2; h++) v[h] = _mm256_add_ps(_mm256_add_ps(acc[0][h], acc[2][h]), _mm256_add_ps(acc[1][h], acc[3][h]));
+    for (int h = 0; h < 2; h++)
+        v[h] = _mm256_add_ps(_mm256_add_ps(acc[0][h], acc[2][h]), _mm256_add_ps(acc[1][h], acc[3][h]));
     const float total = hsum16_ps(v[0], v[1]);
 #else
     float acc[64] = {0};
@@ -259,7 +263,8 @@ static inline float float_dot(int n, const void *w, const void *a, int type, int
 /* Weight rows [r0, r1) (a multiple of 4 apart) against activation rows [0, n_tok) in
  * tinyBLAS's order for ``isa``, in tiles of 4 weight rows x 3 activation rows: out[t * ldo + r]. */
 static inline void tinyblas_rows(int type, int k, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,
-                                 const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo, int isa) {
+                                 const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo,
+                                 int isa) {
     for (int64_t r = r0; r < r1; r += 4)
         for (int64_t t = 0; t < n_tok; t += 3) {
             const uint8_t *wr = w + r * row_bytes, *at = acts + t * act_bytes;

@@ -237,7 +237,8 @@ static inline __m256 ggml_expf8_avx512(__m256 x) {
     const __m256 shifter = _mm256_set1_ps(EXP_SHIFTER);
     const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), shifter);
     const __m256 n = _mm256_sub_ps(z, shifter);
-    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x));
+    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO),
+                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x));
     const __m256 u = _mm256_mul_ps(b, b);
     const __m256 high = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(EXP_C5), b, _mm256_set1_ps(EXP_C4)), u,
                                         _mm256_fmadd_ps(_mm256_set1_ps(EXP_C3), b, _mm256_set1_ps(EXP_C2)));
@@ -340,7 +341,7 @@ static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_
             }
             _mm256_storeu_ps(scores + j, _mm256_mul_ps(sum8x8_ps(acc, 1), sv));
         }
-    } else if (lanes == 32 && hd % 32 == 0) {  /* per key its 32 lanes folded to an octet; eight octets reduced at once */
+    } else if (lanes == 32 && hd % 32 == 0) {  /* per key its 32 lanes folded to an octet; eight reduced at once */
         for (; j + 8 <= m; j += 8) {
             __m256 octet[8];
             for (int r = 0; r < 8; r++) {

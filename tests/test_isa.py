@@ -28,11 +28,12 @@ def golden(tiny_quantised, smollm2):
     def get(name: str):
         family, _, qtype = name.partition("-")
         if family == "tiny":
-            path, stored = (tiny_quantised(qtype) if qtype else TINY), f"tiny-shakespeare{'-' + qtype.lower() if qtype else ''}"
+            path = tiny_quantised(qtype) if qtype else TINY
+            stored = f"tiny-shakespeare-{qtype.lower()}" if qtype else "tiny-shakespeare"
         else:
             path, stored = smollm2(None if qtype == "Q4_1" else qtype), f"smollm2-{qtype.lower()}"
         data = np.load(GOLDEN / f"{stored}.npz")
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == str(data["sha256"]), f"{path} is not the file of {stored}"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == str(data["sha256"]), f"{path} is not {stored}'s model"
         return path, data
     return get
 

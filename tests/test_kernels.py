@@ -63,7 +63,8 @@ TOKEN_COUNTS = [1, 2, 3, 4, 5, 8, 9, 17]
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("type_", PRODUCT_TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("n_out", [40, 36, 21])  # rows a multiple of 8 (repacked: Q4_0, Q4_K, on AVX-512 Q2_K); of 4 only; of neither
+# rows a multiple of 8 (repacked: Q4_0, Q4_K, on AVX-512 Q2_K); of 4 only; of neither
+@pytest.mark.parametrize("n_out", [40, 36, 21])
 def test_matmul_bit_identical_to_numpy(type_, n_out, isa):
     rng = np.random.default_rng(int(type_) * 100 + n_out)
     n_in = 512
@@ -76,7 +77,7 @@ def test_matmul_bit_identical_to_numpy(type_, n_out, isa):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("type_", [T.F32, T.F16, T.BF16], ids=lambda t: t.name)
-@pytest.mark.parametrize("n_in", [3, 8, 40, 264, 515, 96])  # tails past the last step (32 or 64); rows tinyBLAS declines
+@pytest.mark.parametrize("n_in", [3, 8, 40, 264, 515, 96])  # tails past the last step (32, 64); rows tinyBLAS declines
 def test_float_matmul_bit_identical_for_any_row_length(type_, n_in, isa):
     rng = np.random.default_rng(n_in)
     w = Weight("w", type_, n_in, 12, random_weights(rng, type_, 12, n_in))
