@@ -3,8 +3,8 @@
 Same methods, shapes, dtypes and rounding points as the NumPy reference, so a model can
 swap one for the other op by op.  Each weight becomes a ``kernels.matmul.Matrix`` the
 first time it is multiplied (the Q4_0 and Q4_K weights llama.cpp repacks, ``Weight.repacked``,
-are regrouped then, and the mmap'd pages of the original released); ``prepare``, which the model calls at load, does that
-for a whole model up front.
+are regrouped then, and the mmap'd pages of the original released); ``prepare``, which the model
+calls at load, does that for a whole model up front.
 """
 from __future__ import annotations
 
