@@ -14,7 +14,10 @@ orders are plain arithmetic, so the exact backends compute either on any x86 hos
 
 A CPU with AVX-512F but not all of those extensions (Skylake-X, Ice Lake) runs yet other
 variants of a few kernels (the BF16 dot products, the VNNI tiles); "auto" maps it to
-avx512, the closest.
+avx512, the closest.  A native build on a CPU with AMX (Intel Sapphire Rapids and later)
+also takes llama.cpp's AMX kernels for Q4_0, Q4_1, Q8_0 and Q4_K-Q6_K weights where the OS
+lets it; llamanp does not mirror those (a build without AMX, GGML_NATIVE=OFF with the
+AVX-512 options, computes what the avx512 mode does).
 """
 from __future__ import annotations
 
