@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from kernels import layers, parallel
-from kernels.matmul import Matrix, get_rows, is_file_mapping, release_file_pages
+from kernels.matmul import BLOCK32_TYPES, Blocks32Stack, Matrix, get_rows, is_file_mapping, release_file_pages
 
 from .exact import NumpyBackend
 from .ggml_math import gelu_table
@@ -27,17 +27,19 @@ class Stack(NamedTuple):
     """Weights multiplied together: their stacked kernel matrix (None if they do not stack) and
     the index of each one's columns in its product."""
     weights: tuple[Weight, ...]  # kept alive, so the ids keying the stack stay theirs
-    matrix: Matrix | None
+    matrix: Matrix | Blocks32Stack | None
     columns: tuple[tuple[slice, slice], ...]
 
 
 class CythonBackend:
-    """Ops on compiled kernels, ``n_threads`` OpenMP threads each (None: OpenMP's default)."""
+    """Ops on compiled kernels, ``n_threads`` OpenMP threads each (None: OpenMP's default); with
+    ``batch_invariant``, products and attention give every row its one-row arithmetic."""
 
     name = "cython"
 
-    def __init__(self, n_threads: int | None = None, isa: str = "avx2"):
+    def __init__(self, n_threads: int | None = None, batch_invariant: bool = False, isa: str = "avx2"):
         self.n_threads = parallel.check_threads(check_threads(n_threads))  # None: OpenMP's default team
+        self.batch_invariant = batch_invariant
         self.isa = check_isa(isa)  # whose arithmetic: llama.cpp built for AVX2 or AVX-512 (engine.isa)
         self._isa = ISAS.index(self.isa)  # the kernels' number for it
         self._matrices: dict[int, tuple[Weight, Matrix]] = {}  # id(weight) -> (weight, its kernel matrix)
@@ -55,12 +57,13 @@ class CythonBackend:
             self._matrices[id(w)] = entry
         return entry[1]
 
-    def stacked(self, ws: tuple[Weight, ...], release_source: bool = True) -> Matrix | None:
+    def stacked(self, ws: tuple[Weight, ...], release_source: bool = True) -> Matrix | Blocks32Stack | None:
         """One kernel matrix of the rows of ``ws`` one after another (built on first use), or None
         when they do not stack.
 
-        Stacking changes no result: the parts share their type and input length and each has
-        a multiple of 8 rows, so every row meets the kernel and activation rounding it would
+        Stacking changes no result: the parts share their input length, and either their type
+        with a multiple of 8 rows each, or they are all 32-weight types that llama.cpp does not
+        repack (a Blocks32Stack), so every row meets the kernel and activation rounding it would
         alone; one product then quantises the input once and wakes the threads once.
         """
         return self._stack(ws, release_source).matrix
@@ -70,11 +73,16 @@ class CythonBackend:
         stack = self._stacks.get(key)
         if stack is None:
             first = ws[0]
-            stacks = len(ws) > 1 and all(w.type == first.type and w.n_in == first.n_in and w.n_out % 8 == 0 for w in ws)
-            # every part a multiple of 8 rows: each is repacked exactly when the stack is
-            matrix = Matrix([w.data for w in ws], int(first.type), first.n_in, repacked=first.repacked(self.isa),
-                            isa=self._isa) if stacks else None
-            if matrix is not None and release_source:
+            same_input = len(ws) > 1 and all(w.n_in == first.n_in for w in ws)
+            if same_input and all(w.type == first.type and w.n_out % 8 == 0 for w in ws):
+                # every part a multiple of 8 rows: each is repacked exactly when the stack is
+                matrix = Matrix([w.data for w in ws], int(first.type), first.n_in, repacked=first.repacked(self.isa),
+                                isa=self._isa)
+            elif same_input and all(w.type in BLOCK32_TYPES for w in ws):
+                matrix = Blocks32Stack([w.data for w in ws], [int(w.type) for w in ws], first.n_in)
+            else:
+                matrix = None
+            if isinstance(matrix, Matrix) and release_source:  # a copy (a Blocks32Stack reads the parts in place)
                 release_file_pages([w.data for w in ws if is_file_mapping(w.data)])
             ends = itertools.accumulate(w.n_out for w in ws)
             columns = tuple((slice(None), slice(end - w.n_out, end)) for w, end in zip(ws, ends))
@@ -91,9 +99,10 @@ class CythonBackend:
         for layer in weights.layers:
             copied = []
             for ws in (layer.qkv, layer.gate_up, (layer.wo,), (layer.w_down,)):
-                if self.stacked(ws, release_source=False) is not None:
+                stack = self.stacked(ws, release_source=False)
+                if isinstance(stack, Matrix):
                     copied += ws
-                else:
+                elif stack is None:
                     copied += [w for w in ws if self.matrix(w, release_source=False).regrouped]
             release_file_pages([w.data for w in copied if is_file_mapping(w.data)])
         self.matrix(weights.output)  # releases its own mmap'd pages if it regroups them
@@ -104,13 +113,13 @@ class CythonBackend:
         return self._reference.get_rows(w, ids) if rows is None else rows
 
     def matmul(self, w: Weight, x: np.ndarray) -> np.ndarray:
-        return self.matrix(w).matmul(x, self.n_threads)                     # (n, n_out)
+        return self.matrix(w).matmul(x, self.n_threads, self.batch_invariant)  # (n, n_out)
 
     def matmuls(self, ws: tuple[Weight, ...], x: np.ndarray) -> tuple[np.ndarray, ...]:
         stack = self._stack(ws)
         if stack.matrix is None:
             return tuple(self.matmul(w, x) for w in ws)
-        out = stack.matrix.matmul(x, self.n_threads)                       # (n, sum of n_out)
+        out = stack.matrix.matmul(x, self.n_threads, self.batch_invariant)  # (n, sum of n_out)
         return tuple([out[columns] for columns in stack.columns])         # column views, no copies
 
     def rms_norm(self, x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -127,7 +136,8 @@ class CythonBackend:
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float,
                   window: int = 0) -> np.ndarray:
-        return layers.attention(q, k_cache, v_cache, start, scale, self.n_threads, window, self._isa)  # (n, n_heads*hd)
+        return layers.attention(q, k_cache, v_cache, start, scale, self.n_threads, window,
+                                self.batch_invariant, self._isa)            # (n, n_heads*hd)
 
     def swiglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         return layers.swiglu(gate, up, self.n_threads, self._isa)

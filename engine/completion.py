@@ -145,12 +145,14 @@ def create_completion(llm: "Llama", prompt: str | Sequence[int], suffix: str | N
                       stream: bool = False, seed: int | None = None, tfs_z: float = 1.0, mirostat_mode: int = 0,
                       mirostat_tau: float = 5.0, mirostat_eta: float = 0.1, model: str | None = None,
                       stopping_criteria=None, logits_processor=None, grammar=None,
-                      logit_bias: dict[int, float] | None = None):
+                      logit_bias: dict[int, float] | None = None, stream_options: dict | None = None):
     """Continue ``prompt``: a ``text_completion`` dict, or with ``stream`` an iterator of chunks.
 
     seed: the sampler's seed (default: the ``Llama``'s, else a fresh random one).
     max_tokens: None or <= 0 generates until the context is full; it is cut to what fits.
     logprobs: the number of most likely alternatives to list for every generated token.
+    stream_options: OpenAI's ``{"include_usage": True}`` ends a stream with a chunk of no choices
+    and the ``usage`` (an addition to llama-cpp-python's parameters).
     tfs_z is accepted and ignored, as llama-cpp-python ignores it; suffix (infill),
     stopping_criteria and logits_processor are not supported.
     """
@@ -175,9 +177,20 @@ def create_completion(llm: "Llama", prompt: str | Sequence[int], suffix: str | N
     head = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
             "model": llm.path if model is None else model}
     run = _Completion(llm, generation, sampler, max_tokens, logprobs is not None, len(prompt_text))
+    usage = _include_usage(stream_options)
     if stream:
-        return run.chunks(head, prompt_text if echo else "")
+        return run.chunks(head, prompt_text if echo else "", len(tokens) if usage else None)
     return run.result(head, prompt_text if echo else "", len(tokens))
+
+
+def _include_usage(stream_options) -> bool:
+    """Whether ``stream_options`` (OpenAI's: None or {"include_usage": bool}) asks for a usage chunk."""
+    if stream_options is None:
+        return False
+    if not isinstance(stream_options, dict) or set(stream_options) - {"include_usage"} \
+            or not isinstance(stream_options.get("include_usage", False), bool):
+        raise ArgumentError(f'stream_options must be {{"include_usage": true or false}}, got {stream_options!r}')
+    return stream_options.get("include_usage", False)
 
 
 class _Completion:
@@ -219,16 +232,20 @@ class _Completion:
     def _piece(self, token: int) -> str:
         return self.llm.tokenizer.token_to_piece(token).decode("utf-8", errors="ignore")
 
+    def usage(self, n_prompt: int) -> dict:
+        n = self.sampler.n_tokens
+        return {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}
+
     def result(self, head: dict, echo: str, n_prompt: int) -> dict:
         steps = list(self._steps())
         text = "".join(step.text for step in steps)
-        n = self.sampler.n_tokens
         return {**head, "choices": [{"text": echo + text, "index": 0, "logprobs": self._logprobs(steps, 0),
                                      "finish_reason": self.finish_reason}],
-                "usage": {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}}
+                "usage": self.usage(n_prompt)}
 
-    def chunks(self, head: dict, echo: str) -> Iterator[dict]:
-        """One chunk per piece of released text (and its logprobs), then an empty one with the finish reason.
+    def chunks(self, head: dict, echo: str, usage_of: int | None = None) -> Iterator[dict]:
+        """One chunk per piece of released text (and its logprobs), then an empty one with the finish reason,
+        and with ``usage_of`` (the prompt's token count) a last one of no choices with the usage.
         Closing the iterator ends the generation and frees the ``Llama``."""
         try:
             if echo:
@@ -239,6 +256,8 @@ class _Completion:
                     yield self._chunk(head, step.text, self._logprobs([step], offset), None)
                 offset += len(step.text)
             yield self._chunk(head, "", None, self.finish_reason)
+            if usage_of is not None:
+                yield {**head, "choices": [], "usage": self.usage(usage_of)}
         finally:
             self.generation.close()
 
@@ -277,7 +296,8 @@ def create_chat_completion(llm: "Llama", messages: list[dict], functions=None, f
                            repeat_penalty: float = 1.0, tfs_z: float = 1.0, mirostat_mode: int = 0,
                            mirostat_tau: float = 5.0, mirostat_eta: float = 0.1, model: str | None = None,
                            logits_processor=None, grammar=None, logit_bias: dict[int, float] | None = None,
-                           logprobs: bool | None = None, top_logprobs: int | None = None):
+                           logprobs: bool | None = None, top_logprobs: int | None = None,
+                           stream_options: dict | None = None):
     """Reply to ``messages`` through the model's chat template (``engine.chat``): a ``chat.completion``
     dict, or with ``stream`` an iterator of ``chat.completion.chunk`` dicts. Tools and functions are
     not supported; ``response_format`` constrains the reply to JSON (see ``response_grammar``)."""
@@ -291,7 +311,8 @@ def create_chat_completion(llm: "Llama", messages: list[dict], functions=None, f
         logprobs=(top_logprobs or 0) if logprobs else None, stop=stops, frequency_penalty=frequency_penalty,
         presence_penalty=presence_penalty, repeat_penalty=repeat_penalty, top_k=top_k, stream=stream, seed=seed,
         tfs_z=tfs_z, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, model=model,
-        logits_processor=logits_processor, grammar=json_grammar or grammar, logit_bias=logit_bias)
+        logits_processor=logits_processor, grammar=json_grammar or grammar, logit_bias=logit_bias,
+        stream_options=stream_options)
     return _chat_chunks(completion) if stream else _chat_result(completion)
 
 
@@ -323,6 +344,9 @@ def _chat_chunks(chunks: Iterator[dict]) -> Iterator[dict[str, Any]]:
             if i == 0:
                 yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,
                                             "finish_reason": None}]}
+            if not chunk["choices"]:  # the usage, asked for with stream_options
+                yield {**head, "choices": [], "usage": chunk["usage"]}
+                continue
             choice = chunk["choices"][0]
             delta = {"content": choice["text"]} if choice["finish_reason"] is None else {}
             yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": _chat_logprobs(choice["logprobs"]),

@@ -45,12 +45,14 @@ MAX_CHUNK_ROWS = 4096     # weight rows unpacked at a time, so no whole matrix i
 
 
 class NumpyBackend:
-    """The readable reference implementation of every op."""
+    """The readable reference implementation of every op; with ``batch_invariant``, a matrix product
+    or attention over several rows is the rows' one-row calls, one after another."""
 
     name = "numpy"
 
-    def __init__(self, n_threads: int | None = None, isa: str = "avx2"):
+    def __init__(self, n_threads: int | None = None, batch_invariant: bool = False, isa: str = "avx2"):
         self.n_threads = n_threads  # NumPy decides its own threading; kept for a uniform interface
+        self.batch_invariant = batch_invariant
         self.isa = check_isa(isa)   # whose arithmetic: llama.cpp built for AVX2 or AVX-512 (engine.isa)
 
     def prepare(self, weights) -> None:
@@ -65,6 +67,8 @@ class NumpyBackend:
 
     def matmul(self, w: Weight, x: np.ndarray) -> np.ndarray:
         """``x @ w.T`` with ggml's activation rounding and block arithmetic for ``w``'s type."""
+        if self.batch_invariant and x.shape[0] > 1:
+            return np.concatenate([self.matmul(w, x[t:t + 1]) for t in range(x.shape[0])])  # (n, n_out)
         dot = DOTS.get(w.type)
         if dot is None:
             raise ModelError(f"{w.name}: matrix products with {w.type.name} weights are not supported")
@@ -110,6 +114,9 @@ class NumpyBackend:
         padded cache view (its n_kv is a multiple of 256), so vec_dot has no tail.
         """
         n, n_heads, head_dim = q.shape
+        if self.batch_invariant and n > 1:
+            return np.concatenate([self.attention(q[t:t + 1], k_cache, v_cache, start + t, scale, window)
+                                   for t in range(n)])                        # (n, n_heads*hd)
         n_kv_heads = k_cache.shape[0]
         group = n_heads // n_kv_heads
         n_keys = start + n

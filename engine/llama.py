@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -42,7 +43,7 @@ class LlamaState:
         return len(self.tokens)
 
 
-def _check_cache_fits(hp, n_ctx: int) -> None:
+def check_cache_fits(hp, n_ctx: int) -> None:
     """Refuse a KV cache larger than the machine's memory, rather than fail or swap later."""
     cache_bytes = 2 * hp.n_layers * hp.kv_dim * n_ctx * np.dtype(np.float16).itemsize
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -67,6 +68,9 @@ class Llama:
     so every such generation from a seeded ``Llama`` draws the same way; None draws afresh.
     backend: "auto" (the compiled exact backend when built, else "numpy"), "numpy", "cython", or
     "plain", the textbook path, close to llama.cpp's logits but not equal (see ``engine.backends``).
+    batch_invariant: evaluate every position of a prompt as llama.cpp evaluates a single token
+    (the decode path's kernels), so logits do not depend on how tokens are batched: the
+    server's arithmetic (docs/serving.md). Off, a prompt gets llama.cpp's prompt-batch logits.
     ggml_isa: whose logits the exact backends reproduce: llama.cpp built for "avx2" or "avx512", or
     "auto", the build llama.cpp makes for this CPU (``engine.isa``); the plain backend ignores it.
 
@@ -86,7 +90,8 @@ class Llama:
     """
 
     def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, n_threads: int | None = None,
-                 seed: int | None = None, backend: str = "auto", ggml_isa: str = "auto"):
+                 seed: int | None = None, backend: str = "auto", batch_invariant: bool = False,
+                 ggml_isa: str = "auto"):
         n_threads = check_threads(n_threads)
         if n_ctx is not None:
             n_ctx = check_int(n_ctx, "n_ctx", 1, 2**31 - 1)
@@ -94,11 +99,11 @@ class Llama:
         path = resolve(path)  # a pulled model's name stands for its file
         self._gguf = read_gguf(path)
         try:
-            self.model = Model(self._gguf, make_backend(backend, n_threads, ggml_isa))
+            self.model = Model(self._gguf, make_backend(backend, n_threads, batch_invariant, ggml_isa))
             self.hparams = self.model.hp
             self.n_ctx = check_int(min(self.hparams.n_ctx_train, DEFAULT_N_CTX) if n_ctx is None else n_ctx,
                                    "n_ctx", 1, 2**31 - 1)
-            _check_cache_fits(self.model.hp, self.n_ctx)
+            check_cache_fits(self.model.hp, self.n_ctx)
             self.cache = KVCache(self.model.hp, self.n_ctx)
         except BaseException:
             self._gguf.close()
@@ -110,6 +115,17 @@ class Llama:
         self._cached: list[int] = []  # the token ids in the cache, len n_past
         self.n_evaluated = 0  # tokens run through the model since loading, across every call
         self._logits: np.ndarray | None = None
+
+    def sequence(self, model, cache: KVCache) -> "Llama":
+        """Another ``Llama`` over this one's file, tokenizer and settings, with its own bookkeeping,
+        that evaluates through ``model`` (anything with ``Model``'s ``forward`` and ``hidden``) into
+        ``cache``: one sequence of a server's batch (``engine.scheduler``). Close this one, not it."""
+        self.tokenizer  # built once, shared
+        other = copy.copy(self)
+        other.model, other.cache = model, cache
+        other.serial = SerialLock()
+        other.n_past, other._cached, other.n_evaluated, other._logits = 0, [], 0, None
+        return other
 
     # -- metadata and vocabulary
 

@@ -25,6 +25,7 @@ Every op comes from a backend (``engine.backends``: the textbook ``engine.plain`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -390,6 +391,28 @@ class KVCache:
         self.v[layer, :, start:start + n] = v.transpose(1, 0, 2)
 
 
+    @classmethod
+    def split(cls, hp: HParams, n_ctx: int, n_seqs: int) -> list["KVCache"]:
+        """One KV cache holding ``n_seqs`` sequences of up to ``n_ctx`` positions: one allocation,
+        (n_seqs, n_layers, n_kv_heads, n_ctx, head_dim) each of keys and values, and a ``KVCache``
+        viewing each sequence's part."""
+        shape = (n_seqs, hp.n_layers, hp.n_kv_heads, n_ctx, hp.head_dim)
+        k, v = np.zeros(shape, np.float16), np.zeros(shape, np.float16)
+        parts = []
+        for s in range(n_seqs):
+            part = cls.__new__(cls)
+            part.k, part.v, part.n_ctx = k[s], v[s], n_ctx
+            parts.append(part)
+        return parts
+
+
+class Span(NamedTuple):
+    """One sequence's rows in a batch, consecutive: positions [start, start + n) of its own ``cache``."""
+    cache: KVCache
+    start: int
+    n: int
+
+
 class Model:
     """A loaded LLaMA: hyperparameters, in-place weights, and the forward pass."""
 
@@ -401,32 +424,42 @@ class Model:
 
     def forward(self, tokens: np.ndarray, start: int, cache: KVCache, all_logits: bool) -> np.ndarray:
         """Evaluate ``tokens`` at positions [start, start + n) into ``cache``; logits of every position, or the last."""
-        x = self.hidden(tokens, start, cache, all_rows=all_logits)         # (n or 1, dim)
-        return self.backend.matmul(self.weights.output, x)                 # (n or 1, n_vocab)
+        return self.logits(self.hidden(tokens, start, cache, all_rows=all_logits))  # (n or 1, n_vocab)
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        """W_out · h: final hidden states to logits, (n, dim) -> (n, n_vocab)."""
+        return self.backend.matmul(self.weights.output, hidden)
 
     def hidden(self, tokens: np.ndarray, start: int, cache: KVCache, all_rows: bool) -> np.ndarray:
         """The final hidden state (after the output norm) of every position, or of the last: what the
         output matrix turns into logits, and what llama.cpp hands out as embeddings."""
+        rows = slice(None) if all_rows else slice(-1, None)
+        return self.batch_hidden(tokens, (Span(cache, start, len(tokens)),), rows)  # (n or 1, dim)
+
+    def batch_hidden(self, tokens: np.ndarray, spans: Sequence[Span], rows) -> np.ndarray:
+        """Evaluate several sequences in one pass: ``tokens`` holds each span's tokens in turn, each
+        sequence at its own positions into its own cache. Every matrix product takes all the rows at
+        once (the weights stream once); attention runs per sequence. The final hidden states of
+        ``rows`` (indices or a slice into ``tokens``): (len(rows), dim)."""
         hp, w, ops = self.hp, self.weights, self.backend
-        positions = np.arange(start, start + len(tokens))                  # (n,)
         x = ops.get_rows(w.token_embd, tokens)                              # (n, dim)
         if hp.family.embed_scale:
             x = x * np.sqrt(np.float32(hp.dim))                             # (n, dim)
         for i, layer in enumerate(w.layers):
-            x = x + self.post_norm(layer.attn_post_norm, self.attention(layer, i, x, positions, cache))
+            x = x + self.post_norm(layer.attn_post_norm, self.attention(layer, i, x, spans))
             x = x + self.post_norm(layer.ffn_post_norm, self.feed_forward(layer, x))
-        if not all_rows:
-            x = x[-1:]                                                       # (1, dim)
-        return ops.rms_norm(x, w.output_norm, hp.rms_eps)                  # (n or 1, dim)
+        return ops.rms_norm(np.ascontiguousarray(x[rows]), w.output_norm, hp.rms_eps)  # (len(rows), dim)
 
     def post_norm(self, weight: np.ndarray | None, y: np.ndarray) -> np.ndarray:
         """A block's output as the residual stream takes it: RMS-normed where the family norms it."""
         return y if weight is None else self.backend.rms_norm(y, weight, self.hp.rms_eps)
 
-    def attention(self, layer: Layer, index: int, x: np.ndarray, positions: np.ndarray, cache: KVCache) -> np.ndarray:
-        """Self-attention over the cache (or its sliding window), after writing this batch's keys and values into it."""
+    def attention(self, layer: Layer, index: int, x: np.ndarray, spans: Sequence[Span]) -> np.ndarray:
+        """Self-attention of each sequence over its cache (or its sliding window), after writing its
+        rows' keys and values into it."""
         hp, ops = self.hp, self.backend
         n = x.shape[0]
+        positions = np.concatenate([np.arange(s.start, s.start + s.n) for s in spans])  # (n,)
         h = ops.rms_norm(x, layer.attn_norm, hp.rms_eps)                   # (n, dim)
         q, k, v = (y if b is None else y + b                                # (n, n_heads*hd), (n, kv_dim) x 2
                    for y, b in zip(ops.matmuls(layer.qkv, h), layer.qkv_bias))
@@ -438,12 +471,16 @@ class Model:
         v = v.reshape(n, hp.n_kv_heads, hp.head_dim)                       # (n, n_kv_heads, hd)
         q = ops.rope(q, positions, hp.layer_rope(index))
         k = ops.rope(k, positions, hp.layer_rope(index))
-        cache.store(index, int(positions[0]), k, v)
         scale = np.float32(hp.attn_scale)
         if hp.family.scale_q:                                               # Gemma, Phi-3: q scaled, then q·k by 1
             q, scale = q * scale, np.float32(1.0)
-        a = ops.attention(q, cache.k[index], cache.v[index], int(positions[0]), scale, hp.window(index))
-        return ops.matmul(layer.wo, a)                                      # (n, dim)
+        a, first = [], 0
+        for cache, start, rows in spans:                                    # each sequence over its own cache
+            span = slice(first, first + rows)
+            cache.store(index, start, k[span], v[span])
+            a.append(ops.attention(q[span], cache.k[index], cache.v[index], start, scale, hp.window(index)))
+            first += rows
+        return ops.matmul(layer.wo, a[0] if len(a) == 1 else np.concatenate(a))  # (n, dim)
 
     def feed_forward(self, layer: Layer, x: np.ndarray) -> np.ndarray:
         """SwiGLU (GEGLU where the family gates with GELU): W_down · (act(W_gate · norm(x)) * (W_up · norm(x)))."""

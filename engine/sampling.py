@@ -183,8 +183,8 @@ def _bucket_order(logits: np.ndarray, n: int, prefix: int = None) -> np.ndarray:
     That sort (llama_token_data_array_partial_sort) spreads the logits over 128
     buckets covering [-10, 10) (values outside, and non-finite ones, land in the
     end buckets as C++'s float-to-int conversion puts them), takes buckets from
-    the top until they hold n, std::sorts each full bucket and std::partial_sorts
-    the last one.  Only buckets reaching into the prefix are replayed.
+    the top until they hold n, std::sorts each bucket before the last and std::partial_sorts
+    the last one (a heap sort even when all of it is kept).  Only buckets reaching into the prefix are replayed.
     """
     prefix = n if prefix is None else prefix
     head = _bucket_value_order(logits, prefix + 1)
@@ -200,7 +200,7 @@ def _bucket_order(logits: np.ndarray, n: int, prefix: int = None) -> np.ndarray:
             break
         members = by_bucket[start:end]
         keys = -logits[members]
-        parts.append(members[sort_order(keys) if end <= n else partial_sort_order(keys, n - start)])
+        parts.append(members[sort_order(keys) if end < n else partial_sort_order(keys, n - start)])
         start = end
     return np.concatenate(parts)[:prefix]
 

@@ -6,10 +6,13 @@
     POST /v1/chat/completions  engine.completion.create_chat_completion
     POST /v1/embeddings        engine.embedding.create_embedding (float or base64 vectors)
 
-Each of the ``parallel`` slots is a ``Llama`` of its own over the same memory-mapped
-weights (so only the KV caches multiply), run on a worker thread: a request has a
-slot to itself from its first token to its last, and nothing it computes depends on
-the other requests. At most ``queue`` more requests wait for a slot; beyond that the
+The ``parallel`` slots are sequences of one model in one KV cache, evaluated together by
+``engine.scheduler`` (continuous batching: each step one forward pass over the next token
+of every generating request and chunks of new prompts). A request has a slot to itself
+from its first token to its last, served on a worker thread that samples with the
+library's own code; the model is batch invariant, so nothing a request computes depends
+on the other requests. A new request takes the idle slot whose cache holds the longest
+prefix of its prompt. At most ``queue`` more requests wait for a slot; beyond that the
 server answers 503 at once. A client that goes away mid-stream has its generation
 closed at the next token, and its slot returns to the pool.
 
@@ -23,7 +26,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -48,13 +50,13 @@ DONE = object()     # what a stream's worker puts after its last chunk
 COMPLETION_FIELDS = {  # the OpenAI fields (and llama-cpp-python's extensions) each endpoint passes on
     "completions": ("prompt", "max_tokens", "temperature", "top_p", "min_p", "typical_p", "logprobs", "echo",
                     "stop", "frequency_penalty", "presence_penalty", "repeat_penalty", "top_k", "seed",
-                    "mirostat_mode", "mirostat_tau", "mirostat_eta", "grammar", "logit_bias"),
+                    "mirostat_mode", "mirostat_tau", "mirostat_eta", "grammar", "logit_bias", "stream_options"),
     "chat": ("messages", "max_tokens", "temperature", "top_p", "min_p", "typical_p", "stop", "frequency_penalty",
              "presence_penalty", "repeat_penalty", "top_k", "seed", "mirostat_mode", "mirostat_tau", "mirostat_eta",
-             "response_format", "grammar", "logit_bias", "logprobs", "top_logprobs"),
+             "response_format", "grammar", "logit_bias", "logprobs", "top_logprobs", "stream_options"),
     "embeddings": ("input",),
 }
-IGNORED_FIELDS = {"model", "user", "stream", "stream_options", "n", "best_of", "suffix", "encoding_format"}
+IGNORED_FIELDS = {"model", "user", "stream", "n", "best_of", "suffix", "encoding_format"}
 
 
 class RequestError(Exception):
@@ -71,14 +73,15 @@ def error_response(error: RequestError) -> JSONResponse:
 
 
 class Slots:
-    """``parallel`` models sharing the weights' mmap, handed out one per request, with a bounded wait."""
+    """The scheduler's ``parallel`` slots (``engine.scheduler``), handed out one per request, with a bounded wait."""
 
     def __init__(self, model_path: str, parallel: int, queue_size: int, n_ctx: int | None, n_threads: int | None,
                  ggml_isa: str = "auto"):
         from .llama import Llama
-        self.idle: queue.Queue = queue.Queue()
-        for _ in range(parallel):
-            self.idle.put(Llama(model_path, n_ctx=n_ctx, n_threads=n_threads, ggml_isa=ggml_isa))
+        from .scheduler import Scheduler
+        self.scheduler = Scheduler(Llama(model_path, n_ctx=n_ctx, n_threads=n_threads, batch_invariant=True,
+                                         ggml_isa=ggml_isa),
+                                   parallel)
         self.total, self.limit = parallel, parallel + queue_size
         self.admitted = 0  # requests running or waiting; touched only on the event loop's thread
         self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="llamanp-slot")
@@ -94,20 +97,32 @@ class Slots:
     def leave(self) -> None:
         self.admitted -= 1
 
-    async def run(self, work):
-        """``work(llm)`` on a worker thread with a slot of its own; the slot returns to the pool after."""
+    async def run(self, work, prompt=None):
+        """``work(llm)`` on a worker thread with a slot of its own, the one whose cache holds the longest
+        prefix of ``prompt(llm)``'s tokens; the slot returns to the pool after."""
         def with_slot():
-            llm = self.idle.get()
-            try:
+            with self.scheduler.lease(_tokens_or_none(prompt, self.scheduler.llm) or ()) as llm:
                 return work(llm)
-            finally:
-                self.idle.put(llm)
         return await asyncio.get_running_loop().run_in_executor(self.pool, with_slot)
+
+    @property
+    def n_idle(self) -> int:
+        return self.scheduler.n_idle
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
-        while not self.idle.empty():
-            self.idle.get().close()
+        self.scheduler.close()
+
+
+def _tokens_or_none(prompt, llm) -> list[int] | None:
+    """A request's prompt tokens, or None where there are none or the request is bad (the library call
+    itself then says why)."""
+    if prompt is None:
+        return None
+    try:
+        return prompt(llm)
+    except (ValueError, TypeError, LookupError):
+        return None
 
 
 class EventStream(StreamingResponse if uvicorn is not None else object):
@@ -131,7 +146,8 @@ def create_app(model_path: str, *, parallel: int = 1, queue_size: int = 8, api_k
     """The ASGI application serving ``model_path`` (see the module docstring)."""
     if uvicorn is None:
         raise LlamaError('the server needs Starlette and uvicorn: pip install "llamanp[server]"')
-    from .completion import create_chat_completion, create_completion
+    from .chat import Chat
+    from .completion import create_chat_completion, create_completion, prompt_tokens
     from .embedding import create_embedding
 
     slots = Slots(model_path, parallel, queue_size, n_ctx, n_threads, ggml_isa)
@@ -185,6 +201,12 @@ def create_app(model_path: str, *, parallel: int = 1, queue_size: int = 8, api_k
                 raise RequestError(400, str(e)) from None
         return work
 
+    def prompt_of(endpoint: str, kwargs: dict):
+        """How the worker finds a request's prompt tokens, to pick the slot with the most of them cached."""
+        if endpoint == "chat":
+            return lambda llm: Chat(llm).prompt_tokens(kwargs.get("messages"))
+        return lambda llm: prompt_tokens(llm, kwargs.get("prompt"))
+
     async def serve(request: Request, endpoint: str, function):
         try:
             data = await checked_body(request)
@@ -195,14 +217,14 @@ def create_app(model_path: str, *, parallel: int = 1, queue_size: int = 8, api_k
             return error_response(e)
         if not kwargs["stream"]:
             try:
-                return JSONResponse(await slots.run(library_call(function, kwargs)))
+                return JSONResponse(await slots.run(library_call(function, kwargs), prompt_of(endpoint, kwargs)))
             except RequestError as e:
                 return error_response(e)
             finally:
                 slots.leave()
-        return await stream(request, library_call(function, kwargs))
+        return await stream(request, library_call(function, kwargs), prompt_of(endpoint, kwargs))
 
-    async def stream(request: Request, work):
+    async def stream(request: Request, work, prompt):
         """Server-sent events: one ``data: {chunk}`` per chunk, then ``data: [DONE]``. The chunks come
         from a worker thread through a queue; an error before the first chunk is an ordinary error
         response, and a client that disconnects has its generation closed at the next chunk."""
@@ -225,7 +247,7 @@ def create_app(model_path: str, *, parallel: int = 1, queue_size: int = 8, api_k
             finally:
                 loop.call_soon_threadsafe(chunks.put_nowait, DONE)
 
-        task = asyncio.ensure_future(slots.run(produce))
+        task = asyncio.ensure_future(slots.run(produce, prompt))
         task.add_done_callback(lambda _: slots.leave())  # the slot is back, whatever ended the stream
         first = await chunks.get()
         if isinstance(first, Exception) or first is DONE:
@@ -280,7 +302,7 @@ def create_app(model_path: str, *, parallel: int = 1, queue_size: int = 8, api_k
                                                          "owned_by": "llamanp"}]})
 
     async def health(request: Request):
-        return JSONResponse({"status": "ok", "slots_idle": slots.idle.qsize(), "slots_total": slots.total})
+        return JSONResponse({"status": "ok", "slots_idle": slots.n_idle, "slots_total": slots.total})
 
     async def not_found(request: Request, exc):
         return error_response(RequestError(404, f"no route {request.url.path}"))

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 
 #include "lanes.h"
+#include "vnni.h"
 
 enum { KQ_TILED_MIN_ROWS = 8 };  /* activation rows from which ggml runs the tiled kernel */
 
@@ -289,8 +290,8 @@ static inline __attribute__((always_inline)) void kq_tile_add(int type, const kq
 #pragma GCC unroll 4  /* each token's sums stay in their registers */
         for (int t = 0; t < n; t++) {
             const __m256i a = in_register(_mm256_loadu_si256((const __m256i *)(y[t]->qs + 32 * c)));
-            s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(_mm256_maddubs_epi16(q0, a), sc0));
-            s[4 + t] = _mm256_add_epi32(s[4 + t], _mm256_madd_epi16(_mm256_maddubs_epi16(q1, a), sc1));
+            s[t] = dpwssd(s[t], _mm256_maddubs_epi16(q0, a), sc0);
+            s[4 + t] = dpwssd(s[4 + t], _mm256_maddubs_epi16(q1, a), sc1);
         }
     }
     const __m256i mn0 = _mm256_loadu_si256((const __m256i *)u0->mn), mn1 = _mm256_loadu_si256((const __m256i *)u1->mn);

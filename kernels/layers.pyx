@@ -176,10 +176,12 @@ cdef cnp.ndarray _glu(gate, up, cnp.ndarray table, n_threads, int isa):
     return out
 
 
-def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int window=0, int isa=0):
+def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int window=0, bint rowwise=False,
+              int isa=0):
     """Causal attention of q (n, n_heads, hd) at positions [start, start + n) over f16 caches;
-    with a ``window``, position p sees keys (p - window, p] only; in the orders of llama.cpp
-    built for ``isa`` (0: AVX2, 1: AVX-512).
+    with a ``window``, position p sees keys (p - window, p] only; ``rowwise``: every row summed
+    as a one-row call sums it, whatever n is; in the orders of llama.cpp built for ``isa``
+    (0: AVX2, 1: AVX-512).
 
     ``k_cache``/``v_cache``: float16 (n_kv_heads, n_ctx, hd) holding positions [0, start + n);
     query head h reads kv head h // (n_heads / n_kv_heads).  Returns (n, n_heads * hd).
@@ -206,8 +208,8 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int w
     # rows where it takes the shape (q.K: hd a multiple of its lanes; P.V: hd a multiple of 4),
     # else ggml_vec_dot_f16's (AVX2 32, AVX-512 64)
     cdef int tiny = 16 if isa else 8, vec = 64 if isa else 32
-    cdef int qk_lanes = tiny if n > 1 and hd % tiny == 0 else vec
-    cdef int pv_lanes = tiny if n > 1 and hd % 4 == 0 else vec
+    cdef int qk_lanes = tiny if n > 1 and hd % tiny == 0 and not rowwise else vec
+    cdef int pv_lanes = tiny if n > 1 and hd % 4 == 0 and not rowwise else vec
     cdef int nt = team(check_threads(n_threads), qa.size * n_keys_max)
     cdef cnp.npy_intp shape[2]
     shape[0], shape[1] = n, n_heads * hd

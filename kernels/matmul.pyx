@@ -36,12 +36,22 @@ cdef extern from "vec_dot.h" nogil:
     int type_block_size(int type)
     void quantize_row(int act_type, const float *x, void *y, int64_t k, int grouped)
     enum:
-        T_F32, T_F16, T_BF16, T_Q4_0, T_Q2_K, T_Q4_K, T_Q6_K, T_Q8_0, T_Q8_1, T_Q8_K
+        T_F32, T_F16, T_BF16, T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q2_K, T_Q4_K, T_Q6_K, T_Q8_0, T_Q8_1, T_Q8_K
 
 cdef extern from "float_rows.h" nogil:
     bint tinyblas_accepts(int64_t n_tok, int64_t n_out, int64_t n_in, int type, int isa)
     void tinyblas_rows(int type, int k, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,
                        const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo, int isa)
+
+cdef extern from "block32_rows.h" nogil:
+    const int B32_VNNI
+    void block32_act_scales(int act_type, const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb,
+                            float *ad, float *as)
+    void block32_act_sums(int act_type, const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb,
+                          int32_t *nsum)
+    int block32_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
+                     int act_type, const uint8_t *acts, int64_t act_bytes, int64_t n_tok, const float *ad,
+                     const float *as, const int32_t *nsum, int64_t scale_stride, float *out, int64_t ldo)
 
 cdef extern from "kquant_rows.h" nogil:
     int kq_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
@@ -78,6 +88,9 @@ cdef enum:
     TILE = 4          # tokens sharing one pass over a group of weights
     MIN_PARALLEL_ROWS = 8  # activation rows below which quantising them is not worth waking threads
     MIN_PARALLEL_BYTES = 1 << 19  # weight bytes x tokens below which a product runs on one thread
+    CHUNK_ROWS = 16   # output rows a thread takes at a time
+    TOKEN_BLOCK = 64  # tokens whose activations stay in L2 while the unpacked rows pass over them
+    B32_MIN_TOKENS = 3  # tokens from which unpacking 32-weight rows once beats a vec_dot per (row, token)
 
 
 def activation_type(int type):
@@ -191,6 +204,120 @@ cdef cnp.ndarray row_ids(ids, int64_t n_rows):
     return r
 
 
+cdef struct blocks32_part:
+    int type
+    const uint8_t *w
+    int64_t row_bytes, n_rows
+    vec_dot_fn dot  # the type's vec_dot (for few tokens), and the activation type it pairs with
+    int act_type
+
+
+cdef int blocks32_product(const blocks32_part *parts, int n_parts, int act_type, const float *x, int64_t n,
+                          int64_t n_in, float *out, int nt) except -1:
+    """out (n, rows of all parts) = x (n, n_in) times the rows of ``parts`` one after another, each part
+    of a 32-weight type, in vec_dot's and tinyBLAS's order for its type.  From B32_MIN_TOKENS tokens
+    the activations are quantised once to ``act_type``, then each part's rows unpacked once per block of
+    tokens and taken in tiles of rows x tokens (block32_rows.h); below, each row meets each token in
+    its own type's vec_dot."""
+    if n < B32_MIN_TOKENS:
+        return blocks32_dots(parts, n_parts, x, n, n_in, out, nt)
+    cdef int64_t nb = n_in // 32, act_bytes = type_row_bytes(act_type, n_in), n_out = 0
+    cdef int p
+    cdef Py_ssize_t n_items = 0
+    cdef bint sums = False  # whether the VNNI tiles need the activations' four-sums (a part of signed quants)
+    for p in range(n_parts):
+        n_out += parts[p].n_rows
+        n_items += (parts[p].n_rows + CHUNK_ROWS - 1) // CHUNK_ROWS
+        sums |= B32_VNNI and parts[p].type not in (T_Q4_1, T_Q5_1)
+    cdef bint has_min = act_type == T_Q8_1
+    cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)                             # (n, act_bytes)
+    cdef float *ad = <float *>malloc((n * nb * (2 if has_min else 1) + 4) * sizeof(float))  # (nb, n) scales, sums
+    cdef int64_t *items = chunk_items(parts, n_parts, n_items)                      # (part, first row, first column)
+    cdef int32_t *nsum = <int32_t *>malloc(n * nb * 8 * sizeof(int32_t)) if sums else NULL  # (nb, n, 8)
+    cdef Py_ssize_t item
+    cdef int64_t tb, t0, n_t, r0
+    cdef int failed = 0
+    try:
+        if acts == NULL or ad == NULL or items == NULL or (sums and nsum == NULL):
+            raise MemoryError()
+        with nogil:
+            quantize_into(x, n, n_in, act_type, False, acts, act_bytes, nt)
+            block32_act_scales(act_type, acts, act_bytes, n, <int>nb, ad, ad + n * nb if has_min else NULL)
+            if sums:
+                block32_act_sums(act_type, acts, act_bytes, n, <int>nb, nsum)
+            for tb in range((n + TOKEN_BLOCK - 1) // TOKEN_BLOCK):
+                t0 = tb * TOKEN_BLOCK
+                n_t = min(TOKEN_BLOCK, n - t0)
+                for item in prange(n_items, schedule="static", num_threads=nt):
+                    p, r0 = <int>items[3 * item], items[3 * item + 1]
+                    failed += block32_rows(parts[p].type, parts[p].w, parts[p].row_bytes, r0,
+                                           min(r0 + CHUNK_ROWS, parts[p].n_rows), <int>n_in, act_type,
+                                           acts + t0 * act_bytes, act_bytes, n_t, ad + t0,
+                                           ad + n * nb + t0 if has_min else NULL,
+                                           nsum + t0 * 8 if sums else NULL, n,
+                                           out + t0 * n_out + items[3 * item + 2], n_out)
+        if failed:
+            raise MemoryError("no memory for unpacked weight rows")
+    finally:
+        free(acts)
+        free(ad)
+        free(items)
+        free(nsum)
+    return 0
+
+
+cdef int64_t *chunk_items(const blocks32_part *parts, int n_parts, Py_ssize_t n_items):
+    """The threads' work: (part, first row, first output column) of every CHUNK_ROWS rows of each part,
+    a malloc'd (n_items, 3) array (NULL if out of memory)."""
+    cdef int64_t *items = <int64_t *>malloc(n_items * 3 * sizeof(int64_t))
+    cdef int64_t r0, col = 0, k = 0
+    cdef int p
+    if items != NULL:
+        for p in range(n_parts):
+            for r0 in range(0, parts[p].n_rows, CHUNK_ROWS):
+                items[3 * k], items[3 * k + 1], items[3 * k + 2] = p, r0, col
+                k += 1
+            col += parts[p].n_rows
+    return items
+
+
+cdef int blocks32_dots(const blocks32_part *parts, int n_parts, const float *x, int64_t n, int64_t n_in,
+                       float *out, int nt) except -1:
+    """blocks32_product for few tokens: every row with every token in its type's vec_dot, the activations
+    quantised once for each activation type the parts pair with (Q8_0, Q8_1)."""
+    cdef int64_t n_out = 0, r, t, bytes0 = type_row_bytes(T_Q8_0, n_in), bytes1 = type_row_bytes(T_Q8_1, n_in)
+    cdef int p
+    cdef Py_ssize_t n_items = 0, item
+    for p in range(n_parts):
+        n_out += parts[p].n_rows
+        n_items += (parts[p].n_rows + CHUNK_ROWS - 1) // CHUNK_ROWS
+    cdef uint8_t *acts0 = <uint8_t *>malloc(n * bytes0)  # (n, bytes0) as Q8_0
+    cdef uint8_t *acts1 = <uint8_t *>malloc(n * bytes1)  # (n, bytes1) as Q8_1
+    cdef int64_t *items = chunk_items(parts, n_parts, n_items)
+    cdef const blocks32_part *part
+    cdef const uint8_t *a
+    cdef int64_t a_bytes
+    try:
+        if acts0 == NULL or acts1 == NULL or items == NULL:
+            raise MemoryError()
+        with nogil:
+            quantize_into(x, n, n_in, T_Q8_0, False, acts0, bytes0, 1)
+            quantize_into(x, n, n_in, T_Q8_1, False, acts1, bytes1, 1)
+            for item in prange(n_items, schedule="static", num_threads=nt):
+                part = &parts[items[3 * item]]
+                a = acts1 if part.act_type == T_Q8_1 else acts0
+                a_bytes = bytes1 if part.act_type == T_Q8_1 else bytes0
+                for r in range(items[3 * item + 1], min(items[3 * item + 1] + CHUNK_ROWS, part.n_rows)):
+                    for t in range(n):
+                        out[t * n_out + items[3 * item + 2] + r] = part.dot(<int>n_in, part.w + r * part.row_bytes,
+                                                                            a + t * a_bytes)
+    finally:
+        free(acts0)
+        free(acts1)
+        free(items)
+    return 0
+
+
 cdef class Matrix:
     """A weight matrix (n_out rows of n_in) of ggml ``type``, multiplied without copying or dequantising."""
 
@@ -258,8 +385,13 @@ cdef class Matrix:
                              f"expected {self.row_bytes} for {self.n_in} values of ggml type {self.type}")
         return data.view(np.uint8)
 
-    def matmul(self, x, n_threads=None):
-        """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, with ggml's activation rounding."""
+    def matmul(self, x, n_threads=None, bint rowwise=False):
+        """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, with ggml's activation rounding.
+
+        ``rowwise``: every row gets the arithmetic a one-row product gives it (the kernels ggml
+        picks for a single token, activations quantised row by row), so no row's result depends
+        on the rows beside it; each weight row or group is still read once for all of them.
+        """
         cdef cnp.ndarray xa = float_rows(x, self.n_in, "matmul")
         cdef int64_t n = xa.shape[0]
         cdef int nt = check_threads(n_threads)
@@ -272,32 +404,36 @@ cdef class Matrix:
             return out
         cdef const float *xs = <const float *>cnp.PyArray_DATA(xa)
         cdef float *o = <float *>cnp.PyArray_DATA(out)
-        if self.regrouped and self.type == T_Q4_0:
+        if self.regrouped and self.type == T_Q4_0:  # the same arithmetic per token in tiles of any size
             self.matmul_q4_0x8(xs, n, o, nt)
         elif self.repacked and self.type == T_Q4_K:
-            self.matmul_q4_Kx8(xs, n, o, nt)
+            self.matmul_q4_Kx8(xs, n, o, nt, 1 if rowwise else TILE)
+        elif n >= B32_MIN_TOKENS and (self.type in (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0)
+                                      or self.type == T_Q4_0 and not self.repacked):
+            self.matmul_blocks32(xs, n, o, nt)  # vec_dot's arithmetic per (row, token): rowwise as it is
         else:
-            self.matmul_rows(xs, n, o, nt)
+            self.matmul_rows(xs, n, o, nt, rowwise)
         return out
 
     # The products below read x (n, n_in) and write out (n, n_out), both C-contiguous float32.
 
-    cdef int matmul_rows(self, const float *x, int64_t n, float *out, int nt) except -1:
+    cdef int matmul_rows(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1:
         """Generic path: quantise the activations, then every row against every token, in the
         order of the ggml kernel that this type and number of tokens select.
 
         Float rows go through tinyBLAS's order where it takes the shape (float_rows.h), and
-        K-quant rows are unpacked once for all tokens when there is more than one (kq_rows).
+        K-quant rows are unpacked once for all tokens when there is more than one (kq_rows);
+        ``rowwise`` takes the one-token order (vec_dot) for every token.
         """
         cdef int64_t act_bytes = type_row_bytes(self.act_type, self.n_in)
-        cdef bint tiny_blas = self.type in (T_F32, T_F16, T_BF16) and tinyblas_accepts(n, self.n_out, self.n_in,
-                                                                                       self.type, self.isa)
+        cdef bint tiny_blas = (self.type in (T_F32, T_F16, T_BF16)
+                               and tinyblas_accepts(n, self.n_out, self.n_in, self.type, self.isa) and not rowwise)
         cdef bint repacked_q2_K = self.repacked and self.type == T_Q2_K
-        cdef bint unpack_once = n > 1 and T_Q2_K <= self.type <= T_Q6_K and not repacked_q2_K
+        cdef bint unpack_once = n > 1 and T_Q2_K <= self.type <= T_Q6_K and not rowwise and not repacked_q2_K
         # Q4_0 rows that llama.cpp repacks, not regrouped here: its repacked kernels' order, one row at a time
         cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.repacked else self.dot
         # repacked Q2_K: the gemm kernel's order for the tokens in whole groups of four, the gemv's for the rest
-        cdef int64_t n_gemm = n - n % 4 if repacked_q2_K else 0
+        cdef int64_t n_gemm = n - n % 4 if repacked_q2_K and not rowwise else 0
         cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)
         if acts == NULL:
             raise MemoryError()
@@ -305,7 +441,7 @@ cdef class Matrix:
         cdef int64_t r, t, r_end
         cdef int failed = 0
         with nogil:
-            quantize_into(x, n, self.n_in, self.act_type, repacked_q2_K, acts, act_bytes, nt)
+            quantize_into(x, n, self.n_in, self.act_type, repacked_q2_K and not rowwise, acts, act_bytes, nt)
             for chunk in prange(n_chunks, schedule="static", num_threads=nt):
                 r_end = min(chunk * 16 + 16, self.n_out)
                 if tiny_blas:
@@ -328,6 +464,13 @@ cdef class Matrix:
         if failed:
             raise MemoryError("no memory for unpacked weight rows")
         return 0
+
+    cdef int matmul_blocks32(self, const float *x, int64_t n, float *out, int nt) except -1:
+        """32-weight blocks that llama.cpp does not repack, several tokens (blocks32_product)."""
+        cdef blocks32_part part
+        part.type, part.w, part.row_bytes, part.n_rows = self.type, self.ptr, self.row_bytes, self.n_out
+        part.dot, part.act_type = self.dot, self.act_type
+        return blocks32_product(&part, 1, self.act_type, x, n, self.n_in, out, nt)
 
     cdef void matmul_q4_0x8(self, const float *x, int64_t n, float *out, int nt):
         """Regrouped Q4_0: each group of 8 rows is read once per tile of 4 tokens."""
@@ -359,9 +502,10 @@ cdef class Matrix:
             free(bias)
             free(acts)
 
-    cdef void matmul_q4_Kx8(self, const float *x, int64_t n, float *out, int nt):
+    cdef void matmul_q4_Kx8(self, const float *x, int64_t n, float *out, int nt, int64_t tile):
         """Q4_K with a multiple of 8 rows, as ggml's repacked kernels: Q8_K activations (four rows
-        at a time, as ggml's repacked path), 8 rows x 4 tokens.
+        at a time, as ggml's repacked path), 8 rows x ``tile`` tokens; with a tile of 1, every
+        token as ggml's one-token path (gemv, activations quantised alone).
 
         An unregrouped matrix is regrouped here a group at a time, into a buffer per thread.
         """
@@ -371,14 +515,14 @@ cdef class Matrix:
         cdef uint8_t *scratch = NULL if self.regrouped else <uint8_t *>malloc(nt * scratch_bytes)  # a group per thread
         cdef const block_q8_K **rows = <const block_q8_K **>malloc(n * sizeof(void *))
         cdef Py_ssize_t t, g
-        cdef int64_t t0, tt, tile = TILE, n_tiles = (n + TILE - 1) // TILE
+        cdef int64_t t0, tt, n_tiles = (n + tile - 1) // tile
         cdef const block_q4_Kx8 *grp
         cdef block_q4_Kx8 *buf
         try:
             if acts == NULL or rows == NULL or (scratch == NULL and not self.regrouped):
                 raise MemoryError()
             with nogil:
-                quantize_into(x, n, self.n_in, T_Q8_K, True, acts, act_bytes, nt)
+                quantize_into(x, n, self.n_in, T_Q8_K, tile == TILE, acts, act_bytes, nt)
                 for t in range(n):
                     rows[t] = <const block_q8_K *>(acts + t * act_bytes)
                 for g in prange(n_groups, schedule="static", num_threads=nt):
@@ -396,6 +540,73 @@ cdef class Matrix:
             free(acts)
             free(scratch)
             free(rows)
+
+
+BLOCK32_TYPES = (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0)  # the types a Blocks32Stack mixes (llama.cpp repacks most Q4_0)
+
+
+cdef class Blocks32Stack:
+    """Weights of different 32-weight types (``BLOCK32_TYPES``) with one row length, multiplied as one matrix.
+
+    Each row keeps its type's kernel and float order, so the columns are the separate
+    products' bits; the activations are quantised once (to Q8_1 when a Q4_1 or Q5_1 part
+    needs their sums: Q8_1's quants and scales are Q8_0's) and the threads woken once.
+    Q4_K_M and Q5_K_M files of narrow models mix them so (a Q8_0 attn_v beside Q5_0 or Q5_1
+    attn_q and attn_k).
+    """
+
+    cdef readonly int64_t n_in, n_out
+    cdef object arrays       # the weight arrays, kept alive
+    cdef blocks32_part *parts
+    cdef int n_parts, act_type
+
+    def __init__(self, arrays, types, int64_t n_in):
+        """``arrays``: (rows, bytes_per_row) uint8 C-contiguous weights, one per part, of ``types`` in turn."""
+        if len(arrays) != len(types) or not arrays:
+            raise ValueError("a stack needs one type per weight array, and at least one array")
+        if any(type not in BLOCK32_TYPES for type in types):
+            raise ValueError(f"stacked types must be among {BLOCK32_TYPES}, got {list(types)}")
+        if n_in <= 0 or n_in % 32:
+            raise ValueError(f"row length {n_in} is not a positive multiple of 32")
+        cdef Matrix checked
+        self.arrays = []
+        for a, t in zip(arrays, types):
+            checked = Matrix(a, t, n_in, regroup=False)  # the checks of a Matrix; its rows as uint8
+            self.arrays.append(checked.data)
+        self.n_in, self.n_parts = n_in, len(types)
+        self.act_type = T_Q8_1 if any(t in (T_Q4_1, T_Q5_1) for t in types) else T_Q8_0
+        self.parts = <blocks32_part *>malloc(self.n_parts * sizeof(blocks32_part))
+        if self.parts == NULL:
+            raise MemoryError()
+        cdef const uint8_t[:, ::1] view
+        self.n_out = 0
+        for p, (a, t) in enumerate(zip(self.arrays, types)):
+            view = a if a.shape[0] else np.zeros((1, 1), np.uint8)
+            self.parts[p].type, self.parts[p].w = t, &view[0, 0]
+            self.parts[p].row_bytes, self.parts[p].n_rows = type_row_bytes(t, n_in), a.shape[0]
+            self.parts[p].dot = vec_dot_for(t, &self.parts[p].act_type, 0)  # 32-weight types: the same in both builds
+            self.n_out += a.shape[0]
+
+    def __dealloc__(self):
+        free(self.parts)
+
+    def matmul(self, x, n_threads=None, bint rowwise=False):
+        """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, the parts' columns one after another.
+
+        Every (row, token) pair takes the arithmetic of a one-token product whatever ``n``, so the
+        ``rowwise`` of ``Matrix.matmul`` holds already."""
+        cdef cnp.ndarray xa = float_rows(x, self.n_in, "matmul")
+        cdef int64_t n = xa.shape[0]
+        cdef int nt = check_threads(n_threads)
+        if n * self.n_out * type_row_bytes(T_Q8_0, self.n_in) < MIN_PARALLEL_BYTES:
+            nt = 1
+        cdef cnp.npy_intp shape[2]
+        shape[0], shape[1] = n, self.n_out
+        cdef cnp.ndarray out = empty(2, shape, cnp.NPY_FLOAT32)
+        if n and self.n_out:
+            blocks32_product(self.parts, self.n_parts, self.act_type, <const float *>cnp.PyArray_DATA(xa), n,
+                             self.n_in, <float *>cnp.PyArray_DATA(out), nt)
+        return out
 
 
 cdef object regroup_rows(parts, int type, int64_t n_in, bint release_source):

@@ -10,13 +10,14 @@
  *   floats: float_rows.h.
  *
  * The integer parts are exact.  Every type has a scalar version giving the same bits;
- * when the compiler targets AVX2 the integer sums run in AVX2 (Q4_0, Q8_0, Q4_K, Q5_K
- * and Q6_K unpack in registers, the others via a small buffer).
+ * when the compiler targets AVX2 the integer sums run in AVX2 (the 32-weight types, Q4_K,
+ * Q5_K and Q6_K unpack in registers, the others via a small buffer).
  */
 #ifndef LLAMANP_VEC_DOT_H
 #define LLAMANP_VEC_DOT_H
 
 #include "float_rows.h"
+#include "block32_rows.h"
 #include "kquant_rows.h"
 
 /* ---------------------------------------------------------------- sizes */
@@ -55,48 +56,14 @@ static inline __m256i dot_i8_epi32(__m256i x, __m256i y) {
     const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
     return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
-
-/* 32 bytes of 4-bit values from 16 packed bytes: low nibbles first, then high */
-static inline __m256i nibbles_32(const uint8_t *p) {
-    const __m128i t = _mm_loadu_si128((const __m128i *)p);
-    const __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
-    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
-}
 #endif
 
 /* ---------------------------------------------------------------- 32-weight blocks */
 
-/* The 32 quants of one block, as int8 (Q4_1/Q5_1 stay unsigned: 0..31 fits). */
-static inline void block32_quants(int type, const uint8_t *b, int8_t *q) {
-    const int has_min = type == T_Q4_1 || type == T_Q5_1;
-    const uint8_t *qh = b + (has_min ? 4 : 2), *qs = qh + (type == T_Q5_0 || type == T_Q5_1 ? 4 : 0);
-    if (type == T_Q8_0) {
-        memcpy(q, b + 2, QK);
-        return;
-    }
-    uint32_t h = 0;
-    if (type == T_Q5_0 || type == T_Q5_1) memcpy(&h, qh, 4);
-    const int offset = type == T_Q4_0 ? 8 : type == T_Q5_0 ? 16 : 0;
-    for (int j = 0; j < QK; j++) {
-        const int nib = j < QK / 2 ? (qs[j] & 0x0F) : (qs[j - QK / 2] >> 4);
-        q[j] = (int8_t)((nib | (int)(((h >> j) & 1) << 4)) - offset);
-    }
-}
-
 /* The 8 lanes of one block's products: lane l = sum of q[j] * y[j] over j = 4l..4l+3. */
 static inline lanes_i32 block32_lanes(int type, const uint8_t *x, const int8_t *y) {
 #if defined(__AVX2__)
-    __m256i q;
-    if (type == T_Q4_0) {
-        q = _mm256_sub_epi8(nibbles_32(x + 2), _mm256_set1_epi8(8));
-    } else if (type == T_Q8_0) {
-        q = _mm256_loadu_si256((const __m256i *)(x + 2));
-    } else {
-        int8_t tmp[QK];
-        block32_quants(type, x, tmp);
-        q = _mm256_loadu_si256((const __m256i *)tmp);
-    }
-    return dot_i8_epi32(q, _mm256_loadu_si256((const __m256i *)y));
+    return dot_i8_epi32(block32_quants_avx2(type, x), _mm256_loadu_si256((const __m256i *)y));
 #else
     int8_t q[QK];
     block32_quants(type, x, q);

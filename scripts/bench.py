@@ -3,6 +3,7 @@
     python scripts/bench.py model [options]      prefill/decode tok/s, load time, peak RSS
     python scripts/bench.py tokenizer [options]  tokenizing ~1 MB of text
     python scripts/bench.py grammar [options]    grammar masking cost per token
+    python scripts/bench.py serve [options]      serving throughput and latency at 1-8 parallel streams
 """
 import importlib
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SUITES = {"model": "scripts.bench_model", "tokenizer": "scripts.bench_tokenizer", "grammar": "scripts.bench_grammar"}
+SUITES = {"model": "scripts.bench_model", "tokenizer": "scripts.bench_tokenizer", "grammar": "scripts.bench_grammar",
+          "serve": "scripts.bench_serve"}
 
 
 def main(argv: list[str]) -> None:

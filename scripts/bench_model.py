@@ -2,6 +2,8 @@
 
     python scripts/bench.py model [--quant Q4_0 Q4_K_M BF16] [--threads 2] [--cache DIR]
     python scripts/bench.py model --model smollm2-135m-instruct other.gguf   # GGUF files or pulled models
+    python scripts/bench.py model --quant Q4_0 --roofline     # each engine's share of the read bandwidth
+    python scripts/bench.py model --quant Q4_0 --shape 7b     # llama-2-7b's shape (built once, ~3.6 GiB)
 
 Builds (once, into the cache dir) a TinyLlama-1.1B-shaped synthetic model (dim 2048,
 22 layers, 32 heads, 4 kv heads, ffn 5632) quantised by llama.cpp (any of
@@ -32,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.models import resolve  # noqa: E402
+from scripts.large_model import LLAMA2_7B, cached_large_model  # noqa: E402
+from scripts.roofline import bytes_per_token, read_bandwidth  # noqa: E402
 from tests.model_files import QUANT_TYPES, ModelSpec, cached_model  # noqa: E402
 
 TINYLLAMA = ModelSpec(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn=5632, n_ctx=2048, ftype="f16")
@@ -118,11 +122,17 @@ def peak_rss_mib() -> float:
 def measure_engines(path: Path, args, prefill: list[int], decode: int) -> dict[str, dict]:
     """Each engine's numbers: the median over ``args.rounds`` rounds that alternate the
     engines, so a drift in the machine's speed (a VM's memory bandwidth moves with its
-    neighbours) falls on both."""
-    rounds = [{engine: run_worker(engine, path, args, prefill, decode, f"round {i + 1}/{args.rounds}")
-               for engine in args.engines} for i in range(args.rounds)]
-    return {engine: {key: statistics.median(r[engine][key] for r in rounds) for key in rounds[0][engine]}
-            for engine in args.engines}
+    neighbours) falls on both.  With ``args.roofline`` each round also probes the read
+    bandwidth, as the entry "read" ({"gb_s": ...})."""
+    rounds = []
+    for i in range(args.rounds):
+        results = {engine: run_worker(engine, path, args, prefill, decode, f"round {i + 1}/{args.rounds}")
+                   for engine in args.engines}
+        if args.roofline:
+            results["read"] = {"gb_s": read_bandwidth(args.threads)}
+        rounds.append(results)
+    return {name: {key: statistics.median(r[name][key] for r in rounds) for key in rounds[0][name]}
+            for name in rounds[0]}
 
 
 def run_worker(engine: str, path: Path, args, prefill: list[int], decode: int, progress: str) -> dict:
@@ -132,6 +142,18 @@ def run_worker(engine: str, path: Path, args, prefill: list[int], decode: int, p
            "--prefill", *map(str, prefill), "--decode", str(decode), "--repeat", str(args.repeat)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def roofline(path: Path, results: dict[str, dict], n_threads: int) -> str:
+    """The decode speed the measured read bandwidth allows for this file, and each engine's share of it."""
+    per_token = bytes_per_token(path)
+    gb_s = results["read"]["gb_s"]
+    bound = gb_s * 1e9 / per_token
+    shares = ", ".join(f"{engine} {numbers['decode_tok_s'] / bound:.0%}"
+                       for engine, numbers in results.items() if "decode_tok_s" in numbers)
+    return (f"roofline: a plain {n_threads}-thread read streams {gb_s:.1f} GB/s; a token reads "
+            f"{per_token / 2**20:.0f} MiB of weights, so decode is bounded by {bound:.1f} tok/s; "
+            f"decode reaches {shares} of it")
 
 
 def table(title: str, results: dict[str, dict]) -> str:
@@ -158,6 +180,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     p.add_argument("--model", nargs="+",
                    help="time these GGUF files or pulled model names instead of the synthetic ones")
+    p.add_argument("--shape", choices=("tinyllama", "7b"), default="tinyllama",
+                   help="the synthetic model's shape: TinyLlama-1.1B, or llama-2-7b (opt in: built once, "
+                        "a tensor at a time, 13 GiB of f16 on disk while llama.cpp quantises it)")
+    p.add_argument("--roofline", action="store_true",
+                   help="probe the read bandwidth in every round and give each engine's share of the "
+                        "decode speed it allows")
     args = p.parse_args(argv)
     if args.worker:
         times = measure(args.worker, Path(args.model[0]), args.threads, args.prefill, args.decode, args.repeat)
@@ -166,28 +194,30 @@ def main(argv: list[str] | None = None) -> None:
     print(f"threads {args.threads}; median of {args.rounds} rounds alternating the engines; "
           f"prefill best of {args.repeat} per round; decode {args.decode} tokens", flush=True)
     if args.model:
-        for model in args.model:
-            path = Path(resolve(model))
-            report(f"{path.name} ({path.stat().st_size / 2**20:.0f} MiB)",
-                   measure_engines(path, args, args.prefill, args.decode))
-        return
-    for quant in args.quant:
-        path = cached_model(args.cache, TINYLLAMA, quant)
+        paths = [Path(resolve(model)) for model in args.model]
+    elif args.shape == "7b":
+        paths = [cached_large_model(args.cache, LLAMA2_7B, quant) for quant in args.quant]
+    else:
+        paths = [cached_model(args.cache, TINYLLAMA, quant) for quant in args.quant]
+    for path in paths:
         results = measure_engines(path, args, args.prefill, args.decode)
-        report(f"{quant} ({path.stat().st_size / 2**20:.0f} MiB)", results)
-    if args.one_layer:
+        report(f"{path.name} ({path.stat().st_size / 2**20:.0f} MiB)", results)
+        if args.roofline:
+            print(roofline(path, results, args.threads), flush=True)
+    if args.one_layer and not args.model:
         path = cached_model(args.cache, ONE_LAYER, "Q8_0")
         results = measure_engines(path, args, [], ONE_LAYER_DECODE)
-        for numbers in results.values():
+        for numbers in (results[engine] for engine in args.engines):
             numbers["decode_ms_per_tok"] = 1000 / numbers["decode_tok_s"]
         report("1-layer dim-64 Q8_0 model: the cost of a token outside the weight streaming", results)
 
 
 def report(title: str, results: dict[str, dict]) -> None:
-    if len(results) == 2:
-        print(table(title, results), flush=True)
+    engines = {name: numbers for name, numbers in results.items() if name in ENGINES}
+    if len(engines) == 2:
+        print(table(title, engines), flush=True)
     else:
-        print(title, json.dumps(results), flush=True)
+        print(title, json.dumps(engines), flush=True)
 
 
 if __name__ == "__main__":

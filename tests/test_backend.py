@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from engine.compiled import CythonBackend
+from engine.exact import NumpyBackend
 from engine.operands import Weight
 from engine.quants import GGMLType
+from kernels.matmul import Blocks32Stack
 from tests.kernel_inputs import PRODUCT_TYPES, activations, random_weights
 
 T = GGMLType
+REF = NumpyBackend()
 
 
 def weights(rng, type_, n_outs, n_in=512):
@@ -42,11 +45,28 @@ def test_stacks_only_what_cannot_change_a_result():
     assert backend.stacked(weights(rng, T.Q4_0, (64, 12))) is None           # 12 rows: not regrouped alone
     assert backend.stacked(q4_0 + weights(rng, T.Q8_0, (16,))) is None      # another type
     assert backend.stacked(q4_0 + weights(rng, T.Q4_0, (16,), n_in=256)) is None  # another input length
+    assert backend.stacked(weights(rng, T.Q5_0, (64,)) + weights(rng, T.Q8_0, (16,), n_in=256)) is None
     assert backend.stacked(q4_0[:1]) is None                                # nothing to stack
     x = activations(rng, 3, 512)
     mixed = q4_0 + weights(rng, T.Q8_0, (16,))
     for a, w in zip(backend.matmuls(mixed, x), mixed):
         assert np.array_equal(a, CythonBackend(1).matmul(w, x))
+
+
+@pytest.mark.parametrize("types", [(T.Q5_0, T.Q5_0, T.Q8_0), (T.Q5_1, T.Q5_1, T.Q8_0), (T.Q4_1, T.Q5_0, T.Q5_1)],
+                         ids=lambda ts: "+".join(t.name for t in ts))
+def test_mixed_32_weight_stack_bit_identical(types):
+    """q, k and v of different 32-weight types (as narrow models' Q4_K_M and Q5_K_M files mix
+    them) multiplied as one stack give each one's own product."""
+    rng = np.random.default_rng(sum(types))
+    ws = tuple(Weight(f"w{i}", t, 512, n_out, random_weights(rng, t, n_out, 512))
+               for i, (t, n_out) in enumerate(zip(types, (40, 24, 21))))
+    backend = CythonBackend(2)
+    assert isinstance(backend.stacked(ws), Blocks32Stack)
+    for n in (1, 2, 5, 8, 17, 70):  # one token; tiles of 4 and remainders; past one block of 64 tokens
+        x = activations(rng, n, 512)
+        for got, w in zip(backend.matmuls(ws, x), ws):
+            assert np.array_equal(got, REF.matmul(w, x)), n
 
 
 def test_stacked_matrix_checks_every_part():

@@ -283,7 +283,7 @@ def test_attention_bit_identical(n_heads, n_kv_heads, head_dim, start, n, isa):
     scale = 1 / np.sqrt(np.float32(head_dim))
     ref = REFS[isa].attention(q, k, v, start, scale)
     for n_threads in (1, 2):
-        assert np.array_equal(layers.attention(q, k, v, start, scale, n_threads, 0, ISA[isa]), ref)
+        assert np.array_equal(layers.attention(q, k, v, start, scale, n_threads, isa=ISA[isa]), ref)
 
 
 @pytest.mark.parametrize("n_heads, n_kv_heads, head_dim, start, n, window", [
@@ -303,7 +303,7 @@ def test_windowed_attention_bit_identical(n_heads, n_kv_heads, head_dim, start, 
     if window < start + n:
         assert not np.array_equal(ref, REFS[isa].attention(q, k, v, start, 0.125))  # the window matters
     for n_threads in (1, 2):
-        assert np.array_equal(layers.attention(q, k, v, start, 0.125, n_threads, window, ISA[isa]), ref)
+        assert np.array_equal(layers.attention(q, k, v, start, 0.125, n_threads, window, isa=ISA[isa]), ref)
 
 
 def test_f16_tail_is_added_one_product_at_a_time():
@@ -358,6 +358,12 @@ def test_f16_tail_is_added_one_product_at_a_time():
     lambda: layers.attention(np.zeros((1, 3, 8)), np.zeros((2, 4, 8), np.float16),
                              np.zeros((2, 4, 8), np.float16), 0, 1.0),
     lambda: matmul.Matrix(np.zeros((8, 34), np.uint8), int(T.Q8_0), 32).matmul(np.zeros((2, 64), np.float32)),
+    lambda: matmul.Blocks32Stack([np.zeros((8, 34), np.uint8), np.zeros((8, 144), np.uint8)],
+                                 [int(T.Q8_0), int(T.Q4_K)], 256),                  # a type it does not mix
+    lambda: matmul.Blocks32Stack([np.zeros((8, 34), np.uint8), np.zeros((8, 21), np.uint8)],
+                                 [int(T.Q8_0), int(T.Q5_0)], 32),                   # wrong row bytes
+    lambda: matmul.Blocks32Stack([np.zeros((8, 34), np.uint8)], [int(T.Q8_0), int(T.Q5_0)], 32),  # types != parts
+    lambda: matmul.Blocks32Stack([np.zeros((8, 34), np.uint8)], [int(T.Q8_0)], 32).matmul(np.zeros((2, 64))),
     lambda: layers.rope_cos_sin(np.zeros((1, 1), np.int64), 8, 10000.0),
     lambda: layers.attention(np.zeros((1, 4, 8), np.float32), np.zeros((2, 4, 8), ">f2"),
                              np.zeros((2, 4, 8), ">f2"), 0, 1.0),

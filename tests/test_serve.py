@@ -38,12 +38,11 @@ def request(port: int, path: str, body: bytes | None = None, key: str | None = K
         return e.code, json.loads(e.read())
 
 
-@pytest.fixture(scope="module")
-def server():
+def start_server(*options: str):
+    """A ``llamanp serve`` subprocess with ``options``; yields its port once it answers /health."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "engine", "serve", "--port", str(port), "--api-key", KEY,
-                                "--parallel", "2", "--queue", "1", "--ctx", str(CTX)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                "--ctx", str(CTX), *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -61,20 +60,25 @@ def server():
 
 
 @pytest.fixture(scope="module")
+def server():
+    yield from start_server("--parallel", "2", "--queue", "1")
+
+
+@pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=f"http://127.0.0.1:{server}/v1", api_key=KEY, max_retries=0)
 
 
 @pytest.fixture(scope="module")
 def llm():
-    with Llama(DEFAULT_MODEL, n_ctx=CTX) as llm:
+    with Llama(DEFAULT_MODEL, n_ctx=CTX, batch_invariant=True) as llm:  # the server's arithmetic
         yield llm
 
 
-def wait_idle(port: int) -> float:
+def wait_idle(port: int, slots: int = 2) -> float:
     """Seconds until every slot is idle again (fails after 5)."""
     start = time.monotonic()
-    while request(port, "/health")[1]["slots_idle"] != 2:
+    while request(port, "/health")[1]["slots_idle"] != slots:
         assert time.monotonic() - start < 5, "a slot stayed busy"
         time.sleep(0.02)
     return time.monotonic() - start
@@ -96,6 +100,10 @@ def test_completions(client, llm):
     chunks = list(stream)
     assert "".join(c.choices[0].text for c in chunks) == want["choices"][0]["text"]
     assert chunks[-1].choices[0].finish_reason == want["choices"][0]["finish_reason"]
+    counted = list(client.completions.create(model="x", prompt="ROMEO:", stream=True,
+                                             stream_options={"include_usage": True}, **options))
+    assert counted[-1].choices == [] and counted[-1].usage.model_dump(exclude_none=True) == want["usage"]
+    assert [c.choices[0].text for c in counted[:-1]] == [c.choices[0].text for c in chunks]
 
 
 def test_chat_completions(client, llm):
@@ -107,6 +115,9 @@ def test_chat_completions(client, llm):
                                                  stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == want
+    counted = list(client.chat.completions.create(model="x", messages=messages, max_tokens=20, temperature=0,
+                                                  stream=True, stream_options={"include_usage": True}))
+    assert counted[-1].choices == [] and counted[-1].usage.completion_tokens == got.usage.completion_tokens
 
 
 def test_json_schema_output_parses(client):
@@ -197,3 +208,86 @@ def test_concurrent_requests_get_what_they_get_alone(client, llm):
     for t in threads:
         t.join()
     assert got == want
+
+
+# ---- continuous batching: four slots sharing each step ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def busy_server():
+    yield from start_server("--parallel", "4", "--queue", "8")
+
+
+@pytest.fixture(scope="module")
+def busy_client(busy_server):
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{busy_server}/v1", api_key=KEY, max_retries=0)
+
+
+def ask(client, i: int) -> dict:
+    """Request ``i`` of a mix: completions and chat, greedy and seeded, streamed and not, with logprobs and
+    stop strings; everything of the answer that must not depend on other requests."""
+    prompt = ["ROMEO:", "JULIET: O", "First Citizen:\nWe are", "KING HENRY:", "Hark"][i % 5]
+    options = dict(max_tokens=8 + i % 13, temperature=0 if i % 3 == 0 else 0.9, seed=i, stop=["\n\n"])
+    if i % 4 == 3:
+        messages = [{"role": "user", "content": prompt}]
+        if i % 8 == 7:
+            chunks = list(client.chat.completions.create(model="x", messages=messages, stream=True, **options))
+            return {"text": "".join(c.choices[0].delta.content or "" for c in chunks),
+                    "finish": chunks[-1].choices[0].finish_reason}
+        out = client.chat.completions.create(model="x", messages=messages, logprobs=True, top_logprobs=2, **options)
+        return {"text": out.choices[0].message.content, "finish": out.choices[0].finish_reason,
+                "logprobs": out.choices[0].logprobs.model_dump(), "usage": out.usage.model_dump()}
+    if i % 2:
+        chunks = list(client.completions.create(model="x", prompt=prompt, stream=True, logprobs=1, **options))
+        return {"text": "".join(c.choices[0].text for c in chunks), "finish": chunks[-1].choices[0].finish_reason,
+                "logprobs": [c.choices[0].logprobs.model_dump() for c in chunks[:-1]]}
+    out = client.completions.create(model="x", prompt=prompt, logprobs=3, **options)
+    return {"text": out.choices[0].text, "finish": out.choices[0].finish_reason,
+            "logprobs": out.choices[0].logprobs.model_dump(), "usage": out.usage.model_dump()}
+
+
+def test_8_clients_by_4_requests_get_the_bits_they_get_alone(busy_client, busy_server):
+    """32 requests, each first served alone, then all from 8 clients at once (4 each, one after another)
+    on 4 slots: every answer complete and the same, logprobs to the last bit."""
+    alone = [ask(busy_client, i) for i in range(32)]
+    together = [None] * 32
+
+    def client_thread(c):
+        for i in range(c, 32, 8):
+            together[i] = ask(busy_client, i)
+
+    threads = [threading.Thread(target=client_thread, args=(c,)) for c in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+    assert all(a["finish"] in ("stop", "length") for a in alone) and sum(bool(a["text"]) for a in alone) > 16
+    wait_idle(busy_server, 4)
+
+
+KILLED_CLIENT = """
+import socket, sys
+body = b'{"prompt": "ROMEO:", "max_tokens": 2000, "stream": true}'
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"POST /v1/completions HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Bearer %s\\r\\n"
+          b"Content-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (sys.argv[2].encode(), len(body), body))
+seen = b""
+while b"data: " not in seen:
+    seen += s.recv(4096)
+print("streaming", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_killed_client_frees_its_slot_at_once(busy_client, busy_server):
+    """A client process killed mid-stream: its slot is idle again within a second, and the server serves on."""
+    client = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, str(busy_server), KEY], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline() == "streaming\n"
+        assert request(busy_server, "/health")[1]["slots_idle"] == 3
+    finally:
+        client.kill()
+        client.wait()
+    assert wait_idle(busy_server, 4) < 1
+    assert busy_client.completions.create(model="x", prompt="ROMEO:", max_tokens=4).choices[0].finish_reason
