@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import ArgumentError, LlamaError
 from .exact import NumpyBackend
+from .isa import resolve_isa
 from .operands import Rope, Weight
 from .plain import PlainBackend
 
@@ -56,13 +57,13 @@ class Backend(Protocol):
         """gelu(gate) · up: (n, f), (n, f) -> (n, f)."""
 
 
-def _compiled(n_threads: int | None = None, batch_invariant: bool = False) -> Backend:
+def _compiled(n_threads: int | None = None, batch_invariant: bool = False, isa: str = "avx2") -> Backend:
     """The compiled backend, or LlamaError when its kernels are not built."""
     backend = _compiled_class()
     if backend is None:
         raise LlamaError("the cython backend is not built (run `pip install -e . --no-build-isolation`); "
                          "use backend='numpy'")
-    return backend(n_threads, batch_invariant)
+    return backend(n_threads, batch_invariant, isa)
 
 
 def _compiled_class():
@@ -73,7 +74,8 @@ def _compiled_class():
     return CythonBackend
 
 
-# name -> constructor(n_threads), or for the exact ones constructor(n_threads, batch_invariant)
+# name -> constructor(n_threads, isa=), or for the exact ones constructor(n_threads, batch_invariant, isa=):
+# isa (engine.isa.ISAS) is the llama.cpp build an exact backend mirrors
 BACKENDS: dict[str, Callable[..., Backend]] = {
     "plain": PlainBackend,
     "numpy": NumpyBackend,
@@ -82,13 +84,15 @@ BACKENDS: dict[str, Callable[..., Backend]] = {
 EXACT = ("numpy", "cython")  # the backends whose logits are llama.cpp's, bit for bit
 
 
-def make_backend(name: str, n_threads: int | None, batch_invariant: bool = False) -> Backend:
-    """The backend called ``name`` (one of BACKENDS), or for "auto" the fastest exact one built.
+def make_backend(name: str, n_threads: int | None, batch_invariant: bool = False, isa: str = "auto") -> Backend:
+    """The backend called ``name`` (one of BACKENDS), or for "auto" the fastest exact one built,
+    with the arithmetic of llama.cpp's ``isa`` build (``engine.isa``; "auto": this CPU's).
 
     ``batch_invariant``: every row of a matrix product and of attention gets the arithmetic a
     one-row call gives it (llama.cpp's kernels for a single token), so a row's result does not
     depend on how many rows share the call; only the exact backends offer it.
     """
+    isa = resolve_isa(isa)
     if name == "auto":
         name = "cython" if _compiled_class() is not None else "numpy"
     if name not in BACKENDS:
@@ -96,5 +100,5 @@ def make_backend(name: str, n_threads: int | None, batch_invariant: bool = False
     if batch_invariant:
         if name not in EXACT:
             raise ArgumentError(f"backend {name!r} is not batch invariant; use one of {', '.join(EXACT)}")
-        return BACKENDS[name](n_threads, batch_invariant)
-    return BACKENDS[name](n_threads)
+        return BACKENDS[name](n_threads, batch_invariant, isa=isa)
+    return BACKENDS[name](n_threads, isa=isa)

@@ -22,6 +22,7 @@ from . import DEFAULT_MODEL
 from .errors import LlamaError, ModelError
 from .gguf import read_gguf
 from .model import HParams
+from .isa import ISAS, resolve_isa
 from .models import KNOWN_MODELS, pull, resolve
 
 
@@ -33,7 +34,7 @@ def note(message: str) -> None:
 def open_model(args):
     from .llama import Llama
 
-    return Llama(args.model, n_ctx=args.ctx, n_threads=args.threads)
+    return Llama(args.model, n_ctx=args.ctx, n_threads=args.threads, ggml_isa=args.ggml_isa)
 
 
 def describe_value(value) -> str:
@@ -65,6 +66,9 @@ def cmd_info(args) -> None:
         print(f"\n  family {HParams.from_gguf(gguf).switches()}")
     except ModelError as e:
         print(f"\n  not loadable: {e}")
+    isa = resolve_isa(args.ggml_isa)
+    print(f"  ggml_isa {isa} (--ggml-isa {args.ggml_isa}): the exact backends compute the logits of llama.cpp "
+          f"built for {isa.upper()}")
 
 
 def cmd_tokenize(args) -> None:
@@ -256,7 +260,7 @@ def cmd_serve(args) -> None:
 
     note(f"serving {args.model} on http://{args.host}:{args.port}/v1 ({args.parallel} slots, queue {args.queue})")
     serve(args.model, host=args.host, port=args.port, parallel=args.parallel, queue_size=args.queue,
-          api_key=args.api_key, n_ctx=args.ctx, n_threads=args.threads, pooling=args.pooling)
+          api_key=args.api_key, n_ctx=args.ctx, n_threads=args.threads, pooling=args.pooling, ggml_isa=args.ggml_isa)
 
 
 MODEL_HELP = "GGUF file, or the name of a pulled model (default: the embedded model)"
@@ -266,6 +270,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=str(DEFAULT_MODEL), help=MODEL_HELP)
     p.add_argument("-c", "--ctx", type=int, help="context size (default: the model's)")
     p.add_argument("-t", "--threads", type=int, help="threads (default: all cores)")
+    add_isa_option(p)
+
+
+def add_isa_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ggml-isa", choices=("auto", *ISAS), default="auto",
+                   help="whose logits to reproduce: llama.cpp built for avx2 or avx512 (default: auto, "
+                        "$LLAMANP_GGML_ISA or the build llama.cpp makes for this CPU)")
 
 
 def add_prompt_options(p: argparse.ArgumentParser, what: str = "prompt text") -> None:
@@ -333,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("info", help="a model's metadata and tensor table")
     p.add_argument("-m", "--model", default=str(DEFAULT_MODEL), help=MODEL_HELP)
+    add_isa_option(p)
     p.set_defaults(run=cmd_info)
 
     p = commands.add_parser("perplexity", help="perplexity of a text file, like llama-perplexity")

@@ -2,9 +2,9 @@
 
 Same methods, shapes, dtypes and rounding points as the NumPy reference, so a model can
 swap one for the other op by op.  Each weight becomes a ``kernels.matmul.Matrix`` the
-first time it is multiplied (the weights llama.cpp repacks, ``Weight.repacked``, are regrouped
-then, and the mmap'd pages of the original released); ``prepare``, which the model calls at load, does that
-for a whole model up front.
+first time it is multiplied (the Q4_0 and Q4_K weights llama.cpp repacks, ``Weight.repacked``,
+are regrouped then, and the mmap'd pages of the original released); ``prepare``, which the model
+calls at load, does that for a whole model up front.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from kernels.matmul import BLOCK32_TYPES, Blocks32Stack, Matrix, get_rows, is_fi
 
 from .exact import NumpyBackend
 from .ggml_math import gelu_table
+from .isa import ISAS, check_isa
 from .operands import Rope, Weight
 from .threads import check_threads
 
@@ -36,12 +37,14 @@ class CythonBackend:
 
     name = "cython"
 
-    def __init__(self, n_threads: int | None = None, batch_invariant: bool = False):
+    def __init__(self, n_threads: int | None = None, batch_invariant: bool = False, isa: str = "avx2"):
         self.n_threads = parallel.check_threads(check_threads(n_threads))  # None: OpenMP's default team
         self.batch_invariant = batch_invariant
+        self.isa = check_isa(isa)  # whose arithmetic: llama.cpp built for AVX2 or AVX-512 (engine.isa)
+        self._isa = ISAS.index(self.isa)  # the kernels' number for it
         self._matrices: dict[int, tuple[Weight, Matrix]] = {}  # id(weight) -> (weight, its kernel matrix)
         self._stacks: dict[tuple[int, ...], Stack] = {}  # ids of the weights -> their stack
-        self._reference = NumpyBackend()
+        self._reference = NumpyBackend(isa=self.isa)
         # per rope: the last positions, and their cos and sin
         self._cos_sin: dict[Rope, tuple[bytes, tuple[np.ndarray, np.ndarray]]] = {}
 
@@ -49,7 +52,8 @@ class CythonBackend:
         """The kernel matrix of ``w``, built on first use."""
         entry = self._matrices.get(id(w))
         if entry is None:
-            entry = (w, Matrix(w.data, int(w.type), w.n_in, repacked=w.repacked, release_source=release_source))
+            entry = (w, Matrix(w.data, int(w.type), w.n_in, repacked=w.repacked(self.isa),
+                               release_source=release_source, isa=self._isa))
             self._matrices[id(w)] = entry
         return entry[1]
 
@@ -72,7 +76,8 @@ class CythonBackend:
             same_input = len(ws) > 1 and all(w.n_in == first.n_in for w in ws)
             if same_input and all(w.type == first.type and w.n_out % 8 == 0 for w in ws):
                 # every part a multiple of 8 rows: each is repacked exactly when the stack is
-                matrix = Matrix([w.data for w in ws], int(first.type), first.n_in, repacked=first.repacked)
+                matrix = Matrix([w.data for w in ws], int(first.type), first.n_in, repacked=first.repacked(self.isa),
+                                isa=self._isa)
             elif same_input and all(w.type in BLOCK32_TYPES for w in ws):
                 matrix = Blocks32Stack([w.data for w in ws], [int(w.type) for w in ws], first.n_in)
             else:
@@ -132,10 +137,10 @@ class CythonBackend:
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float,
                   window: int = 0) -> np.ndarray:
         return layers.attention(q, k_cache, v_cache, start, scale, self.n_threads, window,
-                                self.batch_invariant)                       # (n, n_heads*hd)
+                                self.batch_invariant, self._isa)            # (n, n_heads*hd)
 
     def swiglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-        return layers.swiglu(gate, up, self.n_threads)
+        return layers.swiglu(gate, up, self.n_threads, self._isa)
 
     def geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         return layers.geglu(gate, up, gelu_table(), self.n_threads)

@@ -1,7 +1,8 @@
-"""ggml's scalar and lane arithmetic, as its AVX2 CPU kernels compute it, in NumPy.
+"""ggml's scalar and lane arithmetic, as its AVX2 or AVX-512 CPU kernels compute it (``isa``,
+see ``engine.isa``), in NumPy.
 
 The building blocks of the exact backend (``engine.exact``): rounding to f16 and bf16, the
-fp32 fused multiply-add, the 8-lane horizontal sum, ggml's vector exp and the softmax built
+fp32 fused multiply-add, the 8- and 16-lane horizontal sums, ggml's vector exp and the softmax built
 on it, the f16 GELU table, and RoPE's cos/sin cache with the C library's cosf/sinf.  Each
 has a C twin of the same name in ``kernels/`` (see docs/architecture.md's op table).
 """
@@ -30,33 +31,44 @@ def to_bf16(x: np.ndarray) -> np.ndarray:
     return (rounded.astype(np.uint32) << 16).view(np.float32)
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis as ggml_vec_soft_max_f32 runs it on AVX2.
+def softmax(x: np.ndarray, isa: str = "avx2") -> np.ndarray:
+    """Softmax over the last axis as ggml_vec_soft_max_f32 runs it.
 
     exp is ggml's own vector approximation (``ggml_expf``); each aligned group of 8
-    exponentials is summed in fp32 and the group sums are added in double; the row is
-    then scaled by the fp32 reciprocal of the total.
+    (AVX2) or 16 (AVX-512) exponentials is summed in fp32 (``hsum8``, ``hsum16``) and the
+    group sums are added in double; the row is then scaled by the fp32 reciprocal of the total.
     """
-    e = ggml_expf(x - x.max(axis=-1, keepdims=True))                       # (..., k)
-    groups = np.pad(e, [(0, 0)] * (e.ndim - 1) + [(0, -e.shape[-1] % 8)])
-    groups = groups.reshape(*e.shape[:-1], -1, 8)                           # (..., k/8, 8)
-    group_sums = hsum8(groups)                                              # (..., k/8)
+    width, hsum = (16, hsum16) if isa == "avx512" else (8, hsum8)
+    e = ggml_expf(x - x.max(axis=-1, keepdims=True), isa)                  # (..., k)
+    groups = np.pad(e, [(0, 0)] * (e.ndim - 1) + [(0, -e.shape[-1] % width)])
+    groups = groups.reshape(*e.shape[:-1], -1, width)                       # (..., k/width, width)
+    group_sums = hsum(groups)                                               # (..., k/width)
     total = np.cumsum(group_sums.astype(np.float64), axis=-1)[..., -1:]    # (..., 1), summed in order
     return e * (1.0 / total).astype(np.float32)
 
 
-def ggml_expf(x: np.ndarray) -> np.ndarray:
-    """e^x for float32 x by ggml_v_expf (vec.h, AVX2): a range reduction and a degree-5
-    polynomial with fused multiply-adds; within a couple of ulps of expf but not equal."""
+def ggml_expf(x: np.ndarray, isa: str = "avx2") -> np.ndarray:
+    """e^x for float32 x by ggml_v_expf (vec.h): a range reduction and a degree-5 polynomial with
+    fused multiply-adds; within a couple of ulps of expf but not equal.
+
+    x = n ln2 + b; AVX2 sums the polynomial without its constant 1 and scales by 2^n in
+    one fused step (k + k * j); AVX-512 adds the 1 inside the last fused step and scales
+    exactly (vscalefps), so the two round differently.
+    """
     x = x.astype(np.float32)
     with np.errstate(invalid="ignore", over="ignore"):
         z = fma_f32(x, _EXP_LOG2E, _EXP_SHIFTER)
         n = z - _EXP_SHIFTER
         b = fma_f32(-n, _EXP_LN2_LO, fma_f32(-n, _EXP_LN2_HI, x))
+        u = b * b
+        high = fma_f32(fma_f32(_EXP_C5, b, _EXP_C4), u, fma_f32(_EXP_C3, b, _EXP_C2))
+        if isa == "avx512":
+            j = fma_f32(high, u, fma_f32(_EXP_C1, b, np.float32(1.0)))            # 1 + p(b)
+            scaled = (j.astype(np.float64) * np.exp2(np.clip(n, -200, 200).astype(np.float64))).astype(np.float32)
+            return np.where(np.abs(n) > 192, np.where(n <= 0, np.float32(0), np.float32(np.inf)), scaled)
         e = z.view(np.int32) << 23
         k = (e + np.float32(1).view(np.int32)).view(np.float32)
-        u = b * b
-        j = fma_f32(fma_f32(fma_f32(_EXP_C5, b, _EXP_C4), u, fma_f32(_EXP_C3, b, _EXP_C2)), u, _EXP_C1 * b)
+        j = fma_f32(high, u, _EXP_C1 * b)
         result = fma_f32(k, j, k)
         large = np.abs(n) > 126
         if large.any():
@@ -88,6 +100,12 @@ def hsum8(v: np.ndarray) -> np.ndarray:
     """The horizontal sum of 8 fp32 lanes (last axis) in AVX2 order: high half plus low half, then pairs."""
     quad = v[..., 4:] + v[..., :4]
     return (quad[..., 0] + quad[..., 2]) + (quad[..., 1] + quad[..., 3])
+
+
+def hsum16(v: np.ndarray) -> np.ndarray:
+    """The horizontal sum of 16 fp32 lanes (last axis) as GCC's _mm512_reduce_add_ps adds them:
+    upper 8 lanes plus lower 8, then as ``hsum8``."""
+    return hsum8(v[..., 8:] + v[..., :8])
 
 
 

@@ -71,6 +71,8 @@ class Llama:
     batch_invariant: evaluate every position of a prompt as llama.cpp evaluates a single token
     (the decode path's kernels), so logits do not depend on how tokens are batched: the
     server's arithmetic (docs/serving.md). Off, a prompt gets llama.cpp's prompt-batch logits.
+    ggml_isa: whose logits the exact backends reproduce: llama.cpp built for "avx2" or "avx512", or
+    "auto", the build llama.cpp makes for this CPU (``engine.isa``); the plain backend ignores it.
 
     One ``Llama`` serves one caller at a time, so threads sharing it get the results each
     would get alone. ``update``, ``get_logits``, ``eval_logits``, ``save_state``,
@@ -88,7 +90,8 @@ class Llama:
     """
 
     def __init__(self, path: str | os.PathLike, n_ctx: int | None = None, n_threads: int | None = None,
-                 seed: int | None = None, backend: str = "auto", batch_invariant: bool = False):
+                 seed: int | None = None, backend: str = "auto", batch_invariant: bool = False,
+                 ggml_isa: str = "auto"):
         n_threads = check_threads(n_threads)
         if n_ctx is not None:
             n_ctx = check_int(n_ctx, "n_ctx", 1, 2**31 - 1)
@@ -96,7 +99,7 @@ class Llama:
         path = resolve(path)  # a pulled model's name stands for its file
         self._gguf = read_gguf(path)
         try:
-            self.model = Model(self._gguf, make_backend(backend, n_threads, batch_invariant))
+            self.model = Model(self._gguf, make_backend(backend, n_threads, batch_invariant, ggml_isa))
             self.hparams = self.model.hp
             self.n_ctx = check_int(min(self.hparams.n_ctx_train, DEFAULT_N_CTX) if n_ctx is None else n_ctx,
                                    "n_ctx", 1, 2**31 - 1)

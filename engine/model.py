@@ -31,6 +31,7 @@ import numpy as np
 
 from .errors import ModelError
 from .gguf import GGUFFile, ValueType
+from .isa import ISAS
 from .operands import Rope, Weight
 from .quant_dots import MATRIX_TYPES
 from .quants import GGMLType
@@ -303,7 +304,7 @@ class Weights:
             ends = np.cumsum(sizes)                                          # (len(sizes),)
             parts = tuple(Weight(f"{name}[{end - n}:{end}]", whole.type, whole.n_in, n, whole.data[end - n:end])
                           for n, end in zip(sizes, ends))
-            if any(part.repacked != whole.repacked for part in parts):  # the kernel differs with the rows
+            if any(part.repacked(isa) != whole.repacked(isa) for part in parts for isa in ISAS):  # kernel differs
                 raise ModelError(f"{gguf.path}: tensor {name!r} ({whole.type.name}) splits into blocks of "
                                  f"{list(sizes)} rows, not all multiples of 8; not supported")
             return parts

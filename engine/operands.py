@@ -13,6 +13,10 @@ import numpy as np
 from .quants import GGMLType
 
 
+# the types llama.cpp repacks (with a multiple of 8 rows), by the ISA it is built for (engine.isa)
+REPACKED_TYPES = {"avx2": (GGMLType.Q4_0, GGMLType.Q4_K), "avx512": (GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.Q2_K)}
+
+
 @dataclass(frozen=True)
 class Weight:
     """A 2-D weight used in place from the file: ``data`` is the mmap view that ``GGUFFile.tensor`` gives."""
@@ -22,15 +26,15 @@ class Weight:
     n_out: int   # number of rows (ggml ne1)
     data: np.ndarray  # F32/F16: (n_out, n_in) typed; BF16 and quantised: (n_out, bytes_per_row) uint8
 
-    @property
-    def repacked(self) -> bool:
-        """Whether llama.cpp's AVX2 CPU backend repacks this weight (Q4_0 and Q4_K with a multiple of 8 rows).
+    def repacked(self, isa: str = "avx2") -> bool:
+        """Whether llama.cpp's x86 CPU backend built for ``isa`` repacks this weight: Q4_0 and Q4_K
+        with a multiple of 8 rows, on AVX-512 Q2_K too.
 
         Repacked weights run other kernels (another summation order), and get their
         activations quantised four rows at a time, which for Q8_K picks the sign of the
         scale differently (see ``quants.quantize_q8_K``).
         """
-        return self.type in (GGMLType.Q4_0, GGMLType.Q4_K) and self.n_out % 8 == 0
+        return self.n_out % 8 == 0 and self.type in REPACKED_TYPES[isa]
 
 
 @dataclass(frozen=True)

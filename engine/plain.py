@@ -37,8 +37,9 @@ class PlainBackend:
 
     name = "plain"
 
-    def __init__(self, n_threads: int | None = None):
+    def __init__(self, n_threads: int | None = None, isa: str = "avx2"):
         self.n_threads = n_threads  # NumPy decides its own threading; kept for a uniform interface
+        self.isa = isa  # no kernel's order is mirrored here; kept for a uniform interface
 
     def prepare(self, weights) -> None:
         """Nothing to prepare: weights are dequantised as each product needs them."""

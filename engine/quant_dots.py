@@ -1,10 +1,10 @@
-"""Quantised dot products in the orders of llama.cpp's AVX2 kernels, in NumPy.
+"""Quantised dot products in the orders of llama.cpp's AVX2 or AVX-512 kernels, in NumPy.
 
 ``QuantDot`` quantises the activations to the weight type's ``vec_dot_type`` and takes
 ggml's integer block dot products, then accumulates them with the fused multiply-adds of
 the kernel that the type and batch size select: vec_dot, tinyBLAS, the repacked Q4_0/Q4_K
-kernels (``Weight.repacked``), the tiled K-quant kernel (``tiled``).  ``DOTS`` gives each
-weight type its dot product, ``MATRIX_TYPES`` the types llamanp multiplies.
+kernels and on AVX-512 the repacked Q2_K one (``Weight.repacked``), the tiled K-quant kernel
+(``tiled``).  ``DOTS`` gives each weight type its dot product, ``MATRIX_TYPES`` the types llamanp multiplies.
 """
 from __future__ import annotations
 
@@ -38,11 +38,11 @@ class QuantDot:
         raw = self.quantize(x, grouped=True) if grouped else self.quantize(x)   # (n, row bytes)
         return quants.unpack(raw, self.vec_dot_type)
 
-    def rows(self, data: np.ndarray, w: Weight, x) -> np.ndarray:
+    def rows(self, data: np.ndarray, w: Weight, x, isa: str) -> np.ndarray:
         wq = quants.unpack(data, w.type)
         dxw = x.d.T[:, :, None] * wq.d.T[:, None, :]                         # (nb, n, rows)
         match wq:
-            case quants.Blocks(_, q) if w.repacked:
+            case quants.Blocks(_, q) if w.repacked(isa):
                 # q4_0_8x8 kernels: one fma per block of its whole integer sum
                 return fma_chain(_sub_block_dots(x.q, q, 1)[:, 0], dxw)      # (n, rows)
             case quants.Blocks(_, q):
@@ -53,24 +53,24 @@ class QuantDot:
                 # vec_dot_q4_1/q5_1_q8_1: the 8-lane sums as above, plus m_w * s_x fma'd into a scalar
                 lanes = np.moveaxis(_sub_block_dots(x.q, q, 8), 1, -1)       # (nb, n, rows, 8)
                 return hsum8(fma_chain(dxw[..., None], lanes)) + fma_chain(m.T[:, None, :], x.s.T[:, :, None])
-            case quants.SuperBlocks(_, scales, q) if tiled(w, x.q.shape[0]):
+            case quants.SuperBlocks(_, scales, q) if tiled(w, x.q.shape[0], isa):
                 return _tiled(wq, _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales), None, x.d)
             case quants.SuperBlocks(_, scales, q):
                 # vec_dot_q3_K/q6_K_q8_K: 8 lanes of scaled sums, one fma per super-block, then hsum
                 lanes = _q6_K_lanes(x, q, scales) if w.type == GGMLType.Q6_K else \
                     _chunk_lanes(x.q, q, scales[:, :, _PAIRED_SCALES]).astype(np.float32)
                 return hsum8(fma_chain(dxw[..., None], lanes))               # (n, rows)
-            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if w.repacked:
-                return _q4_K_repacked(x, q, scales, mins, dxw, x.d.T[:, :, None] * dmin.T[:, None, :])
+            case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) if w.repacked(isa):
+                return _k_repacked(x, q, scales, mins, dxw, x.d.T[:, :, None] * dmin.T[:, None, :])
             case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) \
-                    if w.type == GGMLType.Q5_K and not tiled(w, x.q.shape[0]):
+                    if w.type == GGMLType.Q5_K and not tiled(w, x.q.shape[0], isa):
                 # vec_dot_q5_K_q8_K: 8 lanes fma'd per super-block, the mins summed apart in a scalar
                 lanes = _chunk_lanes(x.q, q, scales[..., np.arange(8)[:, None].repeat(8, axis=1)])
                 mins_dot = _scaled_sum(_sub_block_sums(x.bsums, 8).transpose(1, 2, 0)[..., None], mins)  # (nb, n, rows)
                 neg_dmin = -(x.d.T[:, :, None] * dmin.T[:, None, :])            # (nb, n, rows)
                 return hsum8(fma_chain(dxw[..., None], lanes)) + fma_chain(neg_dmin, mins_dot.astype(np.float32))
             case quants.SuperBlocksWithMin(_, dmin, scales, mins, q) \
-                    if w.type == GGMLType.Q2_K and not tiled(w, x.q.shape[0]):
+                    if w.type == GGMLType.Q2_K and not tiled(w, x.q.shape[0], isa):
                 # vec_dot_q2_K_q8_K: per super-block one fma of the 8 min lanes, then one of the 8 scaled lanes
                 lanes = _chunk_lanes(x.q, q, scales[:, :, _PAIRED_SCALES]).astype(np.float32)  # (nb, n, rows, 8)
                 min_lanes = _pair_lanes(x.bsums, mins)                         # (nb, n, rows, 8)
@@ -81,16 +81,16 @@ class QuantDot:
                 bsums = _sub_block_sums(x.bsums, mins.shape[-1])              # (n, nb, n_sub)
                 mins_dot = _scaled_sum(bsums.transpose(1, 2, 0)[..., None], mins)  # (nb, n, rows)
                 scaled_dot = _scaled_sum(_sub_block_dots(x.q, q, scales.shape[-1]), scales)  # (nb, n, rows)
-                if tiled(w, x.q.shape[0]):
+                if tiled(w, x.q.shape[0], isa):
                     return _tiled(wq, scaled_dot, mins_dot, x.d)
                 dx_dmin = x.d.T[:, :, None] * dmin.T[:, None, :]              # (nb, n, rows)
                 return (dxw * scaled_dot - dx_dmin * mins_dot).sum(axis=0).astype(np.float32)  # (n, rows)
 
 
-def tiled(w: Weight, n: int) -> bool:
+def tiled(w: Weight, n: int, isa: str = "avx2") -> bool:
     """Whether ggml's tiled K-quant kernel takes this product: 8+ activation rows, a K-quant not repacked."""
     return n >= 8 and w.type in (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K) \
-        and not w.repacked
+        and not w.repacked(isa)
 
 
 def _tiled(wq, scaled_dot: np.ndarray, mins_dot: np.ndarray | None, dx: np.ndarray) -> np.ndarray:
@@ -101,17 +101,20 @@ def _tiled(wq, scaled_dot: np.ndarray, mins_dot: np.ndarray | None, dx: np.ndarr
     return fma_chain(r, dx.T[:, :, None])                                 # (n, rows)
 
 
-def _q4_K_repacked(x, q, scales, mins, dxw, dx_dmin) -> np.ndarray:
-    """The q4_K_8x8 kernels: one fma per part for the scaled sums, one for the mins, then their difference.
+def _k_repacked(x, q, scales, mins, dxw, dx_dmin) -> np.ndarray:
+    """The q4_K_8x8 and q2_K_8x8 kernels: one fma per part for the scaled sums, one for the mins,
+    then their difference.
 
     Activation rows in whole groups of four go through the gemm kernel, which takes a part
-    per 64 weights (two sub-blocks); the rest through the gemv kernel, a part per super-block.
+    per 64 weights for Q4_K (two sub-blocks), per 128 for Q2_K (eight); the rest through the
+    gemv kernel, a part per super-block.
     """
-    n = x.q.shape[0]
-    sub_dots = _sub_block_dots(x.q, q, 8)                                  # (nb, 8, n, rows)
-    bsums = _sub_block_sums(x.bsums, 8).transpose(1, 2, 0)[..., None]      # (nb, 8, n, 1)
+    n, n_sub = x.q.shape[0], scales.shape[-1]
+    sub_dots = _sub_block_dots(x.q, q, n_sub)                              # (nb, n_sub, n, rows)
+    bsums = _sub_block_sums(x.bsums, n_sub).transpose(1, 2, 0)[..., None]  # (nb, n_sub, n, 1)
     out = np.empty((n, q.shape[0]), np.float32)                           # (n, rows)
-    for rows, parts in ((slice(0, n - n % 4), 4), (slice(n - n % 4, n), 1)):
+    gemm_parts = 4 if n_sub == 8 else 2
+    for rows, parts in ((slice(0, n - n % 4), gemm_parts), (slice(n - n % 4, n), 1)):
         if rows.start == rows.stop:
             continue
         scaled = _scaled_sum(sub_dots[:, :, rows], scales, parts).astype(np.float32)

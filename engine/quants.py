@@ -547,7 +547,7 @@ def quantize_q8_K(x: np.ndarray, grouped: bool = False) -> np.ndarray:
     (f32), bsums the int16 sums of each 16 quants; an all-zero block stores d = 0.
 
     ``grouped=True`` mirrors a matrix product against weights that llama.cpp repacked
-    (Q4_K on AVX2 when the weight has a multiple of 8 rows): there the activation rows
+    (Q4_K, and Q2_K in an AVX-512 build, when the weight has a multiple of 8 rows): there the activation rows
     along axis -2 are quantised four at a time by ggml_quantize_mat_q8_K_4x8
     (ggml-cpu/arch/x86/repack.cpp), and only the ``rows % 4`` trailing rows go through
     quantize_row_q8_K.  The grouped code rounds the same way (_mm256_round_ps, ties to

@@ -75,10 +75,12 @@ def error_response(error: RequestError) -> JSONResponse:
 class Slots:
     """The scheduler's ``parallel`` slots (``engine.scheduler``), handed out one per request, with a bounded wait."""
 
-    def __init__(self, model_path: str, parallel: int, queue_size: int, n_ctx: int | None, n_threads: int | None):
+    def __init__(self, model_path: str, parallel: int, queue_size: int, n_ctx: int | None, n_threads: int | None,
+                 ggml_isa: str = "auto"):
         from .llama import Llama
         from .scheduler import Scheduler
-        self.scheduler = Scheduler(Llama(model_path, n_ctx=n_ctx, n_threads=n_threads, batch_invariant=True),
+        self.scheduler = Scheduler(Llama(model_path, n_ctx=n_ctx, n_threads=n_threads, batch_invariant=True,
+                                         ggml_isa=ggml_isa),
                                    parallel)
         self.total, self.limit = parallel, parallel + queue_size
         self.admitted = 0  # requests running or waiting; touched only on the event loop's thread
@@ -140,7 +142,7 @@ class EventStream(StreamingResponse if uvicorn is not None else object):
 
 def create_app(model_path: str, *, parallel: int = 1, queue_size: int = 8, api_key: str | None = None,
                n_ctx: int | None = None, n_threads: int | None = None, pooling: str | None = None,
-               max_body: int = MAX_BODY) -> "Starlette":
+               max_body: int = MAX_BODY, ggml_isa: str = "auto") -> "Starlette":
     """The ASGI application serving ``model_path`` (see the module docstring)."""
     if uvicorn is None:
         raise LlamaError('the server needs Starlette and uvicorn: pip install "llamanp[server]"')
@@ -148,7 +150,7 @@ def create_app(model_path: str, *, parallel: int = 1, queue_size: int = 8, api_k
     from .completion import create_chat_completion, create_completion, prompt_tokens
     from .embedding import create_embedding
 
-    slots = Slots(model_path, parallel, queue_size, n_ctx, n_threads)
+    slots = Slots(model_path, parallel, queue_size, n_ctx, n_threads, ggml_isa)
     model_id = Path(model_path).name
     created = int(time.time())
 

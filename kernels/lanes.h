@@ -10,6 +10,9 @@
 
 #include "qblocks.h"
 
+/* Which llama.cpp build's orders a kernel follows (engine.isa): AVX2, or AVX-512 (its wider float vectors) */
+enum { ISA_AVX2 = 0, ISA_AVX512 = 1 };
+
 /* The horizontal sum of 8 fp32 lanes in AVX2 order (hsum8_ps; tinyBLAS, ggml's quantised
  * dots, the softmax): quad = low half + high half, then (quad0 + quad2) + (quad1 + quad3). */
 static inline float hsum8(const float *v) {

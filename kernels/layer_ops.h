@@ -1,5 +1,6 @@
 /* The non-matrix steps of a LLaMA layer, bit for bit as the NumPy reference computes them
- * (engine/exact.py, NumpyBackend), which in turn follows ggml's AVX2 CPU kernels:
+ * (engine/exact.py, NumpyBackend), which in turn follows ggml's CPU kernels built for AVX2
+ * or, where ``isa`` is ISA_AVX512, for AVX-512 (16-lane sums and its own vector exp):
  *  - RMSNorm sums the fp32 squares left to right in double, as ggml does;
  *  - RoPE takes the C library's cosf/sinf of angles built by repeated fp32 multiplication,
  *    and rotates each pair in double with one of its two products rounded to fp32 first;
@@ -203,20 +204,79 @@ static inline __m256 ggml_expf8(__m256 x) {
 }
 #endif
 
+/* ggml_v_expf as llama.cpp's AVX-512 build has it: n and b as above, but the constant 1 joins
+ * the polynomial in its last fma, j = 1 + C1 b + ... + C5 b^5, and e^x = j * 2^n scaled
+ * exactly (vscalefps: one rounding, also into subnormals); |n| > 192 gives 0 or infinity.
+ * The last fma is the reference's fma_f32 (via double), here and in the vector twin. */
+static inline float ggml_expf_avx512(float x) {
+    const float z = fma_f32(x, EXP_LOG2E, EXP_SHIFTER);
+    const float n = z - EXP_SHIFTER;
+    const float b = fma_f32(-n, EXP_LN2_LO, fma_f32(-n, EXP_LN2_HI, x));
+    const float u = b * b;
+    const float j = fma_f32(fma_f32(fma_f32(EXP_C5, b, EXP_C4), u, fma_f32(EXP_C3, b, EXP_C2)), u,
+                            fma_f32(EXP_C1, b, 1.0f));
+    if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
+    if (n != n) return j;  /* NaN in, NaN out */
+    return (float)((double)j * ldexp(1.0, (int)n));
+}
+
+#if LAYER_SIMD
+/* (double)v * 2^n for the four lanes of v and n (|n| <= 192, whole numbers), rounded once to fp32 */
+static inline __m128 scale_pow2_4(__m128 v, __m128 n) {
+    const __m256i bits = _mm256_slli_epi64(_mm256_add_epi64(_mm256_cvtepi32_epi64(_mm_cvtps_epi32(n)),
+                                                            _mm256_set1_epi64x(1023)), 52);
+    return _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(v), _mm256_castsi256_pd(bits)));
+}
+
+/* fma_f32(a, b, c) on four lanes: the product exact in double, plus c, rounded to double, then to fp32 */
+static inline __m128 fma_f32_4(__m128 a, __m128 b, __m128 c) {
+    return _mm256_cvtpd_ps(_mm256_fmadd_pd(_mm256_cvtps_pd(a), _mm256_cvtps_pd(b), _mm256_cvtps_pd(c)));
+}
+
+static inline __m256 ggml_expf8_avx512(__m256 x) {
+    const __m256 shifter = _mm256_set1_ps(EXP_SHIFTER);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), shifter);
+    const __m256 n = _mm256_sub_ps(z, shifter);
+    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO),
+                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x));
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 high = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(EXP_C5), b, _mm256_set1_ps(EXP_C4)), u,
+                                        _mm256_fmadd_ps(_mm256_set1_ps(EXP_C3), b, _mm256_set1_ps(EXP_C2)));
+    const __m256 one_c1b = _mm256_fmadd_ps(_mm256_set1_ps(EXP_C1), b, _mm256_set1_ps(1.0f));
+    const __m256 abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
+    const __m256 huge = _mm256_cmp_ps(abs_n, _mm256_set1_ps(192.0f), _CMP_GT_OQ);
+    const __m256 nc = _mm256_blendv_ps(n, _mm256_setzero_ps(), _mm256_or_ps(huge, _mm256_cmp_ps(n, n, _CMP_UNORD_Q)));
+    __m128 half[2];
+    for (int h = 0; h < 2; h++) {
+        const __m128 j = fma_f32_4(h ? _mm256_extractf128_ps(high, 1) : _mm256_castps256_ps128(high),
+                                   h ? _mm256_extractf128_ps(u, 1) : _mm256_castps256_ps128(u),
+                                   h ? _mm256_extractf128_ps(one_c1b, 1) : _mm256_castps256_ps128(one_c1b));
+        half[h] = scale_pow2_4(j, h ? _mm256_extractf128_ps(nc, 1) : _mm256_castps256_ps128(nc));
+    }
+    const __m256 result = _mm256_set_m128(half[1], half[0]);
+    const __m256 limit = _mm256_blendv_ps(_mm256_set1_ps(INFINITY), _mm256_setzero_ps(),
+                                          _mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ));
+    return _mm256_blendv_ps(result, limit, huge);
+}
+#endif
+
+/* ggml_v_expf of llama.cpp built for ``isa`` */
+static inline float ggml_expf_isa(float x, int isa) { return isa == ISA_AVX512 ? ggml_expf_avx512(x) : ggml_expf(x); }
+
 /* ---------------------------------------------------------------- SwiGLU */
 
-/* y = g / (1 + e^(0 - g)) * u for one row of n */
-static inline void swiglu_row(const float *g, const float *u, int64_t n, float *y) {
+/* y = g / (1 + e^(0 - g)) * u for one row of n, e^ as llama.cpp built for ``isa`` has it */
+static inline void swiglu_row(const float *g, const float *u, int64_t n, float *y, int isa) {
     int64_t i = 0;
 #if LAYER_SIMD
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
     for (; i + 8 <= n; i += 8) {
-        const __m256 gv = _mm256_loadu_ps(g + i);
-        const __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(one, ggml_expf8(_mm256_sub_ps(zero, gv))));
-        _mm256_storeu_ps(y + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
+        const __m256 gv = _mm256_loadu_ps(g + i), neg = _mm256_sub_ps(zero, gv);
+        const __m256 e = isa == ISA_AVX512 ? ggml_expf8_avx512(neg) : ggml_expf8(neg);
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
     }
 #endif
-    for (; i < n; i++) y[i] = g[i] / (1.0f + ggml_expf(0.0f - g[i])) * u[i];
+    for (; i < n; i++) y[i] = g[i] / (1.0f + ggml_expf_isa(0.0f - g[i], isa)) * u[i];
 }
 
 /* ---------------------------------------------------------------- GEGLU */
@@ -254,10 +314,15 @@ static inline __m256 sum8x8_ps(const __m256 *v, int strided) {
 
 /* ---------------------------------------------------------------- attention */
 
+/* The order a float_dots ``lanes`` count names: tinyBLAS's (8 on AVX2, 16 on AVX-512) or
+ * ggml_vec_dot_f16's (32 on AVX2, 64 on AVX-512). */
+static inline int lanes_isa(int lanes) { return lanes == 16 || lanes == 64 ? ISA_AVX512 : ISA_AVX2; }
+static inline int lanes_tiny_blas(int lanes) { return lanes == 8 || lanes == 16; }
+
 /* scores[j] = dot(q, k_j) * scale for the m keys (rows of hd f16 values) in the order of
- * float_dot in tinyBLAS's order (lanes 8) or vec_dot's (lanes 32); qh: q rounded to f16, qf: the same
- * values as floats.  Blocks of eight keys share one reduction; the other keys take the
- * single-row dots of float_rows.h. */
+ * float_dot that ``lanes`` names (lanes_isa, lanes_tiny_blas); qh: q rounded to f16, qf: the same
+ * values as floats.  On AVX2's orders blocks of eight keys share one reduction; the other
+ * keys take the single-row dots of float_rows.h. */
 static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_t *k, int m, int hd, float scale,
                               int lanes, float *scores) {
     int j = 0;
@@ -276,7 +341,7 @@ static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_
             }
             _mm256_storeu_ps(scores + j, _mm256_mul_ps(sum8x8_ps(acc, 1), sv));
         }
-    } else if (hd % 32 == 0) {  /* per key its 32 lanes folded to an octet; eight octets reduced at once */
+    } else if (lanes == 32 && hd % 32 == 0) {  /* per key its 32 lanes folded to an octet; eight reduced at once */
         for (; j + 8 <= m; j += 8) {
             __m256 octet[8];
             for (int r = 0; r < 8; r++) {
@@ -297,19 +362,37 @@ static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_
 #endif
     for (; j < m; j++) {
         const uint16_t *kj = k + (int64_t)j * hd;
-        scores[j] = float_dot(hd, qh, kj, T_F16, lanes == 8) * scale;
+        scores[j] = float_dot(hd, qh, kj, T_F16, lanes_tiny_blas(lanes), lanes_isa(lanes)) * scale;
     }
 }
 
 /* Softmax of m scores into f16 probabilities, as the reference's softmax runs over a row
  * (ggml_vec_soft_max_f32 on AVX2): e = ggml_expf(s - max), each aligned group of 8 summed
  * in fp32 (hsum8, the last group padded with zeros), the group sums added in turn
- * in double, and e * fp32(1 / total) rounded to f16.  s is overwritten with e. */
-static inline void softmax_f16(float *s, int m, uint16_t *p) {
+ * in double, and e * fp32(1 / total) rounded to f16.  s is overwritten with e.  On AVX-512
+ * (``isa``) the exp is ggml_expf_avx512 and the groups are of 16 (hsum16). */
+static inline void softmax_f16(float *s, int m, uint16_t *p, int isa) {
     float max = -INFINITY;
     for (int j = 0; j < m; j++) max = s[j] > max ? s[j] : max;
     double total = 0.0;
     int j = 0;
+    if (isa == ISA_AVX512) {
+#if LAYER_SIMD
+        const __m256 maxv = _mm256_set1_ps(max);
+        for (; j + 16 <= m; j += 16) {
+            const __m256 lo = ggml_expf8_avx512(_mm256_sub_ps(_mm256_loadu_ps(s + j), maxv));
+            const __m256 hi = ggml_expf8_avx512(_mm256_sub_ps(_mm256_loadu_ps(s + j + 8), maxv));
+            _mm256_storeu_ps(s + j, lo);
+            _mm256_storeu_ps(s + j + 8, hi);
+            total += (double)hsum16_ps(lo, hi);
+        }
+#endif
+        for (; j < m; j += 16) {
+            float group[16] = {0};
+            for (int i = 0; i < 16 && j + i < m; i++) group[i] = s[j + i] = ggml_expf_avx512(s[j + i] - max);
+            total += (double)hsum16(group);
+        }
+    }
 #if LAYER_SIMD
     const __m256 maxv = _mm256_set1_ps(max);
     for (; j + 64 <= m; j += 64) {  /* eight groups, their sums taken at once and added in order */
@@ -344,9 +427,26 @@ static inline void softmax_f16(float *s, int m, uint16_t *p) {
     for (; j < m; j++) p[j] = fp32_to_fp16(s[j] * inv);
 }
 
-/* out[d] = the reduction (sum32 for 32 lanes, hsum8 for 8) of acc[l * hd + d] over the lanes l */
+/* The reduction of AVX-512's 64 vec_dot lanes (to 16 as sum32 folds 32 to 8, then hsum16)
+ * or of its 16 tinyBLAS lanes (hsum16). */
+static inline float sum_lanes16(const float *a, int lanes) {
+    float v[16];
+    for (int i = 0; i < 16; i++) v[i] = lanes == 64 ? (a[i] + a[32 + i]) + (a[16 + i] + a[48 + i]) : a[i];
+    return hsum16(v);
+}
+
+/* out[d] = the reduction (sum32 for 32 lanes, hsum8 for 8, sum_lanes16 for 16 and 64) of
+ * acc[l * hd + d] over the lanes l */
 static inline void reduce_lanes(const float *acc, int hd, int lanes, float *out) {
     int d = 0;
+    if (lanes == 16 || lanes == 64) {
+        for (; d < hd; d++) {
+            float lane[64];
+            for (int l = 0; l < lanes; l++) lane[l] = acc[(size_t)l * hd + d];
+            out[d] = sum_lanes16(lane, lanes);
+        }
+        return;
+    }
 #if LAYER_SIMD
     for (; d + 8 <= hd; d += 8) {
         __m256 r[32];
@@ -385,8 +485,9 @@ static inline __attribute__((always_inline)) void weigh_lane(const uint16_t *p, 
 
 /* out[d] = sum over keys j < m of p[j] * v[j][d], in float_dots' order with the keys as
  * its k axis: key j feeds lane j % lanes of each d, in turn (lanes 32: ggml_vec_dot_f16,
- * reduced by sum32; lanes 8: tinyBLAS, reduced by hsum8).  acc: lanes * hd floats
- * of scratch, lane l's sums in row l.  The zeros the reference pads the keys with add
+ * reduced by sum32; lanes 8: tinyBLAS, reduced by hsum8; AVX-512's 64 and 16 alike, reduced
+ * by sum_lanes16).  acc: lanes * hd floats of scratch, lane l's sums in row l.  The zeros
+ * the reference pads the keys with (to a multiple of 64, so vec_dot has no tail) add
  * nothing, so they are left out. */
 static inline void weigh_values(const uint16_t *p, const uint16_t *v, int m, int hd, int lanes, float *acc,
                                 float *out) {
@@ -411,12 +512,12 @@ static inline void weigh_values(const uint16_t *p, const uint16_t *v, int m, int
 }
 
 /* One query head at one position over keys [0, m) of its kv head, the first `masked` of them
- * hidden (a sliding window's start): q rounded to f16, scores by score_keys(qk_lanes) (8 only
- * when hd is a multiple of 8), times scale, the hidden ones -inf, softmax to f16, then
- * weigh_values(pv_lanes).  k, v: (n_ctx, hd) f16 rows.  The caller starts k and v at a
- * multiple of 64 keys, so every key keeps its lane and its softmax group of 8 (the hidden keys
- * before it, whose probabilities are 0, add nothing anywhere).
- * Scratch: scores m floats, half hd + m halves, acc 32 * hd floats. */
+ * hidden (a sliding window's start): q rounded to f16, scores by score_keys(qk_lanes) (tinyBLAS's
+ * only when hd is a multiple of its step), times scale, the hidden ones -inf, softmax to f16
+ * (in the order of qk_lanes' build), then weigh_values(pv_lanes).  k, v: (n_ctx, hd)
+ * f16 rows.  The caller starts k and v at a multiple of 64 keys, so every key keeps its lane
+ * and its softmax group (the hidden keys before it, whose probabilities are 0, add nothing anywhere).
+ * Scratch: scores m floats, half hd + m halves, acc 64 * hd floats. */
 static inline void attend(const float *q, const uint16_t *k, const uint16_t *v, int m, int masked, int hd, float scale,
                           int qk_lanes, int pv_lanes, float *scores, uint16_t *half, float *acc, float *out) {
     uint16_t *qh = half, *probs = half + hd;
@@ -427,7 +528,7 @@ static inline void attend(const float *q, const uint16_t *k, const uint16_t *v, 
     }
     score_keys(qh, qf, k, m, hd, scale, qk_lanes, scores);
     for (int j = 0; j < masked; j++) scores[j] = -INFINITY;
-    softmax_f16(scores, m, probs);
+    softmax_f16(scores, m, probs, lanes_isa(qk_lanes));
     weigh_values(probs, v, m, hd, pv_lanes, acc, out);
 }
 

@@ -27,7 +27,7 @@ cdef extern from "layer_ops.h" nogil:
                          float *cs, float *sn)
     void rope_row(float *x, int heads, int hd, int n_dims, const float *cs, const float *sn)
     void rope_row_neox(float *x, int heads, int hd, int n_dims, const float *cs, const float *sn)
-    void swiglu_row(const float *g, const float *u, int64_t n, float *y)
+    void swiglu_row(const float *g, const float *u, int64_t n, float *y, int isa)
     void geglu_row(const float *g, const float *u, int64_t n, const uint16_t *table, float *y)
     void attend(const float *q, const uint16_t *k, const uint16_t *v, int m, int masked, int hd, float scale,
                 int qk_lanes, int pv_lanes, float *scores, uint16_t *half, float *acc, float *out)
@@ -134,13 +134,14 @@ def rope(x, cos, sin, n_threads=None, bint neox=False):
     return out
 
 
-def swiglu(gate, up, n_threads=None):
-    """silu(gate) * up, elementwise over (n, f).
+def swiglu(gate, up, n_threads=None, int isa=0):
+    """silu(gate) * up, elementwise over (n, f), with the vector exp of llama.cpp built for ``isa``
+    (0: AVX2, 1: AVX-512).
 
     Rows may lie at any stride, so the two halves of one stacked product's output are read in
     place rather than copied.
     """
-    return _glu(gate, up, None, n_threads)
+    return _glu(gate, up, None, n_threads, isa)
 
 
 def geglu(gate, up, table, n_threads=None):
@@ -148,10 +149,10 @@ def geglu(gate, up, table, n_threads=None):
     GELU of every f16 value, ``engine.ggml_math.gelu_table``) as ggml does; rows as in ``swiglu``."""
     if not is_native_c(table, cnp.NPY_FLOAT16, 1) or table.shape[0] != 1 << 16:
         raise ValueError("geglu: table must be a C-contiguous float16 array of 65536 values")
-    return _glu(gate, up, table, n_threads)
+    return _glu(gate, up, table, n_threads, 0)
 
 
-cdef cnp.ndarray _glu(gate, up, cnp.ndarray table, n_threads):
+cdef cnp.ndarray _glu(gate, up, cnp.ndarray table, n_threads, int isa):
     """swiglu, or with a GELU table geglu."""
     what = "swiglu" if table is None else "geglu"
     cdef cnp.ndarray g = f32_rows(gate, f"{what} gate"), u = f32_rows(up, f"{what} up")
@@ -169,16 +170,18 @@ cdef cnp.ndarray _glu(gate, up, cnp.ndarray table, n_threads):
     if f:
         for i in prange(n, nogil=True, schedule="static", num_threads=nt):
             if t == NULL:
-                swiglu_row(<const float *>(gs + i * g_stride), <const float *>(us + i * u_stride), f, o + i * f)
+                swiglu_row(<const float *>(gs + i * g_stride), <const float *>(us + i * u_stride), f, o + i * f, isa)
             else:
                 geglu_row(<const float *>(gs + i * g_stride), <const float *>(us + i * u_stride), f, t, o + i * f)
     return out
 
 
-def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int window=0, bint rowwise=False):
+def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int window=0, bint rowwise=False,
+              int isa=0):
     """Causal attention of q (n, n_heads, hd) at positions [start, start + n) over f16 caches;
     with a ``window``, position p sees keys (p - window, p] only; ``rowwise``: every row summed
-    as a one-row call sums it, whatever n is.
+    as a one-row call sums it, whatever n is; in the orders of llama.cpp built for ``isa``
+    (0: AVX2, 1: AVX-512).
 
     ``k_cache``/``v_cache``: float16 (n_kv_heads, n_ctx, hd) holding positions [0, start + n);
     query head h reads kv head h // (n_heads / n_kv_heads).  Returns (n, n_heads * hd).
@@ -199,10 +202,14 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int w
     if start < 0 or start + n > n_ctx:
         raise ValueError(f"attention: positions [{start}, {start + n}) exceed the cache's {n_ctx}")
     cdef int group = n_heads // n_kv, n_keys_max = start + n
-    # the lanes of the reference's float_dots: tinyBLAS's 8 for several query rows where it
-    # takes the shape (q.K: hd a multiple of 8; P.V: hd a multiple of 4), else ggml_vec_dot_f16's 32
-    cdef int qk_lanes = 8 if n > 1 and hd % 8 == 0 and not rowwise else 32
-    cdef int pv_lanes = 8 if n > 1 and hd % 4 == 0 and not rowwise else 32
+    if isa not in (0, 1):
+        raise ValueError(f"attention: isa must be 0 (AVX2) or 1 (AVX-512), got {isa}")
+    # the lanes of the reference's float_dots: tinyBLAS's (AVX2 8, AVX-512 16) for several query
+    # rows where it takes the shape (q.K: hd a multiple of its lanes; P.V: hd a multiple of 4),
+    # else ggml_vec_dot_f16's (AVX2 32, AVX-512 64)
+    cdef int tiny = 16 if isa else 8, vec = 64 if isa else 32
+    cdef int qk_lanes = tiny if n > 1 and hd % tiny == 0 and not rowwise else vec
+    cdef int pv_lanes = tiny if n > 1 and hd % 4 == 0 and not rowwise else vec
     cdef int nt = team(check_threads(n_threads), qa.size * n_keys_max)
     cdef cnp.npy_intp shape[2]
     shape[0], shape[1] = n, n_heads * hd
@@ -217,7 +224,7 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int w
     # scratch per thread (see attend): the scores, the query and the probabilities in f16, the value lanes
     cdef float *scores = <float *>malloc(<size_t>nt * n_keys_max * sizeof(float))
     cdef uint16_t *half = <uint16_t *>malloc(<size_t>nt * (n_keys_max + hd) * sizeof(uint16_t))
-    cdef float *acc = <float *>malloc(<size_t>nt * 32 * hd * sizeof(float))
+    cdef float *acc = <float *>malloc(<size_t>nt * 64 * hd * sizeof(float))
     cdef Py_ssize_t task
     cdef int t, h, me, lo, first
     # row t attends to start + t + 1 keys, so several rows are dealt to the threads in turn, a
@@ -235,7 +242,7 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int w
             first = lo - lo % 64  # where attend starts: a multiple of 64 keys, as it requires
             attend(qs + task * hd, ks + h // group * kv_stride + first * hd, vs + h // group * kv_stride + first * hd,
                    start + t + 1 - first, lo - first, hd, scale, qk_lanes, pv_lanes, scores + me * n_keys_max,
-                   half + me * (n_keys_max + hd), acc + me * 32 * hd, o + task * hd)
+                   half + me * (n_keys_max + hd), acc + me * 64 * hd, o + task * hd)
     finally:
         free(scores)
         free(half)

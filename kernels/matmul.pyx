@@ -28,8 +28,10 @@ cdef extern from "sys/mman.h" nogil:
 
 cdef extern from "vec_dot.h" nogil:
     ctypedef float (*vec_dot_fn)(int n, const void *w, const void *a)
-    vec_dot_fn vec_dot_for(int type, int *act_type)
+    vec_dot_fn vec_dot_for(int type, int *act_type, int isa)
     float dot_q4_0_q8_0_repacked(int n, const void *w, const void *a)
+    float dot_q2_K_q8_K_gemv(int n, const void *w, const void *a)
+    float dot_q2_K_q8_K_gemm(int n, const void *w, const void *a)
     int64_t type_row_bytes(int type, int64_t n)
     int type_block_size(int type)
     void quantize_row(int act_type, const float *x, void *y, int64_t k, int grouped)
@@ -37,9 +39,9 @@ cdef extern from "vec_dot.h" nogil:
         T_F32, T_F16, T_BF16, T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q2_K, T_Q4_K, T_Q6_K, T_Q8_0, T_Q8_1, T_Q8_K
 
 cdef extern from "float_rows.h" nogil:
-    bint tinyblas_accepts(int64_t n_tok, int64_t n_out, int64_t n_in)
+    bint tinyblas_accepts(int64_t n_tok, int64_t n_out, int64_t n_in, int type, int isa)
     void tinyblas_rows(int type, int k, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,
-                       const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo)
+                       const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo, int isa)
 
 cdef extern from "block32_rows.h" nogil:
     const int B32_VNNI
@@ -94,7 +96,7 @@ cdef enum:
 def activation_type(int type):
     """The ggml type id that activations are quantised to for weights of ``type`` (ValueError if unsupported)."""
     cdef int act = -1
-    if vec_dot_for(type, &act) == NULL:
+    if vec_dot_for(type, &act, 0) == NULL:
         raise ValueError(f"matrix products with ggml type {type} are not supported")
     return act
 
@@ -143,8 +145,9 @@ cdef void quantize_into(const float *x, int64_t n, int64_t k, int act_type, bint
         quantize_row(act_type, x + t * k, out + t * stride, k, t < n_grouped)
 
 
-def vec_dot(int type, w, a):
-    """Dot of one raw weight row with one raw activation row of the paired type (for tests)."""
+def vec_dot(int type, w, a, int isa=0):
+    """Dot of one raw weight row with one raw activation row of the paired type, in the order of
+    llama.cpp built for ``isa`` (0: AVX2, 1: AVX-512; for tests)."""
     cdef int act = activation_type(type)
     wb = np.ascontiguousarray(w).view(np.uint8).reshape(-1)
     ab = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
@@ -154,7 +157,7 @@ def vec_dot(int type, w, a):
         raise ValueError(f"rows of {wb.shape[0]} and {ab.shape[0]} bytes do not pair as ggml types {type} and {act}")
     cdef const uint8_t[::1] wv = wb
     cdef const uint8_t[::1] av = ab
-    return vec_dot_for(type, &act)(<int>n, &wv[0], &av[0])
+    return vec_dot_for(type, &act, isa)(<int>n, &wv[0], &av[0])
 
 
 def get_rows(data, int type, int64_t n_in, ids):
@@ -326,20 +329,25 @@ cdef class Matrix:
     cdef const uint8_t *ptr
     cdef int64_t row_bytes
     cdef int act_type
+    cdef readonly int isa    # 0: llama.cpp built for AVX2, 1: for AVX-512 (engine.isa)
     cdef vec_dot_fn dot
 
     def __init__(self, data, int type, int64_t n_in, bint repacked=False, bint regroup=True,
-                 bint release_source=False):
+                 bint release_source=False, int isa=0):
         """``data``: (n_out, bytes_per_row) uint8, or typed (n_out, n_in) for F32/F16/BF16 (uint16), C-contiguous;
         or a list of such arrays, whose rows are stacked one after another.
 
         ``repacked``: llama.cpp repacks these rows (``Weight.repacked`` decides; only Q4_0 and Q4_K
-        rows in groups of 8 can be), so products follow its repacked kernels.  ``regroup`` then
-        lets them be regrouped eight rows at a time (a copy the size of the weight);
-        ``release_source`` tells the kernel to drop the mmap'd pages of the original, so resident
-        memory stays at one copy.  Products are the same bits with or without regrouping.
+        rows in groups of 8 can be, and for ``isa`` 1 Q2_K), so products follow its repacked
+        kernels.  ``regroup`` then lets Q4_0 and Q4_K be regrouped eight rows at a time (a copy the
+        size of the weight); ``release_source`` tells the kernel to drop the mmap'd pages of the
+        original, so resident memory stays at one copy.  Products are the same bits with or
+        without regrouping.  ``isa``: whose float orders (0: llama.cpp built for AVX2, 1: for AVX-512).
         """
-        self.dot = vec_dot_for(type, &self.act_type)
+        if isa not in (0, 1):
+            raise ValueError(f"isa must be 0 (AVX2) or 1 (AVX-512), got {isa}")
+        self.isa = isa
+        self.dot = vec_dot_for(type, &self.act_type, isa)
         if self.dot == NULL:
             raise ValueError(f"matrix products with ggml type {type} are not supported")
         if n_in <= 0 or n_in % type_block_size(type):
@@ -350,11 +358,12 @@ cdef class Matrix:
         if not parts:
             raise ValueError("no weight rows given: an empty list of arrays")
         self.n_out = sum(part.shape[0] for part in parts)
-        if repacked and (type not in (T_Q4_0, T_Q4_K) or any(part.shape[0] % 8 for part in parts)):
+        if repacked and (type not in (T_Q4_0, T_Q4_K) and not (isa and type == T_Q2_K)
+                         or any(part.shape[0] % 8 for part in parts)):
             raise ValueError(f"ggml type {type} rows in blocks of {[part.shape[0] for part in parts]} "
-                             "have no repacked kernel (Q4_0 and Q4_K in groups of 8 rows only)")
+                             "have no repacked kernel (Q4_0 and Q4_K, on AVX-512 Q2_K, in groups of 8 rows only)")
         self.repacked = repacked
-        self.regrouped = repacked and regroup and self.n_out > 0
+        self.regrouped = repacked and regroup and self.n_out > 0 and type != T_Q2_K
         if self.regrouped:
             self.data = regroup_rows(parts, type, n_in, release_source)
         else:
@@ -417,11 +426,14 @@ cdef class Matrix:
         ``rowwise`` takes the one-token order (vec_dot) for every token.
         """
         cdef int64_t act_bytes = type_row_bytes(self.act_type, self.n_in)
-        cdef bint tiny_blas = (self.type in (T_F32, T_F16, T_BF16) and tinyblas_accepts(n, self.n_out, self.n_in)
-                               and not rowwise)
-        cdef bint unpack_once = n > 1 and T_Q2_K <= self.type <= T_Q6_K and not rowwise
+        cdef bint tiny_blas = (self.type in (T_F32, T_F16, T_BF16)
+                               and tinyblas_accepts(n, self.n_out, self.n_in, self.type, self.isa) and not rowwise)
+        cdef bint repacked_q2_K = self.repacked and self.type == T_Q2_K
+        cdef bint unpack_once = n > 1 and T_Q2_K <= self.type <= T_Q6_K and not rowwise and not repacked_q2_K
         # Q4_0 rows that llama.cpp repacks, not regrouped here: its repacked kernels' order, one row at a time
         cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.repacked else self.dot
+        # repacked Q2_K: the gemm kernel's order for the tokens in whole groups of four, the gemv's for the rest
+        cdef int64_t n_gemm = n - n % 4 if repacked_q2_K and not rowwise else 0
         cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)
         if acts == NULL:
             raise MemoryError()
@@ -429,15 +441,20 @@ cdef class Matrix:
         cdef int64_t r, t, r_end
         cdef int failed = 0
         with nogil:
-            quantize_into(x, n, self.n_in, self.act_type, False, acts, act_bytes, nt)
+            quantize_into(x, n, self.n_in, self.act_type, repacked_q2_K and not rowwise, acts, act_bytes, nt)
             for chunk in prange(n_chunks, schedule="static", num_threads=nt):
                 r_end = min(chunk * 16 + 16, self.n_out)
                 if tiny_blas:
                     tinyblas_rows(self.type, <int>self.n_in, self.ptr, self.row_bytes, chunk * 16, r_end,
-                                  acts, act_bytes, n, out, self.n_out)
+                                  acts, act_bytes, n, out, self.n_out, self.isa)
                 elif unpack_once:
                     failed += kq_rows(self.type, self.ptr, self.row_bytes, chunk * 16, r_end, <int>self.n_in,
                                       acts, act_bytes, n, out, self.n_out)
+                elif repacked_q2_K:
+                    for r in range(chunk * 16, r_end):
+                        for t in range(n):
+                            out[t * self.n_out + r] = (dot_q2_K_q8_K_gemm if t < n_gemm else dot_q2_K_q8_K_gemv)(
+                                <int>self.n_in, self.ptr + r * self.row_bytes, acts + t * act_bytes)
                 else:
                     for r in range(chunk * 16, r_end):
                         for t in range(n):
@@ -567,7 +584,7 @@ cdef class Blocks32Stack:
             view = a if a.shape[0] else np.zeros((1, 1), np.uint8)
             self.parts[p].type, self.parts[p].w = t, &view[0, 0]
             self.parts[p].row_bytes, self.parts[p].n_rows = type_row_bytes(t, n_in), a.shape[0]
-            self.parts[p].dot = vec_dot_for(t, &self.parts[p].act_type)
+            self.parts[p].dot = vec_dot_for(t, &self.parts[p].act_type, 0)  # 32-weight types: the same in both builds
             self.n_out += a.shape[0]
 
     def __dealloc__(self):

@@ -225,22 +225,67 @@ static inline float dot_q4_K_q8_K(int n, const void *x, const void *y) { return 
 static inline float dot_q5_K_q8_K(int n, const void *x, const void *y) { return dot_kquant(T_Q5_K, n, x, y); }
 static inline float dot_q6_K_q8_K(int n, const void *x, const void *y) { return dot_kquant(T_Q6_K, n, x, y); }
 
+/* Q2_K rows that llama.cpp built for AVX-512 repacks, in its q2_K_8x8 kernels' float steps
+ * (the reference's _k_repacked): per part -- a super-block in the gemv kernel, 128 weights
+ * (eight sub-blocks) in the gemm kernel -- the exact sum of scale * (sub-block dot) goes
+ * into one fma chain by d_w * d_a and the exact sum of min * bsum into another by
+ * dmin_w * d_a; the result is their difference.  Weight 128h + 32j + i is bits 2j..2j+1
+ * of quant byte 32h + i. */
+static inline float dot_q2_K_repacked(int n, const void *w, const void *a, int parts) {
+    const block_q2_K *x = (const block_q2_K *)w;
+    const block_q8_K *y = (const block_q8_K *)a;
+    float acc = 0.0f, acc_min = 0.0f;
+    for (int b = 0; b < n / QK_K; b++) {
+        const float d = fp16_to_fp32(x[b].d) * y[b].d, dmin = fp16_to_fp32(x[b].dmin) * y[b].d;
+        for (int p = 0; p < parts; p++) {
+            int32_t isum = 0, imin = 0;
+            for (int s = p * 16 / parts; s < (p + 1) * 16 / parts; s++) {
+                int32_t dot = 0;
+                for (int i = 16 * s; i < 16 * s + 16; i++)
+                    dot += ((x[b].qs[32 * (i / 128) + i % 32] >> (2 * (i % 128 / 32))) & 3) * y[b].qs[i];
+                isum += (x[b].scales[s] & 0xF) * dot;
+                imin += (x[b].scales[s] >> 4) * y[b].bsums[s];
+            }
+            acc = fmaf((float)isum, d, acc);
+            acc_min = fmaf((float)imin, dmin, acc_min);
+        }
+    }
+    return acc - acc_min;
+}
+
+static inline float dot_q2_K_q8_K_gemv(int n, const void *x, const void *y) { return dot_q2_K_repacked(n, x, y, 1); }
+static inline float dot_q2_K_q8_K_gemm(int n, const void *x, const void *y) { return dot_q2_K_repacked(n, x, y, 2); }
+
 /* ---------------------------------------------------------------- float rows */
 
-static inline float dot_f32_f32(int n, const void *x, const void *y) { return float_dot(n, x, y, T_F32, 0); }
-static inline float dot_f16_f16(int n, const void *x, const void *y) { return float_dot(n, x, y, T_F16, 0); }
-static inline float dot_bf16_bf16(int n, const void *x, const void *y) { return float_dot(n, x, y, T_BF16, 0); }
+static inline float dot_f32_f32(int n, const void *x, const void *y) { return float_dot(n, x, y, T_F32, 0, ISA_AVX2); }
+static inline float dot_f16_f16(int n, const void *x, const void *y) { return float_dot(n, x, y, T_F16, 0, ISA_AVX2); }
+static inline float dot_bf16_bf16(int n, const void *x, const void *y) {
+    return float_dot(n, x, y, T_BF16, 0, ISA_AVX2);
+}
+/* the same in the orders of llama.cpp built for AVX-512 */
+static inline float dot_f32_f32_avx512(int n, const void *x, const void *y) {
+    return float_dot(n, x, y, T_F32, 0, ISA_AVX512);
+}
+static inline float dot_f16_f16_avx512(int n, const void *x, const void *y) {
+    return float_dot(n, x, y, T_F16, 0, ISA_AVX512);
+}
+static inline float dot_bf16_bf16_avx512(int n, const void *x, const void *y) {
+    return float_dot(n, x, y, T_BF16, 0, ISA_AVX512);
+}
 
 /* ---------------------------------------------------------------- dispatch */
 
 typedef float (*vec_dot_fn)(int n, const void *w, const void *a);
 
-/* The dot for weights of ``type`` (NULL when unsupported) and the activation type it pairs with. */
-static inline vec_dot_fn vec_dot_for(int type, int *act_type) {
+/* The dot for weights of ``type`` (NULL when unsupported) in the order of llama.cpp built for
+ * ``isa`` (the builds differ in the float rows' only), and the activation type it pairs with. */
+static inline vec_dot_fn vec_dot_for(int type, int *act_type, int isa) {
+    const int wide = isa == ISA_AVX512;
     switch (type) {
-        case T_F32:  *act_type = T_F32;  return dot_f32_f32;
-        case T_F16:  *act_type = T_F16;  return dot_f16_f16;
-        case T_BF16: *act_type = T_BF16; return dot_bf16_bf16;
+        case T_F32:  *act_type = T_F32;  return wide ? dot_f32_f32_avx512 : dot_f32_f32;
+        case T_F16:  *act_type = T_F16;  return wide ? dot_f16_f16_avx512 : dot_f16_f16;
+        case T_BF16: *act_type = T_BF16; return wide ? dot_bf16_bf16_avx512 : dot_bf16_bf16;
         case T_Q4_0: *act_type = T_Q8_0; return dot_q4_0_q8_0;
         case T_Q4_1: *act_type = T_Q8_1; return dot_q4_1_q8_1;
         case T_Q5_0: *act_type = T_Q8_0; return dot_q5_0_q8_0;

@@ -17,8 +17,14 @@ CACHE = Path(os.environ.get("LLAMANP_TEST_CACHE", ROOT / "tests" / ".cache"))
 
 from engine.models import pull
 from tests.llama_cpp_vocabs import vocab_folder
+from tests.helpers import reference_isa
 from tests.model_files import ModelSpec, cached_model, quantize_model
 from tests.sampler_reference import Ref
+from tests.tiny_shakespeare import quantized_model
+
+# every Llama (and llamanp command) of the suite computes what the llama.cpp it is compared
+# with computes: the AVX2 or the AVX-512 build's arithmetic, whichever llama_cpp is
+os.environ["LLAMANP_GGML_ISA"] = reference_isa()
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +80,12 @@ def smollm2():
             quantize_model(shipped, out.with_suffix(".tmp"), quant, allow_requantize=True).rename(out)
         return out
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_quantised():
+    """``tiny_quantised(qtype)`` -> the shipped tiny model requantised by llama.cpp (Q4_0, Q2_K, F16, ...)."""
+    return lambda qtype: quantized_model(qtype, CACHE)
 
 
 @pytest.fixture

@@ -16,6 +16,12 @@ def nmse(ref: np.ndarray, ours: np.ndarray) -> float:
     return float(np.mean((ref - ours) ** 2) / np.var(ref))
 
 
+def reference_isa() -> str:
+    """The kernel family (engine.isa) of the llama.cpp that llama_cpp was built with: its
+    system info lists AVX512 = 1 in a build for AVX-512, so tests compare like with like."""
+    return "avx512" if b"AVX512 = 1" in llama_cpp.llama_print_system_info() else "avx2"
+
+
 def llama_cpp_logits(path, tokens: list[int], n_ctx: int = 64) -> np.ndarray:
     """llama.cpp's logits of every position of ``tokens`` evaluated afresh: (len(tokens), n_vocab)."""
     quiet_llama_cpp()

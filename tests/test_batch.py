@@ -29,7 +29,7 @@ def k_quant_model(make_model):
 def test_rowwise_product_rows_are_one_row_products(type_):
     rng = np.random.default_rng(int(type_))
     data = random_weights(rng, type_, 24, 512)
-    w = Matrix(data, int(type_), 512, repacked=Weight("w", type_, 512, 24, data).repacked)
+    w = Matrix(data, int(type_), 512, repacked=Weight("w", type_, 512, 24, data).repacked())
     x = activations(rng, 9, 512)
     alone = np.concatenate([w.matmul(x[t:t + 1]) for t in range(9)])   # (9, 24)
     assert np.array_equal(w.matmul(x, 2, rowwise=True), alone)

@@ -4,7 +4,8 @@ prints exactly the output block that follows it.
 The guide runs on SmolLM2-135M-Instruct, which it pulls by name; here the model cache is the
 tests' own (``tests/.cache``, where the ``smollm2`` fixture has pulled it with the pinned download).
 To refresh the shown outputs after a deliberate change, run ``python tests/test_guide.py``:
-it executes the guide and rewrites each output block.
+it executes the guide and rewrites each output block.  Both run with the arithmetic of llama.cpp
+built for AVX2 (``GUIDE_ISA``), so what the guide shows does not depend on the host's CPU.
 """
 import contextlib
 import io
@@ -16,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "guide.md"
 TEST_CACHE = ROOT / "tests" / ".cache"
+GUIDE_ISA = "avx2"  # the ggml_isa whose outputs the guide shows
 
 # a ```python block, then optionally a text block holding what it prints, fenced by three backticks or,
 # when the output holds backticks itself (a model writing Markdown), by more
@@ -34,6 +36,7 @@ def run_guide(text: str):
 
 def test_guide_blocks_print_what_the_guide_shows(smollm2, monkeypatch):
     monkeypatch.setenv("LLAMANP_CACHE", str(smollm2().parent))
+    monkeypatch.setenv("LLAMANP_GGML_ISA", GUIDE_ISA)
     text = GUIDE.read_text(encoding="utf-8")
     n = 0
     for match, printed in run_guide(text):
@@ -60,4 +63,5 @@ def update_guide() -> None:
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
     os.environ["LLAMANP_CACHE"] = str(TEST_CACHE)
+    os.environ["LLAMANP_GGML_ISA"] = GUIDE_ISA
     update_guide()

@@ -1,13 +1,15 @@
 """The compiled kernels against their NumPy twins in ``engine``.
 
 Quantised activations must be byte-identical to ``engine.quants``; products and the
-float steps bit-identical to ``engine.exact.NumpyBackend``; a whole model must give
-the same logits, bit for bit, on either backend; bad input must raise ValueError.
+float steps bit-identical to ``engine.exact.NumpyBackend``, in the orders of llama.cpp built
+for AVX2 and for AVX-512 alike (``ISA``: the kernels' number for each); a whole model must
+give the same logits, bit for bit, on either backend; bad input must raise ValueError.
 """
 import numpy as np
 import pytest
 
 from engine.compiled import CythonBackend
+from engine.isa import ISAS
 from engine.exact import NumpyBackend
 from engine.ggml_math import gelu_table, rope_cos_sin
 from engine.llama import Llama
@@ -19,6 +21,8 @@ from tests.kernel_inputs import PRODUCT_TYPES, activations, bf16_bits, random_we
 
 T = GGMLType
 REF = NumpyBackend()
+REFS = {isa: NumpyBackend(isa=isa) for isa in ISAS}
+ISA = {isa: i for i, isa in enumerate(ISAS)}  # the kernels' isa argument
 
 # ---------------------------------------------------------------- activation quantisers
 
@@ -57,27 +61,30 @@ def test_q8_K_grouping_changes_only_the_sign_choice():
 TOKEN_COUNTS = [1, 2, 3, 4, 5, 8, 9, 17]
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("type_", PRODUCT_TYPES, ids=lambda t: t.name)
-@pytest.mark.parametrize("n_out", [40, 36, 21])  # rows a multiple of 8 (Q4_0 and Q4_K regrouped); of 4 only; of neither
-def test_matmul_bit_identical_to_numpy(type_, n_out):
+# rows a multiple of 8 (repacked: Q4_0, Q4_K, on AVX-512 Q2_K); of 4 only; of neither
+@pytest.mark.parametrize("n_out", [40, 36, 21])
+def test_matmul_bit_identical_to_numpy(type_, n_out, isa):
     rng = np.random.default_rng(int(type_) * 100 + n_out)
     n_in = 512
     w = Weight("w", type_, n_in, n_out, random_weights(rng, type_, n_out, n_in))
-    m = matmul.Matrix(w.data, int(type_), n_in, repacked=w.repacked)
+    m = matmul.Matrix(w.data, int(type_), n_in, repacked=w.repacked(isa), isa=ISA[isa])
     for n in TOKEN_COUNTS:
         x = activations(rng, n, n_in)
-        assert np.array_equal(m.matmul(x, n_threads=2), REF.matmul(w, x)), n
+        assert np.array_equal(m.matmul(x, n_threads=2), REFS[isa].matmul(w, x)), n
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("type_", [T.F32, T.F16, T.BF16], ids=lambda t: t.name)
-@pytest.mark.parametrize("n_in", [3, 8, 40, 264, 515])  # tails past the last multiple of 32; rows tinyBLAS declines
-def test_float_matmul_bit_identical_for_any_row_length(type_, n_in):
+@pytest.mark.parametrize("n_in", [3, 8, 40, 264, 515, 96])  # tails past the last step (32, 64); rows tinyBLAS declines
+def test_float_matmul_bit_identical_for_any_row_length(type_, n_in, isa):
     rng = np.random.default_rng(n_in)
     w = Weight("w", type_, n_in, 12, random_weights(rng, type_, 12, n_in))
-    m = matmul.Matrix(w.data, int(type_), n_in)
+    m = matmul.Matrix(w.data, int(type_), n_in, isa=ISA[isa])
     for n in (1, 2, 5):
         x = rng.standard_normal((n, n_in)).astype(np.float32)
-        assert np.array_equal(m.matmul(x), REF.matmul(w, x)), n
+        assert np.array_equal(m.matmul(x), REFS[isa].matmul(w, x)), n
 
 
 @pytest.mark.parametrize("type_", PRODUCT_TYPES, ids=lambda t: t.name)
@@ -86,7 +93,7 @@ def test_matmul_on_two_threads_bit_identical(type_):
     rng = np.random.default_rng(int(type_))
     n_out, n_in = 264, 1024
     w = Weight("w", type_, n_in, n_out, random_weights(rng, type_, n_out, n_in))
-    m = matmul.Matrix(w.data, int(type_), n_in, repacked=w.repacked)
+    m = matmul.Matrix(w.data, int(type_), n_in, repacked=w.repacked())
     x = activations(rng, 9, n_in)
     ref = REF.matmul(w, x)
     assert np.array_equal(m.matmul(x, 1), ref)
@@ -126,13 +133,14 @@ def raw_activations(type_, x):
         type_, quantize_q8_K if type_ >= T.Q2_K else quantize_q8_0)(x)
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("type_", PRODUCT_TYPES, ids=lambda t: t.name)
-def test_vec_dot_one_row_bit_identical(type_):
+def test_vec_dot_one_row_bit_identical(type_, isa):
     rng = np.random.default_rng(5)
     data = random_weights(rng, type_, 1, 512)
     x = activations(rng, 2, 512)[1:]
-    expected = REF.matmul(Weight("w", type_, 512, 1, data), x)[0, 0]
-    assert matmul.vec_dot(int(type_), data[0], raw_activations(type_, x)[0]) == expected
+    expected = REFS[isa].matmul(Weight("w", type_, 512, 1, data), x)[0, 0]
+    assert matmul.vec_dot(int(type_), data[0], raw_activations(type_, x)[0], ISA[isa]) == expected
 
 
 def test_regrouping_keeps_mmap_source_readable(tmp_path):
@@ -207,10 +215,11 @@ def test_rope_bit_identical(rope, head_dim):
     assert np.array_equal(wide[:, :, :head_dim], x)                     # rotated in a copy, never in place
 
 
-def test_swiglu_bit_identical():
-    """ggml_v_expf's paths: ordinary values, |n| > 126 (x beyond about +-87) and |n| > 192
-    (beyond about +-133, where the result is 0 or infinity), huge values; a row length
-    that is not a multiple of 8 takes the scalar tail."""
+@pytest.mark.parametrize("isa", ISAS)
+def test_swiglu_bit_identical(isa):
+    """ggml_v_expf's paths (AVX2's and AVX-512's): ordinary values, |n| > 126 (x beyond about
+    +-87; AVX-512: subnormal results) and |n| > 192 (beyond about +-133, where the result is 0
+    or infinity), huge values; a row length that is not a multiple of 8 takes the scalar tail."""
     rng = np.random.default_rng(10)
     special = [0.0, -0.0, 87.0, 88.0, 89.0, -87.0, -88.5, -103.0, -104.0, 133.0, 134.0, -133.0, -134.0, 3e38, -3e38]
     g = np.concatenate([5 * rng.standard_normal(4000), rng.uniform(-200, 200, 2000), rng.uniform(-1e4, 1e4, 200),
@@ -218,9 +227,9 @@ def test_swiglu_bit_identical():
     g = np.stack([g, rng.permutation(g)])                                 # (2, 6215)
     u = rng.standard_normal(g.shape).astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
-        ref = REF.swiglu(g, u)
+        ref = REFS[isa].swiglu(g, u)
     for n_threads in (1, 2):
-        assert np.array_equal(layers.swiglu(g, u, n_threads), ref)
+        assert np.array_equal(layers.swiglu(g, u, n_threads, ISA[isa]), ref)
 
 
 def test_geglu_bit_identical():
@@ -263,7 +272,8 @@ def test_swiglu_reads_rows_at_any_stride():
     (4, 2, 12, 5, 4), (4, 2, 36, 10, 4), (2, 1, 20, 20, 3),                      # q.K by vec_dot, P.V by tinyBLAS
     (2, 1, 10, 20, 3), (4, 2, 6, 10, 4),                                         # neither takes tinyBLAS
 ])
-def test_attention_bit_identical(n_heads, n_kv_heads, head_dim, start, n):
+@pytest.mark.parametrize("isa", ISAS)
+def test_attention_bit_identical(n_heads, n_kv_heads, head_dim, start, n, isa):
     """Keys (start + n) not a multiple of 8 or 32, GQA groups, the float_dots orders of every shape."""
     rng = np.random.default_rng(n_heads * 1000 + head_dim + start + n)
     n_ctx = start + n + 5
@@ -271,9 +281,9 @@ def test_attention_bit_identical(n_heads, n_kv_heads, head_dim, start, n):
     k = (2 * rng.standard_normal((n_kv_heads, n_ctx, head_dim))).astype(np.float16)
     v = rng.standard_normal((n_kv_heads, n_ctx, head_dim)).astype(np.float16)
     scale = 1 / np.sqrt(np.float32(head_dim))
-    ref = REF.attention(q, k, v, start, scale)
+    ref = REFS[isa].attention(q, k, v, start, scale)
     for n_threads in (1, 2):
-        assert np.array_equal(layers.attention(q, k, v, start, scale, n_threads), ref)
+        assert np.array_equal(layers.attention(q, k, v, start, scale, n_threads, isa=ISA[isa]), ref)
 
 
 @pytest.mark.parametrize("n_heads, n_kv_heads, head_dim, start, n, window", [
@@ -281,18 +291,19 @@ def test_attention_bit_identical(n_heads, n_kv_heads, head_dim, start, n):
     (4, 2, 64, 100, 70, 16), (4, 2, 64, 0, 130, 64), (2, 1, 20, 200, 3, 50),     # several rows: tinyBLAS
     (2, 1, 10, 150, 3, 100), (4, 4, 32, 0, 5, 1000),                           # neither; a window wider than the keys
 ])
-def test_windowed_attention_bit_identical(n_heads, n_kv_heads, head_dim, start, n, window):
+@pytest.mark.parametrize("isa", ISAS)
+def test_windowed_attention_bit_identical(n_heads, n_kv_heads, head_dim, start, n, window, isa):
     """A sliding window: the compiled kernel skips whole blocks of 64 keys before it; the reference masks them."""
     rng = np.random.default_rng(n_heads * 1000 + head_dim + start + n + window)
     n_ctx = start + n + 5
     q = (3 * rng.standard_normal((n, n_heads, head_dim))).astype(np.float32)
     k = (2 * rng.standard_normal((n_kv_heads, n_ctx, head_dim))).astype(np.float16)
     v = rng.standard_normal((n_kv_heads, n_ctx, head_dim)).astype(np.float16)
-    ref = REF.attention(q, k, v, start, 0.125, window)
+    ref = REFS[isa].attention(q, k, v, start, 0.125, window)
     if window < start + n:
-        assert not np.array_equal(ref, REF.attention(q, k, v, start, 0.125))  # the window matters
+        assert not np.array_equal(ref, REFS[isa].attention(q, k, v, start, 0.125))  # the window matters
     for n_threads in (1, 2):
-        assert np.array_equal(layers.attention(q, k, v, start, 0.125, n_threads, window), ref)
+        assert np.array_equal(layers.attention(q, k, v, start, 0.125, n_threads, window, isa=ISA[isa]), ref)
 
 
 def test_f16_tail_is_added_one_product_at_a_time():

@@ -18,6 +18,7 @@ from engine.backends import EXACT
 from engine.errors import ModelError
 from engine.float_dots import float_dots
 from engine.quants import BLOCK_LAYOUT, GGMLType
+from tests.helpers import reference_isa
 from tests.kernel_inputs import bf16_bits
 from tests.model_files import quiet_llama_cpp
 
@@ -60,7 +61,7 @@ def test_one_row_product_matches_ggml_vec_dot_bf16(n):
     for scale in (1.0, 2.0 ** 40, 2.0 ** -70):
         w = bf16_bits(rng.standard_normal(n) * np.exp(rng.uniform(-20, 20, n)))
         a = bf16_bits(rng.standard_normal(n) * scale)
-        ours = float_dots(widen(a)[None], widen(w)[None], T.BF16)[0, 0]
+        ours = float_dots(widen(a)[None], widen(w)[None], T.BF16, isa=reference_isa())[0, 0]
         assert ours.view(np.uint32) == ggml_ref.vec_dot_bf16(w, a).view(np.uint32), scale
 
 
