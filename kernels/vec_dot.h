@@ -240,9 +240,12 @@ static inline float dot_q2_K_repacked(int n, const void *w, const void *a, int p
         for (int p = 0; p < parts; p++) {
             int32_t isum = 0, imin = 0;
             for (int s = p * 16 / parts; s < (p + 1) * 16 / parts; s++) {
+                const uint8_t *q = x[b].qs + 32 * (s / 8) + 16 * (s % 2);  /* the bytes of weights 16s..16s+15 */
+                const int8_t *yq = y[b].qs + 16 * s;
+                const int shift = 2 * (s % 8 / 2);
                 int32_t dot = 0;
-                for (int i = 16 * s; i < 16 * s + 16; i++)
-                    dot += ((x[b].qs[32 * (i / 128) + i % 32] >> (2 * (i % 128 / 32))) & 3) * y[b].qs[i];
+                for (int k = 0; k < 16; k++)
+                    dot += ((q[k] >> shift) & 3) * yq[k];
                 isum += (x[b].scales[s] & 0xF) * dot;
                 imin += (x[b].scales[s] >> 4) * y[b].bsums[s];
             }
