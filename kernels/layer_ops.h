@@ -160,14 +160,25 @@ static inline void rope_row_neox(float *x, int heads, int hd, int n_dims, const 
 #define EXP_S1_BITS 0x7F000000u     /* n > 0: s1 = 2^127, s2 = 2^(n - 127) */
 #define EXP_SPLIT_BITS 0x82000000u  /* n <= 0, added to s1 and taken from s2: s1 = 2^-125, s2 = 2^(n + 125) */
 
+/* Both builds' range reduction, x = n ln2 + b with n whole (z holds n in its low mantissa bits),
+ * and the polynomial's upper terms C2 + C3 b + (C4 + C5 b) b^2 that both fold in by u = b^2. */
+static inline float exp_reduce(float x, float *z, float *n) {
+    *z = fma_f32(x, EXP_LOG2E, EXP_SHIFTER);
+    *n = *z - EXP_SHIFTER;
+    return fma_f32(-*n, EXP_LN2_LO, fma_f32(-*n, EXP_LN2_HI, x));
+}
+
+static inline float exp_upper_terms(float b, float u) {
+    return fma_f32(fma_f32(EXP_C5, b, EXP_C4), u, fma_f32(EXP_C3, b, EXP_C2));
+}
+
 static inline float ggml_expf(float x) {
-    const float z = fma_f32(x, EXP_LOG2E, EXP_SHIFTER);
-    const float n = z - EXP_SHIFTER;
-    const float b = fma_f32(-n, EXP_LN2_LO, fma_f32(-n, EXP_LN2_HI, x));
+    float z, n;
+    const float b = exp_reduce(x, &z, &n);
     const uint32_t e = f32_bits(z) << 23;
     const float k = f32_from_bits(e + EXP_ONE_BITS);
     const float u = b * b;
-    const float j = fma_f32(fma_f32(fma_f32(EXP_C5, b, EXP_C4), u, fma_f32(EXP_C3, b, EXP_C2)), u, EXP_C1 * b);
+    const float j = fma_f32(exp_upper_terms(b, u), u, EXP_C1 * b);
     if (!(fabsf(n) > 126.0f)) return fma_f32(k, j, k);
     const uint32_t g = n <= 0.0f ? EXP_SPLIT_BITS : 0u;
     const float s1 = f32_from_bits(g + EXP_S1_BITS);
@@ -177,19 +188,26 @@ static inline float ggml_expf(float x) {
 }
 
 #if LAYER_SIMD
-static inline __m256 ggml_expf8(__m256 x) {
+/* exp_reduce and exp_upper_terms on eight lanes */
+static inline __m256 exp_reduce8(__m256 x, __m256 *z, __m256 *n) {
     const __m256 shifter = _mm256_set1_ps(EXP_SHIFTER);
-    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), shifter);
-    const __m256 n = _mm256_sub_ps(z, shifter);
-    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO),
-                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x));
+    *z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), shifter);
+    *n = _mm256_sub_ps(*z, shifter);
+    return _mm256_fnmadd_ps(*n, _mm256_set1_ps(EXP_LN2_LO), _mm256_fnmadd_ps(*n, _mm256_set1_ps(EXP_LN2_HI), x));
+}
+
+static inline __m256 exp_upper_terms8(__m256 b, __m256 u) {
+    return _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(EXP_C5), b, _mm256_set1_ps(EXP_C4)), u,
+                           _mm256_fmadd_ps(_mm256_set1_ps(EXP_C3), b, _mm256_set1_ps(EXP_C2)));
+}
+
+static inline __m256 ggml_expf8(__m256 x) {
+    __m256 z, n;
+    const __m256 b = exp_reduce8(x, &z, &n);
     const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
     const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32((int)EXP_ONE_BITS)));
     const __m256 u = _mm256_mul_ps(b, b);
-    const __m256 j = _mm256_fmadd_ps(
-        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(EXP_C5), b, _mm256_set1_ps(EXP_C4)), u,
-                        _mm256_fmadd_ps(_mm256_set1_ps(EXP_C3), b, _mm256_set1_ps(EXP_C2))),
-        u, _mm256_mul_ps(_mm256_set1_ps(EXP_C1), b));
+    const __m256 j = _mm256_fmadd_ps(exp_upper_terms8(b, u), u, _mm256_mul_ps(_mm256_set1_ps(EXP_C1), b));
     const __m256 result = _mm256_fmadd_ps(k, j, k);
     const __m256 abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
     const __m256 large = _mm256_cmp_ps(abs_n, _mm256_set1_ps(126.0f), _CMP_GT_OQ);
@@ -209,12 +227,10 @@ static inline __m256 ggml_expf8(__m256 x) {
  * exactly (vscalefps: one rounding, also into subnormals); |n| > 192 gives 0 or infinity.
  * The last fma is the reference's fma_f32 (via double), here and in the vector twin. */
 static inline float ggml_expf_avx512(float x) {
-    const float z = fma_f32(x, EXP_LOG2E, EXP_SHIFTER);
-    const float n = z - EXP_SHIFTER;
-    const float b = fma_f32(-n, EXP_LN2_LO, fma_f32(-n, EXP_LN2_HI, x));
+    float z, n;
+    const float b = exp_reduce(x, &z, &n);
     const float u = b * b;
-    const float j = fma_f32(fma_f32(fma_f32(EXP_C5, b, EXP_C4), u, fma_f32(EXP_C3, b, EXP_C2)), u,
-                            fma_f32(EXP_C1, b, 1.0f));
+    const float j = fma_f32(exp_upper_terms(b, u), u, fma_f32(EXP_C1, b, 1.0f));
     if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
     if (n != n) return j;  /* NaN in, NaN out */
     return (float)((double)j * ldexp(1.0, (int)n));
@@ -234,14 +250,10 @@ static inline __m128 fma_f32_4(__m128 a, __m128 b, __m128 c) {
 }
 
 static inline __m256 ggml_expf8_avx512(__m256 x) {
-    const __m256 shifter = _mm256_set1_ps(EXP_SHIFTER);
-    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(EXP_LOG2E), shifter);
-    const __m256 n = _mm256_sub_ps(z, shifter);
-    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO),
-                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), x));
+    __m256 z, n;
+    const __m256 b = exp_reduce8(x, &z, &n);
     const __m256 u = _mm256_mul_ps(b, b);
-    const __m256 high = _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(EXP_C5), b, _mm256_set1_ps(EXP_C4)), u,
-                                        _mm256_fmadd_ps(_mm256_set1_ps(EXP_C3), b, _mm256_set1_ps(EXP_C2)));
+    const __m256 high = exp_upper_terms8(b, u);
     const __m256 one_c1b = _mm256_fmadd_ps(_mm256_set1_ps(EXP_C1), b, _mm256_set1_ps(1.0f));
     const __m256 abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
     const __m256 huge = _mm256_cmp_ps(abs_n, _mm256_set1_ps(192.0f), _CMP_GT_OQ);
