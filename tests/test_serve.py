@@ -64,9 +64,14 @@ def server():
     yield from start_server("--parallel", "2", "--queue", "1")
 
 
+def openai_client(port: int) -> openai.OpenAI:
+    """The official client of the server on ``port``, with its key and no retries (a 503 must show)."""
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+
+
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=f"http://127.0.0.1:{server}/v1", api_key=KEY, max_retries=0)
+    return openai_client(server)
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +224,7 @@ def busy_server():
 
 @pytest.fixture(scope="module")
 def busy_client(busy_server):
-    return openai.OpenAI(base_url=f"http://127.0.0.1:{busy_server}/v1", api_key=KEY, max_retries=0)
+    return openai_client(busy_server)
 
 
 def ask(client, i: int) -> dict:
