@@ -49,6 +49,7 @@ extensions = [
         f"kernels.{pyx.stem}",
         [str(pyx)],
         include_dirs=[np.get_include(), "kernels"],
+        depends=[str(h) for h in sorted(Path("kernels").glob("*.h"))],  # headers include headers: rebuild on any
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -44,6 +44,9 @@ class Backend(Protocol):
         """Each head's pairs (``rope.pairs()``) rotated at its row's position:
         (n, heads, hd), (n,) -> (n, heads, hd)."""
 
+    def rope_qk(self, q: np.ndarray, k: np.ndarray, positions: np.ndarray, rope: Rope) -> tuple[np.ndarray, np.ndarray]:
+        """``rope`` of q (n, n_heads, hd) and of k (n, n_kv_heads, hd) at the same positions, in one call."""
+
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int,
                   scale: float, window: int = 0) -> np.ndarray:
         """Causal softmax(q·kᵀ·scale)·v: q (n, n_heads, hd) at positions [start, start + n), the float16

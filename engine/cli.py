@@ -363,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--parallel", type=count, default=1, help="requests served at once, batched into one forward pass per step (docs/serving.md)")
+    p.add_argument("--parallel", type=count, default=1,
+                   help="requests served at once, batched into one forward pass per step (docs/serving.md)")
     p.add_argument("--queue", type=non_negative, default=8, help="requests that may wait for a slot; more get 503")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 requests")
     p.add_argument("--pooling", choices=["mean", "last", "cls"], help="embedding pooling (default: the model's, "

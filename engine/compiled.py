@@ -3,8 +3,8 @@
 Same methods, shapes, dtypes and rounding points as the NumPy reference, so a model can
 swap one for the other op by op.  Each weight becomes a ``kernels.matmul.Matrix`` the
 first time it is multiplied (the Q4_0 and Q4_K weights llama.cpp repacks, ``Weight.repacked``,
-are regrouped then, and the mmap'd pages of the original released); ``prepare``, which the model
-calls at load, does that for a whole model up front.
+are regrouped then, the others copied onto huge pages, and the mmap'd pages of the original
+released); ``prepare``, which the model calls at load, does that for a whole model up front.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from typing import NamedTuple
 import numpy as np
 
 from kernels import layers, parallel
-from kernels.matmul import BLOCK32_TYPES, Blocks32Stack, Matrix, get_rows, is_file_mapping, release_file_pages
+from kernels.matmul import (BLOCK32_TYPES, K_QUANT_TYPES, Blocks32Stack, KQuantStack, Matrix, get_rows,
+                            is_file_mapping, release_file_pages)
 
 from .exact import NumpyBackend
 from .ggml_math import gelu_table
@@ -27,7 +28,7 @@ class Stack(NamedTuple):
     """Weights multiplied together: their stacked kernel matrix (None if they do not stack) and
     the index of each one's columns in its product."""
     weights: tuple[Weight, ...]  # kept alive, so the ids keying the stack stay theirs
-    matrix: Matrix | Blocks32Stack | None
+    matrix: Matrix | Blocks32Stack | KQuantStack | None
     columns: tuple[tuple[slice, slice], ...]
 
 
@@ -57,14 +58,16 @@ class CythonBackend:
             self._matrices[id(w)] = entry
         return entry[1]
 
-    def stacked(self, ws: tuple[Weight, ...], release_source: bool = True) -> Matrix | Blocks32Stack | None:
+    def stacked(self, ws: tuple[Weight, ...],
+                release_source: bool = True) -> Matrix | Blocks32Stack | KQuantStack | None:
         """One kernel matrix of the rows of ``ws`` one after another (built on first use), or None
         when they do not stack.
 
         Stacking changes no result: the parts share their input length, and either their type
         with a multiple of 8 rows each, or they are all 32-weight types that llama.cpp does not
-        repack (a Blocks32Stack), so every row meets the kernel and activation rounding it would
-        alone; one product then quantises the input once and wakes the threads once.
+        repack (a Blocks32Stack), or all K-quants of mixed types (a KQuantStack of their own
+        matrices), so every row meets the kernel and activation rounding it would alone; one
+        product then quantises the input once (per rounding) and wakes the threads once.
         """
         return self._stack(ws, release_source).matrix
 
@@ -80,9 +83,11 @@ class CythonBackend:
                                 isa=self._isa)
             elif same_input and all(w.type in BLOCK32_TYPES for w in ws):
                 matrix = Blocks32Stack([w.data for w in ws], [int(w.type) for w in ws], first.n_in)
+            elif same_input and all(w.type in K_QUANT_TYPES for w in ws):
+                matrix = KQuantStack([self.matrix(w, release_source=False) for w in ws])
             else:
                 matrix = None
-            if isinstance(matrix, Matrix) and release_source:  # a copy (a Blocks32Stack reads the parts in place)
+            if matrix is not None and release_source:  # a copy
                 release_file_pages([w.data for w in ws if is_file_mapping(w.data)])
             ends = itertools.accumulate(w.n_out for w in ws)
             columns = tuple((slice(None), slice(end - w.n_out, end)) for w, end in zip(ws, ends))
@@ -92,20 +97,18 @@ class CythonBackend:
     def prepare(self, weights) -> None:
         """Build the kernel matrices of a ``model.Weights`` now rather than on first use.
 
-        The mmap'd originals of copied weights (regrouped or stacked) are released a layer
-        at a time: one call per layer keeps the peak near one copy of the weights without
-        paying a TLB shootdown per matrix.
+        Every matrix holds a copy of its weights (regrouped, stacked, or moved onto huge
+        pages); the mmap'd originals are released a layer at a time: one call per layer keeps
+        the peak near one copy of the weights without paying a TLB shootdown per matrix.
         """
         for layer in weights.layers:
-            copied = []
-            for ws in (layer.qkv, layer.gate_up, (layer.wo,), (layer.w_down,)):
-                stack = self.stacked(ws, release_source=False)
-                if isinstance(stack, Matrix):
-                    copied += ws
-                elif stack is None:
-                    copied += [w for w in ws if self.matrix(w, release_source=False).regrouped]
-            release_file_pages([w.data for w in copied if is_file_mapping(w.data)])
-        self.matrix(weights.output)  # releases its own mmap'd pages if it regroups them
+            products = (layer.qkv, layer.gate_up, (layer.wo,), (layer.w_down,))
+            for ws in products:
+                if self.stacked(ws, release_source=False) is None:
+                    for w in ws:
+                        self.matrix(w, release_source=False)
+            release_file_pages([w.data for ws in products for w in ws if is_file_mapping(w.data)])
+        self.matrix(weights.output)  # releases its own mmap'd pages
 
     def get_rows(self, w: Weight, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` of ``w`` as float32 (the NumPy dequantiser for the types without a compiled one)."""
@@ -126,13 +129,20 @@ class CythonBackend:
         return layers.rms_norm(x, weight, eps, self.n_threads)
 
     def rope(self, x: np.ndarray, positions: np.ndarray, rope: Rope) -> np.ndarray:
-        """Every layer rotates q and k at the same positions, so the angles are computed once per batch
-        (per rope: Gemma's windowed layers have their own)."""
+        return layers.rope(x, *self._angles(positions, rope), self.n_threads, rope.neox)
+
+    def rope_qk(self, q: np.ndarray, k: np.ndarray, positions: np.ndarray, rope: Rope) -> tuple[np.ndarray, np.ndarray]:
+        return layers.rope_qk(q, k, *self._angles(positions, rope), self.n_threads, rope.neox)
+
+    def _angles(self, positions: np.ndarray, rope: Rope) -> tuple[np.ndarray, np.ndarray]:
+        """cos and sin of ``positions``' angles (n, n_dims / 2).  Every layer rotates q and k at the
+        same positions, so they are computed once per batch (per rope: Gemma's windowed layers have
+        their own)."""
         entry = self._cos_sin.get(rope)
         if entry is None or entry[0] != positions.tobytes():
             angles = layers.rope_cos_sin(positions, rope.n_dims, rope.freq_base, rope.freq_scale, rope.freq_factors)
             entry = self._cos_sin[rope] = positions.tobytes(), angles
-        return layers.rope(x, *entry[1], self.n_threads, rope.neox)
+        return entry[1]
 
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float,
                   window: int = 0) -> np.ndarray:

@@ -102,6 +102,10 @@ class NumpyBackend:
         out[..., second] = x0 * sin + (x1 * cos).astype(np.float32)
         return out
 
+    def rope_qk(self, q: np.ndarray, k: np.ndarray, positions: np.ndarray, rope: Rope) -> tuple[np.ndarray, np.ndarray]:
+        """q and k, each rotated by ``rope``."""
+        return self.rope(q, positions, rope), self.rope(k, positions, rope)
+
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int, scale: float,
                   window: int = 0) -> np.ndarray:
         """Causal softmax(q·K^T * scale)·V over the cache, each query head reading kv head h // group;

@@ -442,11 +442,12 @@ class Model:
         once (the weights stream once); attention runs per sequence. The final hidden states of
         ``rows`` (indices or a slice into ``tokens``): (len(rows), dim)."""
         hp, w, ops = self.hp, self.weights, self.backend
+        positions = np.concatenate([np.arange(s.start, s.start + s.n) for s in spans])  # (n,)
         x = ops.get_rows(w.token_embd, tokens)                              # (n, dim)
         if hp.family.embed_scale:
             x = x * np.sqrt(np.float32(hp.dim))                             # (n, dim)
         for i, layer in enumerate(w.layers):
-            x = x + self.post_norm(layer.attn_post_norm, self.attention(layer, i, x, spans))
+            x = x + self.post_norm(layer.attn_post_norm, self.attention(layer, i, x, spans, positions))
             x = x + self.post_norm(layer.ffn_post_norm, self.feed_forward(layer, x))
         return ops.rms_norm(np.ascontiguousarray(x[rows]), w.output_norm, hp.rms_eps)  # (len(rows), dim)
 
@@ -454,12 +455,12 @@ class Model:
         """A block's output as the residual stream takes it: RMS-normed where the family norms it."""
         return y if weight is None else self.backend.rms_norm(y, weight, self.hp.rms_eps)
 
-    def attention(self, layer: Layer, index: int, x: np.ndarray, spans: Sequence[Span]) -> np.ndarray:
+    def attention(self, layer: Layer, index: int, x: np.ndarray, spans: Sequence[Span],
+                  positions: np.ndarray) -> np.ndarray:
         """Self-attention of each sequence over its cache (or its sliding window), after writing its
-        rows' keys and values into it."""
+        rows' keys and values into it; ``positions`` (n,): each row's position in its sequence."""
         hp, ops = self.hp, self.backend
         n = x.shape[0]
-        positions = np.concatenate([np.arange(s.start, s.start + s.n) for s in spans])  # (n,)
         h = ops.rms_norm(x, layer.attn_norm, hp.rms_eps)                   # (n, dim)
         q, k, v = (y if b is None else y + b                                # (n, n_heads*hd), (n, kv_dim) x 2
                    for y, b in zip(ops.matmuls(layer.qkv, h), layer.qkv_bias))
@@ -469,8 +470,7 @@ class Model:
         q = q.reshape(n, hp.n_heads, hp.head_dim)                          # (n, n_heads, hd)
         k = k.reshape(n, hp.n_kv_heads, hp.head_dim)                       # (n, n_kv_heads, hd)
         v = v.reshape(n, hp.n_kv_heads, hp.head_dim)                       # (n, n_kv_heads, hd)
-        q = ops.rope(q, positions, hp.layer_rope(index))
-        k = ops.rope(k, positions, hp.layer_rope(index))
+        q, k = ops.rope_qk(q, k, positions, hp.layer_rope(index))
         scale = np.float32(hp.attn_scale)
         if hp.family.scale_q:                                               # Gemma, Phi-3: q scaled, then q·k by 1
             q, scale = q * scale, np.float32(1.0)

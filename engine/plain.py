@@ -82,6 +82,10 @@ class PlainBackend:
         out[..., second] = x0 * sin + x1 * cos                               # (n, heads, d/2)
         return out
 
+    def rope_qk(self, q: np.ndarray, k: np.ndarray, positions: np.ndarray, rope: Rope) -> tuple[np.ndarray, np.ndarray]:
+        """q and k, each rotated by ``rope``."""
+        return self.rope(q, positions, rope), self.rope(k, positions, rope)
+
     def attention(self, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, start: int,
                   scale: float, window: int = 0) -> np.ndarray:
         """softmax(q · kᵀ · scale + mask) · v for the n queries at positions [start, start + n).

@@ -17,8 +17,10 @@
  * by hsum16 (_mm512_reduce_add_ps); ggml_vec_dot_bf16 feeds two 16-lane vdpbf16ps
  * accumulators with alternate halves of each 64 values and adds their hsum16s in double;
  * tinyBLAS takes 16-lane accumulators over steps of 16 (BF16: vdpbf16ps over steps of 32).
- * Here the 16 lanes are two 8-lane registers, and vdpbf16ps is two fmas per lane (its
- * odd product, then its even one: exact bf16 products, each sum rounded).
+ * Compiled for AVX-512 the tiles hold them in zmm registers (vdpbf16ps itself where
+ * compiled for AVX512_BF16); elsewhere the 16 lanes are two 8-lane registers, and vdpbf16ps
+ * is two fmas per lane (its odd product, then its even one: exact bf16 products, each sum
+ * rounded).
  */
 #ifndef LLAMANP_FLOAT_ROWS_H
 #define LLAMANP_FLOAT_ROWS_H
@@ -115,12 +117,72 @@ static inline __attribute__((always_inline)) void tinyblas_tile(
 #endif
 }
 
+#if defined(LLAMANP_FLOAT_SIMD) && defined(__AVX512F__)
+#define LLAMANP_FLOAT_ZMM 1
+/* Activation rows a tinyBLAS tile takes in the AVX-512 build's order: with 32 zmm registers a
+ * 4 x 6 tile's 24 accumulators, 6 activation vectors and a weight vector fit.  (Any tile gives
+ * the same bits: every output has its own accumulator.) */
+#define TILE16_RN 6
+
+static inline __m512 float_load16(const void *p, int64_t i, int type) {
+    const __m256i *h = (const __m256i *)((const uint16_t *)p + i);
+    switch (type) {
+        case T_F16: return _mm512_cvtph_ps(_mm256_loadu_si256(h));
+        case T_BF16: return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(h)), 16));
+        default: return _mm512_loadu_ps((const float *)p + i);
+    }
+}
+
+/* vdpbf16ps on 16 lanes over the 32 bf16 values from i (its two fmas where not compiled for it) */
+static inline __m512 dpbf16_ps16(__m512 acc, const void *w, const void *a, int64_t i) {
+    const __m512i ww = _mm512_loadu_si512((const void *)((const uint16_t *)w + i));
+    const __m512i aw = _mm512_loadu_si512((const void *)((const uint16_t *)a + i));
+#if defined(__AVX512BF16__)
+    return _mm512_dpbf16_ps(acc, (__m512bh)ww, (__m512bh)aw);
+#else
+    const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
+    acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(ww, high)),
+                          _mm512_castsi512_ps(_mm512_and_si512(aw, high)), acc);
+    return _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(ww, 16)),
+                           _mm512_castsi512_ps(_mm512_slli_epi32(aw, 16)), acc);
+#endif
+}
+
+/* the high 8 lanes of a zmm (AVX-512F's 64-bit extract: the 32-bit one needs AVX-512DQ) */
+static inline __m256 high8_ps(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+
+/* hsum16 of a zmm: its high 8 lanes plus its low 8, then hsum8_ps */
+static inline float hsum16_zmm(__m512 v) { return hsum16_ps(_mm512_castps512_ps256(v), high8_ps(v)); }
+#else
+#define TILE16_RN 3
+#endif
+
 /* tinyblas_tile in the AVX-512 build's order: 16-lane accumulators (F32, F16: steps of 16;
- * BF16: vdpbf16ps over steps of 32), then hsum16. */
+ * BF16: vdpbf16ps over steps of 32), then hsum16.  RM <= 4, RN <= TILE16_RN. */
 static inline __attribute__((always_inline)) void tinyblas_tile16(
         int k, int type, const uint8_t *w, int64_t w_bytes, const uint8_t *a, int64_t a_bytes,
         const int RM, const int RN, float *out, int64_t ldo) {
-#if defined(LLAMANP_FLOAT_SIMD)
+#if defined(LLAMANP_FLOAT_ZMM)
+    __m512 acc[TILE16_RN][4];
+    for (int j = 0; j < RN; j++)
+        for (int i = 0; i < RM; i++) acc[j][i] = _mm512_setzero_ps();
+    if (type == T_BF16) {
+        for (int l = 0; l < k; l += 32)
+            for (int i = 0; i < RM; i++)
+                for (int j = 0; j < RN; j++) acc[j][i] = dpbf16_ps16(acc[j][i], w + i * w_bytes, a + j * a_bytes, l);
+    } else {
+        for (int l = 0; l < k; l += 16) {
+            __m512 av[TILE16_RN];
+            for (int j = 0; j < RN; j++) av[j] = float_load16(a + j * a_bytes, l, type);
+            for (int i = 0; i < RM; i++) {
+                const __m512 wv = float_load16(w + i * w_bytes, l, type);
+                for (int j = 0; j < RN; j++) acc[j][i] = _mm512_fmadd_ps(wv, av[j], acc[j][i]);
+            }
+        }
+    }
+    for (int j = 0; j < RN; j++)
+        for (int i = 0; i < RM; i++) out[j * ldo + i] = hsum16_zmm(acc[j][i]);
+#elif defined(LLAMANP_FLOAT_SIMD)
     __m256 acc[3][4][2];
     for (int j = 0; j < RN; j++)
         for (int i = 0; i < RM; i++) acc[j][i][0] = acc[j][i][1] = _mm256_setzero_ps();
@@ -179,6 +241,13 @@ static inline float vec_dot16(int n, const void *w, const void *a, int type) {
     const int body = n - n % 64;
     if (type == T_BF16) {
         double sum = 0.0;
+#if defined(LLAMANP_FLOAT_ZMM)
+        __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};  /* in one pass over the row */
+        for (int i = 0; i < body; i += 64)
+            for (int h = 0; h < 2; h++) acc[h] = dpbf16_ps16(acc[h], w, a, i + 32 * h);
+        for (int h = 0; h < 2; h++) sum += (double)hsum16_zmm(acc[h]);
+        return add_tail(sum, body, n, w, a, type);
+#endif
         for (int h = 0; h < 2; h++) {  /* the two accumulators: values [64i + 32h, 64i + 32h + 32) */
 #if defined(LLAMANP_FLOAT_SIMD)
             __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -194,7 +263,13 @@ static inline float vec_dot16(int n, const void *w, const void *a, int type) {
         }
         return add_tail(sum, body, n, w, a, type);
     }
-#if defined(LLAMANP_FLOAT_SIMD)
+#if defined(LLAMANP_FLOAT_ZMM)
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int i = 0; i < body; i += 64)
+        for (int j = 0; j < 4; j++)
+            acc[j] = _mm512_fmadd_ps(float_load16(w, i + 16 * j, type), float_load16(a, i + 16 * j, type), acc[j]);
+    const float total = hsum16_zmm(_mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3])));
+#elif defined(LLAMANP_FLOAT_SIMD)
     __m256 acc[4][2];
     for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
     for (int i = 0; i < body; i += 64)
@@ -260,29 +335,57 @@ static inline float float_dot(int n, const void *w, const void *a, int type, int
     return add_tail(total, body, n, w, a, type);
 }
 
+/* Activation bytes a pass of tinyblas_rows keeps in the core's L2 while its weight rows go by. */
+enum { TINYBLAS_ACT_BYTES = 192 << 10 };
+
 /* Weight rows [r0, r1) (a multiple of 4 apart) against activation rows [0, n_tok) in
- * tinyBLAS's order for ``isa``, in tiles of 4 weight rows x 3 activation rows: out[t * ldo + r]. */
+ * tinyBLAS's order for ``isa``, in tiles of 4 weight rows x 3 activation rows (AVX-512's
+ * order: x TILE16_RN): out[t * ldo + r].  The activations are taken a block at a time, small
+ * enough to stay in L2 while the weight rows pass over them (all of them, re-read per row
+ * tile, would spill to L3 in a long prefill). */
+static inline __attribute__((always_inline)) void tinyblas_rows_of(
+        int type, int k, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, const uint8_t *acts,
+        int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo, int isa) {
+    const int rn = isa == ISA_AVX512 ? TILE16_RN : 3;
+    const int64_t tiles = TINYBLAS_ACT_BYTES / act_bytes / rn, block = rn * (tiles > 1 ? tiles : 1);
+    for (int64_t t0 = 0; t0 < n_tok; t0 += block) {
+        const int64_t t1 = t0 + block < n_tok ? t0 + block : n_tok;
+        for (int64_t r = r0; r < r1; r += 4)
+            for (int64_t t = t0; t < t1; t += rn) {
+                const uint8_t *wr = w + r * row_bytes, *at = acts + t * act_bytes;
+                float *o = out + t * ldo + r;
+                if (isa == ISA_AVX512) {
+                    switch (t1 - t) {
+                        case 1: tinyblas_tile16(k, type, wr, row_bytes, at, act_bytes, 4, 1, o, ldo); break;
+                        case 2: tinyblas_tile16(k, type, wr, row_bytes, at, act_bytes, 4, 2, o, ldo); break;
+#if TILE16_RN == 6
+                        case 3: tinyblas_tile16(k, type, wr, row_bytes, at, act_bytes, 4, 3, o, ldo); break;
+                        case 4: tinyblas_tile16(k, type, wr, row_bytes, at, act_bytes, 4, 4, o, ldo); break;
+                        case 5: tinyblas_tile16(k, type, wr, row_bytes, at, act_bytes, 4, 5, o, ldo); break;
+#endif
+                        default: tinyblas_tile16(k, type, wr, row_bytes, at, act_bytes, 4, TILE16_RN, o, ldo); break;
+                    }
+                    continue;
+                }
+                switch (t1 - t) {
+                    case 1: tinyblas_tile(k, type, wr, row_bytes, at, act_bytes, 4, 1, o, ldo); break;
+                    case 2: tinyblas_tile(k, type, wr, row_bytes, at, act_bytes, 4, 2, o, ldo); break;
+                    default: tinyblas_tile(k, type, wr, row_bytes, at, act_bytes, 4, 3, o, ldo); break;
+                }
+            }
+    }
+}
+
+/* tinyblas_rows_of with the type a constant, so the tiles' loads need no branch and their
+ * accumulators stay in registers (with the type read in the loop they went through the stack) */
 static inline void tinyblas_rows(int type, int k, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,
                                  const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo,
                                  int isa) {
-    for (int64_t r = r0; r < r1; r += 4)
-        for (int64_t t = 0; t < n_tok; t += 3) {
-            const uint8_t *wr = w + r * row_bytes, *at = acts + t * act_bytes;
-            float *o = out + t * ldo + r;
-            if (isa == ISA_AVX512) {
-                switch (n_tok - t) {
-                    case 1: tinyblas_tile16(k, type, wr, row_bytes, at, act_bytes, 4, 1, o, ldo); break;
-                    case 2: tinyblas_tile16(k, type, wr, row_bytes, at, act_bytes, 4, 2, o, ldo); break;
-                    default: tinyblas_tile16(k, type, wr, row_bytes, at, act_bytes, 4, 3, o, ldo); break;
-                }
-                continue;
-            }
-            switch (n_tok - t) {
-                case 1: tinyblas_tile(k, type, wr, row_bytes, at, act_bytes, 4, 1, o, ldo); break;
-                case 2: tinyblas_tile(k, type, wr, row_bytes, at, act_bytes, 4, 2, o, ldo); break;
-                default: tinyblas_tile(k, type, wr, row_bytes, at, act_bytes, 4, 3, o, ldo); break;
-            }
-        }
+    switch (type) {
+        case T_F16: tinyblas_rows_of(T_F16, k, w, row_bytes, r0, r1, acts, act_bytes, n_tok, out, ldo, isa); break;
+        case T_BF16: tinyblas_rows_of(T_BF16, k, w, row_bytes, r0, r1, acts, act_bytes, n_tok, out, ldo, isa); break;
+        default: tinyblas_rows_of(T_F32, k, w, row_bytes, r0, r1, acts, act_bytes, n_tok, out, ldo, isa); break;
+    }
 }
 
 #endif

@@ -13,8 +13,9 @@
  * Here each weight row is unpacked into plain bytes and sixteen integer scales (kq_block):
  * once per row for few tokens, then dotted with every token; for the tiled kernel, one
  * super-block of sixteen rows at a time, taken two rows against four tokens per pass
- * (kq_tile_add).  Q4_K rows that llama.cpp repacks (a multiple of 8) go through q4_Kx8.h
- * instead.
+ * (kq_tile_add); where the compiler targets AVX-512 VNNI, sixteen tokens at a time instead, one
+ * per 32-bit lane of a dpbusd against four broadcast weights (kq_codes_tile).  Q4_K rows that
+ * llama.cpp repacks (a multiple of 8) go through q4_Kx8.h instead.
  */
 #ifndef LLAMANP_KQUANT_ROWS_H
 #define LLAMANP_KQUANT_ROWS_H
@@ -42,11 +43,18 @@ static inline void k4_scales_mins(const uint8_t *p, uint8_t *sc, uint8_t *mn) {
     memcpy(mn, out + 2, 8);
 }
 
-/* Q3_K's sixteen 6-bit scales (stored offset by 32) from 12 bytes: low nibbles in bytes 0..7, top bits in 8..11. */
-static inline int q3_K_scale(const uint8_t *p, int sub) {
-    const int lo = (p[sub % 8] >> (4 * (sub / 8))) & 0x0F;
-    const int hi = (p[8 + sub % 4] >> (2 * (sub / 4))) & 3;
-    return (lo | (hi << 4)) - 32;
+/* Q3_K's sixteen 6-bit scales (stored offset by 32) from 12 bytes: scale s takes nibble s / 8 of
+ * byte s % 8 for its low 4 bits and bits 2 (s / 4), +1 of byte 8 + s % 4 for its top 2, four
+ * scales at a time as 32-bit words. */
+static inline void q3_K_scales(const uint8_t *p, int8_t *sc) {
+    const uint32_t low4 = 0x0F0F0F0Fu, low2 = 0x03030303u;
+    uint32_t w[3], out[4];
+    uint8_t u[16];
+    memcpy(w, p, 12);
+    for (int k = 0; k < 4; k++)  /* scales 4k..4k+3 */
+        out[k] = ((w[k % 2] >> (4 * (k / 2))) & low4) | (((w[2] >> (2 * k)) & low2) << 4);
+    memcpy(u, out, 16);
+    for (int i = 0; i < 16; i++) sc[i] = (int8_t)(u[i] - 32);
 }
 
 typedef struct {
@@ -60,12 +68,26 @@ typedef struct {
 } kq_block;
 
 /* 256 quants, chunk c = weights 32c..32c+31: 2-bit fields 2j of bytes 32h.. (c = 4h + j), plus bit c of hmask (Q3_K) */
+#if defined(__AVX2__)
+/* chunk c of the crumbs at qs, with bit c of the hmask bytes hb on top (Q3_K; zero for Q2_K) */
+static inline __m256i crumb_chunk(const uint8_t *qs, __m256i hb, int c) {
+    const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * (c / 4)));
+    const __m256i low = _mm256_and_si256(_mm256_srli_epi16(q, 2 * (c % 4)), _mm256_set1_epi8(3));
+    return _mm256_or_si256(low, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, c), _mm256_set1_epi8(1)), 2));
+}
+#endif
+
 static inline void kq_unpack_crumbs(const uint8_t *qs, const uint8_t *hmask, uint8_t *q) {
+#if defined(__AVX2__)
+    const __m256i hb = hmask ? _mm256_loadu_si256((const __m256i *)hmask) : _mm256_setzero_si256();
+    for (int c = 0; c < 8; c++) _mm256_storeu_si256((__m256i *)(q + 32 * c), crumb_chunk(qs, hb, c));
+#else
     for (int c = 0; c < 8; c++)
         for (int i = 0; i < 32; i++) {
             const int low = (qs[32 * (c / 4) + i] >> (2 * (c % 4))) & 3;
             q[32 * c + i] = (uint8_t)(hmask ? low | (((hmask[i] >> c) & 1) << 2) : low);
         }
+#endif
 }
 
 /* Q6_K's 256 quants, chunk k of half h = weights 128h + 32k..: the low nibbles of ql bytes
@@ -115,10 +137,12 @@ static inline void kq_unpack(int type, const uint8_t *x, kq_block *u) {
         dmin = b->dmin;
     } else if (type == T_Q3_K) {
         const block_q3_K *b = (const block_q3_K *)x;
+        int8_t sc[16];
         kq_unpack_crumbs(b->qs, b->hmask, u->q);
+        q3_K_scales(b->scales, sc);
         for (int s = 0; s < 16; s++) {
-            u->sc[s] = (int16_t)q3_K_scale(b->scales, s);
-            u->mn[s] = (int16_t)(4 * u->sc[s]);
+            u->sc[s] = sc[s];
+            u->mn[s] = (int16_t)(4 * sc[s]);
         }
         d = b->d;
     } else if (type == T_Q6_K) {
@@ -271,6 +295,23 @@ static inline __m256i kq_sum_lanes8(const __m256i *v) {
 }
 #endif
 
+enum { KQ_TILE_ROWS = 16 };  /* rows whose super-blocks are unpacked together in the tiled kernel */
+
+/* Super-block b of rows [g, g + rows) unpacked into u[0..rows), asking the cache for each row's
+ * next super-block (after the last, the next sixteen rows' first): the tiled kernels take a
+ * matrix sixteen rows and one super-block at a time, a stride the hardware prefetcher leaves
+ * waiting on loads. */
+static inline __attribute__((always_inline))
+void kq_unpack_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t g, int rows, int b, int nb, kq_block *u) {
+    const size_t block_bytes = (size_t)row_bytes / (size_t)nb;
+    for (int i = 0; i < rows; i++) {
+        const uint8_t *x = w + (g + i) * row_bytes + (size_t)b * block_bytes;
+        const uint8_t *next = b + 1 < nb ? x + block_bytes : w + (g + KQ_TILE_ROWS + i) * row_bytes;
+        for (size_t line = 0; line < block_bytes; line += 64) __builtin_prefetch(next + line, 0, 3);
+        kq_unpack(type, x, &u[i]);
+    }
+}
+
 /* One super-block of rows u0, u1 against tokens y[0..n) (n <= 4) through kq_tiled_add's steps,
  * into acc[4 * row + token].  Each weight vector serves every token and each activation vector
  * both rows; the (row, token) sums are exact integers, S net of the offsets taken as mins
@@ -328,8 +369,6 @@ static inline __attribute__((always_inline)) void kq_tile_add(int type, const kq
 #endif
 }
 
-enum { KQ_TILE_ROWS = 16 };  /* rows whose super-blocks are unpacked together in the tiled kernel */
-
 /* Rows [r0, r1) against n_tok tokens in the tiled kernel's order.  Sixteen rows at a time,
  * super-block by super-block: their blocks are unpacked once, then each tile of four tokens
  * meets every pair of rows while it is in L1.  The running sums wait in acc, eight per
@@ -339,12 +378,11 @@ void kq_rows_tiled(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, in
                    const uint8_t *acts, int64_t act_bytes, int64_t n_tok, kq_block *u, float *acc, float *out,
                    int64_t ldo) {
     const int64_t n_tiles = (n_tok + 3) / 4;
-    const size_t block_bytes = (size_t)row_bytes / (size_t)nb;
     for (int64_t g = r0; g < r1; g += KQ_TILE_ROWS) {
         const int rows = (int)(r1 - g < KQ_TILE_ROWS ? r1 - g : KQ_TILE_ROWS), pairs = (rows + 1) / 2;
         memset(acc, 0, sizeof(float) * 8 * (size_t)(pairs * n_tiles));
         for (int b = 0; b < nb; b++) {
-            for (int i = 0; i < rows; i++) kq_unpack(type, w + (g + i) * row_bytes + (size_t)b * block_bytes, &u[i]);
+            kq_unpack_rows(type, w, row_bytes, g, rows, b, nb, u);
             for (int64_t k = 0; k < n_tiles; k++) {
                 const int n = (int)(n_tok - 4 * k < 4 ? n_tok - 4 * k : 4);
                 const block_q8_K *y[4];
@@ -363,6 +401,125 @@ void kq_rows_tiled(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, in
     }
 }
 
+enum { KQ_CODE_TOKENS = 16 };  /* tokens of a code block, one per 32-bit lane of a zmm */
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define KQ_CODES 1
+
+/* One super-block of sixteen tokens' Q8_K activations, transposed for dpbusd: q[g] holds
+ * activations 4g..4g+3 of token j in lane j; bsums[p] the pair (bsums 2p, 2p + 1) of token j
+ * in lane j; d the tokens' scales.  Lanes past the last token are zero. */
+typedef struct {
+    int8_t q[QK_K / 4][4 * KQ_CODE_TOKENS];
+    int16_t bsums[QK_K / 32][2 * KQ_CODE_TOKENS];
+    float d[KQ_CODE_TOKENS];
+} kq_codes;
+
+/* codes[k * nb + b]: block b of tokens 16k..16k+15 of the Q8_K rows acts (n_tok rows of act_bytes) */
+static inline void kq_make_codes(const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb, kq_codes *codes) {
+    for (int64_t k = 0; k < (n_tok + KQ_CODE_TOKENS - 1) / KQ_CODE_TOKENS; k++)
+        for (int b = 0; b < nb; b++) {
+            kq_codes *c = &codes[k * nb + b];
+            memset(c, 0, sizeof *c);
+            for (int64_t j = 0; j < KQ_CODE_TOKENS && KQ_CODE_TOKENS * k + j < n_tok; j++) {
+                const block_q8_K *y = (const block_q8_K *)(acts + (KQ_CODE_TOKENS * k + j) * act_bytes) + b;
+                for (int g = 0; g < QK_K / 4; g++) memcpy(&c->q[g][4 * j], y->qs + 4 * g, 4);
+                for (int p = 0; p < QK_K / 32; p++) memcpy(&c->bsums[p][2 * j], y->bsums + 2 * p, 4);
+                c->d[j] = y->d;
+            }
+        }
+}
+
+/* One super-block of eight rows u[0..8) against the sixteen tokens of c through kq_tiled_add's
+ * float steps, into acc[r][0..16).  Per run of 16 weights (32 for Q4_K/Q5_K, whose pairs of
+ * runs share a scale) each row's four-weight groups are broadcast against the tokens' codes,
+ * and the run's sums multiplied by its scale; M from the bsums pairs in one dpwssd each. */
+static inline __attribute__((always_inline))
+void kq_codes_tile(int type, const kq_block *const *u, const kq_codes *c, float *const *acc) {
+    const int run = type == T_Q4_K || type == T_Q5_K ? 32 : 16;
+    __m512i S[8], M[8];
+    for (int r = 0; r < 8; r++) S[r] = M[r] = _mm512_setzero_si512();
+    for (int s = 0; s < QK_K / run; s++) {
+        __m512i raw[8];
+        for (int r = 0; r < 8; r++) raw[r] = _mm512_setzero_si512();
+#pragma GCC unroll 8  /* rolled, gcc copies each sum out of its register and back around every dpbusd */
+        for (int g = run / 4 * s; g < run / 4 * (s + 1); g++) {
+            const __m512i codes = _mm512_loadu_si512(c->q[g]);
+            for (int r = 0; r < 8; r++) {
+                uint32_t w4;
+                memcpy(&w4, u[r]->q + 4 * g, 4);
+                raw[r] = _mm512_dpbusd_epi32(raw[r], _mm512_set1_epi32((int)w4), codes);
+            }
+        }
+        for (int r = 0; r < 8; r++)
+            S[r] = _mm512_add_epi32(S[r], _mm512_mullo_epi32(raw[r], _mm512_set1_epi32(u[r]->sc[run / 16 * s])));
+    }
+    for (int p = 0; p < QK_K / 32; p++) {
+        const __m512i bsums = _mm512_loadu_si512(c->bsums[p]);
+        for (int r = 0; r < 8; r++) {
+            const uint32_t mn2 = (uint16_t)u[r]->mn[2 * p] | (uint32_t)(uint16_t)u[r]->mn[2 * p + 1] << 16;
+            M[r] = _mm512_dpwssd_epi32(M[r], bsums, _mm512_set1_epi32((int)mn2));
+        }
+    }
+    const __m512 dy = _mm512_loadu_ps(c->d);
+    for (int r = 0; r < 8; r++) {
+        __m512 x;
+        if (kq_has_mins(type))
+            x = _mm512_fmadd_ps(_mm512_set1_ps(-u[r]->dmin), _mm512_cvtepi32_ps(M[r]),
+                                _mm512_mul_ps(_mm512_set1_ps(u[r]->d), _mm512_cvtepi32_ps(S[r])));
+        else
+            x = _mm512_mul_ps(_mm512_set1_ps(u[r]->d), _mm512_cvtepi32_ps(_mm512_sub_epi32(S[r], M[r])));
+        _mm512_storeu_ps(acc[r], _mm512_fmadd_ps(x, dy, _mm512_loadu_ps(acc[r])));
+    }
+}
+
+/* kq_rows_tiled with the tokens sixteen at a time (codes from kq_make_codes), eight rows per pass. */
+static inline __attribute__((always_inline))
+void kq_rows_codes(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int nb,
+                   const kq_codes *codes, int64_t n_tok, kq_block *u, float *acc, float *out, int64_t ldo) {
+    const int64_t n_tiles = (n_tok + KQ_CODE_TOKENS - 1) / KQ_CODE_TOKENS;
+    for (int64_t g = r0; g < r1; g += KQ_TILE_ROWS) {
+        const int rows = (int)(r1 - g < KQ_TILE_ROWS ? r1 - g : KQ_TILE_ROWS);
+        memset(acc, 0, sizeof(float) * KQ_CODE_TOKENS * (size_t)(rows * n_tiles));
+        float spare[8][KQ_CODE_TOKENS] = {{0}};  /* the sums of the rows a last pass repeats, dropped */
+        for (int b = 0; b < nb; b++) {
+            kq_unpack_rows(type, w, row_bytes, g, rows, b, nb, u);
+            for (int64_t k = 0; k < n_tiles; k++)
+                for (int i0 = 0; i0 < rows; i0 += 8) {
+                    const kq_block *u8[8];
+                    float *acc8[8];
+                    for (int r = 0; r < 8; r++) {  /* rows past the last repeat it */
+                        const int i = i0 + r < rows ? i0 + r : rows - 1;
+                        u8[r] = &u[i];
+                        acc8[r] = i0 + r < rows ? acc + KQ_CODE_TOKENS * (i * n_tiles + k) : spare[r];
+                    }
+                    kq_codes_tile(type, u8, &codes[k * nb + b], acc8);
+                }
+        }
+        for (int i = 0; i < rows; i++)
+            for (int64_t t = 0; t < n_tok; t++) out[t * ldo + g + i] = acc[KQ_CODE_TOKENS * i * n_tiles + t];
+    }
+}
+#else
+#define KQ_CODES 0
+typedef struct kq_codes kq_codes;
+/* never called here: kq_codes_bytes asks for no codes */
+static inline void kq_make_codes(const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb, kq_codes *codes) {
+    (void)acts, (void)act_bytes, (void)n_tok, (void)nb, (void)codes;
+}
+#endif
+
+/* Bytes of kq_make_codes' blocks for n_tok tokens of nb super-blocks, or 0 where kq_rows takes no codes
+ * (fewer tokens than the tiled kernel's, or a build without AVX-512 VNNI). */
+static inline size_t kq_codes_bytes(int64_t n_tok, int nb) {
+#if KQ_CODES
+    if (n_tok >= KQ_TILED_MIN_ROWS)
+        return sizeof(kq_codes) * (size_t)nb * (size_t)((n_tok + KQ_CODE_TOKENS - 1) / KQ_CODE_TOKENS);
+#endif
+    (void)n_tok, (void)nb;
+    return 0;
+}
+
 /* Rows [r0, r1) against few tokens: each row unpacked once into u (nb blocks), then dotted with every token. */
 static inline __attribute__((always_inline)) void kq_rows_vec(int type, const uint8_t *w, int64_t row_bytes, int64_t r0,
                                                              int64_t r1, int nb, const uint8_t *acts, int64_t act_bytes,
@@ -375,20 +532,31 @@ static inline __attribute__((always_inline)) void kq_rows_vec(int type, const ui
     }
 }
 
+#if KQ_CODES
+#define KQ_ROWS_CODES(T) \
+        if (codes) { kq_rows_codes(T, w, row_bytes, r0, r1, nb, codes, n_tok, scratch, sums, out, ldo); break; }
+#else
+#define KQ_ROWS_CODES(T)
+#endif
+
 #define KQ_ROWS_CASE(T) \
     case T: \
+        KQ_ROWS_CODES(T) \
         if (tiled) kq_rows_tiled(T, w, row_bytes, r0, r1, nb, acts, act_bytes, n_tok, scratch, sums, out, ldo); \
         else kq_rows_vec(T, w, row_bytes, r0, r1, nb, acts, act_bytes, n_tok, scratch, out, ldo); \
         break;
 
 /* out[t * ldo + r] for rows [r0, r1) and tokens [0, n_tok), the kernel chosen by n_tok as
- * ggml chooses it; returns 0, or -1 if out of memory. */
+ * ggml chooses it; ``codes``: kq_make_codes' blocks of the same activations where kq_codes_bytes
+ * asks for them (else NULL).  Returns 0, or -1 if out of memory. */
 static inline int kq_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
-                          const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo) {
+                          const uint8_t *acts, int64_t act_bytes, const kq_codes *codes, int64_t n_tok, float *out,
+                          int64_t ldo) {
     const int nb = n_in / QK_K, tiled = n_tok >= KQ_TILED_MIN_ROWS;
-    /* unpacked blocks: a row's (few tokens) or sixteen rows' one (tiled), then the tiled kernel's running sums */
+    /* unpacked blocks: a row's (few tokens) or sixteen rows' one (tiled), then the tiled kernel's running sums
+     * (sixteen rows' for four tokens a tile, or sixteen with codes) */
     const size_t blocks = tiled ? KQ_TILE_ROWS : (size_t)nb;
-    const size_t n_sums = tiled ? 4 * KQ_TILE_ROWS * (size_t)((n_tok + 3) / 4) : 0;
+    const size_t n_sums = tiled ? KQ_TILE_ROWS * (size_t)((n_tok + 15) / 16 * 16) : 0;
     kq_block *scratch = malloc(sizeof(kq_block) * blocks + sizeof(float) * n_sums);
     if (!scratch) return -1;
     float *sums = (float *)(scratch + blocks);
@@ -405,5 +573,6 @@ static inline int kq_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t
 }
 
 #undef KQ_ROWS_CASE
+#undef KQ_ROWS_CODES
 
 #endif

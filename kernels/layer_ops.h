@@ -258,6 +258,12 @@ static inline __m256 ggml_expf8_avx512(__m256 x) {
     const __m256 abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
     const __m256 huge = _mm256_cmp_ps(abs_n, _mm256_set1_ps(192.0f), _CMP_GT_OQ);
     const __m256 nc = _mm256_blendv_ps(n, _mm256_setzero_ps(), _mm256_or_ps(huge, _mm256_cmp_ps(n, n, _CMP_UNORD_Q)));
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+    /* the fma_f32 on eight lanes of doubles, and vscalefps itself: j * 2^n rounded once */
+    const __m256 j = _mm512_cvtpd_ps(_mm512_fmadd_pd(_mm512_cvtps_pd(high), _mm512_cvtps_pd(u),
+                                                     _mm512_cvtps_pd(one_c1b)));
+    const __m256 result = _mm256_scalef_ps(j, nc);
+#else
     __m128 half[2];
     for (int h = 0; h < 2; h++) {
         const __m128 j = fma_f32_4(h ? _mm256_extractf128_ps(high, 1) : _mm256_castps256_ps128(high),
@@ -266,6 +272,7 @@ static inline __m256 ggml_expf8_avx512(__m256 x) {
         half[h] = scale_pow2_4(j, h ? _mm256_extractf128_ps(nc, 1) : _mm256_castps256_ps128(nc));
     }
     const __m256 result = _mm256_set_m128(half[1], half[0]);
+#endif
     const __m256 limit = _mm256_blendv_ps(_mm256_set1_ps(INFINITY), _mm256_setzero_ps(),
                                           _mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ));
     return _mm256_blendv_ps(result, limit, huge);
@@ -322,6 +329,16 @@ static inline __m256 sum8x8_ps(const __m256 *v, int strided) {
     const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(q[0], q[1]), _mm256_hadd_ps(q[2], q[3]));  /* 0 2 4 6 | 1 3 5 7 */
     return _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
+
+#if defined(__AVX512F__)
+/* hsum16 of eight zmm at once: lane i of the result sums v[i], as its high 8 lanes plus its
+ * low 8, then hsum8 */
+static inline __m256 hsum16x8_zmm(const __m512 *v) {
+    __m256 octet[8];
+    for (int r = 0; r < 8; r++) octet[r] = _mm256_add_ps(high8_ps(v[r]), _mm512_castps512_ps256(v[r]));
+    return sum8x8_ps(octet, 1);
+}
+#endif
 #endif
 
 /* ---------------------------------------------------------------- attention */
@@ -333,8 +350,8 @@ static inline int lanes_tiny_blas(int lanes) { return lanes == 8 || lanes == 16;
 
 /* scores[j] = dot(q, k_j) * scale for the m keys (rows of hd f16 values) in the order of
  * float_dot that ``lanes`` names (lanes_isa, lanes_tiny_blas); qh: q rounded to f16, qf: the same
- * values as floats.  On AVX2's orders blocks of eight keys share one reduction; the other
- * keys take the single-row dots of float_rows.h. */
+ * values as floats.  Blocks of eight keys share one reduction (AVX-512's orders where compiled
+ * for AVX-512, in zmm registers); the other keys take the single-row dots of float_rows.h. */
 static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_t *k, int m, int hd, float scale,
                               int lanes, float *scores) {
     int j = 0;
@@ -369,6 +386,58 @@ static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_
             _mm256_storeu_ps(scores + j, _mm256_mul_ps(sum8x8_ps(octet, 0), sv));
         }
     }
+#if defined(__AVX512F__)
+    else if (lanes == 16 && hd % 16 == 0) {  /* tinyBLAS: eight keys' 16-lane fma chains side by side */
+        for (; j + 8 <= m; j += 8) {
+            __m512 acc[8];
+            for (int r = 0; r < 8; r++) acc[r] = _mm512_setzero_ps();
+            for (int c = 0; c < hd; c += 16) {
+                const __m512 qv = _mm512_loadu_ps(qf + c);
+                for (int r = 0; r < 8; r++) {
+                    const __m256i kr = _mm256_loadu_si256((const __m256i *)(k + (int64_t)(j + r) * hd + c));
+                    acc[r] = _mm512_fmadd_ps(qv, _mm512_cvtph_ps(kr), acc[r]);
+                }
+            }
+            _mm256_storeu_ps(scores + j, _mm256_mul_ps(hsum16x8_zmm(acc), sv));
+        }
+    } else if (lanes == 64 && hd % 64 == 0) {  /* vec_dot_f16: per key four accumulators, (0 + 2) + (1 + 3) */
+        for (; j + 8 <= m; j += 8) {
+            __m512 folded[8];
+            for (int r = 0; r < 8; r++) {
+                const uint16_t *kr = k + (int64_t)(j + r) * hd;
+                __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+                for (int c = 0; c < hd; c += 64)
+                    for (int l = 0; l < 4; l++)
+                        a[l] = _mm512_fmadd_ps(_mm512_loadu_ps(qf + c + 16 * l),
+                                               _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kr + c + 16 * l))),
+                                               a[l]);
+                folded[r] = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+            }
+            _mm256_storeu_ps(scores + j, _mm256_mul_ps(hsum16x8_zmm(folded), sv));
+        }
+    }
+#endif
+    else if (lanes == 64) {  /* vec_dot_f16 with a tail past the last 64 (a head size of 32, 96):
+                                the tail is a serial chain of double adds per key; eight keys'
+                                chains side by side in two registers of doubles */
+        const int body = hd - hd % 64;
+        for (; j + 8 <= m; j += 8) {
+            float head[8];  /* each key's sum over the body, as vec_dot_f16 leaves it before its tail */
+            for (int r = 0; r < 8; r++)
+                head[r] = body ? float_dot(body, qh, k + (int64_t)(j + r) * hd, T_F16, 0, ISA_AVX512) : 0.0f;
+            __m256d lo = _mm256_cvtps_pd(_mm_loadu_ps(head)), hi = _mm256_cvtps_pd(_mm_loadu_ps(head + 4));
+            for (int c = body; c < hd; c++) {
+                uint16_t kc[8];  /* column c of the eight keys */
+                for (int r = 0; r < 8; r++) kc[r] = k[(int64_t)(j + r) * hd + c];
+                /* f16 times f16 is exact in fp32, and so in double */
+                const __m256 kv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)kc));
+                const __m256 p = _mm256_mul_ps(_mm256_set1_ps(qf[c]), kv);
+                lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+                hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+            }
+            _mm256_storeu_ps(scores + j, _mm256_mul_ps(_mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo)), sv));
+        }
+    }
 #else
     (void)qf;
 #endif
@@ -385,12 +454,34 @@ static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_
  * (``isa``) the exp is ggml_expf_avx512 and the groups are of 16 (hsum16). */
 static inline void softmax_f16(float *s, int m, uint16_t *p, int isa) {
     float max = -INFINITY;
-    for (int j = 0; j < m; j++) max = s[j] > max ? s[j] : max;
-    double total = 0.0;
     int j = 0;
+#if LAYER_SIMD
+    /* the max in eight lanes first (one serial chain of maxss per score would cost as much as the exps) */
+    __m256 maxes = _mm256_set1_ps(-INFINITY);
+    for (; j + 8 <= m; j += 8) maxes = _mm256_max_ps(_mm256_loadu_ps(s + j), maxes);
+    float lane[8];
+    _mm256_storeu_ps(lane, maxes);
+    for (int i = 0; i < 8; i++) max = lane[i] > max ? lane[i] : max;
+#endif
+    for (; j < m; j++) max = s[j] > max ? s[j] : max;
+    double total = 0.0;
+    j = 0;
     if (isa == ISA_AVX512) {
 #if LAYER_SIMD
         const __m256 maxv = _mm256_set1_ps(max);
+        for (; j + 128 <= m; j += 128) {  /* eight groups, their hsum16s taken at once and added in order */
+            __m256 octet[8];
+            float sums[8];
+            for (int g = 0; g < 8; g++) {
+                const __m256 lo = ggml_expf8_avx512(_mm256_sub_ps(_mm256_loadu_ps(s + j + 16 * g), maxv));
+                const __m256 hi = ggml_expf8_avx512(_mm256_sub_ps(_mm256_loadu_ps(s + j + 16 * g + 8), maxv));
+                _mm256_storeu_ps(s + j + 16 * g, lo);
+                _mm256_storeu_ps(s + j + 16 * g + 8, hi);
+                octet[g] = _mm256_add_ps(hi, lo);
+            }
+            _mm256_storeu_ps(sums, sum8x8_ps(octet, 1));
+            for (int g = 0; g < 8; g++) total += (double)sums[g];
+        }
         for (; j + 16 <= m; j += 16) {
             const __m256 lo = ggml_expf8_avx512(_mm256_sub_ps(_mm256_loadu_ps(s + j), maxv));
             const __m256 hi = ggml_expf8_avx512(_mm256_sub_ps(_mm256_loadu_ps(s + j + 8), maxv));
@@ -452,6 +543,23 @@ static inline float sum_lanes16(const float *a, int lanes) {
 static inline void reduce_lanes(const float *acc, int hd, int lanes, float *out) {
     int d = 0;
     if (lanes == 16 || lanes == 64) {
+#if LAYER_SIMD
+        for (; d + 8 <= hd; d += 8) {  /* sum_lanes16 for eight d at once */
+            __m256 v[16];
+            for (int i = 0; i < 16; i++) {
+                const float *a = acc + d;
+                v[i] = _mm256_loadu_ps(a + (size_t)i * hd);
+                if (lanes == 64)
+                    v[i] = _mm256_add_ps(_mm256_add_ps(v[i], _mm256_loadu_ps(a + (size_t)(32 + i) * hd)),
+                                         _mm256_add_ps(_mm256_loadu_ps(a + (size_t)(16 + i) * hd),
+                                                       _mm256_loadu_ps(a + (size_t)(48 + i) * hd)));
+            }
+            __m256 q[4];
+            for (int i = 0; i < 4; i++)
+                q[i] = _mm256_add_ps(_mm256_add_ps(v[8 + i], v[i]), _mm256_add_ps(v[12 + i], v[4 + i]));
+            _mm256_storeu_ps(out + d, _mm256_add_ps(_mm256_add_ps(q[0], q[2]), _mm256_add_ps(q[1], q[3])));
+        }
+#endif
         for (; d < hd; d++) {
             float lane[64];
             for (int l = 0; l < lanes; l++) lane[l] = acc[(size_t)l * hd + d];

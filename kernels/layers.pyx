@@ -115,23 +115,55 @@ def rope(x, cos, sin, n_threads=None, bint neox=False):
     """Rotate the pairs of the first n_dims values of every head of x (n, heads, hd) by the angles
     whose ``cos`` and ``sin`` (n, n_dims / 2) ``rope_cos_sin`` gives: adjacent pairs, or with ``neox``
     the pairs (x[i], x[i + n_dims / 2])."""
-    cdef cnp.ndarray out = f32(x, 3, "rope input", copy=True)  # rotated in place: one copy whatever x's layout
     cdef cnp.ndarray cs = f32(cos, 2, "rope cos"), sn = f32(sin, 2, "rope sin")
-    cdef Py_ssize_t n = out.shape[0], heads = out.shape[1], hd = out.shape[2], half = cs.shape[1]
-    if sn.shape[0] != cs.shape[0] or sn.shape[1] != half or cs.shape[0] != n or not 0 < 2 * half <= hd:
-        raise ValueError(f"rope: angles {np.shape(cs)} and {np.shape(sn)} do not fit rows of shape {np.shape(out)}")
-    cdef int nt = team(check_threads(n_threads), out.size)
+    cdef cnp.ndarray out = rope_copy(x, cs, sn)
     cdef float *o = <float *>cnp.PyArray_DATA(out)
     cdef const float *c = <const float *>cnp.PyArray_DATA(cs)
     cdef const float *s = <const float *>cnp.PyArray_DATA(sn)
-    cdef Py_ssize_t i
-    if heads:
-        for i in prange(n, nogil=True, schedule="static", num_threads=nt):
-            if neox:
-                rope_row_neox(o + i * heads * hd, heads, hd, 2 * half, c + i * half, s + i * half)
-            else:
-                rope_row(o + i * heads * hd, heads, hd, 2 * half, c + i * half, s + i * half)
+    cdef Py_ssize_t i, n = out.shape[0], heads = out.shape[1], hd = out.shape[2], half = cs.shape[1]
+    cdef int nt = team(check_threads(n_threads), out.size)
+    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
+        rope_heads(o + i * heads * hd, heads, hd, half, c + i * half, s + i * half, neox)
     return out
+
+
+def rope_qk(q, k, cos, sin, n_threads=None, bint neox=False):
+    """``rope`` of q (n, n_heads, hd) and of k (n, n_kv_heads, hd) at the same positions, in one pass."""
+    cdef cnp.ndarray cs = f32(cos, 2, "rope cos"), sn = f32(sin, 2, "rope sin")
+    cdef cnp.ndarray qo = rope_copy(q, cs, sn), ko = rope_copy(k, cs, sn)
+    if qo.shape[2] != ko.shape[2]:
+        raise ValueError(f"rope: q {np.shape(qo)} and k {np.shape(ko)} differ in head size")
+    cdef float *oq = <float *>cnp.PyArray_DATA(qo)
+    cdef float *ok = <float *>cnp.PyArray_DATA(ko)
+    cdef const float *c = <const float *>cnp.PyArray_DATA(cs)
+    cdef const float *s = <const float *>cnp.PyArray_DATA(sn)
+    cdef Py_ssize_t i, n = qo.shape[0], hq = qo.shape[1], hk = ko.shape[1], hd = qo.shape[2], half = cs.shape[1]
+    cdef int nt = team(check_threads(n_threads), qo.size + ko.size)
+    for i in prange(n, nogil=True, schedule="static", num_threads=nt):
+        rope_heads(oq + i * hq * hd, hq, hd, half, c + i * half, s + i * half, neox)
+        rope_heads(ok + i * hk * hd, hk, hd, half, c + i * half, s + i * half, neox)
+    return qo, ko
+
+
+cdef cnp.ndarray rope_copy(x, cnp.ndarray cs, cnp.ndarray sn):
+    """x (n, heads, hd) as a fresh C-contiguous float32 copy to rotate in place, checked against the
+    angles cs, sn (n, n_dims / 2)."""
+    cdef cnp.ndarray out = f32(x, 3, "rope input", copy=True)  # one copy whatever x's layout
+    cdef Py_ssize_t n = out.shape[0], hd = out.shape[2], half = cs.shape[1]
+    if sn.shape[0] != cs.shape[0] or sn.shape[1] != half or cs.shape[0] != n or not 0 < 2 * half <= hd:
+        raise ValueError(f"rope: angles {np.shape(cs)} and {np.shape(sn)} do not fit rows of shape {np.shape(out)}")
+    return out
+
+
+cdef inline void rope_heads(float *x, Py_ssize_t heads, Py_ssize_t hd, Py_ssize_t half, const float *c,
+                            const float *s, bint neox) noexcept nogil:
+    """One row's heads rotated in place (rope_row, or rope_row_neox)."""
+    if heads == 0:
+        return
+    if neox:
+        rope_row_neox(x, <int>heads, <int>hd, <int>(2 * half), c, s)
+    else:
+        rope_row(x, <int>heads, <int>hd, <int>(2 * half), c, s)
 
 
 def swiglu(gate, up, n_threads=None, int isa=0):

@@ -1,14 +1,16 @@
-"""Matrix products with ggml weights, used in place from the file (or regrouped once).
+"""Matrix products with ggml weights, copied once from the file onto huge pages (regrouped, where the kernel wants).
 
-``Matrix(data, type, n_in)`` wraps a weight as ``GGUFFile.tensor`` returns it;
+``Matrix(data, type, n_in)`` wraps a weight as ``GGUFFile.tensor`` returns it (an array in
+memory is used in place; one mapped from a file is copied);
 ``Matrix.matmul(x)`` quantises the activations to the type's ``vec_dot_type`` exactly
 as ggml's x86 backend does, then takes the integer block dot products on OpenMP threads,
-split over output rows.  Weights that llama.cpp repacks on AVX2 (the caller says which:
+split over output rows.  Weights that llama.cpp repacks (the caller says which:
 ``engine.operands.Weight.repacked``) run its repacked kernels' order and are regrouped
 eight rows at a time, so one pass over the weights serves four tokens at once.  Everything is
 checked here, at the Python boundary; the loops below run without the GIL and without bounds checks.
 """
 import mmap
+import weakref
 
 import numpy as np
 
@@ -16,6 +18,7 @@ cimport numpy as cnp
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uintptr_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 from kernels.ndarrays cimport empty, is_native_c
 from kernels.parallel import check_threads
@@ -24,19 +27,20 @@ cnp.import_array()
 
 cdef extern from "sys/mman.h" nogil:
     int madvise(void *addr, size_t length, int advice)
-    int MADV_DONTNEED
+    int MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE
 
 cdef extern from "vec_dot.h" nogil:
     ctypedef float (*vec_dot_fn)(int n, const void *w, const void *a)
     vec_dot_fn vec_dot_for(int type, int *act_type, int isa)
+    void block32_dot_rows(int type, int n, const uint8_t *w, int64_t row_bytes, int64_t n_rows, const uint8_t *y,
+                          float *out)
     float dot_q4_0_q8_0_repacked(int n, const void *w, const void *a)
-    float dot_q2_K_q8_K_gemv(int n, const void *w, const void *a)
-    float dot_q2_K_q8_K_gemm(int n, const void *w, const void *a)
     int64_t type_row_bytes(int type, int64_t n)
     int type_block_size(int type)
     void quantize_row(int act_type, const float *x, void *y, int64_t k, int grouped)
     enum:
-        T_F32, T_F16, T_BF16, T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q2_K, T_Q4_K, T_Q6_K, T_Q8_0, T_Q8_1, T_Q8_K
+        T_F32, T_F16, T_BF16, T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q2_K, T_Q3_K, T_Q4_K, T_Q5_K, T_Q6_K,
+        T_Q8_0, T_Q8_1, T_Q8_K
 
 cdef extern from "float_rows.h" nogil:
     bint tinyblas_accepts(int64_t n_tok, int64_t n_out, int64_t n_in, int type, int isa)
@@ -54,22 +58,25 @@ cdef extern from "block32_rows.h" nogil:
                      const float *as, const int32_t *nsum, int64_t scale_stride, float *out, int64_t ldo)
 
 cdef extern from "kquant_rows.h" nogil:
+    ctypedef struct kq_codes:
+        pass
+    enum:
+        KQ_CODE_TOKENS
+    size_t kq_codes_bytes(int64_t n_tok, int nb)
+    void kq_make_codes(const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb, kq_codes *codes)
     int kq_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
-                const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo)
+                const uint8_t *acts, int64_t act_bytes, const kq_codes *codes, int64_t n_tok, float *out, int64_t ldo)
 
 cdef extern from "dequant.h" nogil:
     int dequantize_row(int type, const uint8_t *x, int64_t n, float *y)
 
-cdef extern from "q4_Kx8.h" nogil:
-    ctypedef struct block_q4_Kx8:
-        pass
-    ctypedef struct block_q4_K:
-        pass
+cdef extern from "kquant_x8.h" nogil:
     ctypedef struct block_q8_K:
         pass
-    void repack_q4_Kx8_group(const block_q4_K *src, int64_t nb, int64_t g, block_q4_Kx8 *dst)
-    void q4_Kx8_dot(const block_q4_Kx8 *grp, int64_t nb, const block_q8_K *const *act, int n_act, float *out,
-                    int64_t ldo)
+    int64_t kx8_group_bytes(int type, int64_t nb)
+    void kx8_repack_group(int type, const void *src, int64_t nb, int64_t g, void *dst)
+    void kx8_dot(int type, const void *grp, int64_t nb, const block_q8_K *const *act, int n_act, float *out,
+                 int64_t ldo)
 
 cdef extern from "q4_0x8.h" nogil:
     ctypedef struct block_q4_0x8:
@@ -91,6 +98,7 @@ cdef enum:
     CHUNK_ROWS = 16   # output rows a thread takes at a time
     TOKEN_BLOCK = 64  # tokens whose activations stay in L2 while the unpacked rows pass over them
     B32_MIN_TOKENS = 3  # tokens from which unpacking 32-weight rows once beats a vec_dot per (row, token)
+    KQ_CODES_L2 = 1 << 20  # bytes of K-quant codes (kq_make_codes) that a block of tokens keeps in L2
 
 
 def activation_type(int type):
@@ -208,8 +216,7 @@ cdef struct blocks32_part:
     int type
     const uint8_t *w
     int64_t row_bytes, n_rows
-    vec_dot_fn dot  # the type's vec_dot (for few tokens), and the activation type it pairs with
-    int act_type
+    int act_type    # the activation type its vec_dot pairs with
 
 
 cdef int blocks32_product(const blocks32_part *parts, int n_parts, int act_type, const float *x, int64_t n,
@@ -283,34 +290,41 @@ cdef int64_t *chunk_items(const blocks32_part *parts, int n_parts, Py_ssize_t n_
 
 cdef int blocks32_dots(const blocks32_part *parts, int n_parts, const float *x, int64_t n, int64_t n_in,
                        float *out, int nt) except -1:
-    """blocks32_product for few tokens: every row with every token in its type's vec_dot, the activations
-    quantised once for each activation type the parts pair with (Q8_0, Q8_1)."""
-    cdef int64_t n_out = 0, r, t, bytes0 = type_row_bytes(T_Q8_0, n_in), bytes1 = type_row_bytes(T_Q8_1, n_in)
+    """blocks32_product for few tokens: every row with every token in its type's vec_dot arithmetic,
+    four rows at a time (block32_dot_rows), the activations quantised once for each activation type
+    the parts pair with (Q8_0, Q8_1)."""
+    cdef int64_t n_out = 0, t, r0, bytes0 = type_row_bytes(T_Q8_0, n_in), bytes1 = type_row_bytes(T_Q8_1, n_in)
     cdef int p
+    cdef bint need0 = False, need1 = False
     cdef Py_ssize_t n_items = 0, item
     for p in range(n_parts):
         n_out += parts[p].n_rows
         n_items += (parts[p].n_rows + CHUNK_ROWS - 1) // CHUNK_ROWS
-    cdef uint8_t *acts0 = <uint8_t *>malloc(n * bytes0)  # (n, bytes0) as Q8_0
-    cdef uint8_t *acts1 = <uint8_t *>malloc(n * bytes1)  # (n, bytes1) as Q8_1
+        need0 |= parts[p].act_type == T_Q8_0
+        need1 |= parts[p].act_type == T_Q8_1
+    cdef uint8_t *acts0 = <uint8_t *>malloc(n * bytes0) if need0 else NULL  # (n, bytes0) as Q8_0
+    cdef uint8_t *acts1 = <uint8_t *>malloc(n * bytes1) if need1 else NULL  # (n, bytes1) as Q8_1
     cdef int64_t *items = chunk_items(parts, n_parts, n_items)
     cdef const blocks32_part *part
     cdef const uint8_t *a
     cdef int64_t a_bytes
     try:
-        if acts0 == NULL or acts1 == NULL or items == NULL:
+        if (need0 and acts0 == NULL) or (need1 and acts1 == NULL) or items == NULL:
             raise MemoryError()
         with nogil:
-            quantize_into(x, n, n_in, T_Q8_0, False, acts0, bytes0, 1)
-            quantize_into(x, n, n_in, T_Q8_1, False, acts1, bytes1, 1)
+            if need0:
+                quantize_into(x, n, n_in, T_Q8_0, False, acts0, bytes0, 1)
+            if need1:
+                quantize_into(x, n, n_in, T_Q8_1, False, acts1, bytes1, 1)
             for item in prange(n_items, schedule="static", num_threads=nt):
                 part = &parts[items[3 * item]]
                 a = acts1 if part.act_type == T_Q8_1 else acts0
                 a_bytes = bytes1 if part.act_type == T_Q8_1 else bytes0
-                for r in range(items[3 * item + 1], min(items[3 * item + 1] + CHUNK_ROWS, part.n_rows)):
-                    for t in range(n):
-                        out[t * n_out + items[3 * item + 2] + r] = part.dot(<int>n_in, part.w + r * part.row_bytes,
-                                                                            a + t * a_bytes)
+                r0 = items[3 * item + 1]
+                for t in range(n):
+                    block32_dot_rows(part.type, <int>n_in, part.w + r0 * part.row_bytes, part.row_bytes,
+                                     min(CHUNK_ROWS, part.n_rows - r0), a + t * a_bytes,
+                                     out + t * n_out + items[3 * item + 2] + r0)
     finally:
         free(acts0)
         free(acts1)
@@ -339,9 +353,10 @@ cdef class Matrix:
 
         ``repacked``: llama.cpp repacks these rows (``Weight.repacked`` decides; only Q4_0 and Q4_K
         rows in groups of 8 can be, and for ``isa`` 1 Q2_K), so products follow its repacked
-        kernels.  ``regroup`` then lets Q4_0 and Q4_K be regrouped eight rows at a time (a copy the
-        size of the weight); ``release_source`` tells the kernel to drop the mmap'd pages of the
-        original, so resident memory stays at one copy.  Products are the same bits with or
+        kernels.  ``regroup`` then lets them be regrouped eight rows at a time (a copy the size of
+        the weight).  Other rows read from a file mapping, and stacked rows, are copied onto huge
+        pages (``huge_page_bytes``).  ``release_source`` tells the kernel to drop the mmap'd pages
+        of the original, so resident memory stays at one copy.  Products are the same bits with or
         without regrouping.  ``isa``: whose float orders (0: llama.cpp built for AVX2, 1: for AVX-512).
         """
         if isa not in (0, 1):
@@ -363,11 +378,13 @@ cdef class Matrix:
             raise ValueError(f"ggml type {type} rows in blocks of {[part.shape[0] for part in parts]} "
                              "have no repacked kernel (Q4_0 and Q4_K, on AVX-512 Q2_K, in groups of 8 rows only)")
         self.repacked = repacked
-        self.regrouped = repacked and regroup and self.n_out > 0 and type != T_Q2_K
+        self.regrouped = repacked and regroup and self.n_out > 0
         if self.regrouped:
             self.data = regroup_rows(parts, type, n_in, release_source)
+        elif len(parts) > 1 or is_file_mapping(parts[0]):
+            self.data = copy_rows(parts, release_source)
         else:
-            self.data = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            self.data = parts[0]
         cdef const uint8_t[:, ::1] view = (self.data.reshape(self.n_out, -1) if self.n_out
                                            else np.zeros((1, 1), np.uint8))
         self.ptr = &view[0, 0]
@@ -406,10 +423,9 @@ cdef class Matrix:
         cdef float *o = <float *>cnp.PyArray_DATA(out)
         if self.regrouped and self.type == T_Q4_0:  # the same arithmetic per token in tiles of any size
             self.matmul_q4_0x8(xs, n, o, nt)
-        elif self.repacked and self.type == T_Q4_K:
-            self.matmul_q4_Kx8(xs, n, o, nt, 1 if rowwise else TILE)
-        elif n >= B32_MIN_TOKENS and (self.type in (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0)
-                                      or self.type == T_Q4_0 and not self.repacked):
+        elif self.repacked and self.type in (T_Q4_K, T_Q2_K):
+            self.matmul_kx8(xs, n, o, nt, 1 if rowwise else TILE)
+        elif self.type in (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0) or self.type == T_Q4_0 and not self.repacked:
             self.matmul_blocks32(xs, n, o, nt)  # vec_dot's arithmetic per (row, token): rowwise as it is
         else:
             self.matmul_rows(xs, n, o, nt, rowwise)
@@ -428,48 +444,58 @@ cdef class Matrix:
         cdef int64_t act_bytes = type_row_bytes(self.act_type, self.n_in)
         cdef bint tiny_blas = (self.type in (T_F32, T_F16, T_BF16)
                                and tinyblas_accepts(n, self.n_out, self.n_in, self.type, self.isa) and not rowwise)
-        cdef bint repacked_q2_K = self.repacked and self.type == T_Q2_K
-        cdef bint unpack_once = n > 1 and T_Q2_K <= self.type <= T_Q6_K and not rowwise and not repacked_q2_K
+        cdef bint unpack_once = n > 1 and T_Q2_K <= self.type <= T_Q6_K and not rowwise
         # Q4_0 rows that llama.cpp repacks, not regrouped here: its repacked kernels' order, one row at a time
         cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.repacked else self.dot
-        # repacked Q2_K: the gemm kernel's order for the tokens in whole groups of four, the gemv's for the rest
-        cdef int64_t n_gemm = n - n % 4 if repacked_q2_K and not rowwise else 0
+        # the tiled K-quant rows' activations, transposed for their kernel where it takes them (kq_codes_bytes)
+        cdef int nb = <int>(self.n_in // type_block_size(self.type))
+        cdef size_t codes_bytes = kq_codes_bytes(n, nb) if unpack_once else 0
+        cdef kq_codes *codes = <kq_codes *>malloc(codes_bytes) if codes_bytes else NULL
         cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)
-        if acts == NULL:
+        if acts == NULL or (codes_bytes and codes == NULL):
+            free(acts)
+            free(codes)
             raise MemoryError()
         cdef Py_ssize_t chunk, n_chunks = (self.n_out + 15) // 16
-        cdef int64_t r, t, r_end
+        cdef int64_t r, t, r_end, t0
         cdef int failed = 0
+        # with codes, the rows meet the tokens a block at a time, whose codes stay in L2 meanwhile
+        # (a 512-token ffn_down's are 3 MiB); every other product takes all the tokens at once
+        cdef size_t tile_bytes = kq_codes_bytes(KQ_CODE_TOKENS, nb) if codes != NULL else 0
+        cdef int64_t block = KQ_CODE_TOKENS * max(1, KQ_CODES_L2 // tile_bytes) if codes != NULL else n
         with nogil:
-            quantize_into(x, n, self.n_in, self.act_type, repacked_q2_K and not rowwise, acts, act_bytes, nt)
-            for chunk in prange(n_chunks, schedule="static", num_threads=nt):
-                r_end = min(chunk * 16 + 16, self.n_out)
-                if tiny_blas:
-                    tinyblas_rows(self.type, <int>self.n_in, self.ptr, self.row_bytes, chunk * 16, r_end,
-                                  acts, act_bytes, n, out, self.n_out, self.isa)
-                elif unpack_once:
-                    failed += kq_rows(self.type, self.ptr, self.row_bytes, chunk * 16, r_end, <int>self.n_in,
-                                      acts, act_bytes, n, out, self.n_out)
-                elif repacked_q2_K:
-                    for r in range(chunk * 16, r_end):
-                        for t in range(n):
-                            out[t * self.n_out + r] = (dot_q2_K_q8_K_gemm if t < n_gemm else dot_q2_K_q8_K_gemv)(
-                                <int>self.n_in, self.ptr + r * self.row_bytes, acts + t * act_bytes)
-                else:
-                    for r in range(chunk * 16, r_end):
-                        for t in range(n):
-                            out[t * self.n_out + r] = dot(<int>self.n_in, self.ptr + r * self.row_bytes,
-                                                          acts + t * act_bytes)
+            quantize_into(x, n, self.n_in, self.act_type, False, acts, act_bytes, nt)
+            if codes != NULL:
+                kq_make_codes(acts, act_bytes, n, nb, codes)
+            t0 = 0
+            while t0 < n:
+                for chunk in prange(n_chunks, schedule="static", num_threads=nt):
+                    r_end = min(chunk * 16 + 16, self.n_out)
+                    if tiny_blas:
+                        tinyblas_rows(self.type, <int>self.n_in, self.ptr, self.row_bytes, chunk * 16, r_end,
+                                      acts, act_bytes, n, out, self.n_out, self.isa)
+                    elif unpack_once:
+                        failed += kq_rows(self.type, self.ptr, self.row_bytes, chunk * 16, r_end, <int>self.n_in,
+                                          acts + t0 * act_bytes, act_bytes,
+                                          <kq_codes *>(<uint8_t *>codes + t0 // KQ_CODE_TOKENS * tile_bytes),
+                                          min(block, n - t0), out + t0 * self.n_out, self.n_out)
+                    else:
+                        for r in range(chunk * 16, r_end):
+                            for t in range(n):
+                                out[t * self.n_out + r] = dot(<int>self.n_in, self.ptr + r * self.row_bytes,
+                                                              acts + t * act_bytes)
+                t0 += block
         free(acts)
+        free(codes)
         if failed:
             raise MemoryError("no memory for unpacked weight rows")
         return 0
 
     cdef int matmul_blocks32(self, const float *x, int64_t n, float *out, int nt) except -1:
-        """32-weight blocks that llama.cpp does not repack, several tokens (blocks32_product)."""
+        """32-weight blocks that llama.cpp does not repack (blocks32_product)."""
         cdef blocks32_part part
         part.type, part.w, part.row_bytes, part.n_rows = self.type, self.ptr, self.row_bytes, self.n_out
-        part.dot, part.act_type = self.dot, self.act_type
+        part.act_type = self.act_type
         return blocks32_product(&part, 1, self.act_type, x, n, self.n_in, out, nt)
 
     cdef void matmul_q4_0x8(self, const float *x, int64_t n, float *out, int nt):
@@ -502,22 +528,22 @@ cdef class Matrix:
             free(bias)
             free(acts)
 
-    cdef void matmul_q4_Kx8(self, const float *x, int64_t n, float *out, int nt, int64_t tile):
-        """Q4_K with a multiple of 8 rows, as ggml's repacked kernels: Q8_K activations (four rows
+    cdef void matmul_kx8(self, const float *x, int64_t n, float *out, int nt, int64_t tile):
+        """Repacked Q4_K or Q2_K (kquant_x8.h), as ggml's repacked kernels: Q8_K activations (four rows
         at a time, as ggml's repacked path), 8 rows x ``tile`` tokens; with a tile of 1, every
         token as ggml's one-token path (gemv, activations quantised alone).
 
         An unregrouped matrix is regrouped here a group at a time, into a buffer per thread.
         """
-        cdef int64_t nb = self.n_in // type_block_size(T_Q4_K), n_groups = self.n_out // 8
-        cdef int64_t act_bytes = type_row_bytes(T_Q8_K, self.n_in), scratch_bytes = nb * sizeof(block_q4_Kx8)
+        cdef int64_t nb = self.n_in // type_block_size(self.type), n_groups = self.n_out // 8
+        cdef int64_t act_bytes = type_row_bytes(T_Q8_K, self.n_in), scratch_bytes = kx8_group_bytes(self.type, nb)
         cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)                                       # (n, act_bytes)
         cdef uint8_t *scratch = NULL if self.regrouped else <uint8_t *>malloc(nt * scratch_bytes)  # a group per thread
         cdef const block_q8_K **rows = <const block_q8_K **>malloc(n * sizeof(void *))
         cdef Py_ssize_t t, g
         cdef int64_t t0, tt, n_tiles = (n + tile - 1) // tile
-        cdef const block_q4_Kx8 *grp
-        cdef block_q4_Kx8 *buf
+        cdef const uint8_t *grp
+        cdef uint8_t *buf
         try:
             if acts == NULL or rows == NULL or (scratch == NULL and not self.regrouped):
                 raise MemoryError()
@@ -527,15 +553,15 @@ cdef class Matrix:
                     rows[t] = <const block_q8_K *>(acts + t * act_bytes)
                 for g in prange(n_groups, schedule="static", num_threads=nt):
                     if self.regrouped:
-                        grp = <const block_q4_Kx8 *>self.ptr + g * nb
+                        grp = self.ptr + g * scratch_bytes
                     else:
-                        buf = <block_q4_Kx8 *>(scratch + threadid() * scratch_bytes)
-                        repack_q4_Kx8_group(<const block_q4_K *>self.ptr + 8 * g * nb, nb, 0, buf)
+                        buf = scratch + threadid() * scratch_bytes
+                        kx8_repack_group(self.type, self.ptr + 8 * g * self.row_bytes, nb, 0, buf)
                         grp = buf
                     for tt in range(n_tiles):
                         t0 = tt * tile
-                        q4_Kx8_dot(grp, nb, rows + t0, <int>min(tile, n - t0), out + t0 * self.n_out + 8 * g,
-                                   self.n_out)
+                        kx8_dot(self.type, grp, nb, rows + t0, <int>min(tile, n - t0), out + t0 * self.n_out + 8 * g,
+                                self.n_out)
         finally:
             free(acts)
             free(scratch)
@@ -571,8 +597,8 @@ cdef class Blocks32Stack:
         cdef Matrix checked
         self.arrays = []
         for a, t in zip(arrays, types):
-            checked = Matrix(a, t, n_in, regroup=False)  # the checks of a Matrix; its rows as uint8
-            self.arrays.append(checked.data)
+            checked = Matrix(a, t, n_in, regroup=False)  # the checks of a Matrix; its rows as uint8 (or a copy)
+            self.arrays.append(checked.data.reshape(checked.n_out, checked.row_bytes))
         self.n_in, self.n_parts = n_in, len(types)
         self.act_type = T_Q8_1 if any(t in (T_Q4_1, T_Q5_1) for t in types) else T_Q8_0
         self.parts = <blocks32_part *>malloc(self.n_parts * sizeof(blocks32_part))
@@ -584,7 +610,7 @@ cdef class Blocks32Stack:
             view = a if a.shape[0] else np.zeros((1, 1), np.uint8)
             self.parts[p].type, self.parts[p].w = t, &view[0, 0]
             self.parts[p].row_bytes, self.parts[p].n_rows = type_row_bytes(t, n_in), a.shape[0]
-            self.parts[p].dot = vec_dot_for(t, &self.parts[p].act_type, 0)  # 32-weight types: the same in both builds
+            vec_dot_for(t, &self.parts[p].act_type, 0)  # its activation type (32-weight types: the same in both builds)
             self.n_out += a.shape[0]
 
     def __dealloc__(self):
@@ -609,14 +635,146 @@ cdef class Blocks32Stack:
         return out
 
 
+K_QUANT_TYPES = (T_Q2_K, T_Q3_K, T_Q4_K, T_Q5_K, T_Q6_K)
+
+
+cdef struct kquant_part:
+    int type
+    bint repacked    # regrouped Q4_K or Q2_K, in llama.cpp's repacked kernels' order
+    const uint8_t *w
+    int64_t row_bytes, n_rows, column  # its first column in the stack's product
+    vec_dot_fn dot
+
+
+cdef class KQuantStack:
+    """K-quant matrices of different types with one row length, multiplied as one matrix: the
+    repacked Q4_K attn_q and attn_k beside a Q6_K attn_v of Q4_K_M files.
+
+    Each part keeps its own product's kernel and float order, so the columns are the separate
+    products' bits: the activations are quantised once as Q8_K and once more in the repacked
+    kernels' grouped rounding (which changes the whole groups of four tokens only), and the
+    threads are woken once, over the repacked parts' groups of 8 rows and the others' chunks.
+    """
+
+    cdef readonly int64_t n_in, n_out
+    cdef object matrices      # the parts, kept alive
+    cdef kquant_part *parts
+    cdef int64_t *items       # (part, first row) per work item: 8-row groups of repacked parts, 16-row chunks else
+    cdef Py_ssize_t n_items
+    cdef bint has_repacked, has_rows
+
+    def __init__(self, matrices):
+        """``matrices``: Matrix objects of K-quant types with one row length; a repacked one must be
+        regrouped."""
+        cdef Matrix m
+        if not matrices or any(not isinstance(m, Matrix) for m in matrices):
+            raise ValueError("a K-quant stack needs at least one Matrix")
+        self.matrices = list(matrices)
+        self.n_in = self.matrices[0].n_in
+        for m in self.matrices:
+            if m.n_in != self.n_in or m.type not in K_QUANT_TYPES or (m.repacked and not m.regrouped):
+                raise ValueError("stacked K-quant matrices need one row length, K-quant types, and repacked "
+                                 "rows regrouped")
+        self.parts = <kquant_part *>malloc(len(self.matrices) * sizeof(kquant_part))
+        if self.parts == NULL:
+            raise MemoryError()
+        items = []
+        self.n_out = 0
+        for p, m in enumerate(self.matrices):
+            self.parts[p] = kquant_part(m.type, m.repacked, m.ptr, m.row_bytes, m.n_out, self.n_out, m.dot)
+            items += [(p, r) for r in range(0, m.n_out, 8 if m.repacked else CHUNK_ROWS)]
+            self.has_repacked |= m.repacked
+            self.has_rows |= not m.repacked
+            self.n_out += m.n_out
+        self.n_items = len(items)
+        self.items = <int64_t *>malloc(max(self.n_items, 1) * 2 * sizeof(int64_t))
+        if self.items == NULL:
+            raise MemoryError()
+        for i, (p, r) in enumerate(items):
+            self.items[2 * i], self.items[2 * i + 1] = p, r
+
+    def __dealloc__(self):
+        free(self.parts)
+        free(self.items)
+
+    def matmul(self, x, n_threads=None, bint rowwise=False):
+        """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, the parts' columns one after another;
+        ``rowwise`` as in ``Matrix.matmul``."""
+        cdef cnp.ndarray xa = float_rows(x, self.n_in, "matmul")
+        cdef int64_t n = xa.shape[0], n_out = self.n_out, n_in = self.n_in
+        cdef int nt = check_threads(n_threads)
+        cdef int p
+        cdef int64_t weight_bytes = 0
+        for p in range(len(self.matrices)):
+            weight_bytes += self.parts[p].n_rows * self.parts[p].row_bytes
+        if n * weight_bytes < MIN_PARALLEL_BYTES:
+            nt = 1
+        cdef cnp.npy_intp shape[2]
+        shape[0], shape[1] = n, n_out
+        cdef cnp.ndarray out = empty(2, shape, cnp.NPY_FLOAT32)
+        if n == 0:
+            return out
+        cdef const float *xs = <const float *>cnp.PyArray_DATA(xa)
+        cdef float *o = <float *>cnp.PyArray_DATA(out)
+        cdef int nb = <int>(n_in // type_block_size(T_Q8_K))
+        cdef int64_t act_bytes = type_row_bytes(T_Q8_K, n_in), tile = 1 if rowwise else TILE
+        cdef bint tiled_rows = n > 1 and not rowwise  # the other parts' rows unpacked once (kq_rows)
+        cdef bint grouped = self.has_repacked and not rowwise and n >= TILE
+        cdef size_t codes_bytes = kq_codes_bytes(n, nb) if self.has_rows and tiled_rows else 0
+        cdef uint8_t *acts = <uint8_t *>malloc(n * act_bytes)                                # (n, act_bytes) Q8_K
+        cdef uint8_t *acts_grouped = <uint8_t *>malloc(n * act_bytes) if grouped else acts  # the repacked parts'
+        cdef const block_q8_K **rows = <const block_q8_K **>malloc(n * sizeof(void *))
+        cdef kq_codes *codes = <kq_codes *>malloc(codes_bytes) if codes_bytes else NULL
+        cdef Py_ssize_t item
+        cdef const kquant_part *part
+        cdef int64_t r0, r, t, tt, t0, n_tiles = (n + tile - 1) // tile
+        cdef int failed = 0
+        try:
+            if acts == NULL or acts_grouped == NULL or rows == NULL or (codes_bytes and codes == NULL):
+                raise MemoryError()
+            with nogil:
+                quantize_into(xs, n, n_in, T_Q8_K, False, acts, act_bytes, nt)
+                if grouped:
+                    quantize_into(xs, n, n_in, T_Q8_K, True, acts_grouped, act_bytes, nt)
+                if codes != NULL:
+                    kq_make_codes(acts, act_bytes, n, nb, codes)
+                for t in range(n):
+                    rows[t] = <const block_q8_K *>(acts_grouped + t * act_bytes)
+                for item in prange(self.n_items, schedule="static", num_threads=nt):
+                    part = &self.parts[self.items[2 * item]]
+                    r0 = self.items[2 * item + 1]
+                    if part.repacked:
+                        for tt in range(n_tiles):
+                            t0 = tt * tile
+                            kx8_dot(part.type, part.w + r0 // 8 * kx8_group_bytes(part.type, nb), nb, rows + t0,
+                                    <int>min(tile, n - t0), o + t0 * n_out + part.column + r0, n_out)
+                    elif tiled_rows:
+                        failed += kq_rows(part.type, part.w, part.row_bytes, r0, min(r0 + CHUNK_ROWS, part.n_rows),
+                                          <int>n_in, acts, act_bytes, codes, n, o + part.column, n_out)
+                    else:
+                        for r in range(r0, min(r0 + CHUNK_ROWS, part.n_rows)):
+                            for t in range(n):
+                                o[t * n_out + part.column + r] = part.dot(<int>n_in, part.w + r * part.row_bytes,
+                                                                          acts + t * act_bytes)
+        finally:
+            if acts_grouped != acts:
+                free(acts_grouped)
+            free(acts)
+            free(rows)
+            free(codes)
+        if failed:
+            raise MemoryError("no memory for unpacked weight rows")
+        return out
+
+
 cdef object regroup_rows(parts, int type, int64_t n_in, bint release_source):
-    """Q4_0 or Q4_K rows, arrays (rows, bytes) each a multiple of 8 rows, stacked and regrouped
-    eight rows at a time (q4_0x8.h, q4_Kx8.h) into one flat uint8 array."""
-    cdef bint k_quant = type == T_Q4_K
+    """Q4_0, Q4_K or Q2_K rows, arrays (rows, bytes) each a multiple of 8 rows, stacked and regrouped
+    eight rows at a time (q4_0x8.h, kquant_x8.h) into one flat uint8 array."""
+    cdef bint k_quant = type != T_Q4_0
     cdef int64_t nb = n_in // type_block_size(type)
     # a group's block columns: 8 rows' blocks interleaved
-    cdef int64_t group_bytes = nb * (sizeof(block_q4_Kx8) if k_quant else sizeof(block_q4_0x8))
-    out = np.empty(sum(part.shape[0] for part in parts) // 8 * group_bytes, np.uint8)
+    cdef int64_t group_bytes = kx8_group_bytes(type, nb) if k_quant else nb * sizeof(block_q4_0x8)
+    out = huge_page_bytes(sum(part.shape[0] for part in parts) // 8 * group_bytes)
     cdef uint8_t[::1] dst = out
     cdef const uint8_t[:, ::1] src
     cdef int64_t first = 0, n_groups
@@ -627,14 +785,94 @@ cdef object regroup_rows(parts, int type, int64_t n_in, bint release_source):
         with nogil:
             for g in prange(n_groups, schedule="static"):
                 if k_quant:
-                    repack_q4_Kx8_group(<const block_q4_K *>&src[0, 0], nb, g,
-                                        <block_q4_Kx8 *>&dst[first * group_bytes])
+                    kx8_repack_group(type, &src[0, 0], nb, g, &dst[first * group_bytes])
                 else:
                     repack_q4_0x8_group(<const block_q4_0 *>&src[0, 0], nb, g,
                                         <block_q4_0x8 *>&dst[first * group_bytes])
         if release_source and is_file_mapping(part):
             release_pages(&src[0, 0], part.nbytes)
         first += n_groups
+    return out
+
+
+cdef enum:
+    HUGE_PAGE = 1 << 21     # x86-64's transparent huge page
+    ARENA_BYTES = 32 << 20  # huge pages shared by the weights smaller than one
+    ARENA_ALIGN = 64        # where each weight starts in it: a cache line
+    COPY_SLAB = 16 << 20    # bytes copied before the source's pages are released
+
+
+cdef object huge_page_bytes(int64_t n):
+    """An uninitialised uint8 array of ``n`` bytes on memory asked to be transparent huge pages
+    (where the system allows them on request): its own, from a 2 MiB boundary, or for less than
+    one huge page a slice of an arena shared with other such weights.
+
+    A one-token product streams every weight once per token: on 4 KiB pages each page costs a
+    TLB miss and stops the hardware prefetcher (a 1-thread stream of 2.8 MiB Q4_0 matrices ran
+    25-30% faster on huge pages).  NumPy itself asks for huge pages only for arrays of 4 MiB or
+    more, and only for the 2 MiB pages its unaligned allocation happens to span.
+    """
+    global _arena, _arena_start, _arena_used
+    if n >= HUGE_PAGE:
+        return huge_page_buffer(n)
+    owner = _arena()
+    if owner is None or _arena_used + n > ARENA_BYTES:
+        arena = huge_page_buffer(ARENA_BYTES)
+        owner = arena.base  # what each slice keeps alive
+        _arena = weakref.ref(owner)  # freed with the last weight in it
+        _arena_start = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>arena) - <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>owner)
+        _arena_used = 0
+    out = owner[_arena_start + _arena_used:_arena_start + _arena_used + n]
+    _arena_used += (n + ARENA_ALIGN - 1) // ARENA_ALIGN * ARENA_ALIGN
+    return out
+
+
+_arena = lambda: None  # a weak reference to the buffer holding the current arena
+_arena_start = 0       # where the arena starts in it (a 2 MiB boundary)
+_arena_used = 0        # bytes of the arena handed out
+
+
+cdef object huge_page_buffer(int64_t n):
+    """``n`` bytes from a 2 MiB boundary, its whole 2 MiB pages advised huge and the tail past them
+    small, so no untouched memory becomes resident."""
+    buf = np.empty(n + HUGE_PAGE, np.uint8)
+    cdef uintptr_t start = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>buf)
+    cdef uintptr_t offset = (HUGE_PAGE - start % HUGE_PAGE) % HUGE_PAGE
+    cdef uintptr_t whole = <uintptr_t>n // HUGE_PAGE * HUGE_PAGE
+    out = buf[offset:offset + n]
+    if whole:
+        madvise(<void *>(start + offset), whole, MADV_HUGEPAGE)
+    if <uintptr_t>n > whole:
+        madvise(<void *>(start + offset + whole), n - whole, MADV_NOHUGEPAGE)
+    return out
+
+
+cdef object copy_rows(parts, bint release_source):
+    """Weight rows, arrays (rows, bytes), copied one after another into one flat uint8 array on huge
+    pages (``huge_page_bytes``), a 2 MiB chunk per thread at a time (the page faults of the mapping
+    and of the copy are most of the cost); with ``release_source``, the mmap'd pages of the originals
+    are dropped a slab at a time, so the two copies are resident together for one slab only."""
+    out = huge_page_bytes(sum(part.nbytes for part in parts))
+    cdef uint8_t *dst = <uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef const uint8_t *src
+    cdef int64_t size, k, slab, first = 0
+    cdef Py_ssize_t c
+    cdef bint release
+    for part in parts:
+        src = <const uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>part)
+        size = part.nbytes
+        release = release_source and is_file_mapping(part)
+        with nogil:
+            for k in range((size + COPY_SLAB - 1) // COPY_SLAB):
+                slab = k * COPY_SLAB
+                for c in prange((min(COPY_SLAB, size - slab) + HUGE_PAGE - 1) // HUGE_PAGE, schedule="static"):
+                    memcpy(dst + first + slab + c * HUGE_PAGE, src + slab + c * HUGE_PAGE,
+                           min(HUGE_PAGE, size - slab - c * HUGE_PAGE))
+                if release:
+                    release_pages(src + slab, min(COPY_SLAB, size - slab))
+        if release:
+            release_file_pages([part])  # the pages across slab boundaries
+        first += size
     return out
 
 

@@ -17,6 +17,7 @@
 #define LLAMANP_Q4_0X8_H
 
 #include "qblocks.h"
+#include "vnni.h"
 
 typedef struct { uint16_t d[8]; uint8_t qs[128]; } block_q4_0x8;
 
@@ -78,6 +79,22 @@ static inline void q4x8_sums(const block_q4_0x8 *blk, const act_q8_0 *act, int64
     }
 }
 
+/* One token's 32-bit sums of n * a over block column blk, one row per lane, where VNNI
+ * multiplies and adds a lane's four products in one instruction (the same integers as
+ * maddubs into 16 bits then madd): the low and the high nibbles in two chains, so that
+ * the four-instruction chains of consecutive block columns overlap.  Without VNNI, q4x8_sums
+ * is faster. */
+static inline __m256i q4x8_sum_vnni(const block_q4_0x8 *blk, const int8_t *y) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F);
+    __m256i lo_sum = _mm256_setzero_si256(), hi_sum = _mm256_setzero_si256();
+    for (int i = 0; i < 4; i++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * i));
+        lo_sum = dpbusd(lo_sum, _mm256_and_si256(v, low4), broadcast_i8x4(y + 8 * i));
+        hi_sum = dpbusd(hi_sum, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4), broadcast_i8x4(y + 8 * i + 4));
+    }
+    return _mm256_add_epi32(lo_sum, hi_sum);
+}
+
 /* Groups of ``nb`` block columns against N (1 or 4) tokens; N is a constant at each call.
  * Per row and token one fma per block column: acc += (isum - bias) * (d_w * d_a). */
 static inline void q4_0x8_dot_n(const block_q4_0x8 *grp, int64_t nb, const act_q8_0 *act, const int N,
@@ -87,11 +104,14 @@ static inline void q4_0x8_dot_n(const block_q4_0x8 *grp, int64_t nb, const act_q
     for (int64_t b = 0; b < nb; b++) {
         prefetch_ahead(grp + b, sizeof(block_q4_0x8));
         __m256i s[4];
-        q4x8_sums(grp + b, act, b, N, s);
+        if (HAVE_VNNI && N == 1)
+            s[0] = q4x8_sum_vnni(grp + b, act[0].qs + b * QK);
+        else
+            q4x8_sums(grp + b, act, b, N, s);
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)grp[b].d));
         for (int t = 0; t < N; t++) {
-            const __m256i isum = _mm256_sub_epi32(_mm256_madd_epi16(s[t], _mm256_set1_epi16(1)),
-                                                  _mm256_set1_epi32(act[t].bias[b]));
+            const __m256i sum = HAVE_VNNI && N == 1 ? s[t] : _mm256_madd_epi16(s[t], _mm256_set1_epi16(1));
+            const __m256i isum = _mm256_sub_epi32(sum, _mm256_set1_epi32(act[t].bias[b]));
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(act[t].d[b])), acc[t]);
         }
     }

@@ -94,9 +94,14 @@ static inline void k4_mins(const block_q4_Kx8 *blk, int64_t b, const block_q8_K 
     }
 }
 
-/* Groups of ``nb`` super-block columns against N (1 or 4) tokens; N is a constant at each call. */
-static inline void q4_Kx8_dot_n(const block_q4_Kx8 *grp, int64_t nb, const block_q8_K *const *act, const int N,
-                                float *out, int64_t ldo) {
+#endif
+
+/* Eight outputs of group ``grp`` against N (1 or 4) Q8_K rows, out[t * ldo + r]: the gemm
+ * kernel's order for 4 tokens, the gemv's for 1 (kquant_x8.h's kx8_dot picks). */
+static inline __attribute__((always_inline)) void q4_Kx8_dot_n(const block_q4_Kx8 *grp, int64_t nb,
+                                                               const block_q8_K *const *act, const int N, float *out,
+                                                               int64_t ldo) {
+#if defined(__AVX2__)
     const int part = N == 4 ? 2 : 8;  /* sub-blocks per part: gemm or gemv */
     __m256 acc[4], acc_min[4];
     for (int t = 0; t < N; t++) acc[t] = acc_min[t] = _mm256_setzero_ps();
@@ -122,21 +127,9 @@ static inline void q4_Kx8_dot_n(const block_q4_Kx8 *grp, int64_t nb, const block
         k4_mins(blk, b, act, N, part, acc_min);
     }
     for (int t = 0; t < N; t++) _mm256_storeu_ps(out + t * ldo, _mm256_sub_ps(acc[t], acc_min[t]));
-}
-#endif
-
-/* Eight outputs of group ``grp`` against ``n_act`` (at most 4) Q8_K rows: out[t * ldo + r]. */
-static inline void q4_Kx8_dot(const block_q4_Kx8 *grp, int64_t nb, const block_q8_K *const *act, int n_act,
-                              float *out, int64_t ldo) {
-#if defined(__AVX2__)
-    if (n_act == 4) {
-        q4_Kx8_dot_n(grp, nb, act, 4, out, ldo);
-        return;
-    }
-    for (int t = 0; t < n_act; t++) q4_Kx8_dot_n(grp, nb, act + t, 1, out + t * ldo, ldo);
 #else
-    const int part = n_act == 4 ? 2 : 8;
-    for (int t = 0; t < n_act; t++)
+    const int part = N == 4 ? 2 : 8;
+    for (int t = 0; t < N; t++)
         for (int r = 0; r < 8; r++) {
             float acc = 0.0f, acc_min = 0.0f;
             for (int64_t b = 0; b < nb; b++) {

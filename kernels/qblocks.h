@@ -47,10 +47,16 @@ enum {
  * the time here); asking this far ahead overlaps them with the arithmetic.  A prefetch never
  * faults, so reading past the end of the weights is harmless. */
 enum { PREFETCH_AHEAD = 2048 };
-static inline void prefetch_ahead(const void *p, size_t bytes) {
-    const uintptr_t start = (uintptr_t)p + PREFETCH_AHEAD;
+
+/* Ask the cache for the lines of [p, p + bytes). */
+static inline void prefetch_lines(const void *p, size_t bytes) {
+    const uintptr_t start = (uintptr_t)p;
     for (uintptr_t line = start & ~(uintptr_t)63; line < start + bytes; line += 64)
         __builtin_prefetch((const void *)line, 0, 3);
+}
+
+static inline void prefetch_ahead(const void *p, size_t bytes) {
+    prefetch_lines((const uint8_t *)p + PREFETCH_AHEAD, bytes);
 }
 
 static inline float fp16_to_fp32(uint16_t h) {
@@ -176,11 +182,20 @@ static inline void quantize_row_q8_1(const float *x, block_q8_1 *y, int64_t k) {
 /* ``grouped`` selects ggml_quantize_mat_q8_K_4x8's choice of sign (see the file comment). */
 static inline void quantize_row_q8_K(const float *x, block_q8_K *y, int64_t k, int grouped) {
     for (int64_t i = 0; i < k / QK_K; i++, x += QK_K) {
+        /* amax, then max: the first value of that magnitude (max_ps, like the compare, passes NaN by) */
         float amax = 0.0f, max = 0.0f;
-        for (int j = 0; j < QK_K; j++) {
-            const float ax = fabsf(x[j]);
-            if (ax > amax) { amax = ax; max = x[j]; }
-        }
+        int j = 0;
+#if defined(__AVX2__)
+        const __m256 sign = _mm256_set1_ps(-0.0f);
+        __m256 amax8 = _mm256_setzero_ps();
+        for (; j < QK_K; j += 8) amax8 = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)), amax8);
+        float lanes[8];
+        _mm256_storeu_ps(lanes, amax8);
+        for (int l = 0; l < 8; l++) amax = lanes[l] > amax ? lanes[l] : amax;
+#endif
+        for (; j < QK_K; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+        for (j = 0; j < QK_K && amax > 0.0f; j++)
+            if (fabsf(x[j]) == amax) { max = x[j]; break; }
         if (amax == 0.0f) {
             memset(&y[i], 0, sizeof(block_q8_K));
             continue;

@@ -115,6 +115,68 @@ static inline float dot_q8_0_q8_0(int n, const void *x, const void *y) {
     return dot_block32(T_Q8_0, n, x, sizeof(block_q8_0), y);
 }
 
+/* dot_block32 of ``n_rows`` rows (``row_bytes`` apart from w) with one activation row y, into
+ * out[0..n_rows): the one-token product.  Each row keeps dot_block32's float steps, in its order;
+ * four rows share a pass, so an activation block and its scale are loaded once for the four and
+ * the rows' fma chains overlap (one row alone waits on its chain's latency every block).  Where the
+ * compiler targets VNNI, a row's lanes are one dpbusd of its quants made unsigned (the offset of
+ * block32_offset_shift) started from minus the offset times the activations' four-sums, the same
+ * integers as the sign trick's three instructions. */
+static inline __attribute__((always_inline)) void block32_dot_rows_of(
+    int type, int n, const uint8_t *w, int64_t row_bytes, int64_t n_rows, const uint8_t *y, float *out) {
+    const size_t bytes = block32_bytes(type);
+    int64_t r = 0;
+#if defined(__AVX2__)
+    const int has_min = block32_has_min(type), shift = HAVE_VNNI ? block32_offset_shift(type) : 0;
+    const size_t y_bytes = has_min ? sizeof(block_q8_1) : sizeof(block_q8_0);
+    for (; r + 4 <= n_rows; r += 4) {
+        __m256 acc[4];
+        float acc_min[4];
+        for (int i = 0; i < 4; i++) {
+            acc[i] = _mm256_setzero_ps();
+            acc_min[i] = 0.0f;
+        }
+        const uint8_t *x = w + r * row_bytes, *yb = y;
+        for (int b = 0; b < n / QK; b++, x += bytes, yb += y_bytes) {
+            uint16_t h[2];
+            memcpy(h, yb, 4);
+            const float dy = fp16_to_fp32(h[0]), sy = has_min ? fp16_to_fp32(h[1]) : 0.0f;
+            const __m256i a = _mm256_loadu_si256((const __m256i *)(yb + (has_min ? 4 : 2)));
+            /* minus offset x the four-sums of a (zero for unsigned quants or without VNNI) */
+            const __m256i start = shift ? _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(
+                dpbusd(_mm256_setzero_si256(), _mm256_set1_epi8(1), a), shift)) : _mm256_setzero_si256();
+            for (int i = 0; i < 4; i++) {
+                const uint8_t *xi = x + i * row_bytes;
+                prefetch_lines(xi + 4 * row_bytes, bytes);  /* the next pass's rows */
+                memcpy(h, xi, 4);
+                __m256i lanes;
+                if (HAVE_VNNI)
+                    lanes = dpbusd(start, _mm256_add_epi8(block32_quants_avx2(type, xi),
+                                                          _mm256_set1_epi8((char)(shift ? 1 << shift : 0))), a);
+                else
+                    lanes = dot_i8_epi32(block32_quants_avx2(type, xi), a);
+                acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(fp16_to_fp32(h[0]) * dy), _mm256_cvtepi32_ps(lanes), acc[i]);
+                if (has_min) acc_min[i] = fmaf(fp16_to_fp32(h[1]), sy, acc_min[i]);
+            }
+        }
+        for (int i = 0; i < 4; i++) out[r + i] = has_min ? hsum8_ps(acc[i]) + acc_min[i] : hsum8_ps(acc[i]);
+    }
+#endif
+    for (; r < n_rows; r++) out[r] = dot_block32(type, n, w + r * row_bytes, bytes, y);
+}
+
+/* block32_dot_rows_of compiled for each type (``type`` a constant inside) */
+static inline void block32_dot_rows(int type, int n, const uint8_t *w, int64_t row_bytes, int64_t n_rows,
+                                    const uint8_t *y, float *out) {
+    switch (type) {
+        case T_Q4_0: block32_dot_rows_of(T_Q4_0, n, w, row_bytes, n_rows, y, out); break;
+        case T_Q4_1: block32_dot_rows_of(T_Q4_1, n, w, row_bytes, n_rows, y, out); break;
+        case T_Q5_0: block32_dot_rows_of(T_Q5_0, n, w, row_bytes, n_rows, y, out); break;
+        case T_Q5_1: block32_dot_rows_of(T_Q5_1, n, w, row_bytes, n_rows, y, out); break;
+        default:     block32_dot_rows_of(T_Q8_0, n, w, row_bytes, n_rows, y, out); break;
+    }
+}
+
 /* Q4_0 rows that llama.cpp repacks, taken one at a time: the q4_0_8x8 kernels' order,
  * one fma per block of its whole integer sum by d_w * d_a into a scalar. */
 static inline float dot_q4_0_q8_0_repacked(int n, const void *vx, const void *vy) {
@@ -168,6 +230,41 @@ static inline void k4_packed_lanes(const uint8_t *x, int has_qh, const block_q8_
     *lanes = isum;
 }
 
+/* Q2_K/Q3_K super-block lanes straight from the packed block (kq_lanes' numbers): Q3_K's quants
+ * shifted back by 4 in each pair's sum, its min lanes 4 * scale times the activation sums. */
+static inline void crumbs_packed_lanes(int type, const uint8_t *x, const block_q8_K *y, lanes_i32 *lanes,
+                                       lanes_i32 *minlanes) {
+    const __m256i bsums = _mm256_loadu_si256((const __m256i *)y->bsums);
+    const uint8_t *qs;
+    __m256i hb = _mm256_setzero_si256();
+    __m128i sc8;  /* the sixteen scales, int8 */
+    if (type == T_Q2_K) {
+        const block_q2_K *b = (const block_q2_K *)x;
+        const __m128i packed = _mm_loadu_si128((const __m128i *)b->scales), low4 = _mm_set1_epi8(0x0F);
+        sc8 = _mm_and_si128(packed, low4);
+        *minlanes = _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), low4)), bsums);
+        qs = b->qs;
+    } else {
+        const block_q3_K *b = (const block_q3_K *)x;
+        int8_t sc[16];
+        q3_K_scales(b->scales, sc);
+        sc8 = _mm_loadu_si128((const __m128i *)sc);
+        *minlanes = _mm256_madd_epi16(_mm256_slli_epi16(_mm256_cvtepi8_epi16(sc8), 2), bsums);
+        qs = b->qs;
+        hb = _mm256_loadu_si256((const __m256i *)b->hmask);
+    }
+    __m256i acc = _mm256_setzero_si256();
+    for (int c = 0; c < 8; c++) {
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(y->qs + 32 * c));
+        __m256i p = _mm256_maddubs_epi16(crumb_chunk(qs, hb, c), a);
+        if (type == T_Q3_K) p = _mm256_sub_epi16(p, _mm256_maddubs_epi16(_mm256_set1_epi8(4), a));
+        const __m128i index = _mm_loadu_si128((const __m128i *)scale_pair_index[c]);
+        const __m256i scale = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, index));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale));
+    }
+    *lanes = acc;
+}
+
 /* Q6_K super-block lanes straight from the packed block (kq_lanes' numbers). */
 static inline void q6_K_packed_lanes(const block_q6_K *x, const block_q8_K *y, lanes_i32 *lanes, lanes_i32 *minlanes) {
     const __m128i sc8 = _mm_loadu_si128((const __m128i *)x->scales);
@@ -198,23 +295,28 @@ static inline __attribute__((always_inline)) float dot_kquant(int type, int n, c
         lanes_i32 lanes, minlanes;
         prefetch_ahead(x, block_bytes);
 #if defined(__AVX2__)
-        if (type == T_Q6_K || type == T_Q4_K || type == T_Q5_K) {
-            uint16_t d[2] = {0, 0};  /* d, and dmin for Q4_K/Q5_K */
-            if (type == T_Q6_K) {
-                q6_K_packed_lanes((const block_q6_K *)x, &y[i], &lanes, &minlanes);
-                memcpy(d, &((const block_q6_K *)x)->d, 2);
-            } else {
-                k4_packed_lanes(x, type == T_Q5_K, &y[i], &lanes, &minlanes);
-                memcpy(d, x, 4);
-            }
-            kq_vec_add(type, &a, lanes, minlanes, y[i].d, fp16_to_fp32(d[0]), fp16_to_fp32(d[1]));
-            continue;
+        uint16_t d[2] = {0, 0};  /* d, and dmin for Q2_K/Q4_K/Q5_K */
+        if (type == T_Q6_K) {
+            q6_K_packed_lanes((const block_q6_K *)x, &y[i], &lanes, &minlanes);
+            memcpy(d, &((const block_q6_K *)x)->d, 2);
+        } else if (type == T_Q2_K) {
+            crumbs_packed_lanes(type, x, &y[i], &lanes, &minlanes);
+            d[0] = ((const block_q2_K *)x)->d;
+            d[1] = ((const block_q2_K *)x)->dmin;
+        } else if (type == T_Q3_K) {
+            crumbs_packed_lanes(type, x, &y[i], &lanes, &minlanes);
+            d[0] = ((const block_q3_K *)x)->d;
+        } else {
+            k4_packed_lanes(x, type == T_Q5_K, &y[i], &lanes, &minlanes);
+            memcpy(d, x, 4);
         }
-#endif
+        kq_vec_add(type, &a, lanes, minlanes, y[i].d, fp16_to_fp32(d[0]), fp16_to_fp32(d[1]));
+#else
         kq_block u;
         kq_unpack(type, x, &u);
         kq_lanes(type, &u, &y[i], &lanes, &minlanes);
         kq_vec_add(type, &a, lanes, minlanes, y[i].d, u.d, u.dmin);
+#endif
     }
     return kq_vec_result(type, &a);
 }
@@ -224,40 +326,6 @@ static inline float dot_q3_K_q8_K(int n, const void *x, const void *y) { return 
 static inline float dot_q4_K_q8_K(int n, const void *x, const void *y) { return dot_kquant(T_Q4_K, n, x, y); }
 static inline float dot_q5_K_q8_K(int n, const void *x, const void *y) { return dot_kquant(T_Q5_K, n, x, y); }
 static inline float dot_q6_K_q8_K(int n, const void *x, const void *y) { return dot_kquant(T_Q6_K, n, x, y); }
-
-/* Q2_K rows that llama.cpp built for AVX-512 repacks, in its q2_K_8x8 kernels' float steps
- * (the reference's _k_repacked): per part -- a super-block in the gemv kernel, 128 weights
- * (eight sub-blocks) in the gemm kernel -- the exact sum of scale * (sub-block dot) goes
- * into one fma chain by d_w * d_a and the exact sum of min * bsum into another by
- * dmin_w * d_a; the result is their difference.  Weight 128h + 32j + i is bits 2j..2j+1
- * of quant byte 32h + i. */
-static inline float dot_q2_K_repacked(int n, const void *w, const void *a, int parts) {
-    const block_q2_K *x = (const block_q2_K *)w;
-    const block_q8_K *y = (const block_q8_K *)a;
-    float acc = 0.0f, acc_min = 0.0f;
-    for (int b = 0; b < n / QK_K; b++) {
-        const float d = fp16_to_fp32(x[b].d) * y[b].d, dmin = fp16_to_fp32(x[b].dmin) * y[b].d;
-        for (int p = 0; p < parts; p++) {
-            int32_t isum = 0, imin = 0;
-            for (int s = p * 16 / parts; s < (p + 1) * 16 / parts; s++) {
-                const uint8_t *q = x[b].qs + 32 * (s / 8) + 16 * (s % 2);  /* the bytes of weights 16s..16s+15 */
-                const int8_t *yq = y[b].qs + 16 * s;
-                const int shift = 2 * (s % 8 / 2);
-                int32_t dot = 0;
-                for (int k = 0; k < 16; k++)
-                    dot += ((q[k] >> shift) & 3) * yq[k];
-                isum += (x[b].scales[s] & 0xF) * dot;
-                imin += (x[b].scales[s] >> 4) * y[b].bsums[s];
-            }
-            acc = fmaf((float)isum, d, acc);
-            acc_min = fmaf((float)imin, dmin, acc_min);
-        }
-    }
-    return acc - acc_min;
-}
-
-static inline float dot_q2_K_q8_K_gemv(int n, const void *x, const void *y) { return dot_q2_K_repacked(n, x, y, 1); }
-static inline float dot_q2_K_q8_K_gemm(int n, const void *x, const void *y) { return dot_q2_K_repacked(n, x, y, 2); }
 
 /* ---------------------------------------------------------------- float rows */
 

@@ -120,7 +120,8 @@ def load(port: int, pid: int, streams: int, requests: int, max_tokens: int) -> d
         t.join()
     wall, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
     latencies.sort()
-    return {"tok_s": sum(tokens) / wall, "cpu_ms": 1e3 * cpu / max(sum(tokens), 1), "p50": statistics.median(latencies) if latencies else float("nan"),
+    return {"tok_s": sum(tokens) / wall, "cpu_ms": 1e3 * cpu / max(sum(tokens), 1),
+            "p50": statistics.median(latencies) if latencies else float("nan"),
             "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
             "failed": len(failures), "first_failure": failures[0] if failures else None}
 

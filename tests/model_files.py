@@ -25,7 +25,11 @@ from engine.gguf import read_gguf
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = ROOT / "tests" / "data" / "ggml-vocab-llama-spm.gguf"
 
-QUANT_TYPES = ("F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "BF16")
+# llama.cpp's "pure" quantisations: every matrix (output and embedding included) in the one named K type,
+# from the llama-quantize mixture whose default type it is
+PURE_K_TYPES = {"Q2_K_pure": "Q2_K", "Q3_K_pure": "Q3_K_M", "Q4_K_pure": "Q4_K_M", "Q5_K_pure": "Q5_K_M"}
+QUANT_TYPES = ("F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "BF16",
+               *PURE_K_TYPES)
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,7 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, qtype: str, n
                    allow_requantize: bool = False) -> Path:
     """Quantise ``src`` with llama.cpp's own ``llama_model_quantize`` (``qtype`` as in llama-quantize:
     Q4_0, Q4_K_M, ...;
-    F16 and BF16 round every matrix to half precision or bfloat16).
+    F16 and BF16 round every matrix to half precision or bfloat16; Q4_K_pure etc. are ``PURE_K_TYPES``).
 
     ``allow_requantize`` lets an already quantised ``src`` through (llama.cpp dequantises it first).
     """
@@ -192,7 +196,8 @@ def quantize_model(src: str | os.PathLike, dst: str | os.PathLike, qtype: str, n
     if qtype not in QUANT_TYPES:
         raise ValueError(f"unknown quantisation {qtype!r}; choose from {', '.join(QUANT_TYPES)}")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{qtype}")
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{PURE_K_TYPES.get(qtype, qtype)}")
+    params.pure = qtype in PURE_K_TYPES
     params.nthread = n_threads
     params.allow_requantize = allow_requantize
     quiet_llama_cpp()

@@ -11,7 +11,7 @@ from engine.compiled import CythonBackend
 from engine.exact import NumpyBackend
 from engine.operands import Weight
 from engine.quants import GGMLType
-from kernels.matmul import Blocks32Stack
+from kernels.matmul import Blocks32Stack, KQuantStack
 from tests.kernel_inputs import PRODUCT_TYPES, activations, random_weights
 
 T = GGMLType
@@ -67,6 +67,25 @@ def test_mixed_32_weight_stack_bit_identical(types):
         x = activations(rng, n, 512)
         for got, w in zip(backend.matmuls(ws, x), ws):
             assert np.array_equal(got, REF.matmul(w, x)), n
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+@pytest.mark.parametrize("batch_invariant", [False, True])
+@pytest.mark.parametrize("types", [(T.Q4_K, T.Q4_K, T.Q6_K), (T.Q3_K, T.Q5_K, T.Q6_K), (T.Q6_K, T.Q2_K, T.Q4_K)],
+                         ids=lambda ts: "+".join(t.name for t in ts))
+def test_mixed_k_quant_stack_bit_identical(types, batch_invariant, isa):
+    """q, k and v of different K-quant types (Q4_K_M files give some layers a Q6_K attn_v beside
+    repacked Q4_K q and k) multiplied as one stack give each one's own product, whichever rounding
+    of the activations and kernel each part takes (repacked, tiled, one token at a time)."""
+    rng = np.random.default_rng(sum(types))
+    ws = tuple(Weight(f"w{i}", t, 512, n_out, random_weights(rng, t, n_out, 512))
+               for i, (t, n_out) in enumerate(zip(types, (40, 24, 21))))
+    backend = CythonBackend(2, batch_invariant=batch_invariant, isa=isa)
+    assert isinstance(backend.stacked(ws), KQuantStack)
+    for n in (1, 3, 5, 8, 17, 37):  # one token; few; tiles of 4 and of 16 and remainders
+        x = activations(rng, n, 512)
+        for got, w in zip(backend.matmuls(ws, x), ws):
+            assert np.array_equal(got, CythonBackend(1, batch_invariant=batch_invariant, isa=isa).matmul(w, x)), n
 
 
 def test_stacked_matrix_checks_every_part():

@@ -9,6 +9,7 @@ import pytest
 
 from engine import Llama, scheduler
 from engine.completion import completion_sampler
+from engine.isa import ISAS
 from engine.operands import Weight
 from engine.scheduler import Scheduler
 from kernels import layers
@@ -25,24 +26,34 @@ def k_quant_model(make_model):
     return make_model("Q4_K_M", **SPEC)
 
 
+@pytest.fixture(scope="module")
+def q2_K_model(make_model):
+    """Q2_K beside Q3_K and Q4_K: the Q2_K that llama.cpp built for AVX-512 repacks."""
+    return make_model("Q2_K", **SPEC)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("type_", PRODUCT_TYPES, ids=lambda t: t.name)
-def test_rowwise_product_rows_are_one_row_products(type_):
+def test_rowwise_product_rows_are_one_row_products(type_, isa):
+    """In the orders of either llama.cpp build: its repacked kernels (Q2_K's too on AVX-512), tinyBLAS's tiles."""
     rng = np.random.default_rng(int(type_))
     data = random_weights(rng, type_, 24, 512)
-    w = Matrix(data, int(type_), 512, repacked=Weight("w", type_, 512, 24, data).repacked())
+    w = Matrix(data, int(type_), 512, repacked=Weight("w", type_, 512, 24, data).repacked(isa), isa=ISAS.index(isa))
     x = activations(rng, 9, 512)
     alone = np.concatenate([w.matmul(x[t:t + 1]) for t in range(9)])   # (9, 24)
     assert np.array_equal(w.matmul(x, 2, rowwise=True), alone)
     assert np.array_equal(w.matmul(x[3:5], 1, rowwise=True), alone[3:5])
 
 
-def test_rowwise_attention_rows_are_one_row_calls():
+@pytest.mark.parametrize("isa", ISAS)
+def test_rowwise_attention_rows_are_one_row_calls(isa):
     rng = np.random.default_rng(1)
     k, v = (rng.standard_normal((2, 80, 64)).astype(np.float16) for _ in range(2))
     q = rng.standard_normal((9, 4, 64)).astype(np.float32)
-    alone = np.concatenate([layers.attention(q[t:t + 1], k, v, 40 + t, 0.125, 1) for t in range(9)])
-    assert np.array_equal(layers.attention(q, k, v, 40, 0.125, 2, rowwise=True), alone)
-    assert not np.array_equal(layers.attention(q, k, v, 40, 0.125, 2), alone)  # what the flag changes
+    i = ISAS.index(isa)
+    alone = np.concatenate([layers.attention(q[t:t + 1], k, v, 40 + t, 0.125, 1, isa=i) for t in range(9)])
+    assert np.array_equal(layers.attention(q, k, v, 40, 0.125, 2, rowwise=True, isa=i), alone)
+    assert not np.array_equal(layers.attention(q, k, v, 40, 0.125, 2, isa=i), alone)  # what the flag changes
 
 
 @pytest.mark.parametrize("backend", ["cython", "numpy"])
@@ -99,17 +110,20 @@ def generate(sched: Scheduler, prompt: list[int], max_tokens: int, seeded: bool,
     return tokens, recorder.seen
 
 
+@pytest.mark.parametrize("isa, model", [("avx2", "k_quant_model"), ("avx512", "q2_K_model")])
 @pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
-def test_a_sequence_beside_others_gets_the_bits_it_gets_alone(k_quant_model, monkeypatch, seeded):
+def test_a_sequence_beside_others_gets_the_bits_it_gets_alone(request, monkeypatch, seeded, isa, model):
     """The same request alone, then beside 1..7 others that join before it and at its steps 0..6 with
     prompts of 1 to 45 tokens; with steps of 16 rows the prompts are cut differently each time, and
-    every other time the request's prompt is evaluated afresh rather than found in the slot's cache."""
+    every other time the request's prompt is evaluated afresh rather than found in the slot's cache.
+    In the orders of either llama.cpp build (the guarantee is the engine's own, whichever is installed)."""
     monkeypatch.setattr(scheduler, "STEP_ROWS", 16)
+    model = request.getfixturevalue(model)
     prompt = random_tokens(0, 21)
-    sched = Scheduler(Llama(k_quant_model, n_ctx=128, batch_invariant=True), 8)
+    sched = Scheduler(Llama(model, n_ctx=128, batch_invariant=True, ggml_isa=isa), 8)
     try:
         want_tokens, want_logits = generate(sched, prompt, 12, seeded)
-        with Llama(k_quant_model, n_ctx=128, batch_invariant=True) as library:  # the library's invariant path
+        with Llama(model, n_ctx=128, batch_invariant=True, ggml_isa=isa) as library:  # the library's invariant path
             recorder = Recorder(sampler(seeded, library.n_vocab))
             assert list(library.generate_tokens(prompt, recorder, max_tokens=12)) == want_tokens
             assert all(np.array_equal(a, b) for a, b in zip(recorder.seen, want_logits))

@@ -75,6 +75,17 @@ def test_matmul_bit_identical_to_numpy(type_, n_out, isa):
         assert np.array_equal(m.matmul(x, n_threads=2), REFS[isa].matmul(w, x)), n
 
 
+@pytest.mark.parametrize("type_", [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda t: t.name)
+def test_k_quant_rows_of_long_inputs_bit_identical(type_):
+    """Rows of 224 super-blocks: where the tiled kernel takes the tokens sixteen a lane-set (AVX-512
+    VNNI), it meets them in blocks whose activations stay in L2, here of 16 tokens (three blocks)."""
+    rng = np.random.default_rng(int(type_))
+    n_in = 256 * 224
+    w = Weight("w", type_, n_in, 21, random_weights(rng, type_, 21, n_in))
+    x = activations(rng, 40, n_in)
+    assert np.array_equal(matmul.Matrix(w.data, int(type_), n_in).matmul(x, n_threads=2), REF.matmul(w, x))
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("type_", [T.F32, T.F16, T.BF16], ids=lambda t: t.name)
 @pytest.mark.parametrize("n_in", [3, 8, 40, 264, 515, 96])  # tails past the last step (32, 64); rows tinyBLAS declines
@@ -100,27 +111,26 @@ def test_matmul_on_two_threads_bit_identical(type_):
     assert np.array_equal(m.matmul(x, 2), ref)
 
 
-@pytest.mark.parametrize("type_", [T.Q4_0, T.Q4_K], ids=lambda t: t.name)
-def test_unregrouped_matrix_bit_identical(type_):
-    """Without regrouping, weights llama.cpp repacks still give the repacked kernels' results."""
-    rng = np.random.default_rng(int(type_))
-    data = random_weights(rng, type_, 64, 512)
-    plain = matmul.Matrix(data, int(type_), 512, repacked=True, regroup=False)
-    assert not plain.regrouped
-    for n in TOKEN_COUNTS:
-        x = activations(rng, n, 512)
-        assert np.array_equal(plain.matmul(x, 2), REF.matmul(Weight("w", type_, 512, 64, data), x)), n
+# the weights llama.cpp repacks, with the build that repacks them
+REPACKED = [(T.Q4_0, "avx2"), (T.Q4_K, "avx2"), (T.Q2_K, "avx512")]
 
 
-@pytest.mark.parametrize("type_", [T.Q4_0, T.Q4_K], ids=lambda t: t.name)
-def test_regrouped_bit_identical(type_):
-    rng = np.random.default_rng(int(type_) + 1)
+@pytest.mark.parametrize("type_, isa", REPACKED, ids=lambda p: getattr(p, "name", p))
+@pytest.mark.parametrize("regroup", [False, True], ids=["in place", "regrouped"])
+def test_repacked_matrix_bit_identical(type_, isa, regroup):
+    """Weights llama.cpp repacks give its repacked kernels' results whether the Matrix regroups
+    their rows at load or a group at a time while multiplying; one-row (batch-invariant)
+    products give every row the one-token kernel's."""
+    rng = np.random.default_rng(int(type_) + regroup)
     data = random_weights(rng, type_, 64, 512)
-    regrouped = matmul.Matrix(data, int(type_), 512, repacked=True, regroup=True)
-    assert regrouped.regrouped
+    w = Weight("w", type_, 512, 64, data)
+    m = matmul.Matrix(data, int(type_), 512, repacked=True, regroup=regroup, isa=ISA[isa])
+    assert m.regrouped == regroup
     for n in TOKEN_COUNTS:
         x = activations(rng, n, 512)
-        assert np.array_equal(regrouped.matmul(x, 2), REF.matmul(Weight("w", type_, 512, 64, data), x)), n
+        assert np.array_equal(m.matmul(x, 2), REFS[isa].matmul(w, x)), n
+        alone = np.concatenate([REFS[isa].matmul(w, x[t:t + 1]) for t in range(n)])
+        assert np.array_equal(m.matmul(x, 2, rowwise=True), alone), n
 
 
 def raw_activations(type_, x):
@@ -143,7 +153,8 @@ def test_vec_dot_one_row_bit_identical(type_, isa):
     assert matmul.vec_dot(int(type_), data[0], raw_activations(type_, x)[0], ISA[isa]) == expected
 
 
-def test_regrouping_keeps_mmap_source_readable(tmp_path):
+@pytest.mark.parametrize("regroup", [True, False])  # regrouped, or its rows copied as they are onto huge pages
+def test_copying_keeps_mmap_source_readable(tmp_path, regroup):
     rng = np.random.default_rng(7)
     data = random_weights(rng, T.Q4_0, 32, 256)
     path = tmp_path / "w.bin"
@@ -154,7 +165,7 @@ def test_regrouping_keeps_mmap_source_readable(tmp_path):
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     view = np.frombuffer(buf, np.uint8).reshape(data.shape)
     assert matmul.is_file_mapping(view) and not matmul.is_file_mapping(data)
-    m = matmul.Matrix(view, int(T.Q4_0), 256, repacked=True, release_source=True)
+    m = matmul.Matrix(view, int(T.Q4_0), 256, repacked=True, regroup=regroup, release_source=True)
     assert np.array_equal(view, data) and np.array_equal(mapped, data)  # dropped pages read back from the file
     x = activations(rng, 2, 256)
     assert np.array_equal(m.matmul(x), REF.matmul(Weight("w", T.Q4_0, 256, 32, data), x))
@@ -210,6 +221,9 @@ def test_rope_bit_identical(rope, head_dim):
     for n_threads in (1, 2):
         assert np.array_equal(layers.rope(x, *angles, n_threads, rope.neox), ref)
     assert np.array_equal(CythonBackend(2).rope(x, positions, rope), ref)
+    k = rng.standard_normal((len(positions), 2, head_dim)).astype(np.float32)  # fewer kv heads
+    q_ours, k_ours = CythonBackend(2).rope_qk(x, k, positions, rope)
+    assert np.array_equal(q_ours, ref) and np.array_equal(k_ours, REF.rope(k, positions, rope))
     wide = np.concatenate([x, x], axis=2)                                # rows of a wider product's output
     assert np.array_equal(layers.rope(wide[:, :, :head_dim], *angles, neox=rope.neox), ref)
     assert np.array_equal(wide[:, :, :head_dim], x)                     # rotated in a copy, never in place
@@ -267,7 +281,7 @@ def test_swiglu_reads_rows_at_any_stride():
 
 @pytest.mark.parametrize("n_heads, n_kv_heads, head_dim, start, n", [
     (4, 4, 64, 0, 1), (4, 1, 32, 12, 1), (8, 2, 64, 300, 1), (4, 2, 128, 2047, 1),  # one row: ggml_vec_dot_f16
-    (4, 2, 48, 37, 1), (2, 1, 20, 20, 1),                                        # head sizes with a tail past 32
+    (4, 2, 48, 37, 1), (2, 1, 20, 20, 1), (4, 2, 96, 40, 1),                     # tails past 32 (AVX-512: 64)
     (4, 4, 64, 0, 5), (8, 2, 64, 7, 3), (4, 2, 64, 100, 70),                     # several rows: tinyBLAS
     (4, 2, 12, 5, 4), (4, 2, 36, 10, 4), (2, 1, 20, 20, 3),                      # q.K by vec_dot, P.V by tinyBLAS
     (2, 1, 10, 20, 3), (4, 2, 6, 10, 4),                                         # neither takes tinyBLAS
@@ -347,6 +361,7 @@ def test_f16_tail_is_added_one_product_at_a_time():
     lambda: layers.rms_norm(np.zeros((2, 8)), np.zeros(7), 1e-5),
     lambda: layers.rope(np.zeros((2, 1, 8)), np.zeros((1, 4)), np.zeros((1, 4))),
     lambda: layers.rope(np.zeros((1, 1, 8)), np.zeros((1, 5)), np.zeros((1, 5))),
+    lambda: layers.rope_qk(np.zeros((1, 2, 8)), np.zeros((1, 1, 16)), np.zeros((1, 4)), np.zeros((1, 4))),
     lambda: layers.rope_cos_sin([[0]], 8, 10000.0),
     lambda: layers.rope_cos_sin([0], 7, 10000.0),
     lambda: layers.swiglu(np.zeros((2, 8)), np.zeros((2, 9))),

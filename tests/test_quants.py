@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tests import ggml_ref
+from tests.model_files import PURE_K_TYPES
 from engine.gguf import read_gguf
 from engine.quants import (BLOCK_LAYOUT, QK, QK_K, Blocks, BlocksWithMin, GGMLType, Q8_1Blocks, Q8_KBlocks,
                            SuperBlocks, SuperBlocksWithMin, dequantize, quantize_q8_0, quantize_q8_1,
@@ -114,6 +115,14 @@ def test_dequantize_llama_cpp_quantised_tensors(make_model, quant):
             assert_same_bits(ours, gguf_dequantize(ref_raw, info.type))
             if info.type != T.F32:
                 assert_same_bits(ours[:8], ggml_dequantize(ref_raw.reshape(len(raw), -1)[:8], info.type))
+
+
+@pytest.mark.parametrize("quant", PURE_K_TYPES)
+def test_pure_quantisations_keep_every_matrix_in_their_type(make_model, quant):
+    """The bench's pure K files (llama.cpp's ``pure`` flag): output and embedding included, as the gguf
+    package reads them."""
+    reader = gguf.GGUFReader(make_model(quant=quant))
+    assert {t.tensor_type.name for t in reader.tensors if len(t.shape) == 2} == {quant.removesuffix("_pure")}
 
 
 # ---------------------------------------------------------------- unpacking

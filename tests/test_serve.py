@@ -274,8 +274,9 @@ KILLED_CLIENT = """
 import socket, sys
 body = b'{"prompt": "ROMEO:", "max_tokens": 2000, "stream": true}'
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
-s.sendall(b"POST /v1/completions HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Bearer %s\\r\\n"
-          b"Content-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (sys.argv[2].encode(), len(body), body))
+request = (b"POST /v1/completions HTTP/1.1\\r\\nHost: x\\r\\nAuthorization: Bearer %s\\r\\n"
+           b"Content-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n%s")
+s.sendall(request % (sys.argv[2].encode(), len(body), body))
 seen = b""
 while b"data: " not in seen:
     seen += s.recv(4096)
