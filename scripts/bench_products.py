@@ -1,11 +1,12 @@
 """Decode's matrix products one by one: CPU time and read rate of each one-token product.
 
-    python scripts/bench.py products FILE.gguf [--threads 1] [--passes 5] [--hot 20]
+    python scripts/bench.py products FILE.gguf [--threads 1] [--passes 5] [--hot 20] [--wall]
 
 Loads the file on the compiled backend and takes, in decode order, every product a decoded
 token makes (each layer's stacked q+k+v, attn_output, stacked gate+up and ffn_down, then the
 output matrix) with one activation row.  Two timings per product, each the best of several
-in CPU seconds of the process (at one thread, what a quiet core gives on a shared machine):
+in CPU seconds of the process (at one thread, what a quiet core gives on a shared machine;
+``--wall`` for the wall clock, the measure at more threads on a quiet machine):
 
 * stream: the products one after another, the whole model per pass, so each reads its
   weights from memory as a token does (the file is larger than what the caches keep of it);
@@ -52,12 +53,12 @@ def decode_products(llm):
     return out
 
 
-def best_time(run, repeat: int) -> float:
+def best_time(run, repeat: int, clock) -> float:
     best = float("inf")
     for _ in range(repeat):
-        t0 = time.process_time()
+        t0 = clock()
         run()
-        best = min(best, time.process_time() - t0)
+        best = min(best, clock() - t0)
     return best
 
 
@@ -67,21 +68,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--passes", type=int, default=5, help="passes over the whole model (each product's best counts)")
     p.add_argument("--hot", type=int, default=20, help="repeats of each product in a row (the best counts)")
+    p.add_argument("--wall", action="store_true",
+                   help="wall-clock seconds rather than CPU seconds (which count every thread's, spinning included)")
     args = p.parse_args(argv)
+    clock = time.perf_counter if args.wall else time.process_time
     from engine.llama import Llama
     llm = Llama(args.model, n_ctx=64, n_threads=args.threads, backend="cython")
     products = decode_products(llm)
     stream = [float("inf")] * len(products)
     for _ in range(args.passes):
         for i, (_, _, run) in enumerate(products):
-            stream[i] = min(stream[i], best_time(run, 1))
-    hot = [best_time(run, args.hot) for _, _, run in products]
+            stream[i] = min(stream[i], best_time(run, 1, clock))
+    hot = [best_time(run, args.hot, clock) for _, _, run in products]
     kinds: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
     for (kind, n_bytes, _), s, h in zip(products, stream, hot):
         kinds[kind][0] += n_bytes
         kinds[kind][1] += s
         kinds[kind][2] += h
-    print(f"{Path(args.model).name}, {args.threads} thread(s), CPU seconds; stream: best of {args.passes} passes "
+    print(f"{Path(args.model).name}, {args.threads} thread(s), {'wall' if args.wall else 'CPU'} seconds; stream: best of {args.passes} passes "
           f"over the model, hot: best of {args.hot} in a row")
     print(f"{'product':34}{'MiB':>8}{'stream ms':>11}{'GB/s':>7}{'hot ms':>9}{'GB/s':>7}")
     for kind, (n_bytes, s, h) in [*kinds.items(), ("all", [sum(v[i] for v in kinds.values()) for i in range(3)])]:
