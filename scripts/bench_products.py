@@ -54,6 +54,7 @@ def decode_products(llm):
 
 
 def best_time(run, repeat: int, clock) -> float:
+    """The shortest of ``repeat`` calls of ``run`` on ``clock``, in seconds."""
     best = float("inf")
     for _ in range(repeat):
         t0 = clock()
@@ -85,8 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         kinds[kind][0] += n_bytes
         kinds[kind][1] += s
         kinds[kind][2] += h
-    print(f"{Path(args.model).name}, {args.threads} thread(s), {'wall' if args.wall else 'CPU'} seconds; stream: best of {args.passes} passes "
-          f"over the model, hot: best of {args.hot} in a row")
+    seconds = "wall" if args.wall else "CPU"
+    print(f"{Path(args.model).name}, {args.threads} thread(s), {seconds} seconds; stream: best of {args.passes} "
+          f"passes over the model, hot: best of {args.hot} in a row")
     print(f"{'product':34}{'MiB':>8}{'stream ms':>11}{'GB/s':>7}{'hot ms':>9}{'GB/s':>7}")
     for kind, (n_bytes, s, h) in [*kinds.items(), ("all", [sum(v[i] for v in kinds.values()) for i in range(3)])]:
         print(f"{kind:34}{n_bytes / 2**20:8.1f}{1e3 * s:11.2f}{n_bytes / s / 1e9:7.1f}{1e3 * h:9.2f}"
