@@ -18,6 +18,7 @@
 #define LLAMANP_Q4_KX8_H
 
 #include "vec_dot.h"
+#include "vnni.h"
 
 typedef struct {
     uint16_t d[8], dmin[8];
@@ -72,6 +73,32 @@ static inline void k4_half(const uint8_t (*qs)[32], int shift, const int8_t *con
     for (int t = 0; t < N; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], scale));
 }
 
+#if HAVE_VNNI
+/* One token's scaled sums of block column blk, one row per lane: the sum over its eight sub-blocks j
+ * of sc[j] times the sub-block's nibbles dotted with the 32 activations at a + 32j, as the gemv takes
+ * it in one part.  dpbusd adds a lane's four products in 32 bits, so the high nibbles are used where
+ * they lie, 16 times their value (v & 0xF0, no shift: 240 x 128 x 32 x 63 x 4 fits), and their scaled
+ * sum is divided by 16 once at the end, exactly; a scale multiplies each sub-block's sum once.  Half
+ * the instructions of k4_half's maddubs, 16-bit adds and madd by the scale pairs. */
+static inline __m256i k4_sums_vnni(const block_q4_Kx8 *blk, const int8_t *a) {
+    const __m256i low4 = _mm256_set1_epi8(0x0F), high4 = _mm256_set1_epi8((char)0xF0);
+    __m256i lo_acc = _mm256_setzero_si256(), hi_acc = _mm256_setzero_si256();  /* sub-blocks 2c, 2c + 1 */
+    for (int c = 0; c < 4; c++, a += 64) {
+        __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+        for (int i = 0; i < 8; i++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)blk->qs[c][i]);
+            lo = dpbusd(lo, _mm256_and_si256(v, low4), broadcast_i8x4(a + 4 * i));
+            hi = dpbusd(hi, _mm256_and_si256(v, high4), broadcast_i8x4(a + 32 + 4 * i));
+        }
+        const __m256i sc_lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)blk->sc[2 * c]));
+        const __m256i sc_hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)blk->sc[2 * c + 1]));
+        lo_acc = _mm256_add_epi32(lo_acc, _mm256_mullo_epi32(lo, sc_lo));
+        hi_acc = _mm256_add_epi32(hi_acc, _mm256_mullo_epi32(hi, sc_hi));
+    }
+    return _mm256_add_epi32(lo_acc, _mm256_srai_epi32(hi_acc, 4));
+}
+#endif
+
 /* The mins chains of block column b: acc_min[t] per row, one fma per part by d_a * dmin
  * of the mins times the sums of token t's activations under their sub-blocks. */
 static inline void k4_mins(const block_q4_Kx8 *blk, int64_t b, const block_q8_K *const *act, const int N, int part,
@@ -111,6 +138,14 @@ static inline __attribute__((always_inline)) void q4_Kx8_dot_n(const block_q4_Kx
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->d));
         __m256i isum[4];
         for (int t = 0; t < N; t++) isum[t] = _mm256_setzero_si256();
+#if HAVE_VNNI
+        if (N == 1) {  /* the gemv: one part, the whole super-block */
+            acc[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(k4_sums_vnni(blk, act[0][b].qs)),
+                                     _mm256_mul_ps(d, _mm256_set1_ps(act[0][b].d)), acc[0]);
+            k4_mins(blk, b, act, N, part, acc_min);
+            continue;
+        }
+#endif
         for (int c = 0; c < 4; c++) {  /* sub-block pair c: sub-block 2c in the low nibbles, 2c + 1 in the high */
             const int8_t *a[4];
             for (int t = 0; t < N; t++) a[t] = act[t][b].qs + 64 * c;

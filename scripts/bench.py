@@ -4,6 +4,7 @@
     python scripts/bench.py tokenizer [options]  tokenizing ~1 MB of text
     python scripts/bench.py grammar [options]    grammar masking cost per token
     python scripts/bench.py serve [options]      serving throughput and latency at 1-8 parallel streams
+    python scripts/bench.py products FILE        each one-token matrix product of decode: ms and GB/s
 """
 import importlib
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SUITES = {"model": "scripts.bench_model", "tokenizer": "scripts.bench_tokenizer", "grammar": "scripts.bench_grammar",
-          "serve": "scripts.bench_serve"}
+          "serve": "scripts.bench_serve", "products": "scripts.bench_products"}
 
 
 def main(argv: list[str]) -> None:

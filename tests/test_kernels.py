@@ -14,10 +14,10 @@ from engine.exact import NumpyBackend
 from engine.ggml_math import gelu_table, rope_cos_sin
 from engine.llama import Llama
 from engine.operands import Rope, Weight
-from engine.quants import GGMLType, quantize_q8_0, quantize_q8_1, quantize_q8_K
+from engine.quants import BLOCK_LAYOUT, GGMLType, quantize_q8_0, quantize_q8_1, quantize_q8_K
 from kernels import layers, matmul
 from tests.helpers import nmse
-from tests.kernel_inputs import PRODUCT_TYPES, activations, bf16_bits, random_weights
+from tests.kernel_inputs import F16_FIELDS, PRODUCT_TYPES, activations, bf16_bits, random_weights
 
 T = GGMLType
 REF = NumpyBackend()
@@ -131,6 +131,23 @@ def test_repacked_matrix_bit_identical(type_, isa, regroup):
         assert np.array_equal(m.matmul(x, 2), REFS[isa].matmul(w, x)), n
         alone = np.concatenate([REFS[isa].matmul(w, x[t:t + 1]) for t in range(n)])
         assert np.array_equal(m.matmul(x, 2, rowwise=True), alone), n
+
+
+@pytest.mark.parametrize("type_", [T.Q4_0, T.Q4_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("sign", [1, -1])
+def test_repacked_one_token_extremes_bit_identical(type_, sign):
+    """The one-token repacked kernels at their integers' largest: every nibble 15 (with VNNI the high
+    nibbles are summed at 16 times their value), every Q4_K scale and min 63, activations all +-127."""
+    rng = np.random.default_rng(3)
+    data = random_weights(rng, type_, 16, 1024)
+    block, size = BLOCK_LAYOUT[type_]
+    blocks = data.reshape(16, 1024 // block, size)
+    fields = 2 * len(F16_FIELDS[type_])  # the f16 scales come first; all ones after them
+    blocks[..., fields:] = 0xFF
+    w = Weight("w", type_, 1024, 16, data)
+    m = matmul.Matrix(data, int(type_), 1024, repacked=True, isa=ISA["avx2"])
+    x = np.full((1, 1024), sign * 0.5, np.float32)
+    assert np.array_equal(m.matmul(x, 1), REFS["avx2"].matmul(w, x))
 
 
 def raw_activations(type_, x):
