@@ -98,6 +98,19 @@ def test_float_matmul_bit_identical_for_any_row_length(type_, n_in, isa):
         assert np.array_equal(m.matmul(x), REFS[isa].matmul(w, x)), n
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type_", [T.F32, T.F16, T.BF16], ids=lambda t: t.name)
+def test_float_matmul_of_long_rows_bit_identical(type_, isa):
+    """Rows of 16384 values: a thread takes 1 MiB of weight rows at a time (chunks of 32 F16 rows,
+    16 F32 ones), against the widened activations in blocks of 512 KiB (6 tokens, three blocks)."""
+    rng = np.random.default_rng(int(type_))
+    n_in, n_out = 16384, 72
+    w = Weight("w", type_, n_in, n_out, random_weights(rng, type_, n_out, n_in))
+    x = rng.standard_normal((14, n_in)).astype(np.float32)
+    assert np.array_equal(matmul.Matrix(w.data, int(type_), n_in, isa=ISA[isa]).matmul(x, n_threads=2),
+                          REFS[isa].matmul(w, x))
+
+
 @pytest.mark.parametrize("type_", PRODUCT_TYPES, ids=lambda t: t.name)
 def test_matmul_on_two_threads_bit_identical(type_):
     """Big enough that the product (and the quantisation of its 9 rows) is split over threads."""
