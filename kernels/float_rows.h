@@ -168,7 +168,8 @@ static inline void tinyblas_widen(int type, int isa, const float *x, int64_t k, 
 #if defined(__AVX512F__)
     if (type == T_F16)
         for (; p + 16 <= k; p += 16)
-            _mm512_storeu_ps(dst + p, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(x + p), _MM_FROUND_TO_NEAREST_INT)));
+            _mm512_storeu_ps(dst + p, _mm512_cvtph_ps(_mm512_cvtps_ph(_mm512_loadu_ps(x + p),
+                                                                        _MM_FROUND_TO_NEAREST_INT)));
     if (type == T_BF16) {
         const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
         const __m512i even = _mm512_sub_epi32(odd, _mm512_set1_epi32(1));
@@ -182,7 +183,8 @@ static inline void tinyblas_widen(int type, int isa, const float *x, int64_t k, 
 #elif defined(LLAMANP_FLOAT_SIMD)
     if (type == T_F16)
         for (; p + 8 <= k; p += 8)
-            _mm256_storeu_ps(dst + p, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + p), _MM_FROUND_TO_NEAREST_INT)));
+            _mm256_storeu_ps(dst + p, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + p),
+                                                                        _MM_FROUND_TO_NEAREST_INT)));
 #endif
     for (; p < k; p++) dst[p] = rounded_to(type, x[tinyblas_source(p, type, isa)]);
 }
@@ -216,7 +218,8 @@ static inline float tinyblas_lanes(int k, int type, int isa, const void *w, cons
 static inline __m256 tinyblas_load8(const void *p, int64_t l, int64_t h, int type, int isa) {
     if (type != T_BF16 || isa != ISA_AVX512) return float_load8(p, l + h, type);
     const __m256i v = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + l + 2 * (h & 8)));
-    return _mm256_castsi256_ps(h & 16 ? _mm256_slli_epi32(v, 16) : _mm256_and_si256(v, _mm256_set1_epi32((int)0xFFFF0000u)));
+    const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
+    return _mm256_castsi256_ps(h & 16 ? _mm256_slli_epi32(v, 16) : _mm256_and_si256(v, high));
 }
 
 /* tinyBLAS's sum for RM (<= 4) weight rows of ``type`` x RN (<= TILE_RN) widened activation rows,
@@ -244,7 +247,8 @@ static inline __attribute__((always_inline)) void tinyblas_tile(
 static inline __m512 tinyblas_load16(const void *p, int64_t l, int64_t h, int type) {
     if (type != T_BF16) return float_load16(p, l + h, type);
     const __m512i v = _mm512_loadu_si512((const void *)((const uint16_t *)p + l));
-    return _mm512_castsi512_ps(h ? _mm512_slli_epi32(v, 16) : _mm512_and_si512(v, _mm512_set1_epi32((int)0xFFFF0000u)));
+    const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
+    return _mm512_castsi512_ps(h ? _mm512_slli_epi32(v, 16) : _mm512_and_si512(v, high));
 }
 #endif
 

@@ -111,6 +111,25 @@ def test_float_matmul_of_long_rows_bit_identical(type_, isa):
                           REFS[isa].matmul(w, x))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type_", [T.F16, T.BF16], ids=lambda t: t.name)
+def test_float_matmul_rounds_activations_as_ggml(type_, isa):
+    """The tiles' activations, rounded to f16 or bf16 once per product: ties both ways, the largest
+    finite value and past it (infinity), infinities and NaNs (one token each, so the others stay finite)."""
+    rng = np.random.default_rng(int(type_) + 7)
+    w = Weight("w", type_, 64, 8, random_weights(rng, type_, 8, 64))
+    x = rng.standard_normal((6, 64)).astype(np.float32)
+    ties = [0x3F801000, 0x3F803000] if type_ == T.F16 else [0x3F808000, 0x3F818000]
+    x[0, :4] = np.array(ties + [0xBF801000, 0xBF818000], np.uint32).view(np.float32)
+    x[1, 3], x[2, 5] = (65504.0, 65520.0) if type_ == T.F16 else np.array([0x7F7F7FFF, 0x7F7F8000], np.uint32).view(
+        np.float32)
+    x[3, 7], x[4, 9] = np.inf, -np.inf
+    x[5, 11] = np.array(0xFFC12345, np.uint32).view(np.float32)
+    got = matmul.Matrix(w.data, int(type_), 64, isa=ISA[isa]).matmul(x)
+    with np.errstate(over="ignore", invalid="ignore"):  # the reference's casts of the infinite sums
+        assert np.array_equal(got, REFS[isa].matmul(w, x), equal_nan=True)
+
+
 @pytest.mark.parametrize("type_", PRODUCT_TYPES, ids=lambda t: t.name)
 def test_matmul_on_two_threads_bit_identical(type_):
     """Big enough that the product (and the quantisation of its 9 rows) is split over threads."""
