@@ -19,7 +19,8 @@
  * tinyBLAS takes 16-lane accumulators over steps of 16 (BF16: vdpbf16ps over steps of 32).
  * One-row dots use vdpbf16ps itself where compiled for AVX512_BF16; elsewhere, and in the
  * tiles, vdpbf16ps is two fmas per lane (its odd product, then its even one: exact bf16
- * products, each sum rounded), which on these cores run four times its rate.
+ * products, each sum rounded): on the AVX-512 Xeon here vdpbf16ps issues at a quarter of the
+ * fma rate, so its two fmas take half its time.
  *
  * tinyBLAS's tiles take the activations as floats, rounded to the weights' type and widened
  * once per product (tinyblas_widen; for AVX-512's BF16 each 32 values' odd ones, then their
@@ -152,8 +153,8 @@ static inline __m512 bf16_round16(__m512 x) {
     const __m512i b = _mm512_castps_si512(x);
     const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF)),
                                                   _mm512_set1_epi32(0x7F800000));
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd));
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));  /* ties to even */
+    const __m512i rounded = _mm512_add_epi32(b, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
     const __m512i quiet = _mm512_or_si512(b, _mm512_set1_epi32(0x400000));  /* a NaN: (bits >> 16) | 64 */
     return _mm512_castsi512_ps(_mm512_and_si512(_mm512_mask_mov_epi32(rounded, nan, quiet),
                                                 _mm512_set1_epi32((int)0xFFFF0000u)));
@@ -189,17 +190,14 @@ static inline void tinyblas_widen(int type, int isa, const float *x, int64_t k, 
     for (; p < k; p++) dst[p] = rounded_to(type, x[tinyblas_source(p, type, isa)]);
 }
 
-/* One output in tinyBLAS's order, lane by lane: lane p % 8 (AVX-512: p % 16) adds the product at
- * position p with one fma, then hsum8 (hsum16).  The activations ``a`` are widened
- * (tinyblas_widen) or, where not ``widened``, stored as the weights are. */
-static inline float tinyblas_lanes(int k, int type, int isa, const void *w, const void *a, int widened) {
+/* One output in tinyBLAS's order, lane by lane: lane p % 8 (AVX-512: p % 16) adds the product of
+ * the weight tinyblas_source(p) names and the widened activation at p (tinyblas_widen) with one
+ * fma, then hsum8 (hsum16). */
+static inline float tinyblas_lanes(int k, int type, int isa, const void *w, const float *a) {
     const int lanes = isa == ISA_AVX512 ? 16 : 8;
     float acc[16] = {0};
-    for (int p = 0; p < k; p++) {
-        const int64_t s = tinyblas_source(p, type, isa);
-        const float av = widened ? ((const float *)a)[p] : float_at(a, s, type);
-        acc[p % lanes] = fmaf(float_at(w, s, type), av, acc[p % lanes]);
-    }
+    for (int p = 0; p < k; p++)
+        acc[p % lanes] = fmaf(float_at(w, tinyblas_source(p, type, isa), type), a[p], acc[p % lanes]);
     return lanes == 16 ? hsum16(acc) : hsum8(acc);
 }
 
@@ -314,6 +312,20 @@ static inline __attribute__((always_inline)) void tinyblas_tile_of(
 #define TILE_RN 3
 #endif
 
+/* One output of tinyBLAS (a 1 x 1 tile): weight row w of ``type``, activation row a widened. */
+static inline float tinyblas_dot(int k, int type, int isa, const void *w, const float *a) {
+#if defined(LLAMANP_FLOAT_SIMD)
+    float out;
+    if (isa == ISA_AVX512)
+        tinyblas_tile16(k, type, (const uint8_t *)w, 0, a, 0, 1, 1, &out, 1);
+    else
+        tinyblas_tile(k, type, (const uint8_t *)w, 0, a, 0, 1, 1, &out, 1);
+    return out;
+#else
+    return tinyblas_lanes(k, type, isa, w, a);
+#endif
+}
+
 /* Bytes of weight rows (as stored) a thread takes at a time, and of widened activations a pass
  * over them takes at a time: both stay in the core's L2 (2 MiB here) while the tiles run, so the
  * weights come from memory once per product and the activations from L3 once per chunk. */
@@ -348,7 +360,7 @@ static inline __attribute__((always_inline)) void tinyblas_rows_of(
                 for (int64_t j = 0; j < rn; j++)
                     for (int64_t i = 0; i < 4; i++)
                         out[(t + j) * ldo + r + i] = tinyblas_lanes(k, type, isa, w + (r + i) * row_bytes,
-                                                                    acts + (t + j) * k, 1);
+                                                                    acts + (t + j) * k);
 #endif
             }
     }
@@ -443,11 +455,10 @@ static inline float vec_dot16(int n, const void *w, const void *a, int type) {
     return add_tail(total, body, n, w, a, type);
 }
 
-/* One output of engine.float_dots.float_dots: the dot of two rows of n values of ``type`` in
- * tinyBLAS's order (``tiny_blas``: n a multiple of its step; a 1 x 1 tile), or else in
- * ggml_vec_dot_f32's, _f16's or _bf16's (by ``type``), as llama.cpp built for ``isa`` runs them. */
-static inline float float_dot(int n, const void *w, const void *a, int type, int tiny_blas, int isa) {
-    if (tiny_blas) return tinyblas_lanes(n, type, isa, w, a, 0);
+/* One output of engine.float_dots.float_dots for one activation row: the dot of two rows of n
+ * values of ``type`` in ggml_vec_dot_f32's, _f16's or _bf16's order (by ``type``), as llama.cpp
+ * built for ``isa`` runs them (several rows: tinyblas_rows, tinyblas_dot). */
+static inline float float_dot(int n, const void *w, const void *a, int type, int isa) {
     if (isa == ISA_AVX512) return vec_dot16(n, w, a, type);
     const int body = n - n % 32;
     float total;
