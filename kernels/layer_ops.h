@@ -348,9 +348,9 @@ static inline __m256 hsum16x8_zmm(const __m512 *v) {
 static inline int lanes_isa(int lanes) { return lanes == 16 || lanes == 64 ? ISA_AVX512 : ISA_AVX2; }
 static inline int lanes_tiny_blas(int lanes) { return lanes == 8 || lanes == 16; }
 
-/* scores[j] = dot(q, k_j) * scale for the m keys (rows of hd f16 values) in the order of
- * float_dot that ``lanes`` names (lanes_isa, lanes_tiny_blas); qh: q rounded to f16, qf: the same
- * values as floats.  Blocks of eight keys share one reduction (AVX-512's orders where compiled
+/* scores[j] = dot(q, k_j) * scale for the m keys (rows of hd f16 values) in the order that
+ * ``lanes`` names (lanes_isa, lanes_tiny_blas: tinyblas_dot's or float_dot's); qh: q rounded to
+ * f16, qf: the same values as floats.  Blocks of eight keys share one reduction (AVX-512's orders where compiled
  * for AVX-512, in zmm registers); the other keys take the single-row dots of float_rows.h. */
 static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_t *k, int m, int hd, float scale,
                               int lanes, float *scores) {
@@ -424,7 +424,7 @@ static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_
         for (; j + 8 <= m; j += 8) {
             float head[8];  /* each key's sum over the body, as vec_dot_f16 leaves it before its tail */
             for (int r = 0; r < 8; r++)
-                head[r] = body ? float_dot(body, qh, k + (int64_t)(j + r) * hd, T_F16, 0, ISA_AVX512) : 0.0f;
+                head[r] = body ? float_dot(body, qh, k + (int64_t)(j + r) * hd, T_F16, ISA_AVX512) : 0.0f;
             __m256d lo = _mm256_cvtps_pd(_mm_loadu_ps(head)), hi = _mm256_cvtps_pd(_mm_loadu_ps(head + 4));
             for (int c = body; c < hd; c++) {
                 uint16_t kc[8];  /* column c of the eight keys */
@@ -438,12 +438,12 @@ static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_
             _mm256_storeu_ps(scores + j, _mm256_mul_ps(_mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo)), sv));
         }
     }
-#else
-    (void)qf;
 #endif
     for (; j < m; j++) {
         const uint16_t *kj = k + (int64_t)j * hd;
-        scores[j] = float_dot(hd, qh, kj, T_F16, lanes_tiny_blas(lanes), lanes_isa(lanes)) * scale;
+        const int isa = lanes_isa(lanes);
+        scores[j] = (lanes_tiny_blas(lanes) ? tinyblas_dot(hd, T_F16, isa, kj, qf) : float_dot(hd, qh, kj, T_F16, isa))
+                    * scale;
     }
 }
 

@@ -25,6 +25,9 @@ from kernels.parallel import check_threads
 
 cnp.import_array()
 
+cdef extern from "stdlib.h" nogil:
+    int posix_memalign(void **memptr, size_t alignment, size_t size)
+
 cdef extern from "sys/mman.h" nogil:
     int madvise(void *addr, size_t length, int advice)
     int MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE
@@ -44,8 +47,10 @@ cdef extern from "vec_dot.h" nogil:
 
 cdef extern from "float_rows.h" nogil:
     bint tinyblas_accepts(int64_t n_tok, int64_t n_out, int64_t n_in, int type, int isa)
+    void tinyblas_widen(int type, int isa, const float *x, int64_t k, float *dst)
+    int64_t tinyblas_chunk_rows(int64_t n_out, int64_t row_bytes, int nt)
     void tinyblas_rows(int type, int k, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1,
-                       const uint8_t *acts, int64_t act_bytes, int64_t n_tok, float *out, int64_t ldo, int isa)
+                       const float *acts, int64_t n_tok, float *out, int64_t ldo, int isa)
 
 cdef extern from "block32_rows.h" nogil:
     const int B32_VNNI
@@ -427,6 +432,9 @@ cdef class Matrix:
             self.matmul_kx8(xs, n, o, nt, 1 if rowwise else TILE)
         elif self.type in (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0) or self.type == T_Q4_0 and not self.repacked:
             self.matmul_blocks32(xs, n, o, nt)  # vec_dot's arithmetic per (row, token): rowwise as it is
+        elif (self.type in (T_F32, T_F16, T_BF16) and not rowwise
+              and tinyblas_accepts(n, self.n_out, self.n_in, self.type, self.isa)):
+            self.matmul_tinyblas(xs, n, o, nt)
         else:
             self.matmul_rows(xs, n, o, nt, rowwise)
         return out
@@ -437,13 +445,10 @@ cdef class Matrix:
         """Generic path: quantise the activations, then every row against every token, in the
         order of the ggml kernel that this type and number of tokens select.
 
-        Float rows go through tinyBLAS's order where it takes the shape (float_rows.h), and
         K-quant rows are unpacked once for all tokens when there is more than one (kq_rows);
         ``rowwise`` takes the one-token order (vec_dot) for every token.
         """
         cdef int64_t act_bytes = type_row_bytes(self.act_type, self.n_in)
-        cdef bint tiny_blas = (self.type in (T_F32, T_F16, T_BF16)
-                               and tinyblas_accepts(n, self.n_out, self.n_in, self.type, self.isa) and not rowwise)
         cdef bint unpack_once = n > 1 and T_Q2_K <= self.type <= T_Q6_K and not rowwise
         # Q4_0 rows that llama.cpp repacks, not regrouped here: its repacked kernels' order, one row at a time
         cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.repacked else self.dot
@@ -471,10 +476,7 @@ cdef class Matrix:
             while t0 < n:
                 for chunk in prange(n_chunks, schedule="static", num_threads=nt):
                     r_end = min(chunk * 16 + 16, self.n_out)
-                    if tiny_blas:
-                        tinyblas_rows(self.type, <int>self.n_in, self.ptr, self.row_bytes, chunk * 16, r_end,
-                                      acts, act_bytes, n, out, self.n_out, self.isa)
-                    elif unpack_once:
+                    if unpack_once:
                         failed += kq_rows(self.type, self.ptr, self.row_bytes, chunk * 16, r_end, <int>self.n_in,
                                           acts + t0 * act_bytes, act_bytes,
                                           <kq_codes *>(<uint8_t *>codes + t0 // KQ_CODE_TOKENS * tile_bytes),
@@ -489,6 +491,24 @@ cdef class Matrix:
         free(codes)
         if failed:
             raise MemoryError("no memory for unpacked weight rows")
+        return 0
+
+    cdef int matmul_tinyblas(self, const float *x, int64_t n, float *out, int nt) except -1:
+        """Float rows in llamafile's tinyBLAS order (float_rows.h): the activations rounded to the
+        weights' type and widened back to floats once (tinyblas_widen), then each thread's chunks
+        of rows against all of them."""
+        cdef float *acts = NULL  # (n, n_in) widened, on cache lines: a vector load that spans two costs double
+        if posix_memalign(<void **>&acts, 64, n * self.n_in * sizeof(float)):
+            raise MemoryError()
+        cdef int64_t rows = tinyblas_chunk_rows(self.n_out, self.row_bytes, nt)
+        cdef Py_ssize_t t, chunk, n_chunks = (self.n_out + rows - 1) // rows
+        with nogil:
+            for t in prange(n, schedule="static", num_threads=nt if n >= MIN_PARALLEL_ROWS else 1):
+                tinyblas_widen(self.type, self.isa, x + t * self.n_in, self.n_in, acts + t * self.n_in)
+            for chunk in prange(n_chunks, schedule="static", num_threads=nt):
+                tinyblas_rows(self.type, <int>self.n_in, self.ptr, self.row_bytes, chunk * rows,
+                              min(chunk * rows + rows, self.n_out), acts, n, out, self.n_out, self.isa)
+        free(acts)
         return 0
 
     cdef int matmul_blocks32(self, const float *x, int64_t n, float *out, int nt) except -1:

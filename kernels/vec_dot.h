@@ -329,20 +329,20 @@ static inline float dot_q6_K_q8_K(int n, const void *x, const void *y) { return 
 
 /* ---------------------------------------------------------------- float rows */
 
-static inline float dot_f32_f32(int n, const void *x, const void *y) { return float_dot(n, x, y, T_F32, 0, ISA_AVX2); }
-static inline float dot_f16_f16(int n, const void *x, const void *y) { return float_dot(n, x, y, T_F16, 0, ISA_AVX2); }
+static inline float dot_f32_f32(int n, const void *x, const void *y) { return float_dot(n, x, y, T_F32, ISA_AVX2); }
+static inline float dot_f16_f16(int n, const void *x, const void *y) { return float_dot(n, x, y, T_F16, ISA_AVX2); }
 static inline float dot_bf16_bf16(int n, const void *x, const void *y) {
-    return float_dot(n, x, y, T_BF16, 0, ISA_AVX2);
+    return float_dot(n, x, y, T_BF16, ISA_AVX2);
 }
 /* the same in the orders of llama.cpp built for AVX-512 */
 static inline float dot_f32_f32_avx512(int n, const void *x, const void *y) {
-    return float_dot(n, x, y, T_F32, 0, ISA_AVX512);
+    return float_dot(n, x, y, T_F32, ISA_AVX512);
 }
 static inline float dot_f16_f16_avx512(int n, const void *x, const void *y) {
-    return float_dot(n, x, y, T_F16, 0, ISA_AVX512);
+    return float_dot(n, x, y, T_F16, ISA_AVX512);
 }
 static inline float dot_bf16_bf16_avx512(int n, const void *x, const void *y) {
-    return float_dot(n, x, y, T_BF16, 0, ISA_AVX512);
+    return float_dot(n, x, y, T_BF16, ISA_AVX512);
 }
 
 /* ---------------------------------------------------------------- dispatch */

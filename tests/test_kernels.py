@@ -98,6 +98,38 @@ def test_float_matmul_bit_identical_for_any_row_length(type_, n_in, isa):
         assert np.array_equal(m.matmul(x), REFS[isa].matmul(w, x)), n
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type_", [T.F32, T.F16, T.BF16], ids=lambda t: t.name)
+def test_float_matmul_of_long_rows_bit_identical(type_, isa):
+    """Rows of 16384 values: a thread takes 1 MiB of weight rows at a time (chunks of 32 F16 rows,
+    16 F32 ones), against the widened activations in blocks of 512 KiB (6 tokens, three blocks)."""
+    rng = np.random.default_rng(int(type_))
+    n_in, n_out = 16384, 72
+    w = Weight("w", type_, n_in, n_out, random_weights(rng, type_, n_out, n_in))
+    x = rng.standard_normal((14, n_in)).astype(np.float32)
+    assert np.array_equal(matmul.Matrix(w.data, int(type_), n_in, isa=ISA[isa]).matmul(x, n_threads=2),
+                          REFS[isa].matmul(w, x))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type_", [T.F16, T.BF16], ids=lambda t: t.name)
+def test_float_matmul_rounds_activations_as_ggml(type_, isa):
+    """The tiles' activations, rounded to f16 or bf16 once per product: ties both ways, the largest
+    finite value and past it (infinity), infinities and NaNs (one token each, so the others stay finite)."""
+    rng = np.random.default_rng(int(type_) + 7)
+    w = Weight("w", type_, 64, 8, random_weights(rng, type_, 8, 64))
+    x = rng.standard_normal((6, 64)).astype(np.float32)
+    ties = [0x3F801000, 0x3F803000] if type_ == T.F16 else [0x3F808000, 0x3F818000]
+    x[0, :4] = np.array(ties + [0xBF801000, 0xBF818000], np.uint32).view(np.float32)
+    x[1, 3], x[2, 5] = (65504.0, 65520.0) if type_ == T.F16 else np.array([0x7F7F7FFF, 0x7F7F8000], np.uint32).view(
+        np.float32)
+    x[3, 7], x[4, 9] = np.inf, -np.inf
+    x[5, 11] = np.array(0xFFC12345, np.uint32).view(np.float32)
+    got = matmul.Matrix(w.data, int(type_), 64, isa=ISA[isa]).matmul(x)
+    with np.errstate(over="ignore", invalid="ignore"):  # the reference's casts of the infinite sums
+        assert np.array_equal(got, REFS[isa].matmul(w, x), equal_nan=True)
+
+
 @pytest.mark.parametrize("type_", PRODUCT_TYPES, ids=lambda t: t.name)
 def test_matmul_on_two_threads_bit_identical(type_):
     """Big enough that the product (and the quantisation of its 9 rows) is split over threads."""
