@@ -395,8 +395,8 @@ void kq_rows_tiled(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, in
                 }
             }
         }
-        for (int i = 0; i < rows; i++)
-            for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t t = 0; t < n_tok; t++)  /* token by token: each writes its rows' outputs side by side */
+            for (int i = 0; i < rows; i++)
                 out[t * ldo + g + i] = acc[8 * ((i / 2) * n_tiles + t / 4) + 4 * (i % 2) + t % 4];
     }
 }
@@ -496,8 +496,8 @@ void kq_rows_codes(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, in
                     kq_codes_tile(type, u8, &codes[k * nb + b], acc8);
                 }
         }
-        for (int i = 0; i < rows; i++)
-            for (int64_t t = 0; t < n_tok; t++) out[t * ldo + g + i] = acc[KQ_CODE_TOKENS * i * n_tiles + t];
+        for (int64_t t = 0; t < n_tok; t++)  /* token by token: each writes its rows' outputs side by side */
+            for (int i = 0; i < rows; i++) out[t * ldo + g + i] = acc[KQ_CODE_TOKENS * i * n_tiles + t];
     }
 }
 #else
