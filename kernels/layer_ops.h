@@ -669,7 +669,7 @@ static inline void transpose_keys16(const uint16_t *k, int m, int hd, int b, flo
 /* q.k of the sixteen keys of one transposed block kt, one key per lane, in tinyBLAS's 16-lane order:
  * lane l of a dot sums the products of elements l, l + 16, ... in turn (a[l], here a vector over
  * the keys), then hsum16 adds the lanes (8 + i to i, 4 + i to i, then (0 + 2) + (1 + 3)). */
-static inline __m512 score16(const float *kt, const float *qf, int hd) {
+static inline __attribute__((always_inline)) __m512 score16(const float *kt, const float *qf, int hd) {
     __m512 a[16];
     for (int l = 0; l < 16; l++) a[l] = _mm512_setzero_ps();
     for (const float *end = qf + hd; qf < end; qf += 16, kt += 256)
@@ -712,29 +712,32 @@ static inline __attribute__((always_inline)) void weigh_lane16(const float *cons
             if (h < nh && c < nv) _mm512_storeu_ps(rows[h] + d0 + 16 * c, a[h][c]);
 }
 
-/* attend for the `heads` query heads (one after another in q and out) of one kv head at one
- * position, in tinyBLAS's 16-lane orders (AVX-512's several-row q.K and P.V; hd a multiple of 16):
- * kt is the kv head's keys transposed by transpose_keys16 from the same first key as v.  Each
- * block of keys is scored from L1 for every head, and each value row serves four heads at a time.
- * Scratch: qf heads * hd floats, scores heads * (m rounded up to 16), probs heads * m floats,
- * half m halves, acc heads * 16 * hd floats. */
-static inline void attend_group(const float *q, int heads, const float *kt, const uint16_t *v, int m, int masked,
-                                int hd, float scale, float *qf, float *scores, float *probs, uint16_t *half,
-                                float *acc, float *out) {
-    const int m16 = (m + 15) / 16 * 16;
-    for (int i = 0; i < heads * hd; i++) qf[i] = fp16_to_fp32(fp32_to_fp16(q[i]));
+/* scores[h * m16 + j] = q_h.k_j * scale for the heads' f16-rounded queries qf (heads * hd) and
+ * the m16 keys of kt (a multiple of 16), every block of keys scored for all heads while in L1 */
+static inline void score_group(const float *kt, const float *qf, int heads, int hd, int m16, float scale,
+                               float *scores) {
     const __m512 sv = _mm512_set1_ps(scale);
     for (int b = 0; b < m16 / 16; b++)
         for (int h = 0; h < heads; h++)
             _mm512_storeu_ps(scores + h * m16 + 16 * b, _mm512_mul_ps(score16(kt + 16 * hd * b, qf + h * hd, hd), sv));
-    for (int h = 0; h < heads; h++) {
-        float *s = scores + h * m16, *ph = probs + (int64_t)h * m;
-        for (int j = 0; j < masked; j++) s[j] = -INFINITY;
-        softmax_f16(s, m, half, ISA_AVX512);
-        int j = 0;
-        for (; j + 16 <= m; j += 16) _mm512_storeu_ps(ph + j, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(half + j))));
-        for (; j < m; j++) ph[j] = fp16_to_fp32(half[j]);
-    }
+}
+
+/* One head's scores s (m) to probabilities p (m floats, f16-rounded) by AVX-512's softmax_f16,
+ * the first `masked` hidden; half: m halves of scratch */
+static inline void softmax_group_head(float *s, int m, int masked, uint16_t *half, float *p) {
+    for (int j = 0; j < masked; j++) s[j] = -INFINITY;
+    softmax_f16(s, m, half, ISA_AVX512);
+    int j = 0;
+    for (; j + 16 <= m; j += 16)
+        _mm512_storeu_ps(p + j, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(half + j))));
+    for (; j < m; j++) p[j] = fp16_to_fp32(half[j]);
+}
+
+/* out[h * hd + d] = tinyBLAS's 16-lane sum over keys j < m of probs[h * m + j] * v[j][d] for each head,
+ * four heads at a time over each value row (weigh_lane16), then each head's lanes reduced as
+ * weigh_values reduces them.  acc: heads * 16 * hd floats of scratch. */
+static inline void weigh_values_group(const float *probs, int heads, const uint16_t *v, int m, int hd, float *acc,
+                                      float *out) {
     const int used = m < 16 ? m : 16;
     for (int h0 = 0; h0 < heads; h0 += 4) {
         const int nh = heads - h0 < 4 ? heads - h0 : 4;
@@ -757,6 +760,21 @@ static inline void attend_group(const float *q, int heads, const float *kt, cons
         memset(ah + (size_t)used * hd, 0, sizeof(float) * (size_t)(16 - used) * hd);
         reduce_lanes(ah, hd, 16, out + (int64_t)h * hd);
     }
+}
+
+/* attend for the `heads` query heads (one after another in q and out) of one kv head at one
+ * position, in tinyBLAS's 16-lane orders (AVX-512's several-row q.K and P.V; hd a multiple of 16):
+ * kt is the kv head's keys transposed by transpose_keys16 from the same first key as v.
+ * Scratch: qf heads * hd floats, scores heads * (m rounded up to 16), probs heads * m floats,
+ * half m halves, acc heads * 16 * hd floats. */
+static inline void attend_group(const float *q, int heads, const float *kt, const uint16_t *v, int m, int masked,
+                                int hd, float scale, float *qf, float *scores, float *probs, uint16_t *half,
+                                float *acc, float *out) {
+    const int m16 = (m + 15) / 16 * 16;
+    for (int i = 0; i < heads * hd; i++) qf[i] = fp16_to_fp32(fp32_to_fp16(q[i]));
+    score_group(kt, qf, heads, hd, m16, scale, scores);
+    for (int h = 0; h < heads; h++) softmax_group_head(scores + h * m16, m, masked, half, probs + (int64_t)h * m);
+    weigh_values_group(probs, heads, v, m, hd, acc, out);
 }
 #else
 #define ATTEND_GROUP 0
