@@ -395,8 +395,8 @@ void kq_rows_tiled(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, in
                 }
             }
         }
-        for (int i = 0; i < rows; i++)
-            for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t t = 0; t < n_tok; t++)  /* token by token: each writes its rows' outputs side by side */
+            for (int i = 0; i < rows; i++)
                 out[t * ldo + g + i] = acc[8 * ((i / 2) * n_tiles + t / 4) + 4 * (i % 2) + t % 4];
     }
 }
@@ -415,19 +415,19 @@ typedef struct {
     float d[KQ_CODE_TOKENS];
 } kq_codes;
 
-/* codes[k * nb + b]: block b of tokens 16k..16k+15 of the Q8_K rows acts (n_tok rows of act_bytes) */
-static inline void kq_make_codes(const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb, kq_codes *codes) {
-    for (int64_t k = 0; k < (n_tok + KQ_CODE_TOKENS - 1) / KQ_CODE_TOKENS; k++)
-        for (int b = 0; b < nb; b++) {
-            kq_codes *c = &codes[k * nb + b];
-            memset(c, 0, sizeof *c);
-            for (int64_t j = 0; j < KQ_CODE_TOKENS && KQ_CODE_TOKENS * k + j < n_tok; j++) {
-                const block_q8_K *y = (const block_q8_K *)(acts + (KQ_CODE_TOKENS * k + j) * act_bytes) + b;
-                for (int g = 0; g < QK_K / 4; g++) memcpy(&c->q[g][4 * j], y->qs + 4 * g, 4);
-                for (int p = 0; p < QK_K / 32; p++) memcpy(&c->bsums[p][2 * j], y->bsums + 2 * p, 4);
-                c->d[j] = y->d;
-            }
+/* codes[k * nb + b] for every block b of tokens 16k..16k+15 of the Q8_K rows acts (n_tok rows of act_bytes) */
+static inline void kq_make_codes(const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb, int64_t k,
+                                 kq_codes *codes) {
+    for (int b = 0; b < nb; b++) {
+        kq_codes *c = &codes[k * nb + b];
+        memset(c, 0, sizeof *c);
+        for (int64_t j = 0; j < KQ_CODE_TOKENS && KQ_CODE_TOKENS * k + j < n_tok; j++) {
+            const block_q8_K *y = (const block_q8_K *)(acts + (KQ_CODE_TOKENS * k + j) * act_bytes) + b;
+            for (int g = 0; g < QK_K / 4; g++) memcpy(&c->q[g][4 * j], y->qs + 4 * g, 4);
+            for (int p = 0; p < QK_K / 32; p++) memcpy(&c->bsums[p][2 * j], y->bsums + 2 * p, 4);
+            c->d[j] = y->d;
         }
+    }
 }
 
 /* One super-block of eight rows u[0..8) against the sixteen tokens of c through kq_tiled_add's
@@ -496,16 +496,17 @@ void kq_rows_codes(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, in
                     kq_codes_tile(type, u8, &codes[k * nb + b], acc8);
                 }
         }
-        for (int i = 0; i < rows; i++)
-            for (int64_t t = 0; t < n_tok; t++) out[t * ldo + g + i] = acc[KQ_CODE_TOKENS * i * n_tiles + t];
+        for (int64_t t = 0; t < n_tok; t++)  /* token by token: each writes its rows' outputs side by side */
+            for (int i = 0; i < rows; i++) out[t * ldo + g + i] = acc[KQ_CODE_TOKENS * i * n_tiles + t];
     }
 }
 #else
 #define KQ_CODES 0
 typedef struct kq_codes kq_codes;
 /* never called here: kq_codes_bytes asks for no codes */
-static inline void kq_make_codes(const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb, kq_codes *codes) {
-    (void)acts, (void)act_bytes, (void)n_tok, (void)nb, (void)codes;
+static inline void kq_make_codes(const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb, int64_t k,
+                                 kq_codes *codes) {
+    (void)acts, (void)act_bytes, (void)n_tok, (void)nb, (void)k, (void)codes;
 }
 #endif
 

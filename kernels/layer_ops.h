@@ -652,4 +652,142 @@ static inline void attend(const float *q, const uint16_t *k, const uint16_t *v, 
     weigh_values(probs, v, m, hd, pv_lanes, acc, out);
 }
 
+/* ---------------------------------------------------------------- attention of a head group (AVX-512) */
+
+#if defined(__AVX512F__)
+#define ATTEND_GROUP 1
+
+/* Keys [16b, 16b + 16) of a kv head (rows of hd f16 values; those at or past m are zeros) transposed
+ * for attend_group: kt[16c + i] = key 16b + i's value c, as floats (exact). */
+static inline void transpose_keys16(const uint16_t *k, int m, int hd, int b, float *kt) {
+    for (int i = 0; i < 16; i++) {
+        const int j = 16 * b + i;
+        for (int c = 0; c < hd; c++) kt[16 * c + i] = j < m ? fp16_to_fp32(k[(int64_t)j * hd + c]) : 0.0f;
+    }
+}
+
+/* q.k of the sixteen keys of one transposed block kt, one key per lane, in tinyBLAS's 16-lane order:
+ * lane l of a dot sums the products of elements l, l + 16, ... in turn (a[l], here a vector over
+ * the keys), then hsum16 adds the lanes (8 + i to i, 4 + i to i, then (0 + 2) + (1 + 3)). */
+static inline __attribute__((always_inline)) __m512 score16(const float *kt, const float *qf, int hd) {
+    __m512 a[16];
+    for (int l = 0; l < 16; l++) a[l] = _mm512_setzero_ps();
+    for (const float *end = qf + hd; qf < end; qf += 16, kt += 256)
+        for (int l = 0; l < 16; l++) a[l] = _mm512_fmadd_ps(_mm512_set1_ps(qf[l]), _mm512_loadu_ps(kt + 16 * l), a[l]);
+    for (int i = 0; i < 8; i++) a[i] = _mm512_add_ps(a[8 + i], a[i]);
+    for (int i = 0; i < 4; i++) a[i] = _mm512_add_ps(a[4 + i], a[i]);
+    return _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+}
+
+/* Lane l of tinyBLAS's 16-lane P.V for up to four heads (nh) and the 16 nv values from d0: per
+ * head and value, keys l, l + 16, ... below m in turn; each value row is converted once for the
+ * heads.  p[h]: head h's probabilities as floats; rows[h]: where head h's lane l sums go. */
+static inline __attribute__((always_inline)) void weigh_lane16(const float *const *p, int nh, const uint16_t *v,
+                                                               int m, int hd, int l, int d0, int nv,
+                                                               float *const *rows) {
+    __m512 a[4][4];
+#pragma GCC unroll 4
+    for (int h = 0; h < 4; h++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) a[h][c] = _mm512_setzero_ps();
+    for (int j = l; j < m; j += 16) {
+        const uint16_t *vj = v + (int64_t)j * hd + d0;
+        __m512 vc[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++)
+            if (c < nv) vc[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16 * c)));
+#pragma GCC unroll 4
+        for (int h = 0; h < 4; h++)
+            if (h < nh) {
+                const __m512 pj = _mm512_set1_ps(p[h][j]);
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++)
+                    if (c < nv) a[h][c] = _mm512_fmadd_ps(pj, vc[c], a[h][c]);
+            }
+    }
+#pragma GCC unroll 4
+    for (int h = 0; h < 4; h++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++)
+            if (h < nh && c < nv) _mm512_storeu_ps(rows[h] + d0 + 16 * c, a[h][c]);
+}
+
+/* scores[h * m16 + j] = q_h.k_j * scale for the heads' f16-rounded queries qf (heads * hd) and
+ * the m16 keys of kt (a multiple of 16), every block of keys scored for all heads while in L1 */
+static inline void score_group(const float *kt, const float *qf, int heads, int hd, int m16, float scale,
+                               float *scores) {
+    const __m512 sv = _mm512_set1_ps(scale);
+    for (int b = 0; b < m16 / 16; b++)
+        for (int h = 0; h < heads; h++)
+            _mm512_storeu_ps(scores + h * m16 + 16 * b, _mm512_mul_ps(score16(kt + 16 * hd * b, qf + h * hd, hd), sv));
+}
+
+/* One head's scores s (m) to probabilities p (m floats, f16-rounded) by AVX-512's softmax_f16,
+ * the first `masked` hidden; half: m halves of scratch */
+static inline void softmax_group_head(float *s, int m, int masked, uint16_t *half, float *p) {
+    for (int j = 0; j < masked; j++) s[j] = -INFINITY;
+    softmax_f16(s, m, half, ISA_AVX512);
+    int j = 0;
+    for (; j + 16 <= m; j += 16)
+        _mm512_storeu_ps(p + j, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(half + j))));
+    for (; j < m; j++) p[j] = fp16_to_fp32(half[j]);
+}
+
+/* out[h * hd + d] = tinyBLAS's 16-lane sum over keys j < m of probs[h * m + j] * v[j][d] for each head,
+ * four heads at a time over each value row (weigh_lane16), then each head's lanes reduced as
+ * weigh_values reduces them.  acc: heads * 16 * hd floats of scratch. */
+static inline void weigh_values_group(const float *probs, int heads, const uint16_t *v, int m, int hd, float *acc,
+                                      float *out) {
+    const int used = m < 16 ? m : 16;
+    for (int h0 = 0; h0 < heads; h0 += 4) {
+        const int nh = heads - h0 < 4 ? heads - h0 : 4;
+        const float *p[4];
+        float *rows[4];
+        for (int l = 0; l < used; l++) {
+            for (int h = 0; h < nh; h++) {
+                p[h] = probs + (int64_t)(h0 + h) * m;
+                rows[h] = acc + ((int64_t)(h0 + h) * 16 + l) * hd;
+            }
+            for (int d0 = 0; d0 < hd; d0 += 64) {
+                const int nv = (hd - d0 < 64 ? hd - d0 : 64) / 16;
+                if (nh == 4 && nv == 4) weigh_lane16(p, 4, v, m, hd, l, d0, 4, rows);  /* the usual tile, unrolled */
+                else weigh_lane16(p, nh, v, m, hd, l, d0, nv, rows);
+            }
+        }
+    }
+    for (int h = 0; h < heads; h++) {
+        float *ah = acc + (int64_t)h * 16 * hd;
+        memset(ah + (size_t)used * hd, 0, sizeof(float) * (size_t)(16 - used) * hd);
+        reduce_lanes(ah, hd, 16, out + (int64_t)h * hd);
+    }
+}
+
+/* attend for the `heads` query heads (one after another in q and out) of one kv head at one
+ * position, in tinyBLAS's 16-lane orders (AVX-512's several-row q.K and P.V; hd a multiple of 16):
+ * kt is the kv head's keys transposed by transpose_keys16 from the same first key as v.
+ * Scratch: qf heads * hd floats, scores heads * (m rounded up to 16), probs heads * m floats,
+ * half m halves, acc heads * 16 * hd floats. */
+static inline void attend_group(const float *q, int heads, const float *kt, const uint16_t *v, int m, int masked,
+                                int hd, float scale, float *qf, float *scores, float *probs, uint16_t *half,
+                                float *acc, float *out) {
+    const int m16 = (m + 15) / 16 * 16;
+    for (int i = 0; i < heads * hd; i++) qf[i] = fp16_to_fp32(fp32_to_fp16(q[i]));
+    score_group(kt, qf, heads, hd, m16, scale, scores);
+    for (int h = 0; h < heads; h++) softmax_group_head(scores + h * m16, m, masked, half, probs + (int64_t)h * m);
+    weigh_values_group(probs, heads, v, m, hd, acc, out);
+}
+#else
+#define ATTEND_GROUP 0
+/* never called here: the caller takes attend where ATTEND_GROUP is 0 */
+static inline void transpose_keys16(const uint16_t *k, int m, int hd, int b, float *kt) {
+    (void)k, (void)m, (void)hd, (void)b, (void)kt;
+}
+static inline void attend_group(const float *q, int heads, const float *kt, const uint16_t *v, int m, int masked,
+                                int hd, float scale, float *qf, float *scores, float *probs, uint16_t *half,
+                                float *acc, float *out) {
+    (void)q, (void)heads, (void)kt, (void)v, (void)m, (void)masked, (void)hd, (void)scale, (void)qf, (void)scores;
+    (void)probs, (void)half, (void)acc, (void)out;
+}
+#endif
+
 #endif

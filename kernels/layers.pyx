@@ -31,6 +31,10 @@ cdef extern from "layer_ops.h" nogil:
     void geglu_row(const float *g, const float *u, int64_t n, const uint16_t *table, float *y)
     void attend(const float *q, const uint16_t *k, const uint16_t *v, int m, int masked, int hd, float scale,
                 int qk_lanes, int pv_lanes, float *scores, uint16_t *half, float *acc, float *out)
+    enum: ATTEND_GROUP
+    void transpose_keys16(const uint16_t *k, int m, int hd, int b, float *kt)
+    void attend_group(const float *q, int heads, const float *kt, const uint16_t *v, int m, int masked, int hd,
+                      float scale, float *qf, float *scores, float *probs, uint16_t *half, float *acc, float *out)
 
 
 cdef enum:
@@ -248,6 +252,9 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int w
     cdef cnp.ndarray out = empty(2, shape, cnp.NPY_FLOAT32)
     if n == 0 or hd == 0:
         return out
+    if ATTEND_GROUP and qk_lanes == 16:  # AVX-512's tinyBLAS orders: each kv head's query heads together
+        attend_groups(qa, kc, vc, start, scale, window, nt, out)
+        return out
     cdef const float *qs = <const float *>cnp.PyArray_DATA(qa)
     cdef const uint16_t *ks = <const uint16_t *>cnp.PyArray_DATA(kc)  # f16 bits
     cdef const uint16_t *vs = <const uint16_t *>cnp.PyArray_DATA(vc)
@@ -280,3 +287,47 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int w
         free(half)
         free(acc)
     return out
+
+
+cdef void attend_groups(cnp.ndarray qa, cnp.ndarray kc, cnp.ndarray vc, int start, float scale, int window, int nt,
+                        cnp.ndarray out) except *:
+    """attention's several-row tinyBLAS case on AVX-512 (attend_group): the keys that any row sees
+    transposed sixteen at a time once for all rows, then each (row, kv head) task scores, softmaxes
+    and weighs the values of the kv head's query heads together."""
+    cdef int n = qa.shape[0], n_heads = qa.shape[1], hd = qa.shape[2], n_kv = kc.shape[0], n_ctx = kc.shape[1]
+    cdef int lo = max(0, start + 1 - window) if window else 0  # the first row's first key
+    cdef int base = lo - lo % 64, group = n_heads // n_kv  # keys from base on: the first row's first block of 64
+    cdef int n_keys = start + n - base, n_blocks = (n_keys + 15) // 16
+    cdef const float *qs = <const float *>cnp.PyArray_DATA(qa)
+    cdef const uint16_t *ks = <const uint16_t *>cnp.PyArray_DATA(kc)  # f16 bits
+    cdef const uint16_t *vs = <const uint16_t *>cnp.PyArray_DATA(vc)
+    cdef float *o = <float *>cnp.PyArray_DATA(out)
+    cdef Py_ssize_t kv_stride = <Py_ssize_t>n_ctx * hd, kt_stride = <Py_ssize_t>n_blocks * 16 * hd
+    # the transposed keys (n_kv, n_blocks, hd, 16), then per thread the scratch of attend_group
+    cdef Py_ssize_t per_thread = group * (hd + 16 * n_blocks + n_keys + 16 * hd) + n_keys // 2 + 1
+    cdef float *kt = <float *>malloc(<size_t>n_kv * kt_stride * sizeof(float))
+    cdef float *scratch = <float *>malloc(<size_t>nt * per_thread * sizeof(float))
+    cdef float *mine
+    cdef Py_ssize_t task
+    cdef int t, g, first
+    try:
+        if kt == NULL or scratch == NULL:
+            raise MemoryError("no memory for attention's scratch rows")
+        for task in prange(n_kv * n_blocks, nogil=True, schedule="static", num_threads=nt):
+            transpose_keys16(ks + task // n_blocks * kv_stride + base * hd, n_keys, hd, task % n_blocks,
+                             kt + task * 16 * hd)
+        # as in attention: whole rows dealt to the threads in turn
+        for task in prange(n * n_kv, nogil=True, schedule="static", chunksize=n_kv, num_threads=nt):
+            t = task // n_kv
+            g = task % n_kv
+            mine = scratch + omp_get_thread_num() * per_thread
+            lo = max(0, start + t + 1 - window) if window else 0
+            first = lo - lo % 64
+            attend_group(qs + (t * n_heads + g * group) * hd, group, kt + g * kt_stride + (first - base) * hd,
+                         vs + g * kv_stride + first * hd, start + t + 1 - first, lo - first, hd, scale,
+                         mine, mine + group * hd, mine + group * (hd + 16 * n_blocks),
+                         <uint16_t *>(mine + group * (hd + 16 * n_blocks + n_keys + 16 * hd)),
+                         mine + group * (hd + 16 * n_blocks + n_keys), o + (t * n_heads + g * group) * hd)
+    finally:
+        free(kt)
+        free(scratch)

@@ -68,7 +68,7 @@ cdef extern from "kquant_rows.h" nogil:
     enum:
         KQ_CODE_TOKENS
     size_t kq_codes_bytes(int64_t n_tok, int nb)
-    void kq_make_codes(const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb, kq_codes *codes)
+    void kq_make_codes(const uint8_t *acts, int64_t act_bytes, int64_t n_tok, int nb, int64_t k, kq_codes *codes)
     int kq_rows(int type, const uint8_t *w, int64_t row_bytes, int64_t r0, int64_t r1, int n_in,
                 const uint8_t *acts, int64_t act_bytes, const kq_codes *codes, int64_t n_tok, float *out, int64_t ldo)
 
@@ -156,6 +156,14 @@ cdef void quantize_into(const float *x, int64_t n, int64_t k, int act_type, bint
     cdef int64_t n_grouped = n - n % 4 if grouped else 0
     for t in prange(n, schedule="static", num_threads=nt if n >= MIN_PARALLEL_ROWS else 1):
         quantize_row(act_type, x + t * k, out + t * stride, k, t < n_grouped)
+
+
+cdef void make_codes(const uint8_t *acts, int64_t act_bytes, int64_t n, int nb, kq_codes *codes, int nt) noexcept nogil:
+    """The Q8_K rows acts (n of act_bytes) transposed for the VNNI K-quant tile (kq_make_codes), a block of
+    sixteen tokens per task."""
+    cdef Py_ssize_t k, n_blocks = (n + KQ_CODE_TOKENS - 1) // KQ_CODE_TOKENS
+    for k in prange(n_blocks, schedule="static", num_threads=nt if n_blocks > 1 else 1):
+        kq_make_codes(acts, act_bytes, n, nb, k, codes)
 
 
 def vec_dot(int type, w, a, int isa=0):
@@ -471,7 +479,7 @@ cdef class Matrix:
         with nogil:
             quantize_into(x, n, self.n_in, self.act_type, False, acts, act_bytes, nt)
             if codes != NULL:
-                kq_make_codes(acts, act_bytes, n, nb, codes)
+                make_codes(acts, act_bytes, n, nb, codes, nt)
             t0 = 0
             while t0 < n:
                 for chunk in prange(n_chunks, schedule="static", num_threads=nt):
@@ -757,7 +765,7 @@ cdef class KQuantStack:
                 if grouped:
                     quantize_into(xs, n, n_in, T_Q8_K, True, acts_grouped, act_bytes, nt)
                 if codes != NULL:
-                    kq_make_codes(acts, act_bytes, n, nb, codes)
+                    make_codes(acts, act_bytes, n, nb, codes, nt)
                 for t in range(n):
                     rows[t] = <const block_q8_K *>(acts_grouped + t * act_bytes)
                 for item in prange(self.n_items, schedule="static", num_threads=nt):
