@@ -350,8 +350,10 @@ static inline int lanes_tiny_blas(int lanes) { return lanes == 8 || lanes == 16;
 
 /* scores[j] = dot(q, k_j) * scale for the m keys (rows of hd f16 values) in the order that
  * ``lanes`` names (lanes_isa, lanes_tiny_blas: tinyblas_dot's or float_dot's); qh: q rounded to
- * f16, qf: the same values as floats.  Blocks of eight keys share one reduction (AVX-512's orders where compiled
- * for AVX-512, in zmm registers); the other keys take the single-row dots of float_rows.h. */
+ * f16, qf: the same values as floats.  Blocks of eight keys share one reduction (vec_dot_f16's
+ * 64 lanes in zmm registers where compiled for AVX-512); the other keys take the single-row dots
+ * of float_rows.h.  Compiled for AVX-512, tinyBLAS's 16 lanes over a head size that is a
+ * multiple of 16 never come here: attend_group scores those. */
 static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_t *k, int m, int hd, float scale,
                               int lanes, float *scores) {
     int j = 0;
@@ -387,20 +389,7 @@ static inline void score_keys(const uint16_t *qh, const float *qf, const uint16_
         }
     }
 #if defined(__AVX512F__)
-    else if (lanes == 16 && hd % 16 == 0) {  /* tinyBLAS: eight keys' 16-lane fma chains side by side */
-        for (; j + 8 <= m; j += 8) {
-            __m512 acc[8];
-            for (int r = 0; r < 8; r++) acc[r] = _mm512_setzero_ps();
-            for (int c = 0; c < hd; c += 16) {
-                const __m512 qv = _mm512_loadu_ps(qf + c);
-                for (int r = 0; r < 8; r++) {
-                    const __m256i kr = _mm256_loadu_si256((const __m256i *)(k + (int64_t)(j + r) * hd + c));
-                    acc[r] = _mm512_fmadd_ps(qv, _mm512_cvtph_ps(kr), acc[r]);
-                }
-            }
-            _mm256_storeu_ps(scores + j, _mm256_mul_ps(hsum16x8_zmm(acc), sv));
-        }
-    } else if (lanes == 64 && hd % 64 == 0) {  /* vec_dot_f16: per key four accumulators, (0 + 2) + (1 + 3) */
+    else if (lanes == 64 && hd % 64 == 0) {  /* vec_dot_f16: per key four accumulators, (0 + 2) + (1 + 3) */
         for (; j + 8 <= m; j += 8) {
             __m512 folded[8];
             for (int r = 0; r < 8; r++) {
