@@ -99,7 +99,7 @@ cdef extern from "q4_0x8.h" nogil:
 cdef enum:
     TILE = 4          # tokens sharing one pass over a group of weights
     MIN_PARALLEL_ROWS = 8  # activation rows below which quantising them is not worth waking threads
-    MIN_PARALLEL_BYTES = 1 << 19  # weight bytes x tokens below which a product runs on one thread
+    MIN_PARALLEL_BYTES = 1 << 17  # weight bytes x tokens below which a product runs on one thread
     CHUNK_ROWS = 16   # output rows a thread takes at a time
     TOKEN_BLOCK = 64  # tokens whose activations stay in L2 while the unpacked rows pass over them
     B32_MIN_TOKENS = 3  # tokens from which unpacking 32-weight rows once beats a vec_dot per (row, token)
