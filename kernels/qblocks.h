@@ -44,13 +44,9 @@ enum {
 /* Ask the cache for the lines of [p + PREFETCH_AHEAD, p + PREFETCH_AHEAD + bytes): the weights a
  * product will read about 2 KiB after the ``bytes`` at p.  Streaming one token's product over a
  * matrix from DRAM, the hardware prefetcher alone leaves the core waiting on loads (15-40% of
- * the time here); asking this far ahead overlaps them with the arithmetic.  The repacked
- * kernels (q4_0x8.h, q4_Kx8.h, q2_Kx8.h: eight rows' block columns interleaved) ask
- * PREFETCH_AHEAD_X8 ahead instead: whole decode passes with both cores streaming ran 12-25%
- * faster on Q4_0 and Q4_K at 512 bytes than at 2 KiB, where the row-at-a-time dots of
- * vec_dot.h ran up to 20% slower at 768 (docs/performance.md, "Prefetching").  A prefetch never
+ * the time here); asking this far ahead overlaps them with the arithmetic.  A prefetch never
  * faults, so reading past the end of the weights is harmless. */
-enum { PREFETCH_AHEAD = 2048, PREFETCH_AHEAD_X8 = 512 };
+enum { PREFETCH_AHEAD = 2048 };
 
 /* Ask the cache for the lines of [p, p + bytes). */
 static inline void prefetch_lines(const void *p, size_t bytes) {
@@ -61,10 +57,6 @@ static inline void prefetch_lines(const void *p, size_t bytes) {
 
 static inline void prefetch_ahead(const void *p, size_t bytes) {
     prefetch_lines((const uint8_t *)p + PREFETCH_AHEAD, bytes);
-}
-
-static inline void prefetch_ahead_x8(const void *p, size_t bytes) {
-    prefetch_lines((const uint8_t *)p + PREFETCH_AHEAD_X8, bytes);
 }
 
 static inline float fp16_to_fp32(uint16_t h) {
