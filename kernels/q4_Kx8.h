@@ -28,9 +28,9 @@ typedef struct {
 } block_q4_Kx8;
 
 /* How far ahead of a block column's start the products ask for its lines: 512 bytes, so the
- * rest of this 1184-byte column and the next one's first lines.  qblocks.h's 2 KiB, made for
- * blocks of at most 210 bytes, left whole decode passes of Q4_K_M files 10-20% slower, where
- * Q4_0's 144-byte columns are faster with it (docs/performance.md, "Prefetching"). */
+ * rest of this 1184-byte column and the next one's first lines.  qblocks.h's 2 KiB left whole
+ * decode passes of Q4_K_M files 10-20% slower, where Q4_0's 144-byte columns were faster with
+ * it and Q2_K's 672-byte ones alike (docs/performance.md, "Prefetching"). */
 enum { Q4_KX8_PREFETCH_AHEAD = 512 };
 
 static inline void repack_q4_Kx8_group(const block_q4_K *src, int64_t nb, int64_t g, block_q4_Kx8 *dst) {
