@@ -27,12 +27,6 @@ typedef struct {
     uint8_t qs[4][8][32];      /* [sub-block pair][4-weight chunk][4 * row + e] */
 } block_q4_Kx8;
 
-/* How far ahead of a block column's start the products ask for its lines: 512 bytes, so the
- * rest of this 1184-byte column and the next one's first lines.  qblocks.h's 2 KiB left whole
- * decode passes of Q4_K_M files 10-20% slower, where Q4_0's 144-byte columns were faster with
- * it and Q2_K's 672-byte ones alike (docs/performance.md, "Prefetching"). */
-enum { Q4_KX8_PREFETCH_AHEAD = 512 };
-
 static inline void repack_q4_Kx8_group(const block_q4_K *src, int64_t nb, int64_t g, block_q4_Kx8 *dst) {
     for (int64_t b = 0; b < nb; b++) {
         block_q4_Kx8 *out = dst + g * nb + b;
@@ -140,7 +134,7 @@ static inline __attribute__((always_inline)) void q4_Kx8_dot_n(const block_q4_Kx
     for (int t = 0; t < N; t++) acc[t] = acc_min[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const block_q4_Kx8 *blk = grp + b;
-        prefetch_lines((const uint8_t *)blk + Q4_KX8_PREFETCH_AHEAD, sizeof(block_q4_Kx8));
+        prefetch_ahead(blk, sizeof(block_q4_Kx8));
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->d));
         __m256i isum[4];
         for (int t = 0; t < N; t++) isum[t] = _mm256_setzero_si256();

@@ -48,11 +48,13 @@ enum {
  * faults, so reading past the end of the weights is harmless. */
 enum { PREFETCH_AHEAD = 2048 };
 
-/* Ask the cache for the lines of [p, p + bytes). */
+/* Ask L2 for the lines of [p, p + bytes) (prefetcht1, not into L1): with both cores streaming a
+ * decode token, prefetches into L1 left the repacked Q4_0 and Q4_K products 10-20% slower and
+ * their times twice as spread (docs/performance.md, "Prefetching"). */
 static inline void prefetch_lines(const void *p, size_t bytes) {
     const uintptr_t start = (uintptr_t)p;
     for (uintptr_t line = start & ~(uintptr_t)63; line < start + bytes; line += 64)
-        __builtin_prefetch((const void *)line, 0, 3);
+        __builtin_prefetch((const void *)line, 0, 2);
 }
 
 static inline void prefetch_ahead(const void *p, size_t bytes) {
