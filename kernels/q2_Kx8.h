@@ -109,7 +109,7 @@ static inline __attribute__((always_inline)) void q2_Kx8_dot_n(const block_q2_Kx
     __m256 acc[4], acc_min[4];
     for (int t = 0; t < N; t++) acc[t] = acc_min[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        prefetch_ahead(grp + b, sizeof(block_q2_Kx8));
+        prefetch_ahead_l2(grp + b, sizeof(block_q2_Kx8));
         q2_Kx8_block(grp + b, act, b, N, acc, acc_min);
     }
     for (int t = 0; t < N; t++) _mm256_storeu_ps(out + t * ldo, _mm256_sub_ps(acc[t], acc_min[t]));

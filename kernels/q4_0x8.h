@@ -105,7 +105,7 @@ static inline void q4_0x8_dot_n(const block_q4_0x8 *grp, int64_t nb, const act_q
     __m256 acc[4];
     for (int t = 0; t < N; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        prefetch_ahead(grp + b, sizeof(block_q4_0x8));
+        prefetch_ahead_l2(grp + b, sizeof(block_q4_0x8));
         __m256i s[4];
 #if HAVE_VNNI
         if (N == 1)

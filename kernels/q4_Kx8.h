@@ -134,7 +134,7 @@ static inline __attribute__((always_inline)) void q4_Kx8_dot_n(const block_q4_Kx
     for (int t = 0; t < N; t++) acc[t] = acc_min[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const block_q4_Kx8 *blk = grp + b;
-        prefetch_ahead(blk, sizeof(block_q4_Kx8));
+        prefetch_ahead_l2(blk, sizeof(block_q4_Kx8));
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->d));
         __m256i isum[4];
         for (int t = 0; t < N; t++) isum[t] = _mm256_setzero_si256();

@@ -48,17 +48,26 @@ enum {
  * faults, so reading past the end of the weights is harmless. */
 enum { PREFETCH_AHEAD = 2048 };
 
-/* Ask L2 for the lines of [p, p + bytes) (prefetcht1, not into L1): with both cores streaming a
- * decode token, prefetches into L1 left the repacked Q4_0 and Q4_K products 10-20% slower and
- * their times twice as spread (docs/performance.md, "Prefetching"). */
+/* Ask the cache for the lines of [p, p + bytes), into L1 (prefetcht0). */
 static inline void prefetch_lines(const void *p, size_t bytes) {
     const uintptr_t start = (uintptr_t)p;
     for (uintptr_t line = start & ~(uintptr_t)63; line < start + bytes; line += 64)
-        __builtin_prefetch((const void *)line, 0, 2);
+        __builtin_prefetch((const void *)line, 0, 3);
 }
 
 static inline void prefetch_ahead(const void *p, size_t bytes) {
     prefetch_lines((const uint8_t *)p + PREFETCH_AHEAD, bytes);
+}
+
+/* prefetch_ahead into L2 only (prefetcht1), for the repacked kernels (Q4_0x8, Q4_Kx8, Q2_Kx8):
+ * with both cores streaming a decode token from DRAM, prefetches into L1 left the repacked Q4_0
+ * and Q4_K products 10-20% slower and their times twice as spread, where the row-at-a-time
+ * kernels, on weights the L3 holds (SmolLM2's Q8_0 and Q4_1), lost 3-7% to L2 (docs/performance.md,
+ * "Prefetching"). */
+static inline void prefetch_ahead_l2(const void *p, size_t bytes) {
+    const uintptr_t start = (uintptr_t)p + PREFETCH_AHEAD;
+    for (uintptr_t line = start & ~(uintptr_t)63; line < start + bytes; line += 64)
+        __builtin_prefetch((const void *)line, 0, 2);
 }
 
 static inline float fp16_to_fp32(uint16_t h) {
