@@ -61,9 +61,8 @@ static inline void prefetch_ahead(const void *p, size_t bytes) {
 
 /* prefetch_ahead into L2 only (prefetcht1), for the repacked kernels (Q4_0x8, Q4_Kx8, Q2_Kx8):
  * with both cores streaming a decode token from DRAM, prefetches into L1 left the repacked Q4_0
- * and Q4_K products 10-20% slower and their times twice as spread, where the row-at-a-time
- * kernels, on weights the L3 holds (SmolLM2's Q8_0 and Q4_1), lost 3-7% to L2 (docs/performance.md,
- * "Prefetching"). */
+ * and Q4_K products 10-20% slower, where the row-at-a-time kernels, on weights the L3 holds
+ * (SmolLM2's Q8_0 and Q4_1), were slower into L2 (docs/performance.md, "Prefetching"). */
 static inline void prefetch_ahead_l2(const void *p, size_t bytes) {
     const uintptr_t start = (uintptr_t)p + PREFETCH_AHEAD;
     for (uintptr_t line = start & ~(uintptr_t)63; line < start + bytes; line += 64)
