@@ -211,10 +211,10 @@ static inline float tinyblas_lanes(int k, int type, int isa, const void *w, cons
 #define TILE_RN 3
 #endif
 
-/* The weights at positions [l + h, l + h + 8) of a widened row (tinyblas_source; l a multiple of
- * the step): for AVX-512's BF16 the odd (h < 16) or even values of the 16 from l + 2 * (h & 8). */
-static inline __m256 tinyblas_load8(const void *p, int64_t l, int64_t h, int type, int isa) {
-    if (type != T_BF16 || isa != ISA_AVX512) return float_load8(p, l + h, type);
+/* The weights at positions [l + h, l + h + 8) of a row widened in AVX-512's order (tinyblas_source;
+ * l a multiple of the step): for BF16 the odd (h < 16) or even values of the 16 from l + 2 * (h & 8). */
+static inline __m256 tinyblas_load8(const void *p, int64_t l, int64_t h, int type) {
+    if (type != T_BF16) return float_load8(p, l + h, type);
     const __m256i v = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + l + 2 * (h & 8)));
     const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
     return _mm256_castsi256_ps(h & 16 ? _mm256_slli_epi32(v, 16) : _mm256_and_si256(v, high));
@@ -279,7 +279,7 @@ static inline __attribute__((always_inline)) void tinyblas_tile16(
         for (int64_t h = 0; h < step; h += 8) {
             const int half = (h >> 3) & 1;
             for (int i = 0; i < RM; i++) {
-                const __m256 wv = tinyblas_load8(w + i * w_bytes, l, h, type, ISA_AVX512);
+                const __m256 wv = tinyblas_load8(w + i * w_bytes, l, h, type);
                 for (int j = 0; j < RN; j++)
                     acc[j][i][half] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(a + j * lda + l + h), acc[j][i][half]);
             }
