@@ -59,6 +59,11 @@ class Backend(Protocol):
     def geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         """gelu(gate) · up: (n, f), (n, f) -> (n, f)."""
 
+    def decoder(self, hp, weights):
+        """None, or a decoder of the model whose ``model.HParams`` and ``model.Weights`` are given:
+        its ``decode(x, cache, start)`` takes one row x (1, dim) at position ``start`` through every
+        layer in one call, with the bits of these ops layer by layer."""
+
 
 def _compiled(n_threads: int | None = None, batch_invariant: bool = False, isa: str = "avx2") -> Backend:
     """The compiled backend, or LlamaError when its kernels are not built."""

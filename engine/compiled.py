@@ -5,6 +5,7 @@ swap one for the other op by op.  Each weight becomes a ``kernels.matmul.Matrix`
 first time it is multiplied (the Q4_0 and Q4_K weights llama.cpp repacks, ``Weight.repacked``,
 are regrouped then, the others copied onto huge pages, and the mmap'd pages of the original
 released); ``prepare``, which the model calls at load, does that for a whole model up front.
+``decoder`` runs a decoded token through every layer in one call on the same kernels (``kernels.decoder``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from kernels import layers, parallel
+from kernels import decoder, layers, parallel
 from kernels.matmul import (BLOCK32_TYPES, K_QUANT_TYPES, Blocks32Stack, KQuantStack, Matrix, get_rows,
                             is_file_mapping, release_file_pages)
 
@@ -110,6 +111,10 @@ class CythonBackend:
             release_file_pages([w.data for ws in products for w in ws if is_file_mapping(w.data)])
         self.matrix(weights.output)  # releases its own mmap'd pages
 
+    def decoder(self, hp, weights) -> "TokenDecoder":
+        """One token through every layer in one call (``kernels.decoder``), on this backend's matrices."""
+        return TokenDecoder(self, hp, weights)
+
     def get_rows(self, w: Weight, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` of ``w`` as float32 (the NumPy dequantiser for the types without a compiled one)."""
         rows = get_rows(w.data, int(w.type), w.n_in, ids)
@@ -154,3 +159,36 @@ class CythonBackend:
 
     def geglu(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
         return layers.geglu(gate, up, gelu_table(), self.n_threads)
+
+
+class TokenDecoder:
+    """A ``kernels.decoder.Decoder`` of one model on a ``CythonBackend``: the products its layers
+    take (stacked where ``matmuls`` stacks them), its norms and hyperparameters, checked once."""
+
+    def __init__(self, backend: CythonBackend, hp, weights):
+        self.backend = backend
+        self.ropes = (hp.rope,) if hp.rope_swa is None else (hp.rope, hp.rope_swa)
+        family = hp.family
+        layers = [decoder.DecoderLayer(self._products(layer.qkv), backend.matrix(layer.wo),
+                                       self._products(layer.gate_up), backend.matrix(layer.w_down),
+                                       layer.attn_norm, layer.ffn_norm, layer.qkv_bias, layer.q_norm, layer.k_norm,
+                                       layer.attn_post_norm, layer.ffn_post_norm, hp.window(i),
+                                       self.ropes.index(hp.layer_rope(i)))
+                  for i, layer in enumerate(weights.layers)]
+        self.decoder = decoder.Decoder(layers, hp.dim, hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.ffn, hp.rms_eps,
+                                       hp.attn_scale, family.neox, family.scale_q,
+                                       gelu_table() if family.gelu else None, backend._isa, backend.batch_invariant)
+
+    def _products(self, ws: tuple[Weight, ...]) -> list[tuple]:
+        """(kernel matrix, first column) of each product ``matmuls`` takes of ``ws``: their stack, or each."""
+        stack = self.backend._stack(ws)
+        if stack.matrix is not None:
+            return [(stack.matrix, 0)]
+        return [(self.backend.matrix(w), columns.start) for w, (_, columns) in zip(ws, stack.columns)]
+
+    def decode(self, x: np.ndarray, cache, start: int) -> np.ndarray:
+        """The row x (1, dim) at position ``start`` through every layer, its keys and values written
+        into ``cache`` (a ``model.KVCache``): (1, dim)."""
+        positions = np.array([start], np.int64)
+        angles = [self.backend._angles(positions, rope) for rope in self.ropes]
+        return self.decoder.decode(x, cache.k, cache.v, start, angles, self.backend.n_threads)

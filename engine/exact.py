@@ -58,6 +58,10 @@ class NumpyBackend:
     def prepare(self, weights) -> None:
         """Nothing to do: the reference reads every weight in place from the file."""
 
+    def decoder(self, hp, weights) -> None:
+        """None: the model runs these ops layer by layer."""
+        return None
+
     def get_rows(self, w: Weight, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` of ``w`` as float32 (an embedding lookup)."""
         rows = w.data[ids]                                                  # (n, bytes or n_in)

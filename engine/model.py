@@ -421,6 +421,7 @@ class Model:
         self.weights = Weights.from_gguf(gguf, self.hp)
         self.backend = backend
         backend.prepare(self.weights)  # e.g. regroup weights for the compiled kernels, as llama.cpp repacks at load
+        self.decoder = backend.decoder(self.hp, self.weights)  # None, or every layer for one row in one call
 
     def forward(self, tokens: np.ndarray, start: int, cache: KVCache, all_logits: bool) -> np.ndarray:
         """Evaluate ``tokens`` at positions [start, start + n) into ``cache``; logits of every position, or the last."""
@@ -446,9 +447,12 @@ class Model:
         x = ops.get_rows(w.token_embd, tokens)                              # (n, dim)
         if hp.family.embed_scale:
             x = x * np.sqrt(np.float32(hp.dim))                             # (n, dim)
-        for i, layer in enumerate(w.layers):
-            x = x + self.post_norm(layer.attn_post_norm, self.attention(layer, i, x, spans, positions))
-            x = x + self.post_norm(layer.ffn_post_norm, self.feed_forward(layer, x))
+        if self.decoder is not None and len(spans) == 1 and len(tokens) == 1:  # decode: the loop below, compiled
+            x = self.decoder.decode(x, spans[0].cache, spans[0].start)     # (1, dim)
+        else:
+            for i, layer in enumerate(w.layers):
+                x = x + self.post_norm(layer.attn_post_norm, self.attention(layer, i, x, spans, positions))
+                x = x + self.post_norm(layer.ffn_post_norm, self.feed_forward(layer, x))
         return ops.rms_norm(np.ascontiguousarray(x[rows]), w.output_norm, hp.rms_eps)  # (len(rows), dim)
 
     def post_norm(self, weight: np.ndarray | None, y: np.ndarray) -> np.ndarray:

@@ -44,6 +44,10 @@ class PlainBackend:
     def prepare(self, weights) -> None:
         """Nothing to prepare: weights are dequantised as each product needs them."""
 
+    def decoder(self, hp, weights) -> None:
+        """None: the model runs these ops layer by layer."""
+        return None
+
     def get_rows(self, w: Weight, ids: np.ndarray) -> np.ndarray:
         """The embedding lookup: rows ``ids`` of ``w``."""
         return dequantized(w, ids)                                           # (n, n_in)

@@ -41,7 +41,7 @@ cdef enum:
     MIN_PARALLEL_WORK = 65536  # values below which a step runs on one thread: waking the team costs more
 
 
-cdef int team(int n_threads, Py_ssize_t work):
+cdef int team(int n_threads, Py_ssize_t work) noexcept nogil:
     """The threads worth using for ``work`` values of cheap arithmetic."""
     return n_threads if work >= MIN_PARALLEL_WORK else 1
 
@@ -70,17 +70,20 @@ def rms_norm(x, weight, float eps, n_threads=None):
     cdef Py_ssize_t n = xa.shape[0], d = xa.shape[1]
     if wa.shape[0] != d:
         raise ValueError(f"rms_norm: weight of {wa.shape[0]} values for rows of {d}")
-    cdef int nt = team(check_threads(n_threads), xa.size)
     cdef cnp.ndarray out = empty(2, xa.shape, cnp.NPY_FLOAT32)
-    cdef const float *xs = <const float *>cnp.PyArray_DATA(xa)
-    cdef const float *w = <const float *>cnp.PyArray_DATA(wa)
-    cdef float *o = <float *>cnp.PyArray_DATA(out)
-    cdef Py_ssize_t b, n_blocks = (n + RMS_NORM_ROWS - 1) // RMS_NORM_ROWS
     if n and d:
-        for b in prange(n_blocks, nogil=True, schedule="static", num_threads=nt):
-            rms_norm_rows(xs + b * RMS_NORM_ROWS * d, w, min(RMS_NORM_ROWS, n - b * RMS_NORM_ROWS), d, eps,
-                          o + b * RMS_NORM_ROWS * d)
+        rms_norm_into(<const float *>cnp.PyArray_DATA(xa), <const float *>cnp.PyArray_DATA(wa), n, d, eps,
+                      <float *>cnp.PyArray_DATA(out), check_threads(n_threads))
     return out
+
+
+cdef void rms_norm_into(const float *x, const float *w, Py_ssize_t n, Py_ssize_t d, float eps, float *y,
+                        int n_threads) noexcept nogil:
+    """rms_norm of the rows x (n, d) into y (n, d); n and d positive."""
+    cdef Py_ssize_t b, n_blocks = (n + RMS_NORM_ROWS - 1) // RMS_NORM_ROWS
+    for b in prange(n_blocks, schedule="static", num_threads=team(n_threads, n * d)):
+        rms_norm_rows(x + b * RMS_NORM_ROWS * d, w, min(RMS_NORM_ROWS, n - b * RMS_NORM_ROWS), d, eps,
+                      y + b * RMS_NORM_ROWS * d)
 
 
 def rope_cos_sin(positions, int n_dims, float freq_base, float freq_scale=1.0, freq_factors=None):
@@ -159,7 +162,7 @@ cdef cnp.ndarray rope_copy(x, cnp.ndarray cs, cnp.ndarray sn):
     return out
 
 
-cdef inline void rope_heads(float *x, Py_ssize_t heads, Py_ssize_t hd, Py_ssize_t half, const float *c,
+cdef void rope_heads(float *x, Py_ssize_t heads, Py_ssize_t hd, Py_ssize_t half, const float *c,
                             const float *s, bint neox) noexcept nogil:
     """One row's heads rotated in place (rope_row, or rope_row_neox)."""
     if heads == 0:
@@ -195,21 +198,24 @@ cdef cnp.ndarray _glu(gate, up, cnp.ndarray table, n_threads, int isa):
     cdef Py_ssize_t n = g.shape[0], f = g.shape[1]
     if u.shape[0] != n or u.shape[1] != f:
         raise ValueError(f"{what}: gate {np.shape(g)} and up {np.shape(u)} differ")
-    cdef const uint16_t *t = NULL if table is None else <const uint16_t *>cnp.PyArray_DATA(table)
-    cdef int nt = team(check_threads(n_threads), g.size)
     cdef cnp.ndarray out = empty(2, g.shape, cnp.NPY_FLOAT32)
-    cdef const char *gs = cnp.PyArray_BYTES(g)  # rows at any stride, values adjacent (f32_rows)
-    cdef const char *us = cnp.PyArray_BYTES(u)
-    cdef Py_ssize_t g_stride = g.strides[0], u_stride = u.strides[0]
-    cdef float *o = <float *>cnp.PyArray_DATA(out)
-    cdef Py_ssize_t i
-    if f:
-        for i in prange(n, nogil=True, schedule="static", num_threads=nt):
-            if t == NULL:
-                swiglu_row(<const float *>(gs + i * g_stride), <const float *>(us + i * u_stride), f, o + i * f, isa)
-            else:
-                geglu_row(<const float *>(gs + i * g_stride), <const float *>(us + i * u_stride), f, t, o + i * f)
+    if n and f:  # rows at any stride, values adjacent (f32_rows)
+        glu_into(cnp.PyArray_BYTES(g), g.strides[0], cnp.PyArray_BYTES(u), u.strides[0], n, f,
+                 NULL if table is None else <const uint16_t *>cnp.PyArray_DATA(table), isa,
+                 <float *>cnp.PyArray_DATA(out), check_threads(n_threads))
     return out
+
+
+cdef void glu_into(const char *gate, Py_ssize_t gate_stride, const char *up, Py_ssize_t up_stride, Py_ssize_t n,
+                   Py_ssize_t f, const uint16_t *table, int isa, float *y, int n_threads) noexcept nogil:
+    """swiglu (``table`` NULL) or geglu of n rows of f values, ``gate_stride`` and ``up_stride`` bytes
+    apart, into y (n, f); n and f positive."""
+    cdef Py_ssize_t i
+    for i in prange(n, schedule="static", num_threads=team(n_threads, n * f)):
+        if table == NULL:
+            swiglu_row(<const float *>(gate + i * gate_stride), <const float *>(up + i * up_stride), f, y + i * f, isa)
+        else:
+            geglu_row(<const float *>(gate + i * gate_stride), <const float *>(up + i * up_stride), f, table, y + i * f)
 
 
 def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int window=0, bint rowwise=False,
@@ -237,28 +243,33 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int w
         raise ValueError(f"attention: window {window} is negative")
     if start < 0 or start + n > n_ctx:
         raise ValueError(f"attention: positions [{start}, {start + n}) exceed the cache's {n_ctx}")
-    cdef int group = n_heads // n_kv, n_keys_max = start + n
     if isa not in (0, 1):
         raise ValueError(f"attention: isa must be 0 (AVX2) or 1 (AVX-512), got {isa}")
+    cdef cnp.npy_intp shape[2]
+    shape[0], shape[1] = n, n_heads * hd
+    cdef cnp.ndarray out = empty(2, shape, cnp.NPY_FLOAT32)
+    if n and hd:
+        attention_into(<const float *>cnp.PyArray_DATA(qa), <const uint16_t *>cnp.PyArray_DATA(kc),
+                       <const uint16_t *>cnp.PyArray_DATA(vc), n, n_heads, n_kv, hd, n_ctx, start, scale, window,
+                       check_threads(n_threads), rowwise, isa, <float *>cnp.PyArray_DATA(out))
+    return out
+
+
+cdef int attention_into(const float *qs, const uint16_t *ks, const uint16_t *vs, int n, int n_heads, int n_kv, int hd,
+                        int n_ctx, int start, float scale, int window, int n_threads, bint rowwise, int isa,
+                        float *o) except -1:
+    """attention of the rows q (n, n_heads, hd) over the f16 bits of the caches (n_kv, n_ctx, hd) into
+    o (n, n_heads * hd); the arguments checked as ``attention`` checks them, n and hd positive."""
+    cdef int group = n_heads // n_kv, n_keys_max = start + n
     # the lanes of the reference's float_dots: tinyBLAS's (AVX2 8, AVX-512 16) for several query
     # rows where it takes the shape (q.K: hd a multiple of its lanes; P.V: hd a multiple of 4),
     # else ggml_vec_dot_f16's (AVX2 32, AVX-512 64)
     cdef int tiny = 16 if isa else 8, vec = 64 if isa else 32
     cdef int qk_lanes = tiny if n > 1 and hd % tiny == 0 and not rowwise else vec
     cdef int pv_lanes = tiny if n > 1 and hd % 4 == 0 and not rowwise else vec
-    cdef int nt = team(check_threads(n_threads), qa.size * n_keys_max)
-    cdef cnp.npy_intp shape[2]
-    shape[0], shape[1] = n, n_heads * hd
-    cdef cnp.ndarray out = empty(2, shape, cnp.NPY_FLOAT32)
-    if n == 0 or hd == 0:
-        return out
+    cdef int nt = team(n_threads, <Py_ssize_t>n * n_heads * hd * n_keys_max)
     if ATTEND_GROUP and qk_lanes == 16:  # AVX-512's tinyBLAS orders: each kv head's query heads together
-        attend_groups(qa, kc, vc, start, scale, window, nt, out)
-        return out
-    cdef const float *qs = <const float *>cnp.PyArray_DATA(qa)
-    cdef const uint16_t *ks = <const uint16_t *>cnp.PyArray_DATA(kc)  # f16 bits
-    cdef const uint16_t *vs = <const uint16_t *>cnp.PyArray_DATA(vc)
-    cdef float *o = <float *>cnp.PyArray_DATA(out)
+        return attend_groups(qs, ks, vs, n, n_heads, n_kv, hd, n_ctx, start, scale, window, nt, o)
     cdef Py_ssize_t kv_stride = <Py_ssize_t>n_ctx * hd  # values per kv head
     # scratch per thread (see attend): the scores, the query and the probabilities in f16, the value lanes
     cdef float *scores = <float *>malloc(<size_t>nt * n_keys_max * sizeof(float))
@@ -286,22 +297,17 @@ def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int w
         free(scores)
         free(half)
         free(acc)
-    return out
+    return 0
 
 
-cdef void attend_groups(cnp.ndarray qa, cnp.ndarray kc, cnp.ndarray vc, int start, float scale, int window, int nt,
-                        cnp.ndarray out) except *:
+cdef int attend_groups(const float *qs, const uint16_t *ks, const uint16_t *vs, int n, int n_heads, int n_kv, int hd,
+                       int n_ctx, int start, float scale, int window, int nt, float *o) except -1:
     """attention's several-row tinyBLAS case on AVX-512 (attend_group): the keys that any row sees
     transposed sixteen at a time once for all rows, then each (row, kv head) task scores, softmaxes
     and weighs the values of the kv head's query heads together."""
-    cdef int n = qa.shape[0], n_heads = qa.shape[1], hd = qa.shape[2], n_kv = kc.shape[0], n_ctx = kc.shape[1]
     cdef int lo = max(0, start + 1 - window) if window else 0  # the first row's first key
     cdef int base = lo - lo % 64, group = n_heads // n_kv  # keys from base on: the first row's first block of 64
     cdef int n_keys = start + n - base, n_blocks = (n_keys + 15) // 16
-    cdef const float *qs = <const float *>cnp.PyArray_DATA(qa)
-    cdef const uint16_t *ks = <const uint16_t *>cnp.PyArray_DATA(kc)  # f16 bits
-    cdef const uint16_t *vs = <const uint16_t *>cnp.PyArray_DATA(vc)
-    cdef float *o = <float *>cnp.PyArray_DATA(out)
     cdef Py_ssize_t kv_stride = <Py_ssize_t>n_ctx * hd, kt_stride = <Py_ssize_t>n_blocks * 16 * hd
     # the transposed keys (n_kv, n_blocks, hd, 16), then per thread the scratch of attend_group
     cdef Py_ssize_t per_thread = group * (hd + 16 * n_blocks + n_keys + 16 * hd) + n_keys // 2 + 1
@@ -331,3 +337,4 @@ cdef void attend_groups(cnp.ndarray qa, cnp.ndarray kc, cnp.ndarray vc, int star
     finally:
         free(kt)
         free(scratch)
+    return 0

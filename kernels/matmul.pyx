@@ -33,7 +33,6 @@ cdef extern from "sys/mman.h" nogil:
     int MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE
 
 cdef extern from "vec_dot.h" nogil:
-    ctypedef float (*vec_dot_fn)(int n, const void *w, const void *a)
     vec_dot_fn vec_dot_for(int type, int *act_type, int isa)
     void block32_dot_rows(int type, int n, const uint8_t *w, int64_t row_bytes, int64_t n_rows, const uint8_t *y,
                           float *out)
@@ -225,13 +224,6 @@ cdef cnp.ndarray row_ids(ids, int64_t n_rows):
     return r
 
 
-cdef struct blocks32_part:
-    int type
-    const uint8_t *w
-    int64_t row_bytes, n_rows
-    int act_type    # the activation type its vec_dot pairs with
-
-
 cdef int blocks32_product(const blocks32_part *parts, int n_parts, int act_type, const float *x, int64_t n,
                           int64_t n_in, float *out, int nt) except -1:
     """out (n, rows of all parts) = x (n, n_in) times the rows of ``parts`` one after another, each part
@@ -345,19 +337,33 @@ cdef int blocks32_dots(const blocks32_part *parts, int n_parts, const float *x, 
     return 0
 
 
-cdef class Matrix:
-    """A weight matrix (n_out rows of n_in) of ggml ``type``, multiplied without copying or dequantising."""
+cdef class Product:
+    """Weights that multiply activations: ``matmul`` checks the activations at the Python boundary
+    and allocates the result; ``product``, each kind's own, fills it (and serves kernels.decoder)."""
 
-    cdef readonly int type
-    cdef readonly int64_t n_in, n_out
-    cdef readonly bint repacked   # runs llama.cpp's repacked kernels' order
-    cdef readonly bint regrouped  # holds its rows regrouped eight at a time (a copy)
-    cdef object data         # keeps the weight bytes (mmap view or regrouped copy) alive
-    cdef const uint8_t *ptr
-    cdef int64_t row_bytes
-    cdef int act_type
-    cdef readonly int isa    # 0: llama.cpp built for AVX2, 1: for AVX-512 (engine.isa)
-    cdef vec_dot_fn dot
+    def matmul(self, x, n_threads=None, bint rowwise=False):
+        """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, with ggml's activation rounding.
+
+        ``rowwise``: every row gets the arithmetic a one-row product gives it (the kernels ggml
+        picks for a single token, activations quantised row by row), so no row's result depends
+        on the rows beside it; each weight row or group is still read once for all of them.
+        """
+        cdef cnp.ndarray xa = float_rows(x, self.n_in, "matmul")
+        cdef int nt = check_threads(n_threads)
+        cdef cnp.npy_intp shape[2]
+        shape[0], shape[1] = xa.shape[0], self.n_out
+        cdef cnp.ndarray out = empty(2, shape, cnp.NPY_FLOAT32)
+        if shape[0] and self.n_out:
+            self.product(<const float *>cnp.PyArray_DATA(xa), shape[0], <float *>cnp.PyArray_DATA(out), nt, rowwise)
+        return out
+
+    cdef int product(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1:
+        """out (n, n_out) = x (n, n_in) @ W.T on up to ``nt`` threads; n and n_out positive."""
+        raise NotImplementedError
+
+
+cdef class Matrix(Product):
+    """A weight matrix (n_out rows of n_in) of ggml ``type``, multiplied without copying or dequantising."""
 
     def __init__(self, data, int type, int64_t n_in, bint repacked=False, bint regroup=True,
                  bint release_source=False, int isa=0):
@@ -415,37 +421,22 @@ cdef class Matrix:
                              f"expected {self.row_bytes} for {self.n_in} values of ggml type {self.type}")
         return data.view(np.uint8)
 
-    def matmul(self, x, n_threads=None, bint rowwise=False):
-        """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, with ggml's activation rounding.
-
-        ``rowwise``: every row gets the arithmetic a one-row product gives it (the kernels ggml
-        picks for a single token, activations quantised row by row), so no row's result depends
-        on the rows beside it; each weight row or group is still read once for all of them.
-        """
-        cdef cnp.ndarray xa = float_rows(x, self.n_in, "matmul")
-        cdef int64_t n = xa.shape[0]
-        cdef int nt = check_threads(n_threads)
+    cdef int product(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1:
+        """The kernel that this type, layout and number of tokens select (``rowwise`` as in ``matmul``)."""
         if n * self.n_out * self.row_bytes < MIN_PARALLEL_BYTES:
             nt = 1
-        cdef cnp.npy_intp shape[2]
-        shape[0], shape[1] = n, self.n_out
-        cdef cnp.ndarray out = empty(2, shape, cnp.NPY_FLOAT32)
-        if n == 0 or self.n_out == 0:
-            return out
-        cdef const float *xs = <const float *>cnp.PyArray_DATA(xa)
-        cdef float *o = <float *>cnp.PyArray_DATA(out)
         if self.regrouped and self.type == T_Q4_0:  # the same arithmetic per token in tiles of any size
-            self.matmul_q4_0x8(xs, n, o, nt)
+            self.matmul_q4_0x8(x, n, out, nt)
         elif self.repacked and self.type in (T_Q4_K, T_Q2_K):
-            self.matmul_kx8(xs, n, o, nt, 1 if rowwise else TILE)
+            self.matmul_kx8(x, n, out, nt, 1 if rowwise else TILE)
         elif self.type in (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0) or self.type == T_Q4_0 and not self.repacked:
-            self.matmul_blocks32(xs, n, o, nt)  # vec_dot's arithmetic per (row, token): rowwise as it is
+            self.matmul_blocks32(x, n, out, nt)  # vec_dot's arithmetic per (row, token): rowwise as it is
         elif (self.type in (T_F32, T_F16, T_BF16) and not rowwise
               and tinyblas_accepts(n, self.n_out, self.n_in, self.type, self.isa)):
-            self.matmul_tinyblas(xs, n, o, nt)
+            self.matmul_tinyblas(x, n, out, nt)
         else:
-            self.matmul_rows(xs, n, o, nt, rowwise)
-        return out
+            self.matmul_rows(x, n, out, nt, rowwise)
+        return 0
 
     # The products below read x (n, n_in) and write out (n, n_out), both C-contiguous float32.
 
@@ -599,7 +590,7 @@ cdef class Matrix:
 BLOCK32_TYPES = (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0)  # the types a Blocks32Stack mixes (llama.cpp repacks most Q4_0)
 
 
-cdef class Blocks32Stack:
+cdef class Blocks32Stack(Product):
     """Weights of different 32-weight types (``BLOCK32_TYPES``) with one row length, multiplied as one matrix.
 
     Each row keeps its type's kernel and float order, so the columns are the separate
@@ -608,11 +599,6 @@ cdef class Blocks32Stack:
     Q4_K_M and Q5_K_M files of narrow models mix them so (a Q8_0 attn_v beside Q5_0 or Q5_1
     attn_q and attn_k).
     """
-
-    cdef readonly int64_t n_in, n_out
-    cdef object arrays       # the weight arrays, kept alive
-    cdef blocks32_part *parts
-    cdef int n_parts, act_type
 
     def __init__(self, arrays, types, int64_t n_in):
         """``arrays``: (rows, bytes_per_row) uint8 C-contiguous weights, one per part, of ``types`` in turn."""
@@ -644,37 +630,18 @@ cdef class Blocks32Stack:
     def __dealloc__(self):
         free(self.parts)
 
-    def matmul(self, x, n_threads=None, bint rowwise=False):
-        """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, the parts' columns one after another.
-
-        Every (row, token) pair takes the arithmetic of a one-token product whatever ``n``, so the
-        ``rowwise`` of ``Matrix.matmul`` holds already."""
-        cdef cnp.ndarray xa = float_rows(x, self.n_in, "matmul")
-        cdef int64_t n = xa.shape[0]
-        cdef int nt = check_threads(n_threads)
+    cdef int product(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1:
+        """The parts' columns one after another.  Every (row, token) pair takes the arithmetic of a
+        one-token product whatever ``n``, so ``rowwise`` holds already."""
         if n * self.n_out * type_row_bytes(T_Q8_0, self.n_in) < MIN_PARALLEL_BYTES:
             nt = 1
-        cdef cnp.npy_intp shape[2]
-        shape[0], shape[1] = n, self.n_out
-        cdef cnp.ndarray out = empty(2, shape, cnp.NPY_FLOAT32)
-        if n and self.n_out:
-            blocks32_product(self.parts, self.n_parts, self.act_type, <const float *>cnp.PyArray_DATA(xa), n,
-                             self.n_in, <float *>cnp.PyArray_DATA(out), nt)
-        return out
+        return blocks32_product(self.parts, self.n_parts, self.act_type, x, n, self.n_in, out, nt)
 
 
 K_QUANT_TYPES = (T_Q2_K, T_Q3_K, T_Q4_K, T_Q5_K, T_Q6_K)
 
 
-cdef struct kquant_part:
-    int type
-    bint repacked    # regrouped Q4_K or Q2_K, in llama.cpp's repacked kernels' order
-    const uint8_t *w
-    int64_t row_bytes, n_rows, column  # its first column in the stack's product
-    vec_dot_fn dot
-
-
-cdef class KQuantStack:
+cdef class KQuantStack(Product):
     """K-quant matrices of different types with one row length, multiplied as one matrix: the
     repacked Q4_K attn_q and attn_k beside a Q6_K attn_v of Q4_K_M files.
 
@@ -683,13 +650,6 @@ cdef class KQuantStack:
     kernels' grouped rounding (which changes the whole groups of four tokens only), and the
     threads are woken once, over the repacked parts' groups of 8 rows and the others' chunks.
     """
-
-    cdef readonly int64_t n_in, n_out
-    cdef object matrices      # the parts, kept alive
-    cdef kquant_part *parts
-    cdef int64_t *items       # (part, first row) per work item: 8-row groups of repacked parts, 16-row chunks else
-    cdef Py_ssize_t n_items
-    cdef bint has_repacked, has_rows
 
     def __init__(self, matrices):
         """``matrices``: Matrix objects of K-quant types with one row length; a repacked one must be
@@ -725,25 +685,15 @@ cdef class KQuantStack:
         free(self.parts)
         free(self.items)
 
-    def matmul(self, x, n_threads=None, bint rowwise=False):
-        """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, the parts' columns one after another;
-        ``rowwise`` as in ``Matrix.matmul``."""
-        cdef cnp.ndarray xa = float_rows(x, self.n_in, "matmul")
-        cdef int64_t n = xa.shape[0], n_out = self.n_out, n_in = self.n_in
-        cdef int nt = check_threads(n_threads)
+    cdef int product(self, const float *xs, int64_t n, float *o, int nt, bint rowwise) except -1:
+        """The parts' columns one after another, each in its own matrix's kernel."""
+        cdef int64_t n_out = self.n_out, n_in = self.n_in
         cdef int p
         cdef int64_t weight_bytes = 0
         for p in range(len(self.matrices)):
             weight_bytes += self.parts[p].n_rows * self.parts[p].row_bytes
         if n * weight_bytes < MIN_PARALLEL_BYTES:
             nt = 1
-        cdef cnp.npy_intp shape[2]
-        shape[0], shape[1] = n, n_out
-        cdef cnp.ndarray out = empty(2, shape, cnp.NPY_FLOAT32)
-        if n == 0:
-            return out
-        cdef const float *xs = <const float *>cnp.PyArray_DATA(xa)
-        cdef float *o = <float *>cnp.PyArray_DATA(out)
         cdef int nb = <int>(n_in // type_block_size(T_Q8_K))
         cdef int64_t act_bytes = type_row_bytes(T_Q8_K, n_in), tile = 1 if rowwise else TILE
         cdef bint tiled_rows = n > 1 and not rowwise  # the other parts' rows unpacked once (kq_rows)
@@ -792,7 +742,7 @@ cdef class KQuantStack:
             free(codes)
         if failed:
             raise MemoryError("no memory for unpacked weight rows")
-        return out
+        return 0
 
 
 cdef object regroup_rows(parts, int type, int64_t n_in, bint release_source):

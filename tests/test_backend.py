@@ -98,3 +98,36 @@ def test_stacked_matrix_checks_every_part():
         Matrix([good, good[:, ::2]], int(T.Q4_0), 512)
     with pytest.raises(ValueError, match="no weight rows"):
         Matrix([], int(T.Q4_0), 512)
+
+
+def test_decoder_checks_its_operands(make_model):
+    """The compiled decoder (one token through every layer in one call) refuses rows, caches, positions
+    and angles that do not fit its model with ValueError, before any kernel runs."""
+    from engine import Llama
+    from kernels.decoder import Decoder, DecoderLayer
+
+    with Llama(make_model("Q4_0"), n_ctx=16, n_threads=1, backend="cython") as llm:
+        hp, decoder, cache = llm.hparams, llm.model.decoder.decoder, llm.cache
+        x = np.ones((1, hp.dim), np.float32)
+        angles = [tuple(np.zeros((1, hp.head_dim // 2), np.float32) for _ in range(2))]
+        good = decoder.decode(x, cache.k, cache.v, 3, angles)
+        assert good.shape == (1, hp.dim) and np.all(np.isfinite(good))
+        bad = {
+            "one row": (np.ones((2, hp.dim), np.float32), cache.k, cache.v, 3, angles),
+            "k_cache": (x, cache.k[:, :1], cache.v, 3, angles),
+            "v_cache": (x, cache.k, cache.v.astype(np.float32), 3, angles),
+            "outside": (x, cache.k, cache.v, 16, angles),
+            "cos and sin": (x, cache.k, cache.v, 3, [(angles[0][0][:, :1], angles[0][1])]),
+            "angles": (x, cache.k, cache.v, 3, []),
+        }
+        for match, args in bad.items():
+            with pytest.raises(ValueError, match=match):
+                decoder.decode(*args)
+        wo = llm.model.backend.matrix(llm.model.weights.layers[0].wo)
+        norm = np.ones(hp.dim, np.float32)
+        with pytest.raises(ValueError, match="window"):
+            DecoderLayer([], wo, [], wo, norm, norm, (None,) * 3, None, None, None, None, -1, 0)
+        layer = DecoderLayer([(wo, 0)], wo, [(wo, 0)], wo, norm, norm, (None,) * 3, None, None, None, None, 0, 0)
+        with pytest.raises(ValueError, match="columns in turn"):
+            Decoder([layer], hp.dim, hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.ffn, hp.rms_eps, hp.attn_scale,
+                    False, False, None, 0, False)

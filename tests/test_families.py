@@ -48,6 +48,29 @@ def test_logits_equal_llama_cpp(make_model, arch, kind):
 
 
 @pytest.mark.parametrize("arch", SPECS)
+@pytest.mark.parametrize("kind", ["F16", "Q4_0", "Q4_K_M"])
+def test_decoding_equals_llama_cpp(make_model, arch, kind):
+    """One token at a time (the compiled decoder: every layer in one call), llama.cpp decoding the
+    same tokens one at a time: the logits of every step equal.  The prompt is 66 tokens, so the
+    decoded positions lie past Gemma 3's 64-token window."""
+    path = family_file(make_model, arch, kind)
+    tokens = random_tokens(1, 70)
+    quiet_llama_cpp()
+    ref = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, n_threads=1, n_threads_batch=1, verbose=False)
+    try:
+        with Llama(path, n_ctx=128, n_threads=2, backend="cython") as ours:
+            assert ours.model.decoder is not None
+            ours.update(tokens[:66], n_past=0)
+            ref.eval(tokens[:66])
+            for i in range(66, 70):
+                ours.update([tokens[i]])
+                ref.eval([tokens[i]])
+                assert np.array_equal(ours.logits, np.array(ref.scores[i], dtype=np.float32)), i
+    finally:
+        ref.close()
+
+
+@pytest.mark.parametrize("arch", SPECS)
 def test_numpy_reference_equals_llama_cpp(make_model, arch):
     path = family_file(make_model, arch, "Q4_K_M")
     tokens = random_tokens(0, 40)

@@ -1,0 +1,59 @@
+"""The matrix products' C-level interface: ``Product.product`` takes and fills raw float rows, so other
+kernel modules (``kernels.decoder``) run products without a Python call; ``matmul.pyx`` documents each class."""
+from libc.stdint cimport int64_t, uint8_t
+
+cdef extern from "vec_dot.h" nogil:
+    ctypedef float (*vec_dot_fn)(int n, const void *w, const void *a)
+
+
+cdef struct blocks32_part:
+    int type
+    const uint8_t *w
+    int64_t row_bytes, n_rows
+    int act_type    # the activation type its vec_dot pairs with
+
+
+cdef struct kquant_part:
+    int type
+    bint repacked    # regrouped Q4_K or Q2_K, in llama.cpp's repacked kernels' order
+    const uint8_t *w
+    int64_t row_bytes, n_rows, column  # its first column in the stack's product
+    vec_dot_fn dot
+
+
+cdef class Product:
+    cdef readonly int64_t n_in, n_out
+    cdef int product(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1
+
+
+cdef class Matrix(Product):
+    cdef readonly int type
+    cdef readonly bint repacked   # runs llama.cpp's repacked kernels' order
+    cdef readonly bint regrouped  # holds its rows regrouped eight at a time (a copy)
+    cdef object data         # keeps the weight bytes (mmap view or regrouped copy) alive
+    cdef const uint8_t *ptr
+    cdef int64_t row_bytes
+    cdef int act_type
+    cdef readonly int isa    # 0: llama.cpp built for AVX2, 1: for AVX-512 (engine.isa)
+    cdef vec_dot_fn dot
+
+    cdef object raw_rows(self, data)
+    cdef int matmul_rows(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1
+    cdef int matmul_tinyblas(self, const float *x, int64_t n, float *out, int nt) except -1
+    cdef int matmul_blocks32(self, const float *x, int64_t n, float *out, int nt) except -1
+    cdef void matmul_q4_0x8(self, const float *x, int64_t n, float *out, int nt)
+    cdef void matmul_kx8(self, const float *x, int64_t n, float *out, int nt, int64_t tile)
+
+
+cdef class Blocks32Stack(Product):
+    cdef object arrays       # the weight arrays, kept alive
+    cdef blocks32_part *parts
+    cdef int n_parts, act_type
+
+
+cdef class KQuantStack(Product):
+    cdef object matrices      # the parts, kept alive
+    cdef kquant_part *parts
+    cdef int64_t *items       # (part, first row) per work item: 8-row groups of repacked parts, 16-row chunks else
+    cdef Py_ssize_t n_items
+    cdef bint has_repacked, has_rows
