@@ -30,7 +30,7 @@ cdef extern from "stdlib.h" nogil:
 
 cdef extern from "sys/mman.h" nogil:
     int madvise(void *addr, size_t length, int advice)
-    int MADV_DONTNEED, MADV_HUGEPAGE, MADV_NOHUGEPAGE
+    int MADV_DONTNEED, MADV_HUGEPAGE
 
 cdef extern from "vec_dot.h" nogil:
     vec_dot_fn vec_dot_for(int type, int *act_type, int isa)
@@ -774,28 +774,33 @@ cdef object regroup_rows(parts, int type, int64_t n_in, bint release_source):
 
 
 cdef enum:
-    HUGE_PAGE = 1 << 21     # x86-64's transparent huge page
-    ARENA_BYTES = 32 << 20  # huge pages shared by the weights smaller than one
-    ARENA_ALIGN = 64        # where each weight starts in it: a cache line
-    COPY_SLAB = 16 << 20    # bytes copied before the source's pages are released
+    HUGE_PAGE = 1 << 21      # x86-64's transparent huge page
+    ARENA_BYTES = 256 << 20  # address space the weights are laid out in, one after another
+    ARENA_ALIGN = 64         # where each weight starts in it: a cache line
+    COPY_SLAB = 16 << 20     # bytes copied before the source's pages are released
 
 
 cdef object huge_page_bytes(int64_t n):
     """An uninitialised uint8 array of ``n`` bytes on memory asked to be transparent huge pages
-    (where the system allows them on request): its own, from a 2 MiB boundary, or for less than
-    one huge page a slice of an arena shared with other such weights.
+    (where the system allows them on request): the next ``n`` bytes of an arena that the weights
+    fill one after another, or of a new arena (ARENA_BYTES, or ``n`` in whole huge pages if more)
+    when the current one has no room left.
 
     A one-token product streams every weight once per token: on 4 KiB pages each page costs a
     TLB miss and stops the hardware prefetcher (a 1-thread stream of 2.8 MiB Q4_0 matrices ran
-    25-30% faster on huge pages).  NumPy itself asks for huge pages only for arrays of 4 MiB or
-    more, and only for the 2 MiB pages its unaligned allocation happens to span.
+    25-30% faster on huge pages).  A whole arena is advised huge, so each weight lies on huge
+    pages to its last byte: a weight with its own buffer kept its tail past the last whole huge
+    page on small pages, and the thread that streamed that half of it took up to 28% longer
+    than the other (the TinyLlama shape's q+k+v stack, two threads).  Untouched address space
+    stays unmapped, so an arena costs resident memory for the weights in it, plus at most the
+    rest of the huge page its last one ends in.  NumPy itself asks for huge pages only for
+    arrays of 4 MiB or more, and only for the 2 MiB pages its unaligned allocation happens to span.
     """
-    global _arena, _arena_start, _arena_used
-    if n >= HUGE_PAGE:
-        return huge_page_buffer(n)
+    global _arena, _arena_start, _arena_used, _arena_bytes
     owner = _arena()
-    if owner is None or _arena_used + n > ARENA_BYTES:
-        arena = huge_page_buffer(ARENA_BYTES)
+    if owner is None or _arena_used + n > _arena_bytes:
+        _arena_bytes = max(ARENA_BYTES, (n + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE)
+        arena = huge_page_buffer(_arena_bytes)
         owner = arena.base  # what each slice keeps alive
         _arena = weakref.ref(owner)  # freed with the last weight in it
         _arena_start = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>arena) - <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>owner)
@@ -808,21 +813,16 @@ cdef object huge_page_bytes(int64_t n):
 _arena = lambda: None  # a weak reference to the buffer holding the current arena
 _arena_start = 0       # where the arena starts in it (a 2 MiB boundary)
 _arena_used = 0        # bytes of the arena handed out
+_arena_bytes = 0       # its size
 
 
 cdef object huge_page_buffer(int64_t n):
-    """``n`` bytes from a 2 MiB boundary, its whole 2 MiB pages advised huge and the tail past them
-    small, so no untouched memory becomes resident."""
+    """``n`` bytes (whole huge pages) from a 2 MiB boundary, advised huge."""
     buf = np.empty(n + HUGE_PAGE, np.uint8)
     cdef uintptr_t start = <uintptr_t>cnp.PyArray_DATA(<cnp.ndarray>buf)
     cdef uintptr_t offset = (HUGE_PAGE - start % HUGE_PAGE) % HUGE_PAGE
-    cdef uintptr_t whole = <uintptr_t>n // HUGE_PAGE * HUGE_PAGE
-    out = buf[offset:offset + n]
-    if whole:
-        madvise(<void *>(start + offset), whole, MADV_HUGEPAGE)
-    if <uintptr_t>n > whole:
-        madvise(<void *>(start + offset + whole), n - whole, MADV_NOHUGEPAGE)
-    return out
+    madvise(<void *>(start + offset), n, MADV_HUGEPAGE)
+    return buf[offset:offset + n]
 
 
 cdef object copy_rows(parts, bint release_source):
