@@ -21,6 +21,8 @@ a fused attn_qkv (Phi-3's) is read as its q, k and v row blocks, in any family, 
 
 Every op comes from a backend (``engine.backends``: the textbook ``engine.plain``, or the exact
 ``engine.exact`` and its compiled twin ``engine.compiled``); the KV cache is stored in float16 as llama.cpp stores it.
+A backend may also offer a decoder that runs the layer loop for one decoded row in one call (the
+compiled one does, ``kernels.decoder``), with the loop's bits.
 """
 from __future__ import annotations
 

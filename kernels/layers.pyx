@@ -163,7 +163,7 @@ cdef cnp.ndarray rope_copy(x, cnp.ndarray cs, cnp.ndarray sn):
 
 
 cdef void rope_heads(float *x, Py_ssize_t heads, Py_ssize_t hd, Py_ssize_t half, const float *c,
-                            const float *s, bint neox) noexcept nogil:
+                     const float *s, bint neox) noexcept nogil:
     """One row's heads rotated in place (rope_row, or rope_row_neox)."""
     if heads == 0:
         return
