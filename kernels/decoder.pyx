@@ -59,7 +59,8 @@ cdef class DecoderLayer:
 
 
 cdef class Decoder:
-    """Every layer of one model for one row at a time (``decode``)."""
+    """Every layer of one model for one row at a time (``decode``), one call at a time: the steps'
+    outputs are buffers of the decoder's own (a ``Llama`` evaluates under its lock)."""
 
     cdef list layers
     cdef int n_layers, dim, n_heads, n_kv_heads, head_dim, ffn, isa
