@@ -13,7 +13,7 @@ from libc.stdint cimport int64_t, uint16_t
 
 from kernels.layers cimport attention_into, glu_into, rms_norm_into, rope_heads
 from kernels.matmul cimport Product
-from kernels.ndarrays cimport empty, is_native_c
+from kernels.ndarrays cimport is_native_c
 from kernels.parallel import check_threads
 
 cnp.import_array()
