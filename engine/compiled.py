@@ -169,13 +169,13 @@ class TokenDecoder:
         self.backend = backend
         self.ropes = (hp.rope,) if hp.rope_swa is None else (hp.rope, hp.rope_swa)
         family = hp.family
-        layers = [decoder.DecoderLayer(self._products(layer.qkv), backend.matrix(layer.wo),
+        per_layer = [decoder.DecoderLayer(self._products(layer.qkv), backend.matrix(layer.wo),
                                        self._products(layer.gate_up), backend.matrix(layer.w_down),
                                        layer.attn_norm, layer.ffn_norm, layer.qkv_bias, layer.q_norm, layer.k_norm,
                                        layer.attn_post_norm, layer.ffn_post_norm, hp.window(i),
                                        self.ropes.index(hp.layer_rope(i)))
                   for i, layer in enumerate(weights.layers)]
-        self.decoder = decoder.Decoder(layers, hp.dim, hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.ffn, hp.rms_eps,
+        self.decoder = decoder.Decoder(per_layer, hp.dim, hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.ffn, hp.rms_eps,
                                        hp.attn_scale, family.neox, family.scale_q,
                                        gelu_table() if family.gelu else None, backend._isa, backend.batch_invariant)
 

@@ -63,7 +63,7 @@ cdef class Decoder:
     outputs are buffers of the decoder's own (a ``Llama`` evaluates under its lock)."""
 
     cdef list layers
-    cdef int n_layers, dim, n_heads, n_kv_heads, head_dim, ffn, isa
+    cdef int n_layers, n_ropes, dim, n_heads, n_kv_heads, head_dim, ffn, isa
     cdef float eps, attn_scale
     cdef bint neox, scale_q, rowwise
     cdef object table                  # geglu's f16 GELU table, or None for swiglu
@@ -91,6 +91,7 @@ cdef class Decoder:
         for layer in layers:
             self.layers.append(self.checked(layer, q_dim, kv_dim))
         self.n_layers = len(self.layers)
+        self.n_ropes = 1 + max([(<DecoderLayer>layer).rope for layer in self.layers], default=0)  # angles needed
         self.h, self.qkv, self.att = np.empty(dim, np.float32), np.empty(q_dim + 2 * kv_dim, np.float32), \
             np.empty(q_dim, np.float32)
         self.y, self.gu, self.glu = np.empty(dim, np.float32), np.empty(2 * ffn, np.float32), np.empty(ffn, np.float32)
@@ -144,16 +145,15 @@ cdef class Decoder:
         cdef const float *cs[2]
         cdef const float *sn[2]
         cdef int i
-        if not 1 <= len(angles) <= 2:
-            raise ValueError("decoder: angles must hold one or two (cos, sin) pairs")
+        if not self.n_ropes <= len(angles) <= 2:
+            raise ValueError(f"decoder: angles must hold a (cos, sin) pair per rope the layers use, "
+                             f"{self.n_ropes} to 2 pairs")
         for i, (cos, sin) in enumerate(angles):
             if not (is_native_c(cos, cnp.NPY_FLOAT32, 2) and is_native_c(sin, cnp.NPY_FLOAT32, 2)
                     and cos.shape == (1, self.head_dim // 2) and sin.shape == cos.shape):
                 raise ValueError(f"decoder: cos and sin must be float32 arrays of shape (1, {self.head_dim // 2})")
             cs[i] = <const float *>cnp.PyArray_DATA(<cnp.ndarray>cos)
             sn[i] = <const float *>cnp.PyArray_DATA(<cnp.ndarray>sin)
-        if any((<DecoderLayer>layer).rope >= len(angles) for layer in self.layers):
-            raise ValueError("decoder: a layer's rope has no angles")
         cdef int nt = check_threads(n_threads)
         cdef int n_ctx = k_cache.shape[2]
         cdef int64_t per_layer = <int64_t>self.n_kv_heads * n_ctx * self.head_dim
