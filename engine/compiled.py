@@ -177,7 +177,7 @@ class TokenDecoder:
                   for i, layer in enumerate(weights.layers)]
         self.decoder = decoder.Decoder(per_layer, hp.dim, hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.ffn, hp.rms_eps,
                                        hp.attn_scale, family.neox, family.scale_q,
-                                       gelu_table() if family.gelu else None, backend._isa, backend.batch_invariant)
+                                       gelu_table() if family.gelu else None, backend._isa)
 
     def _products(self, ws: tuple[Weight, ...]) -> list[tuple]:
         """(kernel matrix, first column) of each product ``matmuls`` takes of ``ws``: their stack, or each."""

@@ -212,10 +212,17 @@ cdef void glu_into(const char *gate, Py_ssize_t gate_stride, const char *up, Py_
     apart, into y (n, f); n and f positive."""
     cdef Py_ssize_t i
     for i in prange(n, schedule="static", num_threads=team(n_threads, n * f)):
-        if table == NULL:
-            swiglu_row(<const float *>(gate + i * gate_stride), <const float *>(up + i * up_stride), f, y + i * f, isa)
-        else:
-            geglu_row(<const float *>(gate + i * gate_stride), <const float *>(up + i * up_stride), f, table, y + i * f)
+        glu_row(<const float *>(gate + i * gate_stride), <const float *>(up + i * up_stride), f, table, isa, y + i * f)
+
+
+cdef void glu_row(const float *gate, const float *up, Py_ssize_t f, const uint16_t *table, int isa,
+                  float *y) noexcept nogil:
+    """swiglu (``table`` NULL) or geglu of one row of f values (or of a run of a row's values that
+    starts at a multiple of 8: each value's arithmetic is the same) into y."""
+    if table == NULL:
+        swiglu_row(gate, up, f, y, isa)
+    else:
+        geglu_row(gate, up, f, table, y)
 
 
 def attention(q, k_cache, v_cache, int start, float scale, n_threads=None, int window=0, bint rowwise=False,
@@ -276,7 +283,7 @@ cdef int attention_into(const float *qs, const uint16_t *ks, const uint16_t *vs,
     cdef uint16_t *half = <uint16_t *>malloc(<size_t>nt * (n_keys_max + hd) * sizeof(uint16_t))
     cdef float *acc = <float *>malloc(<size_t>nt * 64 * hd * sizeof(float))
     cdef Py_ssize_t task
-    cdef int t, h, me, lo, first
+    cdef int t, h, me
     # row t attends to start + t + 1 keys, so several rows are dealt to the threads in turn, a
     # row's heads at once (each thread writes whole output rows), rather than in contiguous
     # shares, which would give the last thread the longest rows; one row's heads are shared out
@@ -288,16 +295,26 @@ cdef int attention_into(const float *qs, const uint16_t *ks, const uint16_t *vs,
             t = task // n_heads
             h = task % n_heads
             me = omp_get_thread_num()
-            lo = max(0, start + t + 1 - window) if window else 0  # the first key in the window
-            first = lo - lo % 64  # where attend starts: a multiple of 64 keys, as it requires
-            attend(qs + task * hd, ks + h // group * kv_stride + first * hd, vs + h // group * kv_stride + first * hd,
-                   start + t + 1 - first, lo - first, hd, scale, qk_lanes, pv_lanes, scores + me * n_keys_max,
-                   half + me * (n_keys_max + hd), acc + me * 64 * hd, o + task * hd)
+            attend_head(qs + task * hd, ks + h // group * kv_stride, vs + h // group * kv_stride, start + t, window, hd,
+                        scale, qk_lanes, pv_lanes, scores + me * n_keys_max, half + me * (n_keys_max + hd),
+                        acc + me * 64 * hd, o + task * hd)
     finally:
         free(scores)
         free(half)
         free(acc)
     return 0
+
+
+cdef void attend_head(const float *q, const uint16_t *k, const uint16_t *v, int position, int window, int hd,
+                      float scale, int qk_lanes, int pv_lanes, float *scores, uint16_t *half, float *acc,
+                      float *out) noexcept nogil:
+    """One query head's row at ``position`` over its kv head's cached keys and values (n_ctx, hd),
+    those up to ``position`` (and within the ``window``, if any); scratch as ``attend`` takes it:
+    scores (position + 1), half (position + 1 + hd), acc (64 * hd)."""
+    cdef int lo = max(0, position + 1 - window) if window else 0  # the first key in the window
+    cdef int first = lo - lo % 64  # where attend starts: a multiple of 64 keys, as it requires
+    attend(q, k + <Py_ssize_t>first * hd, v + <Py_ssize_t>first * hd, position + 1 - first, lo - first, hd, scale,
+           qk_lanes, pv_lanes, scores, half, acc, out)
 
 
 cdef int attend_groups(const float *qs, const uint16_t *ks, const uint16_t *vs, int n, int n_heads, int n_kv, int hd,

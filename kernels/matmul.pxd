@@ -23,7 +23,14 @@ cdef struct kquant_part:
 
 cdef class Product:
     cdef readonly int64_t n_in, n_out
+    cdef int64_t n_tasks     # one row's product in tasks the threads share (groups of 8 rows, or chunks)
+    cdef int64_t act_bytes   # a thread's scratch for one row: its activations as the tasks take them
+    cdef bint one_thread     # too few weight bytes to share (MIN_PARALLEL_BYTES)
     cdef int product(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1
+    cdef int rows_product(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1
+    cdef void row_acts(self, const float *x, uint8_t *acts) noexcept nogil
+    cdef void row_tasks(self, uint8_t *acts, float *out, int64_t first, int64_t last) noexcept nogil
+    cdef void row_share(self, const float *x, uint8_t *acts, float *out, int me, int nt) noexcept nogil
 
 
 cdef class Matrix(Product):
@@ -36,6 +43,7 @@ cdef class Matrix(Product):
     cdef int act_type
     cdef readonly int isa    # 0: llama.cpp built for AVX2, 1: for AVX-512 (engine.isa)
     cdef vec_dot_fn dot
+    cdef int row_kernel      # the kernel of a one-row product (ROW_Q4_0X8, ROW_KX8, ROW_BLOCKS32, ROW_DOTS)
 
     cdef object raw_rows(self, data)
     cdef int matmul_rows(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1
@@ -49,11 +57,12 @@ cdef class Blocks32Stack(Product):
     cdef object arrays       # the weight arrays, kept alive
     cdef blocks32_part *parts
     cdef int n_parts, act_type
+    cdef int64_t *items      # (part, first row, first column) per task (chunk_items)
+    cdef int64_t bytes0, bytes1  # a row's Q8_0 and Q8_1 activations (0 where no part pairs with the type)
 
 
 cdef class KQuantStack(Product):
     cdef object matrices      # the parts, kept alive
     cdef kquant_part *parts
-    cdef int64_t *items       # (part, first row) per work item: 8-row groups of repacked parts, 16-row chunks else
-    cdef Py_ssize_t n_items
+    cdef int64_t *items       # (part, first row) per task: 8-row groups of repacked parts, 16-row chunks else
     cdef bint has_repacked, has_rows

@@ -15,7 +15,7 @@ import weakref
 import numpy as np
 
 cimport numpy as cnp
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
@@ -24,6 +24,9 @@ from kernels.ndarrays cimport empty, is_native_c
 from kernels.parallel import check_threads
 
 cnp.import_array()
+
+cdef extern from "omp_compat.h" nogil:
+    int omp_get_num_threads()
 
 cdef extern from "stdlib.h" nogil:
     int posix_memalign(void **memptr, size_t alignment, size_t size)
@@ -103,6 +106,16 @@ cdef enum:
     TOKEN_BLOCK = 64  # tokens whose activations stay in L2 while the unpacked rows pass over them
     B32_MIN_TOKENS = 3  # tokens from which unpacking 32-weight rows once beats a vec_dot per (row, token)
     KQ_CODES_L2 = 1 << 20  # bytes of K-quant codes (kq_make_codes) that a block of tokens keeps in L2
+    LINE = 64         # bytes a thread's scratch is rounded up to, so no two threads write one cache line
+    ROW_Q4_0X8 = 0    # the one-row kernels of a Matrix: regrouped Q4_0 (q4_0x8_dot),
+    ROW_KX8 = 1       # repacked Q4_K or Q2_K (kx8_dot),
+    ROW_BLOCKS32 = 2  # other 32-weight blocks, four rows at a time (block32_dot_rows),
+    ROW_DOTS = 3      # every other type, a vec_dot per row
+
+
+cdef inline int64_t lines(int64_t n) noexcept nogil:
+    """n bytes rounded up to whole cache lines."""
+    return (n + LINE - 1) // LINE * LINE
 
 
 def activation_type(int type):
@@ -339,7 +352,9 @@ cdef int blocks32_dots(const blocks32_part *parts, int n_parts, const float *x, 
 
 cdef class Product:
     """Weights that multiply activations: ``matmul`` checks the activations at the Python boundary
-    and allocates the result; ``product``, each kind's own, fills it (and serves kernels.decoder)."""
+    and allocates the result; ``product`` fills it.  Several rows take each kind's own ``rows_product``;
+    one row (a decoded token) is quantised, then shared out to the threads in tasks (``row_share``),
+    the same way here as inside ``kernels.decoder``'s parallel region."""
 
     def matmul(self, x, n_threads=None, bint rowwise=False):
         """x (n, n_in) float32 -> x @ W.T, (n, n_out) float32, with ggml's activation rounding.
@@ -358,8 +373,44 @@ cdef class Product:
         return out
 
     cdef int product(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1:
-        """out (n, n_out) = x (n, n_in) @ W.T on up to ``nt`` threads; n and n_out positive."""
+        """out (n, n_out) = x (n, n_in) @ W.T on up to ``nt`` threads; n and n_out positive.  A single
+        row has the same arithmetic whether ``rowwise`` or not."""
+        if n > 1:
+            return self.rows_product(x, n, out, nt, rowwise)
+        if self.one_thread:
+            nt = 1
+        cdef uint8_t *acts = <uint8_t *>malloc(nt * self.act_bytes)  # (nt, act_bytes): each thread's activations
+        if acts == NULL:
+            raise MemoryError()
+        cdef int me
+        with nogil, parallel(num_threads=nt):
+            me = threadid()
+            self.row_share(x, acts + me * self.act_bytes, out, me, omp_get_num_threads())
+        free(acts)
+        return 0
+
+    cdef int rows_product(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1:
+        """``product`` of n >= 2 rows, each kind's own."""
         raise NotImplementedError
+
+    cdef void row_share(self, const float *x, uint8_t *acts, float *out, int me, int nt) noexcept nogil:
+        """Thread ``me`` of a team of ``nt``: its share of out (n_out,) = W · x (n_in,).  It quantises x
+        into its own ``acts`` (act_bytes), then runs its contiguous run of the tasks; a product of
+        few weight bytes falls to thread 0 alone.  Every thread of the team must call it."""
+        if self.one_thread:
+            nt = 1
+        cdef int64_t first = self.n_tasks * me // nt, last = self.n_tasks * (me + 1) // nt
+        if me < nt and first < last:
+            self.row_acts(x, acts)
+            self.row_tasks(acts, out, first, last)
+
+    cdef void row_acts(self, const float *x, uint8_t *acts) noexcept nogil:
+        """The row x quantised as the row tasks take it, into ``acts``; each kind's own."""
+        pass
+
+    cdef void row_tasks(self, uint8_t *acts, float *out, int64_t first, int64_t last) noexcept nogil:
+        """Tasks [first, last) of the one-row product, from the quantised row ``acts``; each kind's own."""
+        pass
 
 
 cdef class Matrix(Product):
@@ -407,6 +458,20 @@ cdef class Matrix(Product):
         cdef const uint8_t[:, ::1] view = (self.data.reshape(self.n_out, -1) if self.n_out
                                            else np.zeros((1, 1), np.uint8))
         self.ptr = &view[0, 0]
+        self.one_thread = self.n_out * self.row_bytes < MIN_PARALLEL_BYTES
+        self.n_tasks = (self.n_out + CHUNK_ROWS - 1) // CHUNK_ROWS
+        self.act_bytes = lines(type_row_bytes(self.act_type, n_in))
+        if self.regrouped and type == T_Q4_0:
+            self.row_kernel, self.n_tasks = ROW_Q4_0X8, self.n_out // 8
+            self.act_bytes = lines(n_in // 32 * (sizeof(float) + sizeof(int32_t)) + n_in)  # d, bias, then qs
+        elif repacked and type in (T_Q4_K, T_Q2_K):
+            self.row_kernel, self.n_tasks = ROW_KX8, self.n_out // 8
+            if not self.regrouped:  # room to regroup a group of 8 rows after the activations
+                self.act_bytes += lines(kx8_group_bytes(type, n_in // type_block_size(type)))
+        elif type in (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0) or type == T_Q4_0 and not repacked:
+            self.row_kernel = ROW_BLOCKS32
+        else:
+            self.row_kernel = ROW_DOTS
 
     cdef object raw_rows(self, data):
         """One array of weight rows, checked against the type and row length, as uint8 (rows, row_bytes)."""
@@ -421,7 +486,43 @@ cdef class Matrix(Product):
                              f"expected {self.row_bytes} for {self.n_in} values of ggml type {self.type}")
         return data.view(np.uint8)
 
-    cdef int product(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1:
+    cdef void row_acts(self, const float *x, uint8_t *acts) noexcept nogil:
+        cdef int64_t nb = self.n_in // 32
+        if self.row_kernel == ROW_Q4_0X8:
+            quantize_act_q8_0(x, self.n_in, <int8_t *>(acts + 8 * nb), <float *>acts, <int32_t *>(acts + 4 * nb))
+        else:
+            quantize_row(self.act_type, x, acts, self.n_in, 0)
+
+    cdef void row_tasks(self, uint8_t *acts, float *out, int64_t first, int64_t last) noexcept nogil:
+        """A task is a group of 8 rows (ROW_Q4_0X8, ROW_KX8) or a chunk of CHUNK_ROWS rows, in the
+        kernel a one-token product of this type and layout takes in ggml."""
+        cdef int64_t nb = self.n_in // type_block_size(self.type), t, r
+        cdef act_q8_0 act
+        cdef const block_q8_K *row = <const block_q8_K *>acts
+        cdef uint8_t *group = acts + lines(type_row_bytes(T_Q8_K, self.n_in))  # ROW_KX8 not regrouped: a group
+        cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.repacked else self.dot  # ROW_DOTS
+        if self.row_kernel == ROW_Q4_0X8:
+            act.d, act.bias = <const float *>acts, <const int32_t *>(acts + 4 * nb)
+            act.qs = <const int8_t *>(acts + 8 * nb)
+            for t in range(first, last):
+                q4_0x8_dot(<const block_q4_0x8 *>self.ptr + t * nb, nb, &act, 1, out + 8 * t, self.n_out)
+        elif self.row_kernel == ROW_KX8:
+            for t in range(first, last):
+                if self.regrouped:
+                    kx8_dot(self.type, self.ptr + t * kx8_group_bytes(self.type, nb), nb, &row, 1, out + 8 * t,
+                            self.n_out)
+                else:
+                    kx8_repack_group(self.type, self.ptr + 8 * t * self.row_bytes, nb, 0, group)
+                    kx8_dot(self.type, group, nb, &row, 1, out + 8 * t, self.n_out)
+        elif self.row_kernel == ROW_BLOCKS32:
+            for t in range(first, last):
+                block32_dot_rows(self.type, <int>self.n_in, self.ptr + t * CHUNK_ROWS * self.row_bytes, self.row_bytes,
+                                 min(CHUNK_ROWS, self.n_out - t * CHUNK_ROWS), acts, out + t * CHUNK_ROWS)
+        else:
+            for r in range(first * CHUNK_ROWS, min(last * CHUNK_ROWS, self.n_out)):
+                out[r] = dot(<int>self.n_in, self.ptr + r * self.row_bytes, acts)
+
+    cdef int rows_product(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1:
         """The kernel that this type, layout and number of tokens select (``rowwise`` as in ``matmul``)."""
         if n * self.n_out * self.row_bytes < MIN_PARALLEL_BYTES:
             nt = 1
@@ -626,16 +727,44 @@ cdef class Blocks32Stack(Product):
             self.parts[p].row_bytes, self.parts[p].n_rows = type_row_bytes(t, n_in), a.shape[0]
             vec_dot_for(t, &self.parts[p].act_type, 0)  # its activation type (32-weight types: the same in both builds)
             self.n_out += a.shape[0]
+            self.n_tasks += (a.shape[0] + CHUNK_ROWS - 1) // CHUNK_ROWS
+            if self.parts[p].act_type == T_Q8_0:
+                self.bytes0 = type_row_bytes(T_Q8_0, n_in)
+            else:
+                self.bytes1 = type_row_bytes(T_Q8_1, n_in)
+        self.items = chunk_items(self.parts, self.n_parts, max(self.n_tasks, 1))
+        if self.items == NULL:
+            raise MemoryError()
+        self.act_bytes = lines(self.bytes0 + self.bytes1)  # Q8_0's row, then Q8_1's
+        self.one_thread = self.n_out * type_row_bytes(T_Q8_0, n_in) < MIN_PARALLEL_BYTES
 
     def __dealloc__(self):
         free(self.parts)
+        free(self.items)
 
-    cdef int product(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1:
+    cdef int rows_product(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1:
         """The parts' columns one after another.  Every (row, token) pair takes the arithmetic of a
         one-token product whatever ``n``, so ``rowwise`` holds already."""
         if n * self.n_out * type_row_bytes(T_Q8_0, self.n_in) < MIN_PARALLEL_BYTES:
             nt = 1
         return blocks32_product(self.parts, self.n_parts, self.act_type, x, n, self.n_in, out, nt)
+
+    cdef void row_acts(self, const float *x, uint8_t *acts) noexcept nogil:
+        if self.bytes0:
+            quantize_row(T_Q8_0, x, acts, self.n_in, 0)
+        if self.bytes1:
+            quantize_row(T_Q8_1, x, acts + self.bytes0, self.n_in, 0)
+
+    cdef void row_tasks(self, uint8_t *acts, float *out, int64_t first, int64_t last) noexcept nogil:
+        """A task is a chunk of CHUNK_ROWS rows of one part, with the activations its type pairs with."""
+        cdef const blocks32_part *part
+        cdef int64_t t, r0
+        for t in range(first, last):
+            part = &self.parts[self.items[3 * t]]
+            r0 = self.items[3 * t + 1]
+            block32_dot_rows(part.type, <int>self.n_in, part.w + r0 * part.row_bytes, part.row_bytes,
+                             min(CHUNK_ROWS, part.n_rows - r0), acts + self.bytes0 if part.act_type == T_Q8_1 else acts,
+                             out + self.items[3 * t + 2] + r0)
 
 
 K_QUANT_TYPES = (T_Q2_K, T_Q3_K, T_Q4_K, T_Q5_K, T_Q6_K)
@@ -668,24 +797,47 @@ cdef class KQuantStack(Product):
             raise MemoryError()
         items = []
         self.n_out = 0
+        cdef int64_t weight_bytes = 0
         for p, m in enumerate(self.matrices):
             self.parts[p] = kquant_part(m.type, m.repacked, m.ptr, m.row_bytes, m.n_out, self.n_out, m.dot)
             items += [(p, r) for r in range(0, m.n_out, 8 if m.repacked else CHUNK_ROWS)]
             self.has_repacked |= m.repacked
             self.has_rows |= not m.repacked
             self.n_out += m.n_out
-        self.n_items = len(items)
-        self.items = <int64_t *>malloc(max(self.n_items, 1) * 2 * sizeof(int64_t))
+            weight_bytes += m.n_out * m.row_bytes
+        self.n_tasks = len(items)
+        self.items = <int64_t *>malloc(max(self.n_tasks, 1) * 2 * sizeof(int64_t))
         if self.items == NULL:
             raise MemoryError()
         for i, (p, r) in enumerate(items):
             self.items[2 * i], self.items[2 * i + 1] = p, r
+        self.act_bytes = lines(type_row_bytes(T_Q8_K, self.n_in))
+        self.one_thread = weight_bytes < MIN_PARALLEL_BYTES
 
     def __dealloc__(self):
         free(self.parts)
         free(self.items)
 
-    cdef int product(self, const float *xs, int64_t n, float *o, int nt, bint rowwise) except -1:
+    cdef void row_acts(self, const float *x, uint8_t *acts) noexcept nogil:
+        quantize_row(T_Q8_K, x, acts, self.n_in, 0)
+
+    cdef void row_tasks(self, uint8_t *acts, float *out, int64_t first, int64_t last) noexcept nogil:
+        """A task is a group of 8 rows of a repacked part (kx8_dot), or a chunk of CHUNK_ROWS rows of
+        another (its vec_dot per row)."""
+        cdef int64_t nb = self.n_in // type_block_size(T_Q8_K), t, r0, r
+        cdef const block_q8_K *row = <const block_q8_K *>acts
+        cdef const kquant_part *part
+        for t in range(first, last):
+            part = &self.parts[self.items[2 * t]]
+            r0 = self.items[2 * t + 1]
+            if part.repacked:
+                kx8_dot(part.type, part.w + r0 // 8 * kx8_group_bytes(part.type, nb), nb, &row, 1,
+                        out + part.column + r0, self.n_out)
+            else:
+                for r in range(r0, min(r0 + CHUNK_ROWS, part.n_rows)):
+                    out[part.column + r] = part.dot(<int>self.n_in, part.w + r * part.row_bytes, acts)
+
+    cdef int rows_product(self, const float *xs, int64_t n, float *o, int nt, bint rowwise) except -1:
         """The parts' columns one after another, each in its own matrix's kernel."""
         cdef int64_t n_out = self.n_out, n_in = self.n_in
         cdef int p
@@ -718,7 +870,7 @@ cdef class KQuantStack(Product):
                     make_codes(acts, act_bytes, n, nb, codes, nt)
                 for t in range(n):
                     rows[t] = <const block_q8_K *>(acts_grouped + t * act_bytes)
-                for item in prange(self.n_items, schedule="static", num_threads=nt):
+                for item in prange(self.n_tasks, schedule="static", num_threads=nt):
                     part = &self.parts[self.items[2 * item]]
                     r0 = self.items[2 * item + 1]
                     if part.repacked:

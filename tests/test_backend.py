@@ -88,6 +88,25 @@ def test_mixed_k_quant_stack_bit_identical(types, batch_invariant, isa):
             assert np.array_equal(got, CythonBackend(1, batch_invariant=batch_invariant, isa=isa).matmul(w, x)), n
 
 
+@pytest.mark.parametrize("types", [(T.Q5_0, T.Q8_0, T.Q5_1), (T.Q4_K, T.Q4_K, T.Q6_K), (T.Q6_K, T.Q2_K, T.Q4_K)],
+                         ids=lambda ts: "+".join(t.name for t in ts))
+def test_stacks_share_one_row_among_threads(types):
+    """One row of a stack big enough to share gives each part's own product on any team, each
+    thread taking its run of the parts' groups and chunks of rows."""
+    rng = np.random.default_rng(sum(types))
+    ws = tuple(Weight(f"w{i}", t, 1024, n_out, random_weights(rng, t, n_out, 1024))
+               for i, (t, n_out) in enumerate(zip(types, (520, 264, 136))))
+    x = activations(rng, 1, 1024)
+    got = {}
+    for n_threads in (3, 2, 1):  # all before the reference frees any buffer
+        backend = CythonBackend(n_threads)
+        assert isinstance(backend.stacked(ws), Blocks32Stack if types[0] == T.Q5_0 else KQuantStack)
+        got[n_threads] = backend.matmuls(ws, x)
+    refs = [REF.matmul(w, x) for w in ws]
+    for n_threads, outs in got.items():
+        assert all(np.array_equal(out, ref) for out, ref in zip(outs, refs)), n_threads
+
+
 def test_stacked_matrix_checks_every_part():
     from kernels.matmul import Matrix
     rng = np.random.default_rng(1)
@@ -130,4 +149,4 @@ def test_decoder_checks_its_operands(make_model):
         layer = DecoderLayer([(wo, 0)], wo, [(wo, 0)], wo, norm, norm, (None,) * 3, None, None, None, None, 0, 0)
         with pytest.raises(ValueError, match="columns in turn"):
             Decoder([layer], hp.dim, hp.n_heads, hp.n_kv_heads, hp.head_dim, hp.ffn, hp.rms_eps, hp.attn_scale,
-                    False, False, None, 0, False)
+                    False, False, None, 0)

@@ -143,6 +143,22 @@ def test_matmul_on_two_threads_bit_identical(type_):
     assert np.array_equal(m.matmul(x, 2), ref)
 
 
+@pytest.mark.parametrize("type_", PRODUCT_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("regroup", [False, True], ids=["in place", "regrouped"])
+def test_one_row_shared_by_threads_bit_identical(type_, regroup):
+    """One row (a decoded token) of a product big enough to share gives the same bits on any team:
+    each thread quantises the row itself and takes its run of the groups or chunks of rows."""
+    rng = np.random.default_rng(int(type_))
+    n_out, n_in = 520, 1024
+    w = Weight("w", type_, n_in, n_out, random_weights(rng, type_, n_out, n_in))
+    m = matmul.Matrix(w.data, int(type_), n_in, repacked=w.repacked(), regroup=regroup)
+    x = activations(rng, 1, n_in)
+    got = {n_threads: m.matmul(x, n_threads) for n_threads in (3, 2, 1)}  # before the reference frees any buffer
+    ref = REF.matmul(w, x)
+    for n_threads, out in got.items():
+        assert np.array_equal(out, ref), n_threads
+
+
 # the weights llama.cpp repacks, with the build that repacks them
 REPACKED = [(T.Q4_0, "avx2"), (T.Q4_K, "avx2"), (T.Q2_K, "avx512")]
 

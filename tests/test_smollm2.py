@@ -31,13 +31,14 @@ def file_id(quant: str | None) -> str:
 
 
 class Pair:
-    """Our Llama (compiled backend) and llama.cpp's on one file."""
+    """Our Llama (compiled backend) and llama.cpp's on one file; ours on two threads, so each
+    decoded token's products are shared out (the bits do not depend on the team)."""
 
     def __init__(self, path):
         quiet_llama_cpp()
         self.ref = llama_cpp.Llama(str(path), n_ctx=N_CTX, logits_all=True, n_threads=1, n_threads_batch=1,
                                    verbose=False)
-        self.ours = Llama(path, n_ctx=N_CTX, n_threads=1, backend="cython")
+        self.ours = Llama(path, n_ctx=N_CTX, n_threads=2, backend="cython")
 
     def tokenize(self, text: str) -> list[int]:
         """llama.cpp's ids for ``text``, with its control tokens parsed, no BOS added."""
