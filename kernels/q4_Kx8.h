@@ -73,14 +73,6 @@ static inline void k4_half(const uint8_t (*qs)[32], int shift, const int8_t *con
     for (int t = 0; t < N; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s[t], scale));
 }
 
-/* Ask for the weights PREFETCH_AHEAD past quarter c of block column blk, a quarter at a time as the
- * kernels reach it: the whole column's 18 lines at once left the two-thread one-token product
- * streaming 4-7% slower (docs/performance.md, "Prefetching"), the request beyond what a core's
- * fill buffers hold. */
-static inline void k4_prefetch_quarter(const block_q4_Kx8 *blk, int c) {
-    prefetch_ahead_l2((const uint8_t *)blk + c * sizeof(block_q4_Kx8) / 4, sizeof(block_q4_Kx8) / 4);
-}
-
 #if HAVE_VNNI
 /* One token's scaled sums of block column blk, one row per lane: the sum over its eight sub-blocks j
  * of sc[j] times the sub-block's nibbles dotted with the 32 activations at a + 32j, as the gemv takes
@@ -92,7 +84,7 @@ static inline __m256i k4_sums_vnni(const block_q4_Kx8 *blk, const int8_t *a) {
     const __m256i low4 = _mm256_set1_epi8(0x0F), high4 = _mm256_set1_epi8((char)0xF0);
     __m256i lo_acc = _mm256_setzero_si256(), hi_acc = _mm256_setzero_si256();  /* sub-blocks 2c, 2c + 1 */
     for (int c = 0; c < 4; c++, a += 64) {
-        k4_prefetch_quarter(blk, c);
+        prefetch_quarter_l2(blk, sizeof(block_q4_Kx8), c);
         __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
         for (int i = 0; i < 8; i++) {
             const __m256i v = _mm256_loadu_si256((const __m256i *)blk->qs[c][i]);
@@ -155,7 +147,7 @@ static inline __attribute__((always_inline)) void q4_Kx8_dot_n(const block_q4_Kx
         }
 #endif
         for (int c = 0; c < 4; c++) {  /* sub-block pair c: sub-block 2c in the low nibbles, 2c + 1 in the high */
-            k4_prefetch_quarter(blk, c);
+            prefetch_quarter_l2(blk, sizeof(block_q4_Kx8), c);
             const int8_t *a[4];
             for (int t = 0; t < N; t++) a[t] = act[t][b].qs + 64 * c;
             k4_half(blk->qs[c], 0, a, N, k8_pairs(blk->sc[2 * c]), isum);
