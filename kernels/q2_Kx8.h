@@ -69,6 +69,7 @@ static inline __attribute__((always_inline)) void q2_Kx8_block(const block_q2_Kx
     __m256i isum[4], imin[4];
     for (int t = 0; t < N; t++) isum[t] = imin[t] = _mm256_setzero_si256();
     for (int k = 0; k < 8; k++) {  /* sub-block pair k: sub-blocks 2k and 2k + 1, weights 32k.. */
+        if (k % 2 == 0) prefetch_quarter_l2(blk, sizeof(block_q2_Kx8), k / 2);
         const __m256i raw = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)blk->scales[k]));
         const __m256i sc = _mm256_and_si256(raw, _mm256_set1_epi16(0xF));  /* (scale 2k, scale 2k + 1) per row */
         const __m256i mins = _mm256_srli_epi16(raw, 4);
@@ -109,7 +110,6 @@ static inline __attribute__((always_inline)) void q2_Kx8_dot_n(const block_q2_Kx
     __m256 acc[4], acc_min[4];
     for (int t = 0; t < N; t++) acc[t] = acc_min[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        prefetch_ahead_l2(grp + b, sizeof(block_q2_Kx8));
         q2_Kx8_block(grp + b, act, b, N, acc, acc_min);
     }
     for (int t = 0; t < N; t++) _mm256_storeu_ps(out + t * ldo, _mm256_sub_ps(acc[t], acc_min[t]));

@@ -84,6 +84,7 @@ static inline __m256i k4_sums_vnni(const block_q4_Kx8 *blk, const int8_t *a) {
     const __m256i low4 = _mm256_set1_epi8(0x0F), high4 = _mm256_set1_epi8((char)0xF0);
     __m256i lo_acc = _mm256_setzero_si256(), hi_acc = _mm256_setzero_si256();  /* sub-blocks 2c, 2c + 1 */
     for (int c = 0; c < 4; c++, a += 64) {
+        prefetch_quarter_l2(blk, sizeof(block_q4_Kx8), c);
         __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
         for (int i = 0; i < 8; i++) {
             const __m256i v = _mm256_loadu_si256((const __m256i *)blk->qs[c][i]);
@@ -134,7 +135,6 @@ static inline __attribute__((always_inline)) void q4_Kx8_dot_n(const block_q4_Kx
     for (int t = 0; t < N; t++) acc[t] = acc_min[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         const block_q4_Kx8 *blk = grp + b;
-        prefetch_ahead_l2(blk, sizeof(block_q4_Kx8));
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk->d));
         __m256i isum[4];
         for (int t = 0; t < N; t++) isum[t] = _mm256_setzero_si256();
@@ -147,6 +147,7 @@ static inline __attribute__((always_inline)) void q4_Kx8_dot_n(const block_q4_Kx
         }
 #endif
         for (int c = 0; c < 4; c++) {  /* sub-block pair c: sub-block 2c in the low nibbles, 2c + 1 in the high */
+            prefetch_quarter_l2(blk, sizeof(block_q4_Kx8), c);
             const int8_t *a[4];
             for (int t = 0; t < N; t++) a[t] = act[t][b].qs + 64 * c;
             k4_half(blk->qs[c], 0, a, N, k8_pairs(blk->sc[2 * c]), isum);

@@ -69,6 +69,14 @@ static inline void prefetch_ahead_l2(const void *p, size_t bytes) {
         __builtin_prefetch((const void *)line, 0, 2);
 }
 
+/* prefetch_ahead_l2 of quarter q of the ``bytes`` at p, for the repacked K-quant kernels, which ask
+ * for a block column's lines a quarter at a time as they reach each quarter: the whole column at
+ * once (Q4_K's 18 lines) left the two-thread one-token product streaming 4-7% slower
+ * (docs/performance.md, "Prefetching"), more requests than a core's fill buffers hold. */
+static inline void prefetch_quarter_l2(const void *p, size_t bytes, int q) {
+    prefetch_ahead_l2((const uint8_t *)p + q * bytes / 4, bytes / 4);
+}
+
 static inline float fp16_to_fp32(uint16_t h) {
 #if defined(__F16C__)
     return _cvtsh_ss(h);
