@@ -43,7 +43,7 @@ cdef class Matrix(Product):
     cdef int act_type
     cdef readonly int isa    # 0: llama.cpp built for AVX2, 1: for AVX-512 (engine.isa)
     cdef vec_dot_fn dot
-    cdef int row_kernel      # the kernel of a one-row product (ROW_Q4_0X8, ROW_KX8, ROW_BLOCKS32, ROW_DOTS)
+    cdef int kernel          # the kernels its products take (KERNEL_Q4_0X8, KERNEL_KX8, KERNEL_BLOCKS32, KERNEL_ROWS)
 
     cdef object raw_rows(self, data)
     cdef int matmul_rows(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1
@@ -65,4 +65,5 @@ cdef class KQuantStack(Product):
     cdef object matrices      # the parts, kept alive
     cdef kquant_part *parts
     cdef int64_t *items       # (part, first row) per task: 8-row groups of repacked parts, 16-row chunks else
+    cdef int64_t weight_bytes  # the parts' bytes
     cdef bint has_repacked, has_rows

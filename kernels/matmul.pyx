@@ -107,10 +107,10 @@ cdef enum:
     B32_MIN_TOKENS = 3  # tokens from which unpacking 32-weight rows once beats a vec_dot per (row, token)
     KQ_CODES_L2 = 1 << 20  # bytes of K-quant codes (kq_make_codes) that a block of tokens keeps in L2
     LINE = 64         # bytes a thread's scratch is rounded up to, so no two threads write one cache line
-    ROW_Q4_0X8 = 0    # the one-row kernels of a Matrix: regrouped Q4_0 (q4_0x8_dot),
-    ROW_KX8 = 1       # repacked Q4_K or Q2_K (kx8_dot),
-    ROW_BLOCKS32 = 2  # other 32-weight blocks, four rows at a time (block32_dot_rows),
-    ROW_DOTS = 3      # every other type, a vec_dot per row
+    KERNEL_Q4_0X8 = 0    # the kernels of a Matrix, by type and layout: regrouped Q4_0 (q4_0x8.h),
+    KERNEL_KX8 = 1       # repacked Q4_K or Q2_K (kquant_x8.h),
+    KERNEL_BLOCKS32 = 2  # other 32-weight blocks (block32_rows.h; one row: block32_dot_rows),
+    KERNEL_ROWS = 3      # every other type: matmul_rows or tinyBLAS (one row: a vec_dot per row)
 
 
 cdef inline int64_t lines(int64_t n) noexcept nogil:
@@ -462,16 +462,16 @@ cdef class Matrix(Product):
         self.n_tasks = (self.n_out + CHUNK_ROWS - 1) // CHUNK_ROWS
         self.act_bytes = lines(type_row_bytes(self.act_type, n_in))
         if self.regrouped and type == T_Q4_0:
-            self.row_kernel, self.n_tasks = ROW_Q4_0X8, self.n_out // 8
+            self.kernel, self.n_tasks = KERNEL_Q4_0X8, self.n_out // 8
             self.act_bytes = lines(n_in // 32 * (sizeof(float) + sizeof(int32_t)) + n_in)  # d, bias, then qs
         elif repacked and type in (T_Q4_K, T_Q2_K):
-            self.row_kernel, self.n_tasks = ROW_KX8, self.n_out // 8
+            self.kernel, self.n_tasks = KERNEL_KX8, self.n_out // 8
             if not self.regrouped:  # room to regroup a group of 8 rows after the activations
                 self.act_bytes += lines(kx8_group_bytes(type, n_in // type_block_size(type)))
         elif type in (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0) or type == T_Q4_0 and not repacked:
-            self.row_kernel = ROW_BLOCKS32
+            self.kernel = KERNEL_BLOCKS32
         else:
-            self.row_kernel = ROW_DOTS
+            self.kernel = KERNEL_ROWS
 
     cdef object raw_rows(self, data):
         """One array of weight rows, checked against the type and row length, as uint8 (rows, row_bytes)."""
@@ -488,25 +488,25 @@ cdef class Matrix(Product):
 
     cdef void row_acts(self, const float *x, uint8_t *acts) noexcept nogil:
         cdef int64_t nb = self.n_in // 32
-        if self.row_kernel == ROW_Q4_0X8:
+        if self.kernel == KERNEL_Q4_0X8:
             quantize_act_q8_0(x, self.n_in, <int8_t *>(acts + 8 * nb), <float *>acts, <int32_t *>(acts + 4 * nb))
         else:
             quantize_row(self.act_type, x, acts, self.n_in, 0)
 
     cdef void row_tasks(self, uint8_t *acts, float *out, int64_t first, int64_t last) noexcept nogil:
-        """A task is a group of 8 rows (ROW_Q4_0X8, ROW_KX8) or a chunk of CHUNK_ROWS rows, in the
+        """A task is a group of 8 rows (KERNEL_Q4_0X8, KERNEL_KX8) or a chunk of CHUNK_ROWS rows, in the
         kernel a one-token product of this type and layout takes in ggml."""
         cdef int64_t nb = self.n_in // type_block_size(self.type), t, r
         cdef act_q8_0 act
         cdef const block_q8_K *row = <const block_q8_K *>acts
-        cdef uint8_t *group = acts + lines(type_row_bytes(T_Q8_K, self.n_in))  # ROW_KX8 not regrouped: a group
-        cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.repacked else self.dot  # ROW_DOTS
-        if self.row_kernel == ROW_Q4_0X8:
+        cdef uint8_t *group = acts + lines(type_row_bytes(T_Q8_K, self.n_in))  # KERNEL_KX8 not regrouped: a group
+        cdef vec_dot_fn dot = dot_q4_0_q8_0_repacked if self.repacked else self.dot  # KERNEL_ROWS
+        if self.kernel == KERNEL_Q4_0X8:
             act.d, act.bias = <const float *>acts, <const int32_t *>(acts + 4 * nb)
             act.qs = <const int8_t *>(acts + 8 * nb)
             for t in range(first, last):
                 q4_0x8_dot(<const block_q4_0x8 *>self.ptr + t * nb, nb, &act, 1, out + 8 * t, self.n_out)
-        elif self.row_kernel == ROW_KX8:
+        elif self.kernel == KERNEL_KX8:
             for t in range(first, last):
                 if self.regrouped:
                     kx8_dot(self.type, self.ptr + t * kx8_group_bytes(self.type, nb), nb, &row, 1, out + 8 * t,
@@ -514,7 +514,7 @@ cdef class Matrix(Product):
                 else:
                     kx8_repack_group(self.type, self.ptr + 8 * t * self.row_bytes, nb, 0, group)
                     kx8_dot(self.type, group, nb, &row, 1, out + 8 * t, self.n_out)
-        elif self.row_kernel == ROW_BLOCKS32:
+        elif self.kernel == KERNEL_BLOCKS32:
             for t in range(first, last):
                 block32_dot_rows(self.type, <int>self.n_in, self.ptr + t * CHUNK_ROWS * self.row_bytes, self.row_bytes,
                                  min(CHUNK_ROWS, self.n_out - t * CHUNK_ROWS), acts, out + t * CHUNK_ROWS)
@@ -526,11 +526,11 @@ cdef class Matrix(Product):
         """The kernel that this type, layout and number of tokens select (``rowwise`` as in ``matmul``)."""
         if n * self.n_out * self.row_bytes < MIN_PARALLEL_BYTES:
             nt = 1
-        if self.regrouped and self.type == T_Q4_0:  # the same arithmetic per token in tiles of any size
+        if self.kernel == KERNEL_Q4_0X8:  # the same arithmetic per token in tiles of any size
             self.matmul_q4_0x8(x, n, out, nt)
-        elif self.repacked and self.type in (T_Q4_K, T_Q2_K):
+        elif self.kernel == KERNEL_KX8:
             self.matmul_kx8(x, n, out, nt, 1 if rowwise else TILE)
-        elif self.type in (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0) or self.type == T_Q4_0 and not self.repacked:
+        elif self.kernel == KERNEL_BLOCKS32:
             self.matmul_blocks32(x, n, out, nt)  # vec_dot's arithmetic per (row, token): rowwise as it is
         elif (self.type in (T_F32, T_F16, T_BF16) and not rowwise
               and tinyblas_accepts(n, self.n_out, self.n_in, self.type, self.isa)):
@@ -812,6 +812,7 @@ cdef class KQuantStack(Product):
         for i, (p, r) in enumerate(items):
             self.items[2 * i], self.items[2 * i + 1] = p, r
         self.act_bytes = lines(type_row_bytes(T_Q8_K, self.n_in))
+        self.weight_bytes = weight_bytes
         self.one_thread = weight_bytes < MIN_PARALLEL_BYTES
 
     def __dealloc__(self):
@@ -840,11 +841,7 @@ cdef class KQuantStack(Product):
     cdef int rows_product(self, const float *xs, int64_t n, float *o, int nt, bint rowwise) except -1:
         """The parts' columns one after another, each in its own matrix's kernel."""
         cdef int64_t n_out = self.n_out, n_in = self.n_in
-        cdef int p
-        cdef int64_t weight_bytes = 0
-        for p in range(len(self.matrices)):
-            weight_bytes += self.parts[p].n_rows * self.parts[p].row_bytes
-        if n * weight_bytes < MIN_PARALLEL_BYTES:
+        if n * self.weight_bytes < MIN_PARALLEL_BYTES:
             nt = 1
         cdef int nb = <int>(n_in // type_block_size(T_Q8_K))
         cdef int64_t act_bytes = type_row_bytes(T_Q8_K, n_in), tile = 1 if rowwise else TILE
