@@ -24,6 +24,7 @@ cdef struct kquant_part:
 cdef class Product:
     cdef readonly int64_t n_in, n_out
     cdef int64_t n_tasks     # one row's product in tasks the threads share (groups of 8 rows, or chunks)
+    cdef int64_t *bytes_before  # (n_tasks + 1,) the weight bytes of the tasks before each: the shares' measure
     cdef int64_t act_bytes   # a thread's scratch for one row: its activations as the tasks take them
     cdef bint one_thread     # too few weight bytes to share (MIN_PARALLEL_BYTES)
     cdef int product(self, const float *x, int64_t n, float *out, int nt, bint rowwise) except -1
@@ -31,6 +32,8 @@ cdef class Product:
     cdef void row_acts(self, const float *x, uint8_t *acts) noexcept nogil
     cdef void row_tasks(self, uint8_t *acts, float *out, int64_t first, int64_t last) noexcept nogil
     cdef void row_share(self, const float *x, uint8_t *acts, float *out, int me, int nt) noexcept nogil
+    cdef int64_t first_task(self, int me, int nt) noexcept nogil
+    cdef int share_tasks(self, task_bytes) except -1
 
 
 cdef class Matrix(Product):

@@ -393,14 +393,50 @@ cdef class Product:
         """``product`` of n >= 2 rows, each kind's own."""
         raise NotImplementedError
 
+    def __dealloc__(self):
+        free(self.bytes_before)
+
+    cdef int share_tasks(self, task_bytes) except -1:
+        """Sets n_tasks and bytes_before from each task's weight bytes, in task order."""
+        self.n_tasks = len(task_bytes)
+        free(self.bytes_before)
+        self.bytes_before = <int64_t *>malloc((self.n_tasks + 1) * sizeof(int64_t))
+        if self.bytes_before == NULL:
+            raise MemoryError()
+        self.bytes_before[0] = 0
+        for t, b in enumerate(task_bytes):
+            self.bytes_before[t + 1] = self.bytes_before[t] + b
+        return 0
+
+    def row_shares(self, int n_threads):
+        """The weight bytes each of ``n_threads`` threads streams in a one-row product."""
+        nt = 1 if self.one_thread else n_threads
+        return [self.bytes_before[self.first_task(me + 1, nt)] - self.bytes_before[self.first_task(me, nt)]
+                if me < nt else 0 for me in range(n_threads)]
+
+    cdef int64_t first_task(self, int me, int nt) noexcept nogil:
+        """Thread ``me``'s first task (``nt``: the last's end): the first task at or past me / nt of the
+        weight bytes, so that stacks of types with different task sizes share their bytes evenly."""
+        cdef int64_t goal = self.bytes_before[self.n_tasks] * me // nt, lo = 0, hi = self.n_tasks, mid
+        while lo < hi:  # the first t with bytes_before[t] >= goal
+            mid = (lo + hi) // 2
+            if self.bytes_before[mid] < goal:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
     cdef void row_share(self, const float *x, uint8_t *acts, float *out, int me, int nt) noexcept nogil:
         """Thread ``me`` of a team of ``nt``: its share of out (n_out,) = W · x (n_in,).  It quantises x
-        into its own ``acts`` (act_bytes), then runs its contiguous run of the tasks; a product of
-        few weight bytes falls to thread 0 alone.  Every thread of the team must call it."""
+        into its own ``acts`` (act_bytes), then runs its contiguous run of the tasks, about 1 / nt of
+        the weight bytes; a product of few weight bytes falls to thread 0 alone.  Every thread of
+        the team must call it."""
         if self.one_thread:
             nt = 1
-        cdef int64_t first = self.n_tasks * me // nt, last = self.n_tasks * (me + 1) // nt
-        if me < nt and first < last:
+        if me >= nt:
+            return
+        cdef int64_t first = self.first_task(me, nt), last = self.first_task(me + 1, nt)
+        if first < last:
             self.row_acts(x, acts)
             self.row_tasks(acts, out, first, last)
 
@@ -459,19 +495,20 @@ cdef class Matrix(Product):
                                            else np.zeros((1, 1), np.uint8))
         self.ptr = &view[0, 0]
         self.one_thread = self.n_out * self.row_bytes < MIN_PARALLEL_BYTES
-        self.n_tasks = (self.n_out + CHUNK_ROWS - 1) // CHUNK_ROWS
         self.act_bytes = lines(type_row_bytes(self.act_type, n_in))
+        cdef int64_t task_rows = CHUNK_ROWS
         if self.regrouped and type == T_Q4_0:
-            self.kernel, self.n_tasks = KERNEL_Q4_0X8, self.n_out // 8
+            self.kernel, task_rows = KERNEL_Q4_0X8, 8
             self.act_bytes = lines(n_in // 32 * (sizeof(float) + sizeof(int32_t)) + n_in)  # d, bias, then qs
         elif repacked and type in (T_Q4_K, T_Q2_K):
-            self.kernel, self.n_tasks = KERNEL_KX8, self.n_out // 8
+            self.kernel, task_rows = KERNEL_KX8, 8
             if not self.regrouped:  # room to regroup a group of 8 rows after the activations
                 self.act_bytes += lines(kx8_group_bytes(type, n_in // type_block_size(type)))
         elif type in (T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0) or type == T_Q4_0 and not repacked:
             self.kernel = KERNEL_BLOCKS32
         else:
             self.kernel = KERNEL_ROWS
+        self.share_tasks([min(task_rows, self.n_out - r) * self.row_bytes for r in range(0, self.n_out, task_rows)])
 
     cdef object raw_rows(self, data):
         """One array of weight rows, checked against the type and row length, as uint8 (rows, row_bytes)."""
@@ -721,17 +758,20 @@ cdef class Blocks32Stack(Product):
             raise MemoryError()
         cdef const uint8_t[:, ::1] view
         self.n_out = 0
+        task_bytes = []
         for p, (a, t) in enumerate(zip(self.arrays, types)):
             view = a if a.shape[0] else np.zeros((1, 1), np.uint8)
             self.parts[p].type, self.parts[p].w = t, &view[0, 0]
             self.parts[p].row_bytes, self.parts[p].n_rows = type_row_bytes(t, n_in), a.shape[0]
             vec_dot_for(t, &self.parts[p].act_type, 0)  # its activation type (32-weight types: the same in both builds)
             self.n_out += a.shape[0]
-            self.n_tasks += (a.shape[0] + CHUNK_ROWS - 1) // CHUNK_ROWS
+            task_bytes += [min(CHUNK_ROWS, a.shape[0] - r) * self.parts[p].row_bytes
+                           for r in range(0, a.shape[0], CHUNK_ROWS)]
             if self.parts[p].act_type == T_Q8_0:
                 self.bytes0 = type_row_bytes(T_Q8_0, n_in)
             else:
                 self.bytes1 = type_row_bytes(T_Q8_1, n_in)
+        self.share_tasks(task_bytes)
         self.items = chunk_items(self.parts, self.n_parts, max(self.n_tasks, 1))
         if self.items == NULL:
             raise MemoryError()
@@ -800,16 +840,17 @@ cdef class KQuantStack(Product):
         cdef int64_t weight_bytes = 0
         for p, m in enumerate(self.matrices):
             self.parts[p] = kquant_part(m.type, m.repacked, m.ptr, m.row_bytes, m.n_out, self.n_out, m.dot)
-            items += [(p, r) for r in range(0, m.n_out, 8 if m.repacked else CHUNK_ROWS)]
+            step = 8 if m.repacked else CHUNK_ROWS
+            items += [(p, r, min(step, m.n_out - r) * m.row_bytes) for r in range(0, m.n_out, step)]
             self.has_repacked |= m.repacked
             self.has_rows |= not m.repacked
             self.n_out += m.n_out
             weight_bytes += m.n_out * m.row_bytes
-        self.n_tasks = len(items)
+        self.share_tasks([task_bytes for p, r, task_bytes in items])
         self.items = <int64_t *>malloc(max(self.n_tasks, 1) * 2 * sizeof(int64_t))
         if self.items == NULL:
             raise MemoryError()
-        for i, (p, r) in enumerate(items):
+        for i, (p, r, _) in enumerate(items):
             self.items[2 * i], self.items[2 * i + 1] = p, r
         self.act_bytes = lines(type_row_bytes(T_Q8_K, self.n_in))
         self.weight_bytes = weight_bytes

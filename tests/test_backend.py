@@ -107,6 +107,23 @@ def test_stacks_share_one_row_among_threads(types):
         assert all(np.array_equal(out, ref) for out, ref in zip(outs, refs)), n_threads
 
 
+@pytest.mark.parametrize("types", [(T.Q5_0, T.Q8_0, T.Q5_1), (T.Q4_K, T.Q4_K, T.Q6_K), (T.Q6_K, T.Q2_K, T.Q4_K)],
+                         ids=lambda ts: "+".join(t.name for t in ts))
+def test_stacks_share_one_row_by_bytes(types):
+    """The threads' shares of a one-row product are even in weight bytes, not in tasks, where the
+    parts' tasks differ (Q4_K's groups of 8 rows beside Q6_K's chunks of 16, rows of different
+    types): no thread streams more than an even split and one task."""
+    rng = np.random.default_rng(sum(types))
+    ws = tuple(Weight(f"w{i}", t, 1024, n_out, random_weights(rng, t, n_out, 1024))
+               for i, (t, n_out) in enumerate(zip(types, (520, 264, 136))))
+    stack = CythonBackend(2).stacked(ws)
+    total = sum(w.data.nbytes for w in ws)
+    largest_task = max(16 * w.data.nbytes // w.n_out for w in ws)
+    for n_threads in (2, 3):
+        shares = stack.row_shares(n_threads)
+        assert sum(shares) == total and max(shares) <= total / n_threads + largest_task, (n_threads, shares)
+
+
 def test_stacked_matrix_checks_every_part():
     from kernels.matmul import Matrix
     rng = np.random.default_rng(1)
