@@ -69,6 +69,15 @@ static inline void prefetch_ahead_l2(const void *p, size_t bytes) {
         __builtin_prefetch((const void *)line, 0, 2);
 }
 
+/* Ask L2 (prefetcht1) for the lines that start in [p, p + bytes): called on the consecutive pieces of a
+ * stream, it asks for every line once, where prefetch_ahead_l2 asks again for a line that two pieces
+ * share. */
+static inline void prefetch_starts_l2(const void *p, size_t bytes) {
+    const uintptr_t start = (uintptr_t)p;
+    for (uintptr_t line = (start + 63) & ~(uintptr_t)63; line < start + bytes; line += 64)
+        __builtin_prefetch((const void *)line, 0, 2);
+}
+
 /* prefetch_ahead_l2 of quarter q of the ``bytes`` at p, for the repacked K-quant kernels, which ask
  * for a block column's lines a quarter at a time as they reach each quarter: the whole column at
  * once (Q4_K's 18 lines) left the two-thread one-token product streaming 4-7% slower
