@@ -20,7 +20,7 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t
 from libc.stdlib cimport free
 from libc.string cimport memcpy
 
-from kernels.layers cimport attend_head, glu_row, rope_heads
+from kernels.layers cimport ROW_GROUP, attend_kv_head, glu_row, rope_heads
 from kernels.matmul cimport Product
 from kernels.ndarrays cimport is_native_c
 from kernels.parallel import check_threads
@@ -56,14 +56,14 @@ cdef struct token:  # what every thread reads of one decoded token: the caches, 
 
 
 # one thread's buffers: its copy of the residual row x and of the normed row h (dim,), the
-# post-normed output y (dim,), attention's scratch (attend_head) and a product's activations
+# post-normed output y (dim,), attention's scratch (attend_kv_head) and a product's activations
 cdef struct own:
     float *x
     float *h
     float *y
-    float *scores              # (n_ctx,)
-    float *acc                 # (64 * head_dim,)
-    uint16_t *half             # (n_ctx + head_dim,)
+    float *scores              # (2 * ROW_GROUP * n_ctx,)
+    float *acc                 # (ROW_GROUP * 64 * head_dim,)
+    uint16_t *half             # (ROW_GROUP * (n_ctx + head_dim),)
     uint8_t *acts              # (act_bytes,), the largest that any product takes
 
 
@@ -257,10 +257,10 @@ cdef class Decoder:
         at[0] = 0
         at[1] = at[0] + dim_bytes                                  # x, then h
         at[2] = at[1] + dim_bytes                                  # y
-        at[3] = at[2] + dim_bytes                                  # scores
-        at[4] = at[3] + lines(n_ctx * sizeof(float))               # acc
-        at[5] = at[4] + lines(64 * hd * sizeof(float))             # half
-        at[6] = at[5] + lines((n_ctx + hd) * sizeof(uint16_t))     # acts
+        at[3] = at[2] + dim_bytes                                                  # scores
+        at[4] = at[3] + lines(2 * ROW_GROUP * n_ctx * sizeof(float))               # acc
+        at[5] = at[4] + lines(ROW_GROUP * 64 * hd * sizeof(float))                 # half
+        at[6] = at[5] + lines(ROW_GROUP * (n_ctx + hd) * sizeof(uint16_t))         # acts
         if acts_at != NULL:
             acts_at[0] = at[6]
         if base != NULL:
@@ -286,7 +286,7 @@ cdef class Decoder:
         the family norms it; the layer's key and value at the token's position written into its
         caches first.  The threads share the kv heads, each with the query heads that read them."""
         cdef int hd = self.head_dim, q_dim = self.n_heads * hd, kv_dim = self.n_kv_heads * hd
-        cdef int group = self.n_heads // self.n_kv_heads, n_ctx = tok.n_ctx, position = tok.position, h, j
+        cdef int group = self.n_heads // self.n_kv_heads, n_ctx = tok.n_ctx, position = tok.position, h, j, g
         cdef float *q = <float *>cnp.PyArray_DATA(self.qkv)           # (n_heads, hd), then k and v (n_kv_heads, hd)
         cdef float *k = q + q_dim
         cdef float *v = k + kv_dim
@@ -322,10 +322,10 @@ cdef class Decoder:
                 k_cache[(<int64_t>h * n_ctx + position) * hd + j] = fp32_to_fp16(k[h * hd + j])
                 v_cache[(<int64_t>h * n_ctx + position) * hd + j] = fp32_to_fp16(v[h * hd + j])
         cdef int lanes = 64 if self.isa else 32                       # ggml_vec_dot_f16's, for one query row
-        for h in range(h0, h1):
-            attend_head(q + h * hd, k_cache + <int64_t>(h // group) * n_ctx * hd,
-                        v_cache + <int64_t>(h // group) * n_ctx * hd, position, layer.window, hd, scale, lanes, lanes,
-                        mine.scores, mine.half, mine.acc, att + h * hd)
+        for g in range(g0, g1):                                       # each kv head's query heads together
+            attend_kv_head(q + g * group * hd, group, k_cache + <int64_t>g * n_ctx * hd,
+                           v_cache + <int64_t>g * n_ctx * hd, position, layer.window, hd, scale, lanes, lanes,
+                           mine.scores, mine.half, mine.acc, att + g * group * hd)
         team_barrier()
         layer.wo.row_share(att, mine.acts, <float *>cnp.PyArray_DATA(self.y), me, nt)
         team_barrier()

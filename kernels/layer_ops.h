@@ -641,6 +641,134 @@ static inline void attend(const float *q, const uint16_t *k, const uint16_t *v, 
     weigh_values(probs, v, m, hd, pv_lanes, acc, out);
 }
 
+/* ---------------------------------------------------------------- one row's attention, a kv head's query heads */
+
+enum { ROW_GROUP = 4 };         /* query heads that attend_heads attends together over one conversion of the keys */
+enum { VALUES_TOGETHER = 256 };  /* keys from which it weighs their values together too (attend_heads64) */
+
+#if defined(__AVX512F__)
+/* scores[h * m + j] = q_h.k_j * scale for `heads` (at most ROW_GROUP) query heads over the m keys at k,
+ * in score_keys' order for 64 lanes (ggml_vec_dot_f16 on AVX-512; hd a multiple of 64): qh the heads'
+ * queries rounded to f16 (heads * hd), qf the same as floats.  Each key is converted once for all the
+ * heads; blocks of eight keys share the reductions, the keys after them take float_dot. */
+static inline void score_keys64_heads(const uint16_t *qh, const float *qf, int heads, const uint16_t *k, int m,
+                                      int hd, float scale, float *scores) {
+    const __m256 sv = _mm256_set1_ps(scale);
+    int j = 0;
+    for (; j + 8 <= m; j += 8) {
+        __m512 folded[ROW_GROUP][8];
+        for (int r = 0; r < 8; r++) {
+            const uint16_t *kr = k + (int64_t)(j + r) * hd;
+            __m512 a[ROW_GROUP][4];
+            for (int h = 0; h < ROW_GROUP; h++)
+                for (int l = 0; l < 4; l++) a[h][l] = _mm512_setzero_ps();
+            for (int c = 0; c < hd; c += 64) {
+                __m512 kv[4];
+                for (int l = 0; l < 4; l++)
+                    kv[l] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kr + c + 16 * l)));
+                for (int h = 0; h < ROW_GROUP; h++)
+                    if (h < heads)
+                        for (int l = 0; l < 4; l++)
+                            a[h][l] = _mm512_fmadd_ps(_mm512_loadu_ps(qf + h * hd + c + 16 * l), kv[l], a[h][l]);
+            }
+            for (int h = 0; h < heads; h++)
+                folded[h][r] = _mm512_add_ps(_mm512_add_ps(a[h][0], a[h][2]), _mm512_add_ps(a[h][1], a[h][3]));
+        }
+        for (int h = 0; h < heads; h++)
+            _mm256_storeu_ps(scores + (int64_t)h * m + j, _mm256_mul_ps(hsum16x8_zmm(folded[h]), sv));
+    }
+    for (; j < m; j++)
+        for (int h = 0; h < heads; h++)
+            scores[(int64_t)h * m + j] = float_dot(hd, qh + h * hd, k + (int64_t)j * hd, T_F16, ISA_AVX512) * scale;
+}
+
+/* out[h * hd + d] = sum over keys j < m of p[h * m + j] * v[j][d] for `heads` (at most ROW_GROUP) heads,
+ * in weigh_values' order for 64 lanes (key j feeds lane j % 64 of each d; hd a multiple of 64), each
+ * value row converted once for all the heads.  p: the heads' f16 probabilities as floats; acc:
+ * heads * 64 * hd floats of scratch, head h's lane l in row 64h + l. */
+static inline void weigh_values64_heads(const float *p, int heads, const uint16_t *v, int m, int hd, float *acc,
+                                        float *out) {
+    const int used = m < 64 ? m : 64;
+    for (int l = 0; l < used; l++)
+        for (int d0 = 0; d0 < hd; d0 += 64) {
+            __m512 a[ROW_GROUP][4];
+            for (int h = 0; h < ROW_GROUP; h++)
+                for (int c = 0; c < 4; c++) a[h][c] = _mm512_setzero_ps();
+            for (int j = l; j < m; j += 64) {
+                const uint16_t *vj = v + (int64_t)j * hd + d0;
+                __m512 vc[4];
+                for (int c = 0; c < 4; c++) vc[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vj + 16 * c)));
+                for (int h = 0; h < ROW_GROUP; h++)
+                    if (h < heads) {
+                        const __m512 pj = _mm512_set1_ps(p[(int64_t)h * m + j]);
+                        for (int c = 0; c < 4; c++) a[h][c] = _mm512_fmadd_ps(pj, vc[c], a[h][c]);
+                    }
+            }
+            for (int h = 0; h < heads; h++)
+                for (int c = 0; c < 4; c++) _mm512_storeu_ps(acc + ((int64_t)h * 64 + l) * hd + d0 + 16 * c, a[h][c]);
+        }
+    for (int h = 0; h < heads; h++) {
+        float *ah = acc + (int64_t)h * 64 * hd;
+        memset(ah + (size_t)used * hd, 0, sizeof(float) * (size_t)(64 - used) * hd);
+        reduce_lanes(ah, hd, 64, out + (int64_t)h * hd);
+    }
+}
+
+/* attend of `heads` (at most ROW_GROUP) query heads of one kv head, with 64 lanes for q.K and P.V (hd a
+ * multiple of 64): the same steps, each key converted once for the heads, and from VALUES_TOGETHER keys
+ * on each value row too.  With fewer keys a lane sums one or two of them, the 64 lanes' sums of the heads
+ * together outgrow L1, and one head at a time is faster (at 100 keys, 4 heads: 1.1 us against 2.0; at
+ * 2000, 18.4 against 9.1).  Scratch as attend_heads takes it. */
+static inline void attend_heads64(const float *q, int heads, const uint16_t *k, const uint16_t *v, int m, int masked,
+                                  int hd, float scale, float *scores, uint16_t *half, float *acc, float *out) {
+    uint16_t *qh = half, *probs_f16 = half + heads * hd;
+    float *qf = acc;                                /* before acc is needed for the values */
+    float *probs = scores + (int64_t)heads * m;
+    for (int i = 0; i < heads * hd; i++) {
+        qh[i] = fp32_to_fp16(q[i]);
+        qf[i] = fp16_to_fp32(qh[i]);
+    }
+    score_keys64_heads(qh, qf, heads, k, m, hd, scale, scores);
+    for (int h = 0; h < heads; h++) {
+        float *s = scores + (int64_t)h * m, *ph = probs + (int64_t)h * m;
+        uint16_t *p16 = probs_f16 + (int64_t)h * m;
+        for (int j = 0; j < masked; j++) s[j] = -INFINITY;
+        softmax_f16(s, m, p16, ISA_AVX512);
+        if (m < VALUES_TOGETHER) {
+            weigh_values(p16, v, m, hd, 64, acc, out + (int64_t)h * hd);
+            continue;
+        }
+        int j = 0;
+        for (; j + 16 <= m; j += 16)
+            _mm512_storeu_ps(ph + j, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p16 + j))));
+        for (; j < m; j++) ph[j] = fp16_to_fp32(p16[j]);
+    }
+    if (m >= VALUES_TOGETHER)
+        weigh_values64_heads(probs, heads, v, m, hd, acc, out);
+}
+#endif
+
+/* attend for the `heads` query heads (one after another in q and out) that read one kv head, at one
+ * position: where compiled for AVX-512 and both orders are ggml_vec_dot_f16's 64 lanes over a head
+ * size that is a multiple of 64, ROW_GROUP heads at a time over one conversion of each key and value
+ * (attend_heads64), else one head at a time; the same bits either way.  Scratch: scores 2 * ROW_GROUP * m
+ * floats, half ROW_GROUP * (hd + m) halves, acc ROW_GROUP * 64 * hd floats. */
+static inline void attend_heads(const float *q, int heads, const uint16_t *k, const uint16_t *v, int m, int masked,
+                                int hd, float scale, int qk_lanes, int pv_lanes, float *scores, uint16_t *half,
+                                float *acc, float *out) {
+#if defined(__AVX512F__)
+    if (qk_lanes == 64 && pv_lanes == 64 && hd % 64 == 0) {
+        for (int h0 = 0; h0 < heads; h0 += ROW_GROUP)
+            attend_heads64(q + (int64_t)h0 * hd, heads - h0 < ROW_GROUP ? heads - h0 : ROW_GROUP, k, v, m, masked, hd,
+                           scale, scores, half, acc, out + (int64_t)h0 * hd);
+        return;
+    }
+#endif
+    for (int h = 0; h < heads; h++)
+        attend(q + (int64_t)h * hd, k, v, m, masked, hd, scale, qk_lanes, pv_lanes, scores, half, acc,
+               out + (int64_t)h * hd);
+}
+
 /* ---------------------------------------------------------------- attention of a head group (AVX-512) */
 
 #if defined(__AVX512F__)

@@ -29,8 +29,8 @@ cdef extern from "layer_ops.h" nogil:
     void rope_row_neox(float *x, int heads, int hd, int n_dims, const float *cs, const float *sn)
     void swiglu_row(const float *g, const float *u, int64_t n, float *y, int isa)
     void geglu_row(const float *g, const float *u, int64_t n, const uint16_t *table, float *y)
-    void attend(const float *q, const uint16_t *k, const uint16_t *v, int m, int masked, int hd, float scale,
-                int qk_lanes, int pv_lanes, float *scores, uint16_t *half, float *acc, float *out)
+    void attend_heads(const float *q, int heads, const uint16_t *k, const uint16_t *v, int m, int masked, int hd,
+                      float scale, int qk_lanes, int pv_lanes, float *scores, uint16_t *half, float *acc, float *out)
     enum: ATTEND_GROUP
     void transpose_keys16(const uint16_t *k, int m, int hd, int b, float *kt)
     void attend_group(const float *q, int heads, const float *kt, const uint16_t *v, int m, int masked, int hd,
@@ -278,26 +278,35 @@ cdef int attention_into(const float *qs, const uint16_t *ks, const uint16_t *vs,
     if ATTEND_GROUP and qk_lanes == 16:  # AVX-512's tinyBLAS orders: each kv head's query heads together
         return attend_groups(qs, ks, vs, n, n_heads, n_kv, hd, n_ctx, start, scale, window, nt, o)
     cdef Py_ssize_t kv_stride = <Py_ssize_t>n_ctx * hd  # values per kv head
-    # scratch per thread (see attend): the scores, the query and the probabilities in f16, the value lanes
-    cdef float *scores = <float *>malloc(<size_t>nt * n_keys_max * sizeof(float))
-    cdef uint16_t *half = <uint16_t *>malloc(<size_t>nt * (n_keys_max + hd) * sizeof(uint16_t))
-    cdef float *acc = <float *>malloc(<size_t>nt * 64 * hd * sizeof(float))
+    # scratch per thread (see attend_heads): the scores, the queries and probabilities in f16, the value lanes
+    cdef float *scores = <float *>malloc(<size_t>nt * 2 * ROW_GROUP * n_keys_max * sizeof(float))
+    cdef uint16_t *half = <uint16_t *>malloc(<size_t>nt * ROW_GROUP * (n_keys_max + hd) * sizeof(uint16_t))
+    cdef float *acc = <float *>malloc(<size_t>nt * ROW_GROUP * 64 * hd * sizeof(float))
     cdef Py_ssize_t task
-    cdef int t, h, me
+    cdef int t, h, h1, g, end, me
     # row t attends to start + t + 1 keys, so several rows are dealt to the threads in turn, a
     # row's heads at once (each thread writes whole output rows), rather than in contiguous
-    # shares, which would give the last thread the longest rows; one row's heads are shared out
-    cdef int chunk = n_heads if n > 1 else (n_heads + nt - 1) // nt
+    # shares, which would give the last thread the longest rows; one row's heads are shared out,
+    # a run of them to each thread, attended a kv head's query heads at a time
+    cdef int per = n_heads if n > 1 else (n_heads + nt - 1) // nt  # heads per task
+    cdef int runs = (n_heads + per - 1) // per                      # tasks per row
     try:
         if scores == NULL or half == NULL or acc == NULL:
             raise MemoryError("no memory for attention's scratch rows")
-        for task in prange(n * n_heads, nogil=True, schedule="static", chunksize=chunk, num_threads=nt):
-            t = task // n_heads
-            h = task % n_heads
+        for task in prange(n * runs, nogil=True, schedule="static", chunksize=1, num_threads=nt):
+            t = task // runs
+            h = task % runs * per
+            h1 = min(n_heads, h + per)
             me = omp_get_thread_num()
-            attend_head(qs + task * hd, ks + h // group * kv_stride, vs + h // group * kv_stride, start + t, window, hd,
-                        scale, qk_lanes, pv_lanes, scores + me * n_keys_max, half + me * (n_keys_max + hd),
-                        acc + me * 64 * hd, o + task * hd)
+            while h < h1:
+                g = h // group
+                end = min(h1, (g + 1) * group)
+                attend_kv_head(qs + (<Py_ssize_t>t * n_heads + h) * hd, end - h, ks + g * kv_stride, vs + g * kv_stride,
+                               start + t, window, hd, scale, qk_lanes, pv_lanes,
+                               scores + <Py_ssize_t>me * 2 * ROW_GROUP * n_keys_max,
+                               half + <Py_ssize_t>me * ROW_GROUP * (n_keys_max + hd),
+                               acc + <Py_ssize_t>me * ROW_GROUP * 64 * hd, o + (<Py_ssize_t>t * n_heads + h) * hd)
+                h = end
     finally:
         free(scores)
         free(half)
@@ -305,16 +314,17 @@ cdef int attention_into(const float *qs, const uint16_t *ks, const uint16_t *vs,
     return 0
 
 
-cdef void attend_head(const float *q, const uint16_t *k, const uint16_t *v, int position, int window, int hd,
-                      float scale, int qk_lanes, int pv_lanes, float *scores, uint16_t *half, float *acc,
-                      float *out) noexcept nogil:
-    """One query head's row at ``position`` over its kv head's cached keys and values (n_ctx, hd),
-    those up to ``position`` (and within the ``window``, if any); scratch as ``attend`` takes it:
-    scores (position + 1), half (position + 1 + hd), acc (64 * hd)."""
+cdef void attend_kv_head(const float *q, int heads, const uint16_t *k, const uint16_t *v, int position, int window,
+                         int hd, float scale, int qk_lanes, int pv_lanes, float *scores, uint16_t *half, float *acc,
+                         float *out) noexcept nogil:
+    """The ``heads`` query heads (one after another in q and out) that read one kv head, at ``position``,
+    over its cached keys and values (n_ctx, hd), those up to ``position`` (and within the ``window``, if
+    any); scratch as ``attend_heads`` takes it: scores (2 * ROW_GROUP * (position + 1)), half
+    (ROW_GROUP * (position + 1 + hd)), acc (ROW_GROUP * 64 * hd)."""
     cdef int lo = max(0, position + 1 - window) if window else 0  # the first key in the window
     cdef int first = lo - lo % 64  # where attend starts: a multiple of 64 keys, as it requires
-    attend(q, k + <Py_ssize_t>first * hd, v + <Py_ssize_t>first * hd, position + 1 - first, lo - first, hd, scale,
-           qk_lanes, pv_lanes, scores, half, acc, out)
+    attend_heads(q, heads, k + <Py_ssize_t>first * hd, v + <Py_ssize_t>first * hd, position + 1 - first, lo - first,
+                 hd, scale, qk_lanes, pv_lanes, scores, half, acc, out)
 
 
 cdef int attend_groups(const float *qs, const uint16_t *ks, const uint16_t *vs, int n, int n_heads, int n_kv, int hd,

@@ -346,6 +346,7 @@ def test_swiglu_reads_rows_at_any_stride():
 
 @pytest.mark.parametrize("n_heads, n_kv_heads, head_dim, start, n", [
     (4, 4, 64, 0, 1), (4, 1, 32, 12, 1), (8, 2, 64, 300, 1), (4, 2, 128, 2047, 1),  # one row: ggml_vec_dot_f16
+    (16, 2, 64, 100, 1), (9, 3, 64, 50, 1), (6, 1, 128, 9, 1),                   # one row: groups past ROW_GROUP
     (4, 2, 48, 37, 1), (2, 1, 20, 20, 1), (4, 2, 96, 40, 1),                     # tails past 32 (AVX-512: 64)
     (4, 4, 64, 0, 5), (8, 2, 64, 7, 3), (4, 2, 64, 100, 70),                     # several rows: tinyBLAS
     (16, 2, 128, 30, 21), (9, 3, 80, 0, 40), (14, 2, 16, 3, 9),                  # head groups of 8, 3, 7
@@ -364,6 +365,23 @@ def test_attention_bit_identical(n_heads, n_kv_heads, head_dim, start, n, isa):
     ref = REFS[isa].attention(q, k, v, start, scale)
     for n_threads in (1, 2):
         assert np.array_equal(layers.attention(q, k, v, start, scale, n_threads, isa=ISA[isa]), ref)
+
+
+@pytest.mark.parametrize("n_heads, n_kv_heads, head_dim", [(8, 2, 64), (16, 2, 128), (9, 3, 64), (4, 4, 256)])
+@pytest.mark.parametrize("isa", ISAS)
+def test_one_row_attention_sums_scores_in_order(n_heads, n_kv_heads, head_dim, isa):
+    """Scores near 1024 (every key and query share a large first component), so that a q.k summed in
+    another order moves a score by an ulp of 1024 and the f16 probability after it often enough: with
+    random queries and keys the f16 rounding of the probabilities hides a wrong order of the scores."""
+    rng = np.random.default_rng(n_heads + head_dim)
+    start, n_ctx = 300, 310
+    q = (3 * rng.standard_normal((1, n_heads, head_dim))).astype(np.float32)
+    k = (2 * rng.standard_normal((n_kv_heads, n_ctx, head_dim))).astype(np.float16)
+    v = rng.standard_normal((n_kv_heads, n_ctx, head_dim)).astype(np.float16)
+    q[..., 0], k[..., 0] = 32, 32
+    ref = REFS[isa].attention(q, k, v, start, np.float32(1))
+    for n_threads in (1, 2):
+        assert np.array_equal(layers.attention(q, k, v, start, 1.0, n_threads, isa=ISA[isa]), ref)
 
 
 @pytest.mark.parametrize("n_heads, n_kv_heads, head_dim, start, n, window", [
