@@ -21,12 +21,6 @@
 
 typedef struct { uint16_t d[8]; uint8_t qs[128]; } block_q4_0x8;
 
-/* How far ahead a product asks L2 for its weights.  A two-thread Q4_0 decode token took 23.55 ms (median
- * of eight) asking 3 KiB ahead for each line once, against 24.22 asking 2 KiB ahead with prefetch_ahead_l2
- * (which asks twice for a line that two blocks share); in a C loop over a token's products, asking
- * once 2, 2.5, 3, 3.5 and 4 KiB ahead took 19.6, 19.1, 18.8, 19.5 and 20.1 ms against 20.3. */
-enum { Q4_0X8_AHEAD = 3072 };
-
 /* Q8_0 activations split into arrays: quants, f16-rounded scales, 8 * block sums. */
 typedef struct { const int8_t *qs; const float *d; const int32_t *bias; } act_q8_0;
 
@@ -111,7 +105,7 @@ static inline void q4_0x8_dot_n(const block_q4_0x8 *grp, int64_t nb, const act_q
     __m256 acc[4];
     for (int t = 0; t < N; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        prefetch_starts_l2((const uint8_t *)(grp + b) + Q4_0X8_AHEAD, sizeof(block_q4_0x8));
+        prefetch_ahead_l2(grp + b, sizeof(block_q4_0x8));
         __m256i s[4];
 #if HAVE_VNNI
         if (N == 1)

@@ -59,21 +59,19 @@ static inline void prefetch_ahead(const void *p, size_t bytes) {
     prefetch_lines((const uint8_t *)p + PREFETCH_AHEAD, bytes);
 }
 
-/* prefetch_ahead into L2 only (prefetcht1), for the repacked kernels (Q4_0x8, Q4_Kx8, Q2_Kx8):
- * with both cores streaming a decode token from DRAM, prefetches into L1 left the repacked Q4_0
- * and Q4_K products 10-20% slower, where the row-at-a-time kernels, on weights the L3 holds
- * (SmolLM2's Q8_0 and Q4_1), were slower into L2 (docs/performance.md, "Prefetching"). */
-static inline void prefetch_ahead_l2(const void *p, size_t bytes) {
-    const uintptr_t start = (uintptr_t)p + PREFETCH_AHEAD;
-    for (uintptr_t line = start & ~(uintptr_t)63; line < start + bytes; line += 64)
-        __builtin_prefetch((const void *)line, 0, 2);
-}
+/* How far ahead the repacked kernels (Q4_0x8, Q4_Kx8, Q2_Kx8) ask for their weights, into L2 only
+ * (prefetcht1): with both cores streaming a decode token from DRAM, prefetches into L1 left the
+ * repacked Q4_0 and Q4_K products 10-20% slower, where the row-at-a-time kernels, on weights the L3
+ * holds (SmolLM2's Q8_0 and Q4_1), were slower into L2 (docs/performance.md, "Prefetching").  Each
+ * line is asked for once, 3 KiB ahead: a two-thread Q4_0 token took 23.55 ms (median of eight)
+ * against 24.22 asking 2 KiB ahead again for the lines two blocks share, and Q4_K_M's 26.86 against
+ * 27.20 (28.08 at 4 KiB). */
+enum { REPACKED_AHEAD = 3072 };
 
-/* Ask L2 (prefetcht1) for the lines that start in [p, p + bytes): called on the consecutive pieces of a
- * stream, it asks for every line once, where prefetch_ahead_l2 asks again for a line that two pieces
- * share. */
-static inline void prefetch_starts_l2(const void *p, size_t bytes) {
-    const uintptr_t start = (uintptr_t)p;
+/* Ask L2 for the lines that start in [p + REPACKED_AHEAD, p + REPACKED_AHEAD + bytes): called on the
+ * consecutive pieces of a stream, it asks for every line once. */
+static inline void prefetch_ahead_l2(const void *p, size_t bytes) {
+    const uintptr_t start = (uintptr_t)p + REPACKED_AHEAD;
     for (uintptr_t line = (start + 63) & ~(uintptr_t)63; line < start + bytes; line += 64)
         __builtin_prefetch((const void *)line, 0, 2);
 }
