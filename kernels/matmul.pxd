@@ -68,5 +68,4 @@ cdef class KQuantStack(Product):
     cdef object matrices      # the parts, kept alive
     cdef kquant_part *parts
     cdef int64_t *items       # (part, first row) per task: 8-row groups of repacked parts, 16-row chunks else
-    cdef int64_t weight_bytes  # the parts' bytes
     cdef bint has_repacked, has_rows

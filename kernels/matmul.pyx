@@ -837,7 +837,6 @@ cdef class KQuantStack(Product):
             raise MemoryError()
         items = []
         self.n_out = 0
-        cdef int64_t weight_bytes = 0
         for p, m in enumerate(self.matrices):
             self.parts[p] = kquant_part(m.type, m.repacked, m.ptr, m.row_bytes, m.n_out, self.n_out, m.dot)
             step = 8 if m.repacked else CHUNK_ROWS
@@ -845,7 +844,6 @@ cdef class KQuantStack(Product):
             self.has_repacked |= m.repacked
             self.has_rows |= not m.repacked
             self.n_out += m.n_out
-            weight_bytes += m.n_out * m.row_bytes
         self.share_tasks([task_bytes for p, r, task_bytes in items])
         self.items = <int64_t *>malloc(max(self.n_tasks, 1) * 2 * sizeof(int64_t))
         if self.items == NULL:
@@ -853,8 +851,7 @@ cdef class KQuantStack(Product):
         for i, (p, r, _) in enumerate(items):
             self.items[2 * i], self.items[2 * i + 1] = p, r
         self.act_bytes = lines(type_row_bytes(T_Q8_K, self.n_in))
-        self.weight_bytes = weight_bytes
-        self.one_thread = weight_bytes < MIN_PARALLEL_BYTES
+        self.one_thread = self.bytes_before[self.n_tasks] < MIN_PARALLEL_BYTES
 
     def __dealloc__(self):
         free(self.parts)
@@ -882,7 +879,7 @@ cdef class KQuantStack(Product):
     cdef int rows_product(self, const float *xs, int64_t n, float *o, int nt, bint rowwise) except -1:
         """The parts' columns one after another, each in its own matrix's kernel."""
         cdef int64_t n_out = self.n_out, n_in = self.n_in
-        if n * self.weight_bytes < MIN_PARALLEL_BYTES:
+        if n * self.bytes_before[self.n_tasks] < MIN_PARALLEL_BYTES:
             nt = 1
         cdef int nb = <int>(n_in // type_block_size(T_Q8_K))
         cdef int64_t act_bytes = type_row_bytes(T_Q8_K, n_in), tile = 1 if rowwise else TILE
