@@ -21,7 +21,7 @@ from libc.stdlib cimport free
 from libc.string cimport memcpy
 
 from kernels.layers cimport ROW_GROUP, attend_kv_head, glu_row, rope_heads
-from kernels.matmul cimport Product
+from kernels.matmul cimport LINE, Product, lines
 from kernels.ndarrays cimport is_native_c
 from kernels.parallel import check_threads
 
@@ -41,7 +41,6 @@ cdef extern from "layer_ops.h" nogil:
     void rms_norm_rows(const float *x, const float *w, int rows, int64_t n, float eps, float *y)
 
 cdef enum:
-    LINE = 64        # bytes each of a thread's buffers is rounded up to, so no two threads write one cache line
     GLU_STEP = 64    # the gated units are shared out in runs of this many (swiglu_row's vectors fit in them)
     MAX_PARTS = 3    # products that fill one step's columns: q, k and v; gate and up
 
@@ -65,11 +64,6 @@ cdef struct own:
     float *acc                 # (ROW_GROUP * 64 * head_dim,)
     uint16_t *half             # (ROW_GROUP * (n_ctx + head_dim),)
     uint8_t *acts              # (act_bytes,), the largest that any product takes
-
-
-cdef inline int64_t lines(int64_t n) noexcept nogil:
-    """n bytes rounded up to whole cache lines."""
-    return (n + LINE - 1) // LINE * LINE
 
 
 cdef inline int64_t share(int64_t n, int me, int nt) noexcept nogil:

@@ -5,6 +5,14 @@ from libc.stdint cimport int64_t, uint8_t
 cdef extern from "vec_dot.h" nogil:
     ctypedef float (*vec_dot_fn)(int n, const void *w, const void *a)
 
+cdef enum:
+    LINE = 64         # bytes a thread's scratch is rounded up to, so no two threads write one cache line
+
+
+cdef inline int64_t lines(int64_t n) noexcept nogil:
+    """n bytes rounded up to whole cache lines."""
+    return (n + LINE - 1) // LINE * LINE
+
 
 cdef struct blocks32_part:
     int type

@@ -106,16 +106,10 @@ cdef enum:
     TOKEN_BLOCK = 64  # tokens whose activations stay in L2 while the unpacked rows pass over them
     B32_MIN_TOKENS = 3  # tokens from which unpacking 32-weight rows once beats a vec_dot per (row, token)
     KQ_CODES_L2 = 1 << 20  # bytes of K-quant codes (kq_make_codes) that a block of tokens keeps in L2
-    LINE = 64         # bytes a thread's scratch is rounded up to, so no two threads write one cache line
     KERNEL_Q4_0X8 = 0    # the kernels of a Matrix, by type and layout: regrouped Q4_0 (q4_0x8.h),
     KERNEL_KX8 = 1       # repacked Q4_K or Q2_K (kquant_x8.h),
     KERNEL_BLOCKS32 = 2  # other 32-weight blocks (block32_rows.h; one row: block32_dot_rows),
     KERNEL_ROWS = 3      # every other type: matmul_rows or tinyBLAS (one row: a vec_dot per row)
-
-
-cdef inline int64_t lines(int64_t n) noexcept nogil:
-    """n bytes rounded up to whole cache lines."""
-    return (n + LINE - 1) // LINE * LINE
 
 
 def activation_type(int type):
